@@ -1,0 +1,220 @@
+"""The model bundle: the one definition of its format, written by training and read by serving.
+
+A bundle is a directory::
+
+    transformer.skops   the fitted FeatureTransformer
+    model.skops         the fitted regressor
+    metadata.json       feature schema, target, metrics, data hash, library versions, file hashes
+
+Artifacts are saved with skops, whose loader refuses any type that is not explicitly trusted, so loading a
+bundle never executes arbitrary code. ``content_hash`` covers every artifact file and the metadata itself;
+loading recomputes it and refuses a tampered or incomplete bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import skops.io as sio
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.features import Columns, FeatureTransformer
+
+FORMAT_VERSION: Final = 1
+TRANSFORMER_FILE: Final = "transformer.skops"
+MODEL_FILE: Final = "model.skops"
+METADATA_FILE: Final = "metadata.json"
+ARTIFACT_FILES: Final = (TRANSFORMER_FILE, MODEL_FILE)
+DATE_FORMAT: Final = "%Y-%m-%d"
+
+# Every type a bundle's skops files may contain beyond skops' built-in safe set. Anything else is refused.
+TRUSTED_TYPES: Final[frozenset[str]] = frozenset(
+    {
+        "app.features.FeatureTransformer",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn._loss.loss.HalfSquaredError",
+        "sklearn._loss.link.IdentityLink",
+        "sklearn._loss.link.Interval",
+        "sklearn._loss._loss.CyHalfSquaredError",
+        "collections.OrderedDict",
+        # HistGradientBoosting's internal categorical preprocessor wraps sklearn's own input check.
+        "functools.partial",
+        "sklearn.utils.validation.check_array",
+    }
+)
+
+
+class BundleError(Exception):
+    """A bundle is missing, incomplete, tampered with, or holds an untrusted type."""
+
+
+class Feature(BaseModel):
+    """One input column as the model saw it in training."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: Literal["numeric", "categorical", "date"]
+    dtype: Literal["float", "int", "str", "date"]
+    minimum: float | str | None = None  # observed in training (a date as ISO string)
+    maximum: float | str | None = None
+    categories: list[str] | None = None
+    format: str | None = None  # dates only
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    minimum: float
+    maximum: float
+    mean: float
+
+
+class Metadata(BaseModel):
+    """``metadata.json``: everything serving needs to know about the model without loading it."""
+
+    format_version: int = FORMAT_VERSION
+    created_at: str
+    features: list[Feature]
+    target: Target
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    params: dict[str, Any] = Field(default_factory=dict)
+    data_hash: str
+    rows: dict[str, int] = Field(default_factory=dict)
+    library_versions: dict[str, str]
+    example: dict[str, Any]
+    files: dict[str, str]
+    content_hash: str = ""
+
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that must match between training and serving for the artifacts to load identically."""
+    return {
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("scikit-learn", "numpy", "skops")},
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(metadata: Metadata) -> str:
+    """sha256 over the metadata (minus this field), which itself lists every artifact file's sha256."""
+    body = metadata.model_dump(mode="json", exclude={"content_hash"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle."""
+
+    path: Path
+    transformer: FeatureTransformer
+    model: Any
+    metadata: Metadata
+
+    @property
+    def content_hash(self) -> str:
+        return self.metadata.content_hash
+
+    def predict(self, columns: Columns) -> npt.NDArray[np.float64]:
+        """Column mapping (DataFrame or dict of lists) -> predictions."""
+        return np.asarray(self.model.predict(self.transformer.transform(columns)), dtype=np.float64)
+
+
+def save_bundle(
+    path: Path,
+    *,
+    transformer: FeatureTransformer,
+    model: Any,
+    features: list[Feature],
+    target: Target,
+    metrics: dict[str, float],
+    baseline_metrics: dict[str, float],
+    data_hash: str,
+    example: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    rows: dict[str, int] | None = None,
+) -> Metadata:
+    """Write a bundle directory (created if needed; existing bundle files are replaced) and return its metadata."""
+    path.mkdir(parents=True, exist_ok=True)
+    sio.dump(transformer, path / TRANSFORMER_FILE)
+    sio.dump(model, path / MODEL_FILE)
+    metadata = Metadata(
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        features=features,
+        target=target,
+        metrics=metrics,
+        baseline_metrics=baseline_metrics,
+        params=params or {},
+        data_hash=data_hash,
+        rows=rows or {},
+        library_versions=library_versions(),
+        example=example,
+        files={name: file_sha256(path / name) for name in ARTIFACT_FILES},
+    )
+    metadata = metadata.model_copy(update={"content_hash": content_hash(metadata)})
+    (path / METADATA_FILE).write_text(json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n")
+    return metadata
+
+
+def read_metadata(path: Path) -> Metadata:
+    """Read and verify ``metadata.json`` and the artifact files' hashes, without loading the artifacts."""
+    if not path.is_dir():
+        raise BundleError(f"bundle directory {path} does not exist")
+    missing = [name for name in (METADATA_FILE, *ARTIFACT_FILES) if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {path} is incomplete: missing {', '.join(missing)}")
+    try:
+        metadata = Metadata.model_validate_json((path / METADATA_FILE).read_bytes())
+    except ValueError as exc:
+        raise BundleError(f"bundle {path}: {METADATA_FILE} is not valid bundle metadata: {exc}") from exc
+    if metadata.format_version != FORMAT_VERSION:
+        raise BundleError(f"bundle {path}: format version {metadata.format_version}, expected {FORMAT_VERSION}")
+    if content_hash(metadata) != metadata.content_hash:
+        raise BundleError(f"bundle {path}: {METADATA_FILE} does not match its content hash (tampered?)")
+    for name in ARTIFACT_FILES:
+        if metadata.files.get(name) != file_sha256(path / name):
+            raise BundleError(f"bundle {path}: {name} does not match its recorded sha256 (tampered?)")
+    return metadata
+
+
+def _load_trusted(file: Path) -> Any:
+    untrusted = set(sio.get_untrusted_types(file=file))
+    refused = sorted(untrusted - TRUSTED_TYPES)
+    if refused:
+        raise BundleError(f"{file} contains types that are not trusted: {', '.join(refused)}")
+    return sio.load(file, trusted=sorted(untrusted))
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Verify and load a bundle; raises ``BundleError`` with what is wrong."""
+    metadata = read_metadata(path)
+    transformer = _load_trusted(path / TRANSFORMER_FILE)
+    if not isinstance(transformer, FeatureTransformer):
+        raise BundleError(f"bundle {path}: {TRANSFORMER_FILE} holds {type(transformer).__name__}, not a transformer")
+    model = _load_trusted(path / MODEL_FILE)
+    if not callable(getattr(model, "predict", None)):
+        raise BundleError(f"bundle {path}: {MODEL_FILE} holds {type(model).__name__}, which cannot predict")
+    return Bundle(path=path, transformer=transformer, model=model, metadata=metadata)

@@ -1,0 +1,53 @@
+"""Fit the feature transformer on the training split, and describe the features for the bundle's schema."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from app.bundle import DATE_FORMAT, Feature, Target
+from app.features import FeatureTransformer
+from orchestration.config import DataConfig
+
+
+def fit_transformer(train: pd.DataFrame, config: DataConfig) -> FeatureTransformer:
+    """A FeatureTransformer fitted on the training split only."""
+    transformer = FeatureTransformer(numeric=config.numeric, categorical=config.categorical, dates=config.dates)
+    return transformer.fit(train)
+
+
+def feature_schema(train: pd.DataFrame, config: DataConfig, transformer: FeatureTransformer) -> list[Feature]:
+    """Names, types, allowed categories and accepted ranges, as the server will enforce them.
+
+    A numeric range is the configured bound if there is one, else the range observed in training.
+    """
+    features: list[Feature] = []
+    for name in config.numeric:
+        column = train[name]
+        integral = bool((column == column.round()).all())
+        low, high = config.bounds.get(name, (float(column.min()), float(column.max())))
+        features.append(
+            Feature(name=name, kind="numeric", dtype="int" if integral else "float", minimum=low, maximum=high)
+        )
+    for name in config.categorical:
+        categories = config.categories.get(name, transformer.categories_[name])
+        features.append(Feature(name=name, kind="categorical", dtype="str", categories=list(categories)))
+    for name in config.dates:
+        column = train[name]
+        features.append(
+            Feature(
+                name=name,
+                kind="date",
+                dtype="date",
+                minimum=str(column.min()),
+                maximum=str(column.max()),
+                format=DATE_FORMAT,
+            )
+        )
+    return features
+
+
+def target_summary(train: pd.DataFrame, config: DataConfig) -> Target:
+    column = train[config.target]
+    return Target(
+        name=config.target, minimum=float(column.min()), maximum=float(column.max()), mean=float(column.mean())
+    )

@@ -1,0 +1,48 @@
+"""Session fixtures shared by the suite: a small flight data set, a trained bundle, and real services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestration.config import load_config
+from orchestration.data import generate, write_csv
+from orchestration.pipeline import Progress, TrainResult, run_pipeline
+from tests.services import S3Server, mlflow_server, moto_server
+
+SMALL_ROWS = 20_000
+
+
+@pytest.fixture(scope="session")
+def flight_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small, deterministic flight data set as CSV."""
+    return write_csv(generate(SMALL_ROWS, seed=11), tmp_path_factory.mktemp("data") / "flights.csv")
+
+
+@pytest.fixture(scope="session")
+def trained(flight_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """A bundle trained on ``flight_csv`` with the default params (read-only: copy it to modify it)."""
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    return run_pipeline(flight_csv, load_config(), out, Progress(stream=None))
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(trained: TrainResult) -> Path:
+    return trained.bundle_dir
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 for the whole session."""
+    with moto_server(log=tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` (sqlite backend, artifacts on the moto bucket), started once per session."""
+    workdir = tmp_path_factory.mktemp("mlflow")
+    with mlflow_server(workdir, s3, log=workdir / "server.log") as uri:
+        yield uri

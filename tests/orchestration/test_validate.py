@@ -1,0 +1,84 @@
+"""Each class of bad data is refused with a report naming the column, the rule and example rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestration.config import load_config
+from orchestration.data import generate
+from orchestration.validate import DataValidationError, validate
+
+CONFIG = load_config().data
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return generate(500, seed=5).astype({"date": "string"})
+
+
+def refused(frame: pd.DataFrame) -> DataValidationError:
+    with pytest.raises(DataValidationError) as info:
+        validate(frame, CONFIG)
+    return info.value
+
+
+def test_clean_data_passes(frame: pd.DataFrame) -> None:
+    clean, report = validate(frame, CONFIG)
+    assert report.ok and report.rows_out == len(clean) == 500 - sum(f.count for f in report.dropped)
+
+
+def test_missing_column(frame: pd.DataFrame) -> None:
+    error = refused(frame.drop(columns=["agency"]))
+    assert [(f.column, f.rule) for f in error.report.errors] == [("agency", "required column is missing")]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "rule"),
+    [
+        ("distance", "far", "not a number"),
+        ("distance", None, "missing value"),
+        ("distance", 99_999.0, "outside"),
+        ("time", -1.0, "outside"),
+        ("price", np.inf, "not finite"),
+        ("price", None, "missing value"),
+        ("agency", "Acme", "unknown category"),
+        ("from_location", None, "missing value"),
+        ("date", "26/09/2019", "not a YYYY-MM-DD date"),
+        ("date", None, "missing value"),
+    ],
+)
+def test_bad_value_is_named(frame: pd.DataFrame, column: str, value: Any, rule: str) -> None:
+    frame = frame.astype({column: "object"})
+    frame.loc[[7, 42], column] = value
+    error = refused(frame)
+    finding = next(f for f in error.report.errors if f.column == column and f.rule.startswith(rule))
+    assert finding.count == 2
+    assert [row for row, _ in finding.examples] == [7, 42]
+    assert column in str(error) and rule in str(error) and "row 7" in str(error)
+
+
+def test_constant_target(frame: pd.DataFrame) -> None:
+    frame["price"] = 100.0
+    assert any(f.rule == "target is constant" for f in refused(frame).report.errors)
+
+
+def test_too_few_rows(frame: pd.DataFrame) -> None:
+    assert any("fewer than" in f.rule for f in refused(frame.head(10)).report.errors)
+
+
+def test_duplicates_are_dropped_and_counted(frame: pd.DataFrame) -> None:
+    doubled = pd.concat([frame, frame.iloc[:25]], ignore_index=True)
+    clean, report = validate(doubled, CONFIG)
+    dropped = sum(f.count for f in report.dropped)
+    assert dropped >= 25 and len(clean) == len(doubled) - dropped == report.rows_out
+    assert "duplicate" in report.format()
+
+
+def test_duplicates_refused_when_configured(frame: pd.DataFrame) -> None:
+    strict = CONFIG.model_copy(update={"drop_duplicates": False})
+    with pytest.raises(DataValidationError, match="duplicate"):
+        validate(pd.concat([frame, frame.iloc[:3]], ignore_index=True), strict)
