@@ -1,0 +1,159 @@
+"""Read-only view of the MLflow model registry, for the entrypoint and ``GET /model``.
+
+Serving talks to an ``http(s)://`` tracking server over MLflow's REST API with the standard library only,
+so the serving image carries no ``mlflow`` package. A local store (``sqlite://`` or a path), used by the
+embedded quickstart, goes through the ``mlflow`` client, which only the training environment has.
+
+A registered version carries tags naming its bundle (see ``TAG_*``); they are the link from the registry to
+the blobs in the DVC remote.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+TAG_DVC_HASH: Final = "bundle_dvc_hash"
+TAG_CONTENT_HASH: Final = "bundle_content_hash"
+TAG_DATA_HASH: Final = "data_hash"
+
+
+class RegistryError(RuntimeError):
+    """The registry could not be reached or answered with an error."""
+
+
+class NotFoundError(RegistryError):
+    """The model, alias, version or tagged version does not exist."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    run_id: str | None
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dvc_hash(self) -> str | None:
+        return self.tags.get(TAG_DVC_HASH)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": self.aliases,
+            "run_id": self.run_id,
+            "tags": self.tags,
+        }
+
+    @classmethod
+    def from_rest(cls, body: dict[str, Any]) -> ModelVersion:
+        return cls(
+            name=body["name"],
+            version=int(body["version"]),
+            run_id=body.get("run_id"),
+            aliases=list(body.get("aliases", [])),
+            tags={t["key"]: t["value"] for t in body.get("tags", [])},
+        )
+
+
+class Registry(Protocol):
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion: ...
+    def version(self, name: str, version: int) -> ModelVersion: ...
+    def versions_tagged(self, key: str, value: str) -> list[ModelVersion]: ...
+
+
+class RestRegistry:
+    """MLflow's REST API (``/api/2.0/mlflow/...``) over urllib."""
+
+    def __init__(self, tracking_uri: str, timeout: float = 5.0) -> None:
+        self.base = tracking_uri.rstrip("/") + "/api/2.0/mlflow"
+        self.timeout = timeout
+
+    def _get(self, path: str, **params: str) -> dict[str, Any]:
+        url = f"{self.base}/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310 (http(s) checked by Settings)
+                body: dict[str, Any] = json.loads(response.read())
+                return body
+        except urllib.error.HTTPError as exc:
+            detail = _error_message(exc)
+            if exc.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail or "not found" in detail.lower():
+                raise NotFoundError(detail) from None
+            raise RegistryError(f"MLflow answered {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RegistryError(
+                f"MLflow at {self.base.removesuffix('/api/2.0/mlflow')} is unreachable: {reason}"
+            ) from None
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        return ModelVersion.from_rest(self._get("registered-models/alias", name=name, alias=alias)["model_version"])
+
+    def version(self, name: str, version: int) -> ModelVersion:
+        return ModelVersion.from_rest(self._get("model-versions/get", name=name, version=str(version))["model_version"])
+
+    def versions_tagged(self, key: str, value: str) -> list[ModelVersion]:
+        body = self._get("model-versions/search", filter=f"tags.{key} = '{value}'")
+        versions = [ModelVersion.from_rest(v) for v in body.get("model_versions", [])]
+        # search results omit aliases on some MLflow versions: read each version in full
+        return [self.version(v.name, v.version) for v in versions]
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read())
+        return f"{body.get('error_code', exc.code)}: {body.get('message', '')}"
+    except (ValueError, OSError):
+        return f"HTTP {exc.code}"
+
+
+class LocalRegistry:
+    """A local MLflow store (sqlite or file) through the ``mlflow`` client: the embedded quickstart only."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        try:
+            from mlflow.exceptions import MlflowException
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise RegistryError(
+                f"MLFLOW_TRACKING_URI={tracking_uri} is a local store, which needs the mlflow package; "
+                "point it at an http(s):// tracking server instead"
+            ) from exc
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._error = MlflowException
+
+    def _convert(self, mv: Any) -> ModelVersion:
+        return ModelVersion(
+            name=mv.name, version=int(mv.version), run_id=mv.run_id, aliases=list(mv.aliases), tags=dict(mv.tags)
+        )
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._error as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower():
+                raise NotFoundError(str(exc)) from None
+            raise RegistryError(str(exc)) from None
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        return self._convert(self._call(self._client.get_model_version_by_alias, name, alias))
+
+    def version(self, name: str, version: int) -> ModelVersion:
+        return self._convert(self._call(self._client.get_model_version, name, str(version)))
+
+    def versions_tagged(self, key: str, value: str) -> list[ModelVersion]:
+        found = self._call(self._client.search_model_versions, f"tags.{key} = '{value}'")
+        return [self.version(mv.name, int(mv.version)) for mv in found]
+
+
+def registry_for(tracking_uri: str, timeout: float = 5.0) -> Registry:
+    """The registry client for a tracking URI: REST for http(s), the mlflow client for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return RestRegistry(tracking_uri, timeout)
+    return LocalRegistry(tracking_uri)
