@@ -1,0 +1,1 @@
+"""Routers: prediction, health, model, metrics."""

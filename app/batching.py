@@ -1,0 +1,140 @@
+"""Adaptive micro-batching: concurrent single-record predictions share one vectorised model call.
+
+One model call costs about the same for 1 row as for 64, so under concurrency the server predicts many
+records per call instead of queueing calls. The policy:
+
+- a record that arrives while the worker is idle and no other prediction request is in flight is
+  dispatched at once, never held for a window;
+- records that arrive while the worker is busy wait for it and go together in its next call;
+- when the worker frees up and other requests are still arriving (being read and validated on the event
+  loop), it waits at most ``max_wait_s`` for them to join, and never gathers more than ``max_size``.
+
+Predictions run on one dedicated worker thread, off the event loop; the thread limits OpenMP/BLAS to
+``threads`` so the event loop and the model do not oversubscribe the cores. Each record's prediction
+does not depend on the others in its batch (a tree model predicts row by row), which a test checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+Row = TypeVar("Row")
+PredictFn = Callable[[Sequence[Any]], npt.NDArray[np.float64]]
+
+
+def limit_threads(threads: int) -> None:
+    """Limit OpenMP/BLAS pools for the calling thread (OpenMP's thread count is a per-thread setting)."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(limits=threads)
+
+
+class MicroBatcher(Generic[Row]):
+    """Gathers single rows into batches for ``predict`` (rows -> one prediction per row)."""
+
+    def __init__(
+        self,
+        predict: Callable[[list[Row]], npt.NDArray[np.float64]],
+        *,
+        max_size: int,
+        max_wait_s: float,
+        threads: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._predict = predict
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="predict", initializer=limit_threads, initargs=(threads,)
+        )
+        self._pending: list[tuple[Row, asyncio.Future[float]]] = []
+        self._arriving = 0  # requests being read and validated that will submit a row soon
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+
+    # --- request side (event loop) ---
+
+    def expect(self) -> None:
+        """A single-record request started and may submit a row soon: the dispatcher may wait for it."""
+        self._arriving += 1
+
+    def arrived(self) -> None:
+        """The request that called ``expect`` has its row (or failed): the dispatcher need not wait for it."""
+        self._arriving -= 1
+
+    async def predict(self, row: Row) -> float:
+        """This row's prediction, computed in a batch with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._dispatch(), name="microbatcher")
+        future: asyncio.Future[float] = loop.create_future()
+        self._pending.append((row, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    async def run(self, fn: Callable[[], npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+        """Run a whole batch request's predict on the same worker thread (one model call at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # --- dispatcher (event loop task) ---
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        while True:
+            if not self._pending:
+                wakeup.clear()
+                await wakeup.wait()
+            await self._gather(loop, wakeup)
+            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+            rows = [row for row, _ in batch]
+            try:
+                predictions = await loop.run_in_executor(self._executor, self._predict, rows)
+            except Exception as exc:  # every waiting request gets the failure; the dispatcher carries on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            for (_, future), prediction in zip(batch, predictions.tolist(), strict=True):
+                if not future.done():  # the client may have gone away
+                    future.set_result(prediction)
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
+        """Wait (bounded) for requests already in flight to submit their rows."""
+        if self.max_wait_s <= 0:
+            return
+        deadline = loop.time() + self.max_wait_s
+        while self._arriving > 0 and len(self._pending) < self.max_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), remaining)
+
+    async def close(self) -> None:
+        """Stop the dispatcher and the worker thread."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, future in self._pending:
+            if not future.done():
+                future.cancel()
+        self._pending = []
+        self._executor.shutdown(wait=False, cancel_futures=True)

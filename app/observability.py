@@ -1,0 +1,200 @@
+"""Structured logs with request ids, and the Prometheus metrics the server exposes at ``GET /metrics``.
+
+Logs are one JSON object per line (or plain text with ``LOG_FORMAT=text``) and carry the id of the request
+being served. Nothing logged comes from the settings' secrets: the settings hold them as ``SecretStr`` and
+no log line formats the settings object.
+
+Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide on metric names.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import traceback
+import uuid
+from contextvars import ContextVar
+from typing import Any, Final
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LOGGER_NAME: Final = "app"
+# The id of the request the current task is serving ("-" outside a request).
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# A client's X-Request-ID is kept only if it is short and harmless in a log line; otherwise one is made.
+REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Probes and scrapes that succeed are logged at debug level, so they do not drown the request log.
+QUIET_ROUTES: Final = frozenset({"/health/live", "/health/ready", "/metrics"})
+_log = logging.getLogger(LOGGER_NAME)
+
+METRICS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# Latency buckets in seconds: sub-millisecond to multi-second, dense where a micro-batched predict lands.
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# Standard LogRecord attributes; anything else passed via ``extra=`` is emitted as a field.
+_RECORD_ATTRS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, extra fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in ("request_id", "color_message"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for a terminal, still with the request id."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return super().format(record)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Route the app's and uvicorn's loggers to stderr in the chosen format.
+
+    uvicorn's access log is silenced: the app logs every request itself, with its id and duration.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    for name in (LOGGER_NAME, "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class ServerMetrics:
+    """The server's Prometheus collectors, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "http_requests", "HTTP requests served.", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to response end.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predicted_rows = Counter(
+            "predicted_rows", "Rows the model predicted, by route.", ["route"], registry=self.registry
+        )
+        self.prediction_errors = Counter(
+            "prediction_errors", "Prediction requests that failed, by route and reason.", ["route", "reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "model_info", "The model being served (1 when loaded).", ["model_version", "bundle_hash"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.model_ready = Gauge("model_ready", "1 when the bundle is loaded and verified.", registry=self.registry)
+        self.batch_size = Histogram(
+            "microbatch_size",
+            "Single records predicted together in one model call.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        labels = (route, method, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def set_model(self, version: str | None, bundle_hash: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version or "", bundle_hash).set(1)
+        self.model_ready.set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id (``X-Request-ID`` honoured or made, and returned), one log line and
+    the metrics per request, and a JSON 500 carrying the request id (never internals) for unhandled errors."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+        responded = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
+            status = 500
+            if not responded:
+                body = orjson.dumps({"detail": "internal server error", "request_id": request_id})
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), header]
+                await send({"type": "http.response.start", "status": 500, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe_request(route, scope["method"], status, seconds)
+            if _log.isEnabledFor(logging.INFO):
+                level = logging.DEBUG if route in QUIET_ROUTES and status < 400 else logging.INFO
+                _log.log(
+                    level,
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                )
+            request_id_var.reset(token)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if REQUEST_ID.fullmatch(text) else None
+    return None
