@@ -1,0 +1,369 @@
+"""The Dagger module: it wires containers, and every command a stage runs is a project command or script.
+
+The same commands are proven on the host by ``tests/ci/test_recipe.py`` (it imports the constants below), and
+the wiring by ``tests/ci/test_plan.py``, which inspects the lazily built pipeline without an engine.
+"""
+
+from collections.abc import Callable
+from typing import Annotated, Final
+
+import dagger
+from dagger import DefaultPath, Doc, Ignore, dag, field, function, object_type
+
+PYTHON_IMAGE: Final = "python:3.12-slim"
+UV_IMAGE: Final = "ghcr.io/astral-sh/uv:0.13.9"  # the uv the lock was written with
+AIRFLOW_VERSION: Final = "3.3.2"  # the apache-airflow pin in uv.lock
+AIRFLOW_IMAGE: Final = f"apache/airflow:{AIRFLOW_VERSION}-python3.12"
+SERVING_IMAGE_NAME: Final = "prediction-server"
+AIRFLOW_IMAGE_NAME: Final = "flight-price-airflow"
+PLATFORMS: Final = (dagger.Platform("linux/amd64"), dagger.Platform("linux/arm64"))
+SOURCE_URL: Final = "https://github.com/flight-price/flight-price-mlops"
+
+# The serving image's layout.
+VENV: Final = "/opt/venv"
+APP_ROOT: Final = "/srv"  # app/ lives at /srv/app, the working directory
+MODEL_DIR: Final = "/models"
+PORT: Final = 9000
+APP_USER: Final = "app"
+APP_UID: Final = "10001"  # numeric, so a cluster can verify runAsNonRoot
+ENTRYPOINT: Final = ("python", "-m", "app.entrypoint")
+READY_PROBE: Final = (
+    "python",
+    "-c",
+    "import os, urllib.request; "
+    "urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '9000')}/health/ready\", timeout=3)",
+)
+RUNTIME_ENV: Final[dict[str, str]] = {
+    "VIRTUAL_ENV": VENV,
+    "MODEL_DIR": MODEL_DIR,
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",  # the venv is compiled at build time and read-only at run time
+}
+
+# The builder: uv creates the runtime venv from uv.lock with the serving group only.
+UV_CACHE_DIR: Final = "/root/.cache/uv"
+UV_ENV: Final[dict[str, str]] = {
+    "UV_PROJECT_ENVIRONMENT": VENV,
+    "UV_LINK_MODE": "copy",  # the cache is a separate mount
+    "UV_PYTHON_DOWNLOADS": "never",  # the base image's interpreter, which the final stage has too
+    "UV_PYTHON_PREFERENCE": "only-system",
+}
+# Start-up imports scikit-learn, scipy and DVC: compile them once at build time, not on every start.
+BUILDER_ENV: Final[dict[str, str]] = {**UV_ENV, "UV_COMPILE_BYTECODE": "1"}
+# Airflow's way of extending its image: pip as the airflow user, pinning the image's own Airflow version.
+AIRFLOW_REQUIREMENTS: Final = "/opt/airflow/requirements.txt"
+AIRFLOW_EXTEND: Final = (
+    "pip", "install", "--no-cache-dir", f"apache-airflow=={AIRFLOW_VERSION}", "--requirement", AIRFLOW_REQUIREMENTS,
+)  # fmt: skip
+SERVE_VENV_SYNC: Final = ("uv", "sync", "--frozen", "--no-dev", "--only-group", "serve", "--no-install-project")
+TRAIN_REQUIREMENTS_EXPORT: Final = (
+    "uv", "export", "--frozen", "--only-group", "train", "--no-emit-project", "--no-hashes", "--no-header",
+)  # fmt: skip
+
+
+def prune_test_suites(venv: str) -> list[str]:
+    """The command deleting the installed packages' own test suites (~100 MB with their bytecode)."""
+    site_packages = f"{venv}/lib"
+    return [
+        "find", site_packages, "-type", "d", "(", "-name", "tests", "-o", "-name", "test", ")",
+        "-path", "*/site-packages/*", "-prune", "-exec", "rm", "-rf", "{}", "+",
+    ]  # fmt: skip
+
+
+# The smoke stage: a moto S3 store seeded with a freshly trained bundle, an MLflow mock, the image bound to both.
+SEED_DIR: Final = "/seed"  # the seed step's output: bundle/, remote/ (a local DVC remote) and dvc-hash
+SMOKE_BUCKET: Final = "smoke-models"
+SMOKE_REGION: Final = "us-east-1"
+SMOKE_MODEL_NAME: Final = "flight-price"
+MOCK_PORT: Final = 5000
+# Fake credentials for the moto store; passed as secrets all the same.
+SMOKE_CREDENTIALS: Final[dict[str, str]] = {
+    "AWS_ACCESS_KEY_ID": "smoke-access-key",
+    "AWS_SECRET_ACCESS_KEY": "smoke-secret-key",
+}
+
+
+def smoke_env(s3_url: str, mlflow_url: str) -> dict[str, str]:
+    """The environment the smoke stage gives the serving image (names from app/settings.py)."""
+    return {
+        "DVC_REMOTE_URL": f"s3://{SMOKE_BUCKET}/bundles",
+        "DVC_REMOTE_ENDPOINT_URL": s3_url,
+        "DVC_REMOTE_REGION": SMOKE_REGION,
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        "MODEL_NAME": SMOKE_MODEL_NAME,
+        "MODEL_ALIAS": "champion",
+    }
+
+
+def seed_command(out: str, *, serve: str | None = None) -> list[str]:
+    """Train a small bundle into ``out`` (once) and push it with DVC; with ``serve``, host the S3 store."""
+    if serve is None:
+        return ["python", "-m", "tests.smoke.seed", "--out", out, "--remote-url", f"{out}/remote"]
+    return [
+        "python", "-m", "tests.smoke.seed", "--out", out, "--remote-url", f"s3://{SMOKE_BUCKET}/bundles",
+        "--region", SMOKE_REGION, "--serve", serve,
+    ]  # fmt: skip
+
+
+def mock_mlflow_command(seed_dir: str, host: str, port: int) -> list[str]:
+    """The MLflow mock answering ``MODEL_NAME@champion`` with the seeded bundle's DVC hash."""
+    return [
+        "python", "-m", "tests.smoke.mock_mlflow", "--host", host, "--port", str(port),
+        "--model-name", SMOKE_MODEL_NAME, "--bundle", f"{seed_dir}/bundle", "--dvc-hash-file", f"{seed_dir}/dvc-hash",
+    ]  # fmt: skip
+
+
+def checker_command(url: str, seed_dir: str) -> list[str]:
+    """The smoke checker: readiness, predictions against the bundle's own, a 422, /model and /metrics."""
+    return [
+        "python", "-m", "tests.smoke.checker", "--url", url, "--bundle", f"{seed_dir}/bundle",
+        "--dvc-hash-file", f"{seed_dir}/dvc-hash",
+    ]  # fmt: skip
+
+
+# Only what some stage needs enters the engine: caches stay warm and nothing stray reaches an image.
+SOURCE_IGNORE: Final = [
+    "*",
+    "!app/",
+    "!orchestration/",
+    "!tests/",
+    "!bench/",
+    "!ci/src/",
+    "!pyproject.toml",
+    "!uv.lock",
+    "**/__pycache__",
+    "**/*.pyc",
+    "**/.env",
+    "app/prediction.env",
+    "bench/results/",
+]
+
+
+def uv_tool(platform: dagger.Platform | None = None) -> Callable[[dagger.Container], dagger.Container]:
+    """A step adding uv (for ``platform``) with its cache on a cache volume."""
+
+    def add_uv(container: dagger.Container) -> dagger.Container:
+        return (
+            container.with_file("/usr/local/bin/uv", dag.container(platform=platform).from_(UV_IMAGE).file("/uv"))
+            .with_mounted_cache(UV_CACHE_DIR, dag.cache_volume("uv-cache"))
+            .with_env_variable("UV_CACHE_DIR", UV_CACHE_DIR)
+        )
+
+    return add_uv
+
+
+def with_env(env: dict[str, str]) -> Callable[[dagger.Container], dagger.Container]:
+    """A step setting every variable of ``env``."""
+
+    def apply(container: dagger.Container) -> dagger.Container:
+        for name, value in env.items():
+            container = container.with_env_variable(name, value)
+        return container
+
+    return apply
+
+
+def oci_labels(title: str, revision: str, version: str) -> Callable[[dagger.Container], dagger.Container]:
+    """A step adding the OCI image labels."""
+
+    def apply(container: dagger.Container) -> dagger.Container:
+        return (
+            container.with_label("org.opencontainers.image.title", title)
+            .with_label("org.opencontainers.image.source", SOURCE_URL)
+            .with_label("org.opencontainers.image.revision", revision)
+            .with_label("org.opencontainers.image.version", version)
+        )
+
+    return apply
+
+
+@object_type
+class FlightPrice:
+    """The flight-price stack's images, smoke test, publishing and local serve."""
+
+    source: Annotated[
+        dagger.Directory,
+        Doc("The repository (only the files some stage needs are loaded)"),
+        DefaultPath("/"),
+        Ignore(SOURCE_IGNORE),
+    ] = field()
+    python_image: Annotated[str, Doc("Python slim base of the serving image and the tools")] = field(
+        default=PYTHON_IMAGE
+    )
+    airflow_image: Annotated[str, Doc("Official Apache Airflow image the orchestration image extends")] = field(
+        default=AIRFLOW_IMAGE
+    )
+
+    def _locked(self, container: dagger.Container) -> dagger.Container:
+        """``container`` in /build with only the project's lock inputs, so dependency layers stay cached."""
+        return (
+            container.with_workdir("/build")
+            .with_file("pyproject.toml", self.source.file("pyproject.toml"))
+            .with_file("uv.lock", self.source.file("uv.lock"))
+        )
+
+    def runtime_venv(self, platform: dagger.Platform | None = None) -> dagger.Directory:
+        """Builder stage: the serving venv from uv.lock (serving group only, compiled, test suites pruned)."""
+        return (
+            dag.container(platform=platform)
+            .from_(self.python_image)
+            .with_(uv_tool(platform))
+            .with_(with_env(BUILDER_ENV))
+            .with_(self._locked)
+            .with_exec(list(SERVE_VENV_SYNC))
+            .with_exec(prune_test_suites(VENV))
+            .directory(VENV)
+        )
+
+    @function
+    def build(
+        self,
+        platform: Annotated[dagger.Platform | None, Doc("Target platform (default: the engine's)")] = None,
+        revision: Annotated[str, Doc("Source revision for the OCI label (e.g. the git SHA)")] = "unknown",
+        version: Annotated[str, Doc("Version for the OCI label (e.g. the git tag)")] = "dev",
+    ) -> dagger.Container:
+        """The serving image: only the runtime venv and app/, non-root, port 9000, the entrypoint."""
+        return (
+            dag.container(platform=platform)
+            .from_(self.python_image)
+            .with_exec(["useradd", "--system", "--uid", APP_UID, "--user-group", "--create-home", APP_USER])
+            .with_directory(VENV, self.runtime_venv(platform))
+            .with_directory(f"{APP_ROOT}/app", self.source.directory("app"))
+            .with_directory(MODEL_DIR, dag.directory(), owner=f"{APP_UID}:{APP_UID}")
+            .with_env_variable("PATH", f"{VENV}/bin:${{PATH}}", expand=True)
+            .with_(with_env(RUNTIME_ENV))
+            .with_workdir(APP_ROOT)
+            .with_user(f"{APP_UID}:{APP_UID}")
+            .with_exposed_port(PORT)
+            .with_entrypoint(list(ENTRYPOINT))
+            .with_docker_healthcheck(
+                list(READY_PROBE), interval="15s", timeout="5s", start_period="120s", start_interval="2s", retries=3
+            )
+            .with_(oci_labels(SERVING_IMAGE_NAME, revision, version))
+        )
+
+    @function
+    def airflow(
+        self,
+        platform: Annotated[dagger.Platform | None, Doc("Target platform (default: the engine's)")] = None,
+        revision: Annotated[str, Doc("Source revision for the OCI label")] = "unknown",
+        version: Annotated[str, Doc("Version for the OCI label")] = "dev",
+    ) -> dagger.Container:
+        """The orchestration image: apache/airflow with our training dependencies, orchestration/ and the DAGs."""
+        requirements = (
+            dag.container()
+            .from_(self.python_image)
+            .with_(uv_tool())
+            .with_(self._locked)
+            .with_exec([*TRAIN_REQUIREMENTS_EXPORT, "--output-file", "requirements.txt"])
+            .file("requirements.txt")
+        )
+        project = "/opt/airflow/project"
+        return (
+            dag.container(platform=platform)
+            .from_(self.airflow_image)
+            .with_file(AIRFLOW_REQUIREMENTS, requirements)
+            .with_exec(list(AIRFLOW_EXTEND))
+            .with_directory(f"{project}/app", self.source.directory("app"))
+            .with_directory(f"{project}/orchestration", self.source.directory("orchestration"))
+            .with_env_variable("PYTHONPATH", project)
+            .with_env_variable("AIRFLOW__CORE__DAGS_FOLDER", f"{project}/orchestration/dags")
+            .with_(oci_labels(AIRFLOW_IMAGE_NAME, revision, version))
+        )
+
+    def tools(self) -> dagger.Container:
+        """Python with the whole locked environment (every group) and the source: checks, seed, mocks."""
+        return (
+            dag.container()
+            .from_(self.python_image)
+            .with_(uv_tool())
+            .with_(with_env(UV_ENV))
+            .with_(self._locked)
+            .with_exec(["uv", "sync", "--frozen", "--no-install-project"])
+            .with_env_variable("PATH", f"{VENV}/bin:${{PATH}}", expand=True)
+            .with_directory("/src", self.source)
+            .with_workdir("/src")
+        )
+
+    def seed(self) -> dagger.Directory:
+        """A small bundle trained by tests/smoke/seed, with its DVC hash (the seed step's output)."""
+        return self.tools().with_exec(seed_command(SEED_DIR)).directory(SEED_DIR)
+
+    def stack(self, image: dagger.Container, seeded: dagger.Directory) -> dagger.Service:
+        """``image`` as a service bound to a moto S3 store seeded with ``seeded`` and the MLflow mock."""
+        tools = self.tools()
+        with_seed = tools.with_directory(SEED_DIR, seeded).with_exposed_port(MOCK_PORT)
+        s3 = with_seed.as_service(args=seed_command(SEED_DIR, serve=f"0.0.0.0:{MOCK_PORT}"))
+        mlflow = with_seed.as_service(args=mock_mlflow_command(SEED_DIR, "0.0.0.0", MOCK_PORT))
+        serving = image.with_service_binding("s3", s3).with_service_binding("mlflow", mlflow)
+        for name, value in smoke_env(f"http://s3:{MOCK_PORT}", f"http://mlflow:{MOCK_PORT}").items():
+            serving = serving.with_env_variable(name, value)
+        for name, value in SMOKE_CREDENTIALS.items():
+            serving = serving.with_secret_variable(name, dag.set_secret(f"smoke-{name.lower()}", value))
+        return serving.as_service(use_entrypoint=True)
+
+    def smoke_check(self, image: dagger.Container) -> dagger.Container:
+        """The checker run against ``image`` started with its mocks (lazy: the exec fails on any mismatch)."""
+        seeded = self.seed()
+        return (
+            self.tools()
+            .with_directory(SEED_DIR, seeded)
+            .with_service_binding("app", self.stack(image, seeded))
+            .with_exec(checker_command(f"http://app:{PORT}", SEED_DIR))
+        )
+
+    @function
+    async def smoke(self) -> str:
+        """Start the built image against a seeded mock S3 and a mock MLflow; check its predictions."""
+        return await self.smoke_check(self.build()).stdout()
+
+    def checks(self) -> dagger.Container:
+        """ruff, mypy (strict) and pytest in the tools container, built from the same lock."""
+        return (
+            self.tools()
+            .with_exec(["ruff", "check", "."])
+            .with_exec(["ruff", "format", "--check", "."])
+            .with_exec(["mypy"])
+            .with_exec(["pytest", "-q", "-p", "no:cacheprovider"])
+        )
+
+    async def run_tests(self) -> str:
+        """The checks, then the smoke test; the last pytest line and the smoke report."""
+        tests = await self.checks().stdout()
+        smoke = await self.smoke_check(self.build()).stdout()
+        summary = tests.strip().splitlines()[-1:] or ["(no pytest output)"]
+        return f"pytest: {summary[0]}\n{smoke.strip()}"
+
+    @function
+    async def test(self) -> str:
+        """ruff, mypy and the unit tests, then the smoke test; returns the test summary and the smoke report."""
+        return await self.run_tests()
+
+    # The SDK's typing overloads omit ``cache`` (the decorator itself takes it): never cache a publish.
+    @function(cache="never")  # type: ignore[call-overload, untyped-decorator]
+    async def publish(
+        self,
+        username: Annotated[str, Doc("Registry user (on GitHub: the actor)")],
+        password: Annotated[dagger.Secret, Doc("Registry password or token")],
+        repository: Annotated[str, Doc("Image namespace, e.g. ghcr.io/owner/flight-price")],
+        tag: Annotated[str, Doc("Image tag")] = "latest",
+        revision: Annotated[str, Doc("Source revision for the OCI label")] = "unknown",
+        version: Annotated[str, Doc("Version for the OCI label")] = "dev",
+    ) -> str:
+        """After `test`, publish the serving and Airflow images for linux/amd64 and linux/arm64."""
+        await self.run_tests()
+        registry = repository.split("/", 1)[0]
+        images = {
+            SERVING_IMAGE_NAME: [self.build(platform, revision, version) for platform in PLATFORMS],
+            AIRFLOW_IMAGE_NAME: [self.airflow(platform, revision, version) for platform in PLATFORMS],
+        }
+        references = []
+        for name, variants in images.items():
+            publisher = dag.container().with_registry_auth(registry, username, password)
+            references.append(await publisher.publish(f"{repository}/{name}:{tag}", platform_variants=variants))
+        return "\n".join(references)
+
+    @function
+    def serve(self) -> dagger.Service:
+        """The serving image with its mocks, for `dagger call serve up --ports 9000:9000`."""
+        return self.stack(self.build(), self.seed())
