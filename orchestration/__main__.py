@@ -1,4 +1,4 @@
-"""Command line: ``python -m orchestration {generate,train} ...``."""
+"""Command line: ``python -m orchestration {generate,train,publish,quickstart} ...``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from app.bundle import BundleError
+from app.settings import SettingsError, load_settings
 from orchestration.config import DEFAULT_PARAMS, ConfigError, load_config
 from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED, DataError, generate, write_csv
 from orchestration.evaluate import QualityGateError
@@ -29,12 +30,69 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=DEFAULT_SEED)
     train.add_argument("--config", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     train.add_argument("--out", type=Path, default=Path("artifacts/bundle"), help="bundle directory")
+
+    publish = commands.add_parser(
+        "publish",
+        help="dvc push a bundle and register it in MLflow (idempotent)",
+        description="Defaults come from the serving variables (DVC_REMOTE_URL, MLFLOW_TRACKING_URI, MODEL_NAME, "
+        "DVC_REMOTE_ENDPOINT_URL, DVC_REMOTE_REGION); S3 credentials from the standard AWS_* variables.",
+    )
+    publish.add_argument("bundle", type=Path, nargs="?", default=Path("artifacts/bundle"), help="bundle directory")
+    publish.add_argument("--remote", help="DVC remote: s3://bucket/prefix or a directory")
+    publish.add_argument("--tracking-uri", help="MLflow tracking URI: http(s)://... or sqlite:///...")
+    publish.add_argument("--model-name", help="registered model name")
+    publish.add_argument("--endpoint-url", help="endpoint of an S3-compatible store")
+    publish.add_argument("--region", help="S3 region")
+    publish.add_argument("--alias", default="champion", help="alias to point at the version (default: %(default)s)")
+    publish.add_argument("--no-alias", action="store_true", help="register without moving any alias")
+
+    quick = commands.add_parser(
+        "quickstart",
+        help="train and publish locally if needed, then serve through the container's entrypoint",
+        description="State lives in ./.quickstart/ (a directory DVC remote and a sqlite MLflow store).",
+    )
+    quick.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows to train on when nothing is published")
+    quick.add_argument("--port", type=int, default=9000)
     return parser
+
+
+def _publish(args: argparse.Namespace) -> int:
+    # MLflow and DVC load only for this command: `generate` and `train` stay quick to start.
+    from orchestration.publish import PublishError, PublishTarget, publish_bundle
+
+    settings = load_settings()
+    remote = args.remote or settings.dvc_remote_url
+    tracking_uri = args.tracking_uri or settings.mlflow_tracking_uri
+    if not remote or not tracking_uri:
+        missing = [flag for flag, value in (("--remote", remote), ("--tracking-uri", tracking_uri)) if not value]
+        print(f"error: set {' and '.join(missing)} (or DVC_REMOTE_URL / MLFLOW_TRACKING_URI)", file=sys.stderr)
+        return 2
+    target = PublishTarget(
+        remote_url=remote,
+        tracking_uri=tracking_uri,
+        model_name=args.model_name or settings.model_name,
+        endpoint_url=args.endpoint_url or settings.dvc_remote_endpoint_url,
+        region=args.region or settings.dvc_remote_region,
+    )
+    try:
+        published = publish_bundle(args.bundle, target, alias=None if args.no_alias else args.alias, report=print)
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    state = "new version" if published.created else "already registered, no new version"
+    print(f"published {target.model_name} version {published.version} ({state}); bundle {published.dvc_hash}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "publish":
+            return _publish(args)
+        if args.command == "quickstart":
+            from orchestration.quickstart import run_quickstart
+
+            run_quickstart(rows=args.rows, port=args.port)
         if args.command == "generate":
             write_csv(generate(args.rows, args.seed), args.out)
             print(f"wrote {args.rows} rows to {args.out}")
@@ -45,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             data_path = write_csv(generate(args.rows, args.seed), args.out.parent / "data" / "flights.csv")
             print(f"generated {args.rows} rows (seed {args.seed}) at {data_path}", file=sys.stderr)
         result = run_pipeline(data_path, config, args.out)
-    except (ConfigError, DataError, DataValidationError, QualityGateError, BundleError) as exc:
+    except (ConfigError, DataError, DataValidationError, QualityGateError, BundleError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(metrics_table(result.metadata))

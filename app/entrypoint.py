@@ -1,0 +1,132 @@
+"""The serving container's entrypoint: ``python -m app.entrypoint``.
+
+1. settings from the environment (``app.settings``); an invalid variable stops here, named;
+2. resolve the bundle: the ``MODEL_HASH`` pin, or the registry's ``MODEL_NAME@MODEL_ALIAS`` / ``MODEL_VERSION``;
+3. configure the DVC remote in ``MODEL_DIR`` from the environment (credentials stay in ``AWS_*``);
+4. ``dvc pull`` into ``MODEL_DIR/bundle`` with retries, backoff and the ``PULL_DEADLINE_S`` deadline;
+5. verify the bundle (DVC hash and content hash), then ``exec`` uvicorn, so signals reach the server itself.
+
+``BUNDLE_DIR`` set means "serve this directory as is": steps 2-4 are skipped and it is only verified.
+Every step prints one progress line with its timing; every failure prints one line saying what failed and
+what to check, and exits non-zero (see ``app.delivery.EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NoReturn
+
+from app.delivery import DeliveryError, Resolved, pull, redact, resolve, verify
+from app.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from app.bundle import Metadata
+
+APP: Final = "app.main:app"
+PREFIX: Final = "entrypoint:"
+
+Announce = Callable[[Settings, "Metadata"], None]
+
+
+def say(message: str) -> None:
+    """One progress line on stderr (the container log), never holding a secret."""
+    print(f"{PREFIX} {redact(message)}", file=sys.stderr, flush=True)
+
+
+def fail(error: DeliveryError | SettingsError, code: int) -> NoReturn:
+    """The one line a failed start leaves, then exit ``code``."""
+    print(f"{PREFIX} error: {redact(str(error))}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def uvicorn_command(settings: Settings) -> list[str]:
+    """The server command the entrypoint becomes."""
+    return [
+        sys.executable, "-m", "uvicorn", APP,
+        "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers),
+        "--log-level", settings.log_level,
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A verified bundle ready to serve."""
+
+    bundle_dir: Path
+    metadata: Metadata
+    version: int | None  # the registry version it was resolved from (None for a pin or BUNDLE_DIR)
+
+
+def deliver(settings: Settings) -> Delivered:
+    """Steps 2-5 up to (not including) the exec: the verified bundle."""
+    if settings.bundle_dir is not None:
+        from app.bundle import BundleError, read_metadata
+
+        say(f"resolve: BUNDLE_DIR={settings.bundle_dir} is served as is (no registry look-up, no pull)")
+        step = time.monotonic()
+        try:
+            metadata = read_metadata(settings.bundle_dir)
+        except BundleError as exc:
+            raise DeliveryError("mismatch", str(exc), "BUNDLE_DIR, or unset it to pull the bundle") from None
+        say(f"verify done in {time.monotonic() - step:.2f}s: content hash {metadata.content_hash[:12]}")
+        return Delivered(settings.bundle_dir, metadata, None)
+
+    step = time.monotonic()
+    resolved: Resolved = resolve(settings, report=say)
+    say(f"resolve done in {time.monotonic() - step:.2f}s: {resolved.source}, bundle {resolved.dvc_hash}")
+
+    step = time.monotonic()
+    pulled = pull(settings, resolved.dvc_hash, report=say)
+    say(
+        f"pull done in {time.monotonic() - step:.2f}s: {pulled.fetched} files fetched from "
+        f"{settings.dvc_remote_url} into {pulled.bundle_dir} ({pulled.attempts} attempt(s))"
+    )
+
+    step = time.monotonic()
+    metadata = verify(pulled.bundle_dir, resolved.dvc_hash, work=settings.model_dir)
+    say(
+        f"verify done in {time.monotonic() - step:.2f}s: dvc hash {resolved.dvc_hash} and content hash "
+        f"{metadata.content_hash[:12]} match"
+    )
+    return Delivered(pulled.bundle_dir, metadata, resolved.version)
+
+
+def run(settings: Settings, *, announce: Announce | None = None, started: float | None = None) -> NoReturn:
+    """Deliver the bundle and become the server; ``announce`` runs just before the exec (the quickstart's
+    banner). Exits non-zero with one line on any failure."""
+    started = time.monotonic() if started is None else started
+    try:
+        delivered = deliver(settings)
+    except DeliveryError as exc:
+        fail(exc, exc.exit_code)
+    env = {**os.environ, "BUNDLE_DIR": os.fspath(delivered.bundle_dir.resolve())}
+    if delivered.version is not None:
+        env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start
+    if announce is not None:
+        announce(settings, delivered.metadata)
+    say(
+        f"serve: exec uvicorn {APP} on {settings.host}:{settings.port} with {settings.workers} worker(s), "
+        f"BUNDLE_DIR={env['BUNDLE_DIR']}; start-up took {time.monotonic() - started:.2f}s so far"
+    )
+    command = uvicorn_command(settings)
+    os.execve(sys.executable, command, env)  # noqa: S606 (no shell: the server replaces this process)
+
+
+def main() -> NoReturn:
+    """Run as the container's ENTRYPOINT."""
+    started = time.monotonic()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        fail(exc, 2)
+    say(f"settings done in {time.monotonic() - started:.2f}s")
+    run(settings, started=started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Publish a bundle: DVC push to the remote, then an MLflow run and registered model version that point at it.
+
+The remote gets a normal DVC cache layout (``files/md5/..``), written by DVC itself from a throw-away work
+repository (``dvc init --no-scm``). The registered version carries the bundle's DVC hash, content hash and
+data hash as tags (``app.registry.TAG_*``): the entrypoint goes from ``MODEL_NAME@alias`` to the DVC hash,
+and from there to the blobs. Publishing is idempotent: DVC skips blobs the remote already has, and a bundle
+whose content hash is already registered gets its existing version back instead of a new one.
+
+Called by the Airflow DAG, the Dagger smoke seed, the quickstart and ``python -m orchestration publish``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+from app.bundle import Metadata, read_metadata
+from app.delivery import BUNDLE_NAME, prepare_work_repo, redact
+from app.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH
+from app.settings import Settings
+from orchestration import bundle_model
+
+MODEL_ARTIFACT: Final = "model"  # the pyfunc model's path inside the run
+COLUMN_TYPES: Final = {"float": "double", "int": "long", "str": "string", "date": "string"}
+
+Report = Callable[[str], None]
+
+
+class PublishError(RuntimeError):
+    """The bundle could not be pushed or registered; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where a bundle is published: the DVC remote and the MLflow tracking server / registry."""
+
+    remote_url: str  # s3://bucket/prefix or a local directory
+    tracking_uri: str  # http(s)://... or sqlite:///...
+    model_name: str = "flight-price"
+    endpoint_url: str | None = None  # S3-compatible endpoint (moto, MinIO)
+    region: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PublishTarget:
+        """The target the serving settings name: DVC_REMOTE_URL, MLFLOW_TRACKING_URI, MODEL_NAME, ..."""
+        missing = [
+            name
+            for name, value in (
+                ("DVC_REMOTE_URL", settings.dvc_remote_url),
+                ("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+            )
+            if not value
+        ]
+        if missing:
+            raise PublishError(f"cannot publish: {' and '.join(missing)} not set")
+        assert settings.dvc_remote_url and settings.mlflow_tracking_uri
+        return cls(
+            remote_url=settings.dvc_remote_url,
+            tracking_uri=settings.mlflow_tracking_uri,
+            model_name=settings.model_name,
+            endpoint_url=settings.dvc_remote_endpoint_url,
+            region=settings.dvc_remote_region,
+        )
+
+
+@dataclass(frozen=True)
+class Published:
+    """The outcome of ``publish_bundle``."""
+
+    dvc_hash: str  # e.g. "<md5>.dir"
+    version: int  # registered model version
+    run_id: str
+    uploaded: int  # files pushed this time (0 when the remote already had them all)
+    created: bool  # False when this exact bundle was already registered (the same version is returned)
+    alias: str | None  # alias pointed at this version, if any
+
+
+def _quiet(_: str) -> None:
+    """The default report: say nothing."""
+
+
+# --- DVC ---
+
+
+def push_bundle(bundle_dir: Path, target: PublishTarget) -> tuple[str, int]:
+    """``dvc add`` + ``dvc push`` the bundle to ``target.remote_url``: (DVC hash, files uploaded this time).
+
+    The bundle is verified first, so nothing unverifiable reaches the remote. Credentials for S3 come from
+    the standard ``AWS_*`` variables and are never written to the DVC config.
+    """
+    read_metadata(bundle_dir)
+    from dvc.repo import Repo
+
+    with tempfile.TemporaryDirectory(prefix="dvc-publish-") as tmp:
+        work = Path(tmp)
+        try:
+            prepare_work_repo(work, target.remote_url, endpoint_url=target.endpoint_url, region=target.region)
+            shutil.copytree(bundle_dir, work / BUNDLE_NAME)
+            repo = Repo(tmp)
+            [stage] = repo.add(os.fspath(work / BUNDLE_NAME))
+            dvc_hash = str(stage.outs[0].hash_info.value)
+            uploaded = int(repo.push())
+            repo.close()
+        except Exception as exc:  # DVC's errors share no public base class worth naming
+            raise PublishError(f"dvc push of {bundle_dir} to {target.remote_url} failed: {exc}") from exc
+    return dvc_hash, uploaded
+
+
+# --- MLflow ---
+
+
+def signature(metadata: Metadata) -> ModelSignature:
+    """The model signature, from the bundle's own feature schema and target."""
+    inputs = Schema([ColSpec(COLUMN_TYPES[f.dtype], f.name) for f in metadata.features])
+    outputs = Schema([ColSpec("double", metadata.target.name)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _tracking(uri: str) -> MlflowClient:
+    """A client for ``uri``; MLflow's fluent API (which logs the model) is pointed there too, and stays so."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client: MlflowClient, target: PublishTarget) -> str:
+    """The experiment named after the model; a local sqlite store keeps its artifacts beside the database."""
+    experiment = client.get_experiment_by_name(target.model_name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if target.tracking_uri.startswith("sqlite:///"):
+        database = Path(urlparse(target.tracking_uri).path)
+        location = (database.parent / "mlartifacts").resolve().as_uri()
+    return str(client.create_experiment(target.model_name, artifact_location=location))
+
+
+def registered_version(client: MlflowClient, model_name: str, content_hash: str) -> tuple[int, str] | None:
+    """(version, run id) of ``model_name``'s version tagged with this content hash, if any."""
+    found = client.search_model_versions(f"name = '{model_name}' and tags.{TAG_CONTENT_HASH} = '{content_hash}'")
+    if not found:
+        return None
+    oldest = min(found, key=lambda mv: int(mv.version))
+    return int(oldest.version), str(oldest.run_id)
+
+
+def _register(
+    client: MlflowClient, bundle_dir: Path, metadata: Metadata, dvc_hash: str, target: PublishTarget
+) -> tuple[int, str]:
+    tags = {TAG_DVC_HASH: dvc_hash, TAG_CONTENT_HASH: metadata.content_hash, TAG_DATA_HASH: metadata.data_hash}
+    with mlflow.start_run(
+        experiment_id=_experiment_id(client, target), run_name=f"bundle-{metadata.content_hash[:12]}"
+    ) as run:
+        mlflow.log_params({**metadata.params, **{f"rows_{k}": v for k, v in metadata.rows.items()}})
+        mlflow.log_metrics({**metadata.metrics, **{f"baseline_{k}": v for k, v in metadata.baseline_metrics.items()}})
+        mlflow.set_tags({**tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}})
+        versions = metadata.library_versions
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=bundle_model.__file__,  # models from code: nothing pickled
+            artifacts={bundle_model.BUNDLE_ARTIFACT: os.fspath(bundle_dir)},
+            signature=signature(metadata),
+            input_example=pd.DataFrame([metadata.example]),
+            # Stated, not inferred: inference would load the model in a subprocess just to list imports.
+            pip_requirements=[
+                f"scikit-learn=={versions['scikit-learn']}",
+                f"numpy=={versions['numpy']}",
+                f"skops=={versions['skops']}",
+                "pandas",
+                "pydantic",
+            ],
+        )
+    version = mlflow.register_model(info.model_uri, target.model_name, tags=tags)
+    return int(version.version), run.info.run_id
+
+
+def set_alias(target: PublishTarget, version: int, alias: str = "champion") -> None:
+    """Point ``target.model_name@alias`` at ``version`` (promoting a model is only this)."""
+    _tracking(target.tracking_uri).set_registered_model_alias(target.model_name, alias, str(version))
+
+
+def publish_bundle(
+    bundle_dir: Path, target: PublishTarget, *, alias: str | None = "champion", report: Report = _quiet
+) -> Published:
+    """Push the bundle with DVC, register it in MLflow (once per content hash), and point ``alias`` at it.
+
+    Blobs are pushed before anything is registered, so a registered version never names missing blobs.
+    """
+    metadata = read_metadata(bundle_dir)
+    dvc_hash, uploaded = push_bundle(bundle_dir, target)
+    if uploaded:
+        report(f"dvc push: {uploaded} files uploaded to {target.remote_url} (bundle {dvc_hash})")
+    else:
+        report(f"dvc push: {target.remote_url} already holds every file of bundle {dvc_hash}; nothing uploaded")
+    try:
+        client = _tracking(target.tracking_uri)
+        existing = registered_version(client, target.model_name, metadata.content_hash)
+        if existing is None:
+            version, run_id = _register(client, bundle_dir, metadata, dvc_hash, target)
+            report(f"registry: registered {target.model_name} version {version} (run {run_id})")
+        else:
+            version, run_id = existing
+            report(
+                f"registry: this bundle (content hash {metadata.content_hash[:12]}) is already "
+                f"{target.model_name} version {version}; no new version"
+            )
+        if alias:
+            client.set_registered_model_alias(target.model_name, alias, str(version))
+            report(f"registry: {target.model_name}@{alias} -> version {version}")
+    except mlflow.exceptions.MlflowException as exc:
+        raise PublishError(
+            f"registering {bundle_dir} in MLflow at {redact(target.tracking_uri)} failed: {exc}"
+        ) from exc
+    return Published(dvc_hash, version, run_id, uploaded, existing is None, alias)
