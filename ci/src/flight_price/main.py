@@ -17,7 +17,7 @@ AIRFLOW_IMAGE: Final = f"apache/airflow:{AIRFLOW_VERSION}-python3.12"
 SERVING_IMAGE_NAME: Final = "prediction-server"
 AIRFLOW_IMAGE_NAME: Final = "flight-price-airflow"
 PLATFORMS: Final = (dagger.Platform("linux/amd64"), dagger.Platform("linux/arm64"))
-SOURCE_URL: Final = "https://github.com/flight-price/flight-price-mlops"
+SOURCE_URL: Final = "https://github.com/flight-price/flight-price-mlops"  # CI passes the real one
 
 # The serving image's layout.
 VENV: Final = "/opt/venv"
@@ -163,13 +163,13 @@ def with_env(env: dict[str, str]) -> Callable[[dagger.Container], dagger.Contain
     return apply
 
 
-def oci_labels(title: str, revision: str, version: str) -> Callable[[dagger.Container], dagger.Container]:
+def oci_labels(title: str, source: str, revision: str, version: str) -> Callable[[dagger.Container], dagger.Container]:
     """A step adding the OCI image labels."""
 
     def apply(container: dagger.Container) -> dagger.Container:
         return (
             container.with_label("org.opencontainers.image.title", title)
-            .with_label("org.opencontainers.image.source", SOURCE_URL)
+            .with_label("org.opencontainers.image.source", source)
             .with_label("org.opencontainers.image.revision", revision)
             .with_label("org.opencontainers.image.version", version)
         )
@@ -193,6 +193,7 @@ class FlightPrice:
     airflow_image: Annotated[str, Doc("Official Apache Airflow image the orchestration image extends")] = field(
         default=AIRFLOW_IMAGE
     )
+    source_url: Annotated[str, Doc("Repository URL for the images' OCI source label")] = field(default=SOURCE_URL)
 
     def _locked(self, container: dagger.Container) -> dagger.Container:
         """``container`` in /build with only the project's lock inputs, so dependency layers stay cached."""
@@ -239,7 +240,7 @@ class FlightPrice:
             .with_docker_healthcheck(
                 list(READY_PROBE), interval="15s", timeout="5s", start_period="120s", start_interval="2s", retries=3
             )
-            .with_(oci_labels(SERVING_IMAGE_NAME, revision, version))
+            .with_(oci_labels(SERVING_IMAGE_NAME, self.source_url, revision, version))
         )
 
     @function
@@ -268,7 +269,7 @@ class FlightPrice:
             .with_directory(f"{project}/orchestration", self.source.directory("orchestration"))
             .with_env_variable("PYTHONPATH", project)
             .with_env_variable("AIRFLOW__CORE__DAGS_FOLDER", f"{project}/orchestration/dags")
-            .with_(oci_labels(AIRFLOW_IMAGE_NAME, revision, version))
+            .with_(oci_labels(AIRFLOW_IMAGE_NAME, self.source_url, revision, version))
         )
 
     def tools(self) -> dagger.Container:
