@@ -97,7 +97,7 @@ class ServingState:
     def _load_model(self) -> LoadedModel:
         bundle = load_bundle(self.settings.bundle_path)
         schema = RecordSchema.from_metadata(bundle.metadata, self.settings.max_batch_records)
-        predictor = Predictor(bundle)
+        predictor = Predictor(bundle, self.settings.predict_threads)
         model = LoadedModel(bundle, schema, predictor, batcher=None)  # type: ignore[arg-type]
         model.batcher = MicroBatcher(
             model.predict_rows,

@@ -1,0 +1,46 @@
+"""What the server's tests share: an in-process client for an app that has finished loading, and records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.bundle import Metadata
+from app.main import create_app
+from app.predictor import probe_columns
+from app.settings import Settings
+
+
+def settings_for(bundle_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test app: the given bundle, no registry unless asked for."""
+    values: dict[str, Any] = {"mlflow_tracking_uri": None, "model_version": None, **overrides}
+    return Settings(bundle_dir=bundle_dir, **values)
+
+
+def wait_ready(client: TestClient, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"not ready after {timeout}s: {client.get('/health/ready').json()}")
+
+
+@contextmanager
+def ready_client(settings: Settings, *, wait: bool = True) -> Iterator[TestClient]:
+    """A TestClient (lifespan running) for ``create_app(settings)``, once its bundle is loaded."""
+    with TestClient(create_app(settings, configure_logs=False), raise_server_exceptions=False) as client:
+        if wait:
+            wait_ready(client)
+        yield client
+
+
+def records(metadata: Metadata, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` valid records (the bundle's example first) drawn across every feature's range."""
+    columns = probe_columns(metadata, n, seed=seed)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]

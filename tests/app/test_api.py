@@ -1,0 +1,302 @@
+"""The prediction server's endpoints and statuses, in process and as a real uvicorn process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from mlflow.tracking import MlflowClient
+
+from app.bundle import MODEL_FILE, Bundle, load_bundle
+from app.registry import TAG_CONTENT_HASH
+from tests.app.serving import ready_client, records, settings_for, wait_ready
+from tests.services import BIN, LOOPBACK, free_port, running
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir: Path) -> Iterator[TestClient]:
+    with ready_client(settings_for(bundle_dir, max_batch_records=50, max_body_bytes=20_000)) as client:
+        yield client
+
+
+def column_values(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+# --- health and readiness ---
+
+
+def test_live_at_once_ready_only_after_a_bundle_appears(bundle_dir: Path, tmp_path: Path) -> None:
+    later = tmp_path / "later"
+    with ready_client(settings_for(later), wait=False) as client:
+        assert client.get("/health/live").json() == {"status": "alive"}
+        not_ready = client.get("/health/ready")
+        assert not_ready.status_code == 503
+        assert "does not exist" in not_ready.json()["reason"]
+        assert client.post("/predict", json={}).status_code == 503
+        assert client.get("/model").status_code == 503
+        shutil.copytree(bundle_dir, later)
+        wait_ready(client, timeout=20)
+        ready = client.get("/health/ready").json()
+        assert ready["status"] == "ready" and ready["bundle_hash"] == load_bundle(later).content_hash
+
+
+def test_tampered_bundle_stays_unready_with_the_reason(bundle_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    with (broken / MODEL_FILE).open("ab") as fh:
+        fh.write(b"tampered")
+    with ready_client(settings_for(broken), wait=False) as client:
+        time.sleep(1.0)  # past the first retry: still refused
+        response = client.get("/health/ready")
+        assert response.status_code == 503
+        assert response.json()["status"] == "failed"
+        assert f"{MODEL_FILE} does not match its recorded sha256" in response.json()["reason"]
+        predict = client.post("/predict", json={})
+        assert predict.status_code == 503 and "sha256" in predict.json()["detail"]
+
+
+# --- predictions ---
+
+
+def test_predictions_equal_the_bundles_own(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 40, seed=3)
+    expected = bundle.predict(column_values(rows))
+    singles = [client.post("/predict", json=row).json() for row in rows]
+    assert [s["prediction"] for s in singles] == expected.tolist()
+    assert {s["bundle_hash"] for s in singles} == {bundle.content_hash}
+    assert singles[0]["model_version"] is None
+    batch = client.post("/predict/batch", json={"records": rows}).json()
+    assert batch["predictions"] == expected.tolist()
+    assert batch["bundle_hash"] == bundle.content_hash
+
+
+def test_batch_over_the_record_limit_is_413(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 51)
+    response = client.post("/predict/batch", json={"records": rows})
+    assert response.status_code == 413
+    assert "at most 50 records" in response.json()["detail"][0]["msg"]
+    assert client.post("/predict/batch", json={"records": rows[:50]}).status_code == 200
+
+
+def test_oversize_body_is_413_by_length_and_while_streaming(client: TestClient, bundle: Bundle) -> None:
+    body = json.dumps({"records": records(bundle.metadata, 1) * 200}).encode()
+    assert len(body) > 20_000
+    declared = client.post("/predict/batch", content=body, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "MAX_BODY_BYTES" in declared.json()["detail"][0]["msg"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server must count what streams in
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    streamed = client.post("/predict/batch", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+
+
+def test_malformed_json_is_400_not_500(client: TestClient) -> None:
+    for body in (b"{bad", b"", b'{"time": 1,', b"\xff\xfe"):
+        response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, body
+        assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert client.post("/predict/batch", content=b"[", headers={"content-type": "application/json"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "fragment"),
+    [
+        ({"time": None}, "time", "valid number"),
+        ({"time": "3.5"}, "time", "valid number"),
+        ({"time": 10_000.0}, "time", "less than or equal to 24"),
+        ({"distance": -1}, "distance", "greater than or equal to 1"),
+        ({"agency": "NoSuchAgency"}, "agency", "Input should be"),
+        ({"agency": 3}, "agency", "Input should be"),
+        ({"date": "2023-02-30"}, "date", "day is out of range"),
+        ({"date": "2023/01/05"}, "date", "should match pattern"),
+        ({"unexpected": 1}, "unexpected", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_fields_are_422_naming_the_field(
+    client: TestClient, bundle: Bundle, change: dict[str, Any], field: str, fragment: str
+) -> None:
+    record = {**bundle.metadata.example, **change}
+    response = client.post("/predict", json=record)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == field and error["msg"].startswith(f"{field}: ") and fragment in error["msg"]
+
+
+def test_missing_field_and_non_finite_numbers_are_422(client: TestClient, bundle: Bundle) -> None:
+    record = dict(bundle.metadata.example)
+    del record["distance"]
+    [missing] = client.post("/predict", json=record).json()["detail"]
+    assert missing["msg"] == "distance: Field required"
+    for token in ("NaN", "Infinity", "-Infinity"):
+        body = json.dumps(bundle.metadata.example)[:-1] + f', "time": {token}}}'  # duplicate key: last wins
+        response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, token
+        assert any(e["field"] == "time" and "finite" in e["msg"] for e in response.json()["detail"])
+
+
+def test_batch_errors_name_the_record_and_field(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 3)
+    rows[2] = {**rows[2], "flight_type": "rocket"}
+    response = client.post("/predict/batch", json={"records": rows})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == "flight_type" and error["msg"].startswith("records[2].flight_type: ")
+    assert client.post("/predict/batch", json={"records": []}).status_code == 422
+    assert client.post("/predict/batch", json=rows).status_code == 422  # not wrapped in {"records": ...}
+
+
+def test_request_id_is_honoured_or_made(client: TestClient, bundle: Bundle) -> None:
+    given = client.post("/predict", json=bundle.metadata.example, headers={"X-Request-ID": "trace-42"})
+    assert given.headers["x-request-id"] == "trace-42"
+    made = client.get("/health/live")
+    assert len(made.headers["x-request-id"]) == 32
+    hostile = client.get("/health/live", headers={"X-Request-ID": "a b\tc" * 40})
+    assert hostile.headers["x-request-id"] != "a b\tc" * 40
+    error = client.post("/predict", json={}, headers={"X-Request-ID": "trace-43"})
+    assert error.json()["request_id"] == "trace-43"
+
+
+def test_unexpected_failure_is_500_with_request_id_and_no_internals(
+    bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ready_client(settings_for(bundle_dir)) as client:
+        model = client.app.state.serving.model  # type: ignore[attr-defined]
+
+        def fail(columns: object) -> None:
+            raise RuntimeError("internal detail: /secret/path")
+
+        monkeypatch.setattr(model.predictor, "predict", fail)
+        for path, body in (
+            ("/predict", bundle.metadata.example),
+            ("/predict/batch", {"records": [bundle.metadata.example]}),
+        ):
+            response = client.post(path, json=body, headers={"X-Request-ID": "boom-1"})
+            assert response.status_code == 500
+            assert response.json() == {"detail": "internal server error", "request_id": "boom-1"}
+            assert "secret" not in response.text
+        monkeypatch.undo()
+        assert client.post("/predict", json=bundle.metadata.example).status_code == 200  # the batcher carries on
+
+
+# --- model and registry view ---
+
+
+def test_model_without_registry(client: TestClient, bundle: Bundle) -> None:
+    body = client.get("/model").json()
+    assert body["bundle_hash"] == bundle.content_hash
+    assert body["data_hash"] == bundle.metadata.data_hash
+    assert body["metrics"] == bundle.metadata.metrics
+    assert body["metadata"]["features"][0]["name"] == bundle.metadata.features[0].name
+    assert body["registry"] == "unavailable" and "MLFLOW_TRACKING_URI is not set" in body["reason"]
+
+
+def test_model_with_unreachable_registry(bundle_dir: Path) -> None:
+    settings = settings_for(bundle_dir).model_copy(
+        update={"mlflow_tracking_uri": f"http://{LOOPBACK}:{free_port()}", "registry_timeout_s": 1.0}
+    )
+    with ready_client(settings) as client:
+        started = time.monotonic()
+        body = client.get("/model").json()
+        assert body["registry"] == "unavailable" and "unreachable" in body["reason"]
+        assert time.monotonic() - started < 3
+        assert client.post("/predict", json=load_bundle(bundle_dir).metadata.example).status_code == 200
+
+
+def test_model_registry_view_from_a_real_mlflow_server(mlflow_uri: str, bundle_dir: Path, bundle: Bundle) -> None:
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    name = f"serve-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    client.create_model_version(name, source="s3://mlflow/none/1", tags={TAG_CONTENT_HASH: "another-bundle"})
+    client.create_model_version(name, source="s3://mlflow/none/2", tags={TAG_CONTENT_HASH: bundle.content_hash})
+    client.set_registered_model_alias(name, "champion", "2")
+    settings = settings_for(bundle_dir).model_copy(update={"mlflow_tracking_uri": mlflow_uri, "model_name": name})
+    with ready_client(settings) as api:
+        body = api.get("/model").json()
+        assert body["registry"] == {"name": name, "version": 2, "aliases": ["champion"], "run_id": None}
+        assert body["model_version"] == 2
+        prediction = api.post("/predict", json=bundle.metadata.example).json()
+        assert prediction["model_version"] == 2  # learnt from the registry after loading, not asked per request
+
+
+# --- OpenAPI ---
+
+
+def test_openapi_is_built_from_the_bundle(client: TestClient, bundle: Bundle) -> None:
+    document = client.get("/openapi.json").json()
+    record = document["components"]["schemas"]["PredictRequest"]
+    categorical = next(f for f in bundle.metadata.features if f.kind == "categorical")
+    assert record["properties"][categorical.name]["enum"] == categorical.categories
+    numeric = next(f for f in bundle.metadata.features if f.kind == "numeric")
+    assert record["properties"][numeric.name]["maximum"] == numeric.maximum
+    assert set(record["required"]) == set(bundle.metadata.feature_names())
+    assert record["additionalProperties"] is False
+    example = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert example == bundle.metadata.example
+    assert client.post("/predict", json=example).status_code == 200  # the documented example works
+    batch_example = document["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]
+    assert client.post("/predict/batch", json=batch_example["example"]).status_code == 200
+    assert client.get("/docs").status_code == 200
+
+
+# --- logs ---
+
+
+def test_json_logs_carry_request_ids_and_no_secrets(
+    bundle_dir: Path, bundle: Bundle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.main import create_app
+
+    secret = "aws-secret-value-never-logged"
+    settings = settings_for(bundle_dir, aws_secret_access_key=secret, log_format="json")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        client.post("/predict", json=bundle.metadata.example, headers={"X-Request-ID": "log-me-1"})
+        client.post("/predict", json={"time": "x"}, headers={"X-Request-ID": "log-me-2"})
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert secret not in json.dumps(lines)
+    requests = {line["request_id"]: line for line in lines if line["message"] == "request"}
+    assert requests["log-me-1"]["status"] == 200 and requests["log-me-1"]["route"] == "/predict"
+    assert requests["log-me-2"]["status"] == 422
+    assert any(line["message"] == "bundle loaded" and line["bundle_hash"] == bundle.content_hash for line in lines)
+
+
+# --- a real uvicorn process ---
+
+
+def test_real_uvicorn_process(bundle_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port)]
+    log = tmp_path / "server.log"
+    with running(args, f"{url}/health/ready", env={"BUNDLE_DIR": str(bundle_dir)}, timeout=60, log=log):
+        rows = records(bundle.metadata, 16, seed=9)
+        request = urllib.request.Request(
+            f"{url}/predict/batch",
+            data=json.dumps({"records": rows}).encode(),
+            headers={"Content-Type": "application/json", "X-Request-ID": "real-1"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["X-Request-ID"] == "real-1"
+            body = json.loads(response.read())
+        np.testing.assert_array_equal(body["predictions"], bundle.predict(column_values(rows)))
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            assert b'http_requests_total{method="POST",route="/predict/batch",status="200"} 1.0' in response.read()
+    logged = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(line.get("request_id") == "real-1" and line.get("status") == 200 for line in logged)

@@ -1,0 +1,138 @@
+"""Property tests: records generated from the bundle's own schema. Valid ones always predict what the bundle
+predicts; invalid ones always get a 4xx whose message names the field, never a 5xx."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.bundle import Bundle, Feature, load_bundle
+from tests.app.serving import ready_client, settings_for
+
+PROPERTY_SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir: Path) -> Iterator[TestClient]:
+    with ready_client(settings_for(bundle_dir)) as client:
+        yield client
+
+
+def valid_value(feature: Feature) -> st.SearchStrategy[Any]:
+    if feature.kind == "categorical":
+        return st.sampled_from(feature.categories or [])
+    if feature.kind == "date":
+        return st.dates(min_value=date(1, 1, 1)).map(date.isoformat)
+    low, high = float(feature.minimum or 0), float(feature.maximum or 0)
+    if feature.dtype == "int":
+        return st.integers(math.ceil(low), math.floor(high))
+    return st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+def valid_record(features: list[Feature]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({f.name: valid_value(f) for f in features})
+
+
+def is_iso_day(text: str) -> bool:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def invalid_value(feature: Feature) -> st.SearchStrategy[Any]:
+    """Values the schema must refuse for this feature: wrong type, out of range, unknown, non-finite."""
+    wrong_type = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(), st.integers(), max_size=1),
+    )
+    if feature.kind == "categorical":
+        unknown = st.text(max_size=12).filter(lambda v: v not in (feature.categories or []))
+        return st.one_of(wrong_type, unknown, st.integers(), st.floats(allow_nan=False))
+    if feature.kind == "date":
+        return st.one_of(wrong_type, st.integers(), st.text(max_size=12).filter(lambda v: not is_iso_day(v)))
+    low, high = float(feature.minimum or 0), float(feature.maximum or 0)
+    out_of_range = st.one_of(
+        st.floats(min_value=high, exclude_min=True, allow_infinity=False),
+        st.floats(max_value=low, exclude_max=True, allow_infinity=False),
+    )
+    non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+    numeric_text = st.floats(low, high, allow_nan=False).map(str)
+    return st.one_of(wrong_type, out_of_range, non_finite, numeric_text)
+
+
+@st.composite
+def invalid_record(draw: st.DrawFn, features: list[Feature]) -> tuple[dict[str, Any], str]:
+    """A valid record with exactly one field broken (changed, dropped, or an unknown one added)."""
+    record = draw(valid_record(features))
+    feature = draw(st.sampled_from(features))
+    how = draw(st.sampled_from(["change", "drop", "add"]))
+    if how == "drop":
+        del record[feature.name]
+        return record, feature.name
+    if how == "add":
+        extra = draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in record))
+        record[extra] = draw(st.integers())
+        return record, extra
+    record[feature.name] = draw(invalid_value(feature))
+    return record, feature.name
+
+
+def test_valid_records_always_predict_what_the_bundle_predicts(client: TestClient, bundle: Bundle) -> None:
+    @PROPERTY_SETTINGS
+    @given(record=valid_record(bundle.metadata.features))
+    def check(record: dict[str, Any]) -> None:
+        response = client.post("/predict", json=record)
+        assert response.status_code == 200, response.text
+        expected = bundle.predict({name: [value] for name, value in record.items()})[0]
+        assert response.json()["prediction"] == expected
+
+    check()
+
+
+def test_invalid_records_are_4xx_naming_the_field(client: TestClient, bundle: Bundle) -> None:
+    @PROPERTY_SETTINGS
+    @given(broken=invalid_record(bundle.metadata.features))
+    def check(broken: tuple[dict[str, Any], str]) -> None:
+        record, field = broken
+        body = json.dumps(record, allow_nan=True)  # NaN and Infinity as the tokens clients send
+        response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500, response.text
+        assert any(error["msg"].startswith(f"{field}: ") for error in response.json()["detail"]), response.text
+
+    check()
+
+
+def test_invalid_records_in_a_batch_name_record_and_field(client: TestClient, bundle: Bundle) -> None:
+    @PROPERTY_SETTINGS
+    @given(good=valid_record(bundle.metadata.features), broken=invalid_record(bundle.metadata.features))
+    def check(good: dict[str, Any], broken: tuple[dict[str, Any], str]) -> None:
+        record, field = broken
+        body = json.dumps({"records": [good, record]}, allow_nan=True)
+        response = client.post("/predict/batch", content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500, response.text
+        assert any(e["msg"].startswith(f"records[1].{field}: ") for e in response.json()["detail"]), response.text
+
+    check()

@@ -1,0 +1,128 @@
+"""The micro-batcher: never changes a prediction, dispatches a lone record at once, gathers concurrent ones."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from app.batching import MicroBatcher
+from app.bundle import load_bundle
+from app.predictor import Predictor, probe_columns
+from app.schema import RecordSchema
+
+
+def test_batched_predictions_equal_unbatched(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    schema = RecordSchema.from_metadata(bundle.metadata, 1000)
+    predictor = Predictor(bundle)
+    assert predictor.direct  # the fast path is the one under test
+    columns = probe_columns(bundle.metadata, 300, seed=4)
+    rows = list(zip(*columns.values(), strict=True))
+    sizes: list[int] = []
+
+    async def scenario() -> list[float]:
+        batcher: MicroBatcher[tuple[Any, ...]] = MicroBatcher(
+            lambda batch: predictor.predict(schema.columns(batch)), max_size=64, max_wait_s=0.002, on_batch=sizes.append
+        )
+        try:
+            return await asyncio.gather(*(batcher.predict(row) for row in rows))
+        finally:
+            await batcher.close()
+
+    batched = asyncio.run(scenario())
+    assert max(sizes) > 1 and sum(sizes) == len(rows)  # the records really were predicted together
+    one_by_one = [bundle.predict(schema.columns([row]))[0] for row in rows]
+    assert batched == one_by_one == bundle.predict(columns).tolist()  # exact, not approximate
+
+
+def slow_sum(delay: float, calls: list[int]) -> Any:
+    def predict(rows: list[float]) -> npt.NDArray[np.float64]:
+        calls.append(len(rows))
+        time.sleep(delay)
+        return np.asarray(rows, dtype=np.float64) * 2
+
+    return predict
+
+
+def test_a_lone_record_is_not_held_for_the_window() -> None:
+    calls: list[int] = []
+
+    async def scenario() -> float:
+        batcher = MicroBatcher(slow_sum(0, calls), max_size=64, max_wait_s=1.0)
+        try:
+            await batcher.predict(1.0)  # warm the worker thread
+            started = time.perf_counter()
+            assert await batcher.predict(2.0) == 4.0
+            return time.perf_counter() - started
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) < 0.2  # far below the 1 s window
+    assert calls == [1, 1]
+
+
+def test_records_arriving_while_busy_share_the_next_call_up_to_max_size() -> None:
+    calls: list[int] = []
+
+    async def scenario() -> list[float]:
+        batcher = MicroBatcher(slow_sum(0.05, calls), max_size=8, max_wait_s=0.001)
+        try:
+            first = asyncio.ensure_future(batcher.predict(0.0))
+            await asyncio.sleep(0.01)  # the first is being predicted alone; the rest arrive meanwhile
+            rest = await asyncio.gather(*(batcher.predict(float(i)) for i in range(1, 30)))
+            return [await first, *rest]
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) == [2.0 * i for i in range(30)]
+    assert calls == [1, 8, 8, 8, 5]
+
+
+def test_waits_for_expected_records_within_the_window() -> None:
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(slow_sum(0, calls), max_size=64, max_wait_s=0.5)
+        try:
+            batcher.expect()  # a second request is being read
+
+            async def late() -> float:
+                await asyncio.sleep(0.05)
+                batcher.arrived()
+                return await batcher.predict(2.0)
+
+            assert list(await asyncio.gather(batcher.predict(1.0), late())) == [2.0, 4.0]
+        finally:
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert calls == [2]
+
+
+def test_a_failing_call_fails_its_batch_and_the_next_succeeds() -> None:
+    failing = threading.Event()
+    failing.set()
+
+    def predict(rows: list[float]) -> npt.NDArray[np.float64]:
+        if failing.is_set():
+            raise ValueError("model failed")
+        return np.asarray(rows)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predict, max_size=4, max_wait_s=0)
+        try:
+            with pytest.raises(ValueError, match="model failed"):
+                await batcher.predict(1.0)
+            failing.clear()
+            assert await batcher.predict(3.0) == 3.0
+        finally:
+            await batcher.close()
+
+    asyncio.run(scenario())
