@@ -84,10 +84,6 @@ class MicroBatcher(Generic[Row]):
         self._wakeup.set()
         return await future
 
-    async def run(self, fn: Callable[[], npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
-        """Run a whole batch request's predict on the same worker thread (one model call at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
     # --- dispatcher (event loop task) ---
 
     async def _dispatch(self) -> None:

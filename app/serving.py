@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from app.batching import MicroBatcher
+from app.batching import MicroBatcher, limit_threads
 from app.bundle import Bundle, BundleError, load_bundle
 from app.observability import LOGGER_NAME, ServerMetrics
 from app.predictor import Predictor
@@ -30,7 +31,12 @@ log = logging.getLogger(LOGGER_NAME)
 
 RETRY_FIRST_S: Final = 0.5
 RETRY_MAX_S: Final = 15.0
-REGISTRY_CACHE_S: Final = 30.0  # a registry answer (or failure) is reused this long
+REGISTRY_CACHE_S: Final = 30.0  # a registry answer is reused this long
+REGISTRY_RETRY_S: Final = 5.0  # a failed look-up is reused this long, so an outage does not stall every /model
+# Threads for /predict/batch calls, apart from the micro-batcher's own: the trees are evaluated outside the
+# GIL, so two large batches proceed in parallel on two cores (each thread stays at PREDICT_THREADS OpenMP
+# threads; more OpenMP threads per call oversubscribe a small machine badly).
+BATCH_WORKERS: Final = 2
 Row = tuple[Any, ...]
 
 
@@ -42,6 +48,11 @@ class LoadedModel:
     schema: RecordSchema
     predictor: Predictor
     batcher: MicroBatcher[Row]
+    batch_executor: ThreadPoolExecutor
+
+    async def predict_batch(self, rows: list[Row]) -> npt.NDArray[np.float64]:
+        """A whole batch request's rows in one vectorised call, on a batch worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.batch_executor, self.predict_rows, rows)
 
     def predict_rows(self, rows: list[Row]) -> npt.NDArray[np.float64]:
         """Validated rows -> predictions, with no DataFrame (runs on the worker thread)."""
@@ -98,12 +109,14 @@ class ServingState:
         bundle = load_bundle(self.settings.bundle_path)
         schema = RecordSchema.from_metadata(bundle.metadata, self.settings.max_batch_records)
         predictor = Predictor(bundle, self.settings.predict_threads)
-        model = LoadedModel(bundle, schema, predictor, batcher=None)  # type: ignore[arg-type]
+        threads = self.settings.predict_threads
+        executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch", initializer=limit_threads, initargs=(threads,))
+        model = LoadedModel(bundle, schema, predictor, batcher=None, batch_executor=executor)  # type: ignore[arg-type]
         model.batcher = MicroBatcher(
             model.predict_rows,
             max_size=self.settings.microbatch_max_size,
             max_wait_s=self.settings.microbatch_max_wait_ms / 1000,
-            threads=self.settings.predict_threads,
+            threads=threads,
             on_batch=self.metrics.batch_size.observe,
         )
         return model
@@ -111,6 +124,7 @@ class ServingState:
     async def close(self) -> None:
         if self.model is not None:
             await self.model.batcher.close()
+            self.model.batch_executor.shutdown(wait=False, cancel_futures=True)
 
     def _version_label(self) -> str | None:
         return None if self.model_version is None else str(self.model_version)
@@ -118,13 +132,15 @@ class ServingState:
     # --- registry view (never on the prediction path) ---
 
     async def registry_view(self) -> dict[str, Any]:
-        """This bundle's registered versions, found by its content-hash tag; cached for REGISTRY_CACHE_S."""
+        """This bundle's registered versions, found by its content-hash tag; cached briefly."""
         if self.model is None:
             return {"registry": "unavailable", "reason": "bundle not loaded"}
         async with self._registry_lock:  # concurrent callers share one look-up
             cached = self._registry_view
-            if cached is not None and time.monotonic() - cached[0] < REGISTRY_CACHE_S:
-                return cached[1]
+            if cached is not None:
+                ttl = REGISTRY_RETRY_S if cached[1]["registry"] == "unavailable" else REGISTRY_CACHE_S
+                if time.monotonic() - cached[0] < ttl:
+                    return cached[1]
             view = await self._lookup(self.model.bundle.content_hash)
             self._registry_view = (time.monotonic(), view)
             return view
@@ -155,9 +171,14 @@ class ServingState:
         if self.model_version is None or self.model_version != best.version:
             self.model_version = best.version
             self.metrics.set_model(self._version_label(), content_hash)
-        return {
-            "registry": {"name": best.name, "version": best.version, "aliases": best.aliases, "run_id": best.run_id},
-            "versions": [
-                {"name": v.name, "version": v.version, "aliases": v.aliases, "run_id": v.run_id} for v in versions
-            ],
-        }
+        return {"registry": _version_view(best), "versions": [_version_view(v) for v in versions]}
+
+
+def _version_view(version: ModelVersion) -> dict[str, Any]:
+    # MLflow's REST API answers "" for a version registered without a run
+    return {
+        "name": version.name,
+        "version": version.version,
+        "aliases": version.aliases,
+        "run_id": version.run_id or None,
+    }

@@ -226,7 +226,9 @@ def test_model_registry_view_from_a_real_mlflow_server(mlflow_uri: str, bundle_d
     client.create_model_version(name, source="s3://mlflow/none/1", tags={TAG_CONTENT_HASH: "another-bundle"})
     client.create_model_version(name, source="s3://mlflow/none/2", tags={TAG_CONTENT_HASH: bundle.content_hash})
     client.set_registered_model_alias(name, "champion", "2")
-    settings = settings_for(bundle_dir).model_copy(update={"mlflow_tracking_uri": mlflow_uri, "model_name": name})
+    settings = settings_for(bundle_dir).model_copy(
+        update={"mlflow_tracking_uri": mlflow_uri, "model_name": name, "registry_timeout_s": 60.0}  # a loaded CI box
+    )
     with ready_client(settings) as api:
         body = api.get("/model").json()
         assert body["registry"] == {"name": name, "version": 2, "aliases": ["champion"], "run_id": None}

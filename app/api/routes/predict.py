@@ -73,7 +73,7 @@ async def predict(request: Request, state: State, loaded: Model) -> JSON:
 async def predict_batch(request: Request, state: State, loaded: Model) -> JSON:
     rows = loaded.schema.parse_batch(await read_body(request, state.settings.max_body_bytes))
     try:
-        predictions = await loaded.batcher.run(lambda: loaded.predict_rows(rows))
+        predictions = await loaded.predict_batch(rows)
     except Exception:
         state.metrics.prediction_errors.labels("/predict/batch", "model").inc()
         raise
