@@ -328,9 +328,13 @@ def _pull_once(work: Path, dvc_file: Path, remote: str, *, timeout: float) -> in
         process.communicate()
         raise DeliveryError(
             "unreachable",
-            f"pull from {remote} did not finish in time (PULL_DEADLINE_S ran out)",
+            f"the remote {remote} is unreachable or too slow: the pull did not finish before PULL_DEADLINE_S ran out",
             "that the remote answers (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, network), or raise PULL_DEADLINE_S",
         ) from None
+    except BaseException:  # stopped (SIGTERM, Ctrl-C) mid-pull: the child is in its own session, take it along
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     text = output.decode(errors="replace")
     if process.returncode != 0:
         raise classify_pull_failure(text, remote)

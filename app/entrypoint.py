@@ -4,7 +4,8 @@
 2. resolve the bundle: the ``MODEL_HASH`` pin, or the registry's ``MODEL_NAME@MODEL_ALIAS`` / ``MODEL_VERSION``;
 3. configure the DVC remote in ``MODEL_DIR`` from the environment (credentials stay in ``AWS_*``);
 4. ``dvc pull`` into ``MODEL_DIR/bundle`` with retries, backoff and the ``PULL_DEADLINE_S`` deadline;
-5. verify the bundle (DVC hash and content hash), then ``exec`` uvicorn, so signals reach the server itself.
+5. verify the bundle (DVC hash and content hash), then ``exec`` uvicorn in a fresh interpreter (same PID), so
+   signals reach the server itself and SIGTERM drains in-flight requests, then exits 0.
 
 ``BUNDLE_DIR`` set means "serve this directory as is": steps 2-4 are skipped and it is only verified.
 Every step prints one progress line with its timing; every failure prints one line saying what failed and
@@ -14,11 +15,13 @@ what to check, and exits non-zero (see ``app.delivery.EXIT_CODES``).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from app.delivery import DeliveryError, Resolved, pull, redact, resolve, verify
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from app.bundle import Metadata
 
 APP: Final = "app.main:app"
+SERVE: Final = "serve"  # ``python -m app.entrypoint serve <uvicorn arguments>``: what the entrypoint execs into
 PREFIX: Final = "entrypoint:"
 
 Announce = Callable[[Settings, "Metadata"], None]
@@ -45,12 +49,32 @@ def fail(error: DeliveryError | SettingsError, code: int) -> NoReturn:
 
 
 def uvicorn_command(settings: Settings) -> list[str]:
-    """The server command the entrypoint becomes."""
+    """The server command the entrypoint becomes: uvicorn's own command line, run by ``serve`` below."""
     return [
-        sys.executable, "-m", "uvicorn", APP,
+        sys.executable, "-m", "app.entrypoint", SERVE, APP,
         "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers),
         "--log-level", settings.log_level,
     ]  # fmt: skip
+
+
+def _drained(signum: int, _: FrameType | None) -> None:
+    """What a stop signal does once uvicorn has drained and shut down: exit 0, quietly."""
+    raise SystemExit(0)
+
+
+def serve(argv: list[str]) -> NoReturn:
+    """``uvicorn <argv>`` in the fresh interpreter the entrypoint exec'd into.
+
+    uvicorn drains in-flight requests on SIGTERM/SIGINT, then restores the handlers it found and raises the
+    signal again; with the interpreter's defaults the process would then die *by* the signal (status 143)
+    even though it shut down cleanly. Installing ``_drained`` first makes a drained shutdown exit 0.
+    """
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _drained)
+    from uvicorn.main import main as uvicorn_main
+
+    uvicorn_main.main(args=argv, prog_name="uvicorn")
+    raise SystemExit(0)
 
 
 @dataclass(frozen=True)
@@ -117,9 +141,15 @@ def run(settings: Settings, *, announce: Announce | None = None, started: float 
     os.execve(sys.executable, command, env)  # noqa: S606 (no shell: the server replaces this process)
 
 
+def _stopped(signum: int, _: FrameType | None) -> None:
+    """SIGTERM before the server runs: stop now (a running ``dvc pull`` is killed on the way out)."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> NoReturn:
     """Run as the container's ENTRYPOINT."""
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _stopped)
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -129,4 +159,6 @@ def main() -> NoReturn:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [SERVE]:
+        serve(sys.argv[2:])
     main()

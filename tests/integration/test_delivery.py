@@ -1,0 +1,256 @@
+"""Delivery failures, each against the real thing: the entrypoint as a subprocess (exit code, one line, no
+secret) or ``app.delivery`` in-process where the test must act between attempts."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.delivery import pull, verify
+from app.settings import Settings
+from orchestration.publish import PublishTarget, publish_bundle, push_bundle
+from tests.integration.conftest import (
+    SECRET,
+    blob_key,
+    entrypoint_env,
+    run_entrypoint,
+    s3_client,
+    target_for,
+    unique,
+)
+from tests.services import LOOPBACK, S3_ENV, S3Server, free_port
+
+
+@pytest.fixture(scope="module")
+def bucket(s3: S3Server, s3_credentials: None) -> str:
+    name = unique("delivery")
+    s3.create_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def published(bundle_dir: Path, s3: S3Server, bucket: str, mlflow_uri: str) -> tuple[PublishTarget, str]:
+    """The bundle pushed to ``<bucket>/ok`` and registered as ``champion``; (target, DVC hash)."""
+    target = target_for(s3, bucket, mlflow_uri, unique("model"), prefix="ok")
+    return target, publish_bundle(bundle_dir, target).dvc_hash
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single ``entrypoint: error:`` line of a failed start (and proof no secret was printed)."""
+    stdout, stderr = result.stdout, result.stderr
+    assert SECRET not in stdout + stderr
+    errors = [line for line in (stdout + stderr).splitlines() if line.startswith("entrypoint: error:")]
+    assert len(errors) == 1 and stderr.splitlines()[-1] == errors[0], stdout + stderr
+    return errors[0]
+
+
+def test_invalid_setting_is_named_before_anything_else(tmp_path: Path) -> None:
+    env = entrypoint_env(tmp_path, remote_url="s3://nowhere/x", PORT="ninety", MODEL_HASH="not-a-hash")
+    result = run_entrypoint(env)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "PORT" in line and "MODEL_HASH" in line
+    assert not (tmp_path / ".dvc").exists()
+
+
+def test_s3_down_fails_within_the_deadline(published: tuple[PublishTarget, str], tmp_path: Path) -> None:
+    target, dvc_hash = published
+    deadline = 6.0
+    env = entrypoint_env(
+        tmp_path,
+        remote_url=target.remote_url,
+        endpoint_url=f"http://{LOOPBACK}:{free_port()}",
+        MODEL_HASH=dvc_hash,
+        PULL_DEADLINE_S=str(deadline),
+        PULL_RETRIES="20",
+        PULL_BACKOFF_S="0.5",
+    )
+    started = time.monotonic()
+    result = run_entrypoint(env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 5
+    line = one_error_line(result)
+    assert "unreachable" in line and "DVC_REMOTE_ENDPOINT_URL" in line
+    assert "attempts" in line or "PULL_DEADLINE_S" in line
+    assert elapsed < deadline + 5  # the deadline, plus interpreter start-up
+    assert not (tmp_path / "bundle").exists()
+
+
+class LateProxy:
+    """A TCP forwarder to the real S3 server that starts listening only when told: a store that is down at
+    first and comes up on its port later."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.port = free_port()
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        server = socket.create_server((LOOPBACK, self.port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with source, sink:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+def late_proxy(s3: S3Server) -> Iterator[LateProxy]:
+    proxy = LateProxy(s3.endpoint_url)
+    yield proxy
+    proxy.close()
+
+
+def test_transient_s3_failure_is_retried_and_succeeds(
+    published: tuple[PublishTarget, str], late_proxy: LateProxy, tmp_path: Path
+) -> None:
+    target, dvc_hash = published
+    settings = Settings(
+        model_dir=tmp_path,
+        model_hash=dvc_hash,
+        dvc_remote_url=target.remote_url,
+        dvc_remote_endpoint_url=f"http://{LOOPBACK}:{late_proxy.port}",
+        pull_retries=3,
+        pull_backoff_s=0.5,
+        pull_deadline_s=60,
+    )
+    reports: list[str] = []
+
+    def report(line: str) -> None:
+        reports.append(line)
+        if len(reports) == 1:  # the first attempt failed: now the store comes up
+            late_proxy.open()
+
+    pulled = pull(settings, dvc_hash, report=report)
+    assert pulled.attempts == 2 and pulled.fetched == 4
+    assert "pull attempt 1 failed" in reports[0] and "unreachable" in reports[0]
+    assert verify(pulled.bundle_dir, dvc_hash).content_hash
+
+
+def test_wrong_credentials_fail_at_once_with_a_clear_line(
+    published: tuple[PublishTarget, str], s3: S3Server, tmp_path: Path
+) -> None:
+    target, dvc_hash = published
+    env = entrypoint_env(tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash)
+    _moto_auth(s3, "0")  # from now on moto checks every request's credentials; ours are unknown to it
+    try:
+        started = time.monotonic()
+        result = run_entrypoint(env)
+    finally:
+        _moto_auth(s3, "inf")
+    assert result.returncode == 6
+    line = one_error_line(result)
+    assert "refused the credentials" in line and "AWS_SECRET_ACCESS_KEY" in line
+    assert time.monotonic() - started < 30  # not retried until the deadline
+    config = (tmp_path / ".dvc" / "config").read_text()
+    assert target.remote_url in config and SECRET not in config and S3_ENV["AWS_ACCESS_KEY_ID"] not in config
+
+
+def _moto_auth(s3: S3Server, free_requests: str) -> None:
+    request = urllib.request.Request(
+        f"{s3.endpoint_url}/moto-api/reset-auth",
+        data=free_requests.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def test_missing_blob_is_reported_as_missing(bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    target = target_for(s3, bucket, "unused", "unused", prefix="missing")
+    dvc_hash, _ = push_bundle(bundle_dir, target)
+    md5 = _model_blob_md5(s3, bucket, "missing", dvc_hash)
+    s3_client(s3).delete_object(Bucket=bucket, Key=blob_key("missing", md5))
+    env = entrypoint_env(tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash)
+    result = run_entrypoint(env)
+    assert result.returncode == 7
+    line = one_error_line(result)
+    assert "missing from the remote" in line and md5 in line
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_tampered_blob_is_refused(bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    target = target_for(s3, bucket, "unused", "unused", prefix="tampered")
+    dvc_hash, _ = push_bundle(bundle_dir, target)
+    key = blob_key("tampered", _model_blob_md5(s3, bucket, "tampered", dvc_hash))
+    client = s3_client(s3)
+    blob = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=blob[:-8] + b"tampered")  # same size, other bytes
+    env = entrypoint_env(tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash)
+    result = run_entrypoint(env)
+    assert result.returncode == 8
+    line = one_error_line(result)
+    assert f"is not the requested {dvc_hash}" in line
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / ".dvc" / "cache").exists()
+
+
+def _model_blob_md5(s3: S3Server, bucket: str, prefix: str, dvc_hash: str) -> str:
+    import json
+
+    listing = s3_client(s3).get_object(Bucket=bucket, Key=blob_key(prefix, dvc_hash))["Body"].read()
+    [entry] = [e for e in json.loads(listing) if e["relpath"] == "model.skops"]
+    return str(entry["md5"])
+
+
+@pytest.mark.parametrize(
+    ("variables", "wanted"),
+    [({"MODEL_ALIAS": "no-such-alias"}, "@no-such-alias"), ({"MODEL_VERSION": "99"}, "version 99")],
+)
+def test_alias_or_version_not_found(
+    published: tuple[PublishTarget, str], tmp_path: Path, variables: dict[str, str], wanted: str
+) -> None:
+    target, _ = published
+    env = entrypoint_env(
+        tmp_path,
+        remote_url=target.remote_url,
+        MLFLOW_TRACKING_URI=target.tracking_uri,
+        MODEL_NAME=target.model_name,
+        **variables,
+    )
+    result = run_entrypoint(env)
+    assert result.returncode == 4
+    line = one_error_line(result)
+    assert "not found in the MLflow registry" in line and wanted in line
+
+
+def test_mlflow_unreachable_without_a_pin(published: tuple[PublishTarget, str], tmp_path: Path) -> None:
+    target, _ = published
+    env = entrypoint_env(
+        tmp_path,
+        remote_url=target.remote_url,
+        MLFLOW_TRACKING_URI=f"http://{LOOPBACK}:{free_port()}",
+        PULL_RETRIES="1",
+        REGISTRY_TIMEOUT_S="2",
+    )
+    result = run_entrypoint(env)
+    assert result.returncode == 3
+    line = one_error_line(result)
+    assert "MLflow registry unreachable" in line and "MODEL_HASH" in line

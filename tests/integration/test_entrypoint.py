@@ -1,0 +1,163 @@
+"""The entrypoint as the container runs it: a real subprocess that resolves, pulls, verifies and becomes the
+server (uvicorn), against the session's moto S3 server and ``mlflow server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.bundle import Bundle, load_bundle
+from app.settings import env_names
+from orchestration.publish import Published, PublishTarget, publish_bundle, set_alias
+from tests.app.serving import records
+from tests.integration.conftest import ROOT, SECRET, entrypoint_env, serving, target_for, unique
+from tests.services import LOOPBACK, S3Server, free_port
+
+
+@pytest.fixture(scope="module")
+def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget:
+    bucket = unique("entrypoint")
+    s3.create_bucket(bucket)
+    return target_for(s3, bucket, mlflow_uri, unique("model"))
+
+
+@pytest.fixture(scope="module")
+def versions(bundle_dir: Path, second_bundle_dir: Path, target: PublishTarget) -> tuple[Published, Published]:
+    """The session bundle as version 1 (``champion``) and a different bundle as version 2 (no alias yet)."""
+    return publish_bundle(bundle_dir, target), publish_bundle(second_bundle_dir, target, alias=None)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MODEL_DIR for the module's starts, as a container restarted on the same volume would have."""
+    return tmp_path_factory.mktemp("models")
+
+
+def post(port: int, path: str, body: Any, timeout: float = 60) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://{LOOPBACK}:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        assert response.status == 200
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+def assert_serves(port: int, bundle: Bundle, version: int | None) -> None:
+    """Batch predictions over the server equal the bundle's own, and the response names the bundle."""
+    batch = records(bundle.metadata, 200, seed=3)
+    answer = post(port, "/predict/batch", {"records": batch})
+    expected = bundle.predict({name: [r[name] for r in batch] for name in bundle.metadata.feature_names()})
+    assert answer["predictions"] == pytest.approx(list(expected), rel=1e-9)
+    assert answer["bundle_hash"] == bundle.content_hash and answer["model_version"] == version
+
+
+def test_alias_is_resolved_pulled_verified_and_served(
+    versions: tuple[Published, Published], target: PublishTarget, model_dir: Path, bundle_dir: Path, tmp_path: Path
+) -> None:
+    champion, _ = versions
+    port = free_port()
+    env = entrypoint_env(
+        model_dir,
+        remote_url=target.remote_url,
+        endpoint_url=target.endpoint_url,
+        MLFLOW_TRACKING_URI=target.tracking_uri,
+        MODEL_NAME=target.model_name,
+        PORT=str(port),
+    )
+    log = tmp_path / "server.log"
+    with serving(env, log):
+        assert_serves(port, load_bundle(bundle_dir), champion.version)
+    output = log.read_text()
+    for step in ("resolve done", "pull done", "verify done", "serve: exec uvicorn"):
+        assert f"entrypoint: {step}" in output
+    assert f"{target.model_name}@champion -> version {champion.version}" in output
+    assert SECRET not in output
+
+
+def test_moving_the_alias_changes_what_a_fresh_start_serves(
+    versions: tuple[Published, Published],
+    target: PublishTarget,
+    model_dir: Path,
+    second_bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    _, challenger = versions
+    set_alias(target, challenger.version)  # promotion: no rebuild, no new image, only the alias moves
+    port = free_port()
+    env = entrypoint_env(
+        model_dir,  # the previous bundle is still checked out here: it must be replaced, not reused
+        remote_url=target.remote_url,
+        endpoint_url=target.endpoint_url,
+        MLFLOW_TRACKING_URI=target.tracking_uri,
+        MODEL_NAME=target.model_name,
+        PORT=str(port),
+    )
+    log = tmp_path / "server.log"
+    with serving(env, log):
+        assert_serves(port, load_bundle(second_bundle_dir), challenger.version)
+    assert f"-> version {challenger.version}, bundle {challenger.dvc_hash}" in log.read_text()
+
+
+def test_pinned_hash_serves_with_mlflow_down_and_sigterm_drains_in_flight_requests(
+    versions: tuple[Published, Published], target: PublishTarget, bundle_dir: Path, tmp_path: Path
+) -> None:
+    champion, _ = versions
+    port = free_port()
+    env = entrypoint_env(
+        tmp_path / "models",
+        remote_url=target.remote_url,
+        endpoint_url=target.endpoint_url,
+        MODEL_HASH=champion.dvc_hash,
+        MLFLOW_TRACKING_URI=f"http://{LOOPBACK}:{free_port()}",  # nothing listens there
+        PORT=str(port),
+    )
+    bundle = load_bundle(bundle_dir)
+    log = tmp_path / "server.log"
+    with serving(env, log) as process:
+        assert_serves(port, bundle, None)
+        batch = {"records": records(bundle.metadata, 1000, seed=9)}
+        finished: list[float] = []
+        failures: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                assert len(post(port, "/predict/batch", batch)["predictions"]) == 1000
+                finished.append(time.monotonic())
+            except BaseException as exc:  # collected: the assertion below names it
+                failures.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # every request is sent and being served
+        signalled = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)  # the pid is uvicorn's own: the entrypoint exec'd into it
+        for thread in threads:
+            thread.join(60)
+        assert process.wait(30) == 0
+    assert not failures, failures
+    assert len(finished) == 24 and max(finished) > signalled  # some were still in flight at SIGTERM
+    output = log.read_text()
+    assert "MODEL_HASH pin (registry not consulted)" in output and SECRET not in output
+
+
+def test_env_example_documents_exactly_the_settings() -> None:
+    example = (ROOT / "app" / "prediction.env.example").read_text()
+    documented = {
+        line.lstrip("# ").split("=", 1)[0]
+        for line in example.splitlines()
+        if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
+    }
+    assert documented == env_names()

@@ -1,0 +1,102 @@
+"""Publishing a bundle against real services: DVC push to the moto S3 server, registration in ``mlflow server``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from app.bundle import load_bundle, read_metadata
+from app.delivery import dir_hash
+from app.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, RestRegistry
+from orchestration.__main__ import main
+from orchestration.publish import Published, PublishTarget, publish_bundle, push_bundle
+from tests.app.serving import records
+from tests.integration.conftest import blob_key, s3_client, target_for, unique
+from tests.services import S3Server
+
+
+@pytest.fixture(scope="module")
+def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget:
+    bucket = unique("publish")
+    s3.create_bucket(bucket)
+    return target_for(s3, bucket, mlflow_uri, unique("model"))
+
+
+@pytest.fixture(scope="module")
+def published(bundle_dir: Path, target: PublishTarget) -> Published:
+    return publish_bundle(bundle_dir, target)
+
+
+def test_remote_holds_a_dvc_cache_layout_of_the_bundle(
+    bundle_dir: Path, target: PublishTarget, published: Published, s3: S3Server
+) -> None:
+    assert published.dvc_hash == dir_hash(bundle_dir)
+    assert published.created and published.uploaded == 4  # three files and the directory listing
+    bucket, prefix = target.remote_url.removeprefix("s3://").split("/", 1)
+    keys = {o["Key"] for o in s3_client(s3).list_objects_v2(Bucket=bucket)["Contents"]}
+    md5 = published.dvc_hash.removesuffix(".dir")
+    assert blob_key(prefix, md5) + ".dir" in keys
+    assert len(keys) == 4 and all(key.startswith(f"{prefix}/files/md5/") for key in keys)
+
+
+def test_registered_version_carries_the_bundle_tags_and_the_alias(
+    bundle_dir: Path, target: PublishTarget, published: Published
+) -> None:
+    metadata = read_metadata(bundle_dir)
+    version = RestRegistry(target.tracking_uri).version_by_alias(target.model_name, "champion")
+    assert version.version == published.version and published.alias == "champion"
+    assert version.tags[TAG_DVC_HASH] == published.dvc_hash
+    assert version.tags[TAG_CONTENT_HASH] == metadata.content_hash
+    assert version.tags[TAG_DATA_HASH] == metadata.data_hash
+    assert version.run_id == published.run_id
+
+
+def test_run_has_params_metrics_and_a_servable_model_with_signature(
+    bundle_dir: Path, target: PublishTarget, published: Published
+) -> None:
+    bundle = load_bundle(bundle_dir)
+    run = MlflowClient(target.tracking_uri).get_run(published.run_id)
+    assert run.data.params["learning_rate"] == str(bundle.metadata.params["learning_rate"])
+    assert run.data.metrics["rmse"] == pytest.approx(bundle.metadata.metrics["rmse"])
+    assert run.data.metrics["baseline_rmse"] == pytest.approx(bundle.metadata.baseline_metrics["rmse"])
+    assert run.data.tags[TAG_DVC_HASH] == published.dvc_hash
+
+    mlflow.set_tracking_uri(target.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{target.model_name}/{published.version}")
+    signature = model.metadata.signature
+    assert signature is not None
+    assert signature.inputs.input_names() == bundle.metadata.feature_names()
+    frame = pd.DataFrame(records(bundle.metadata, 50))
+    assert list(model.predict(frame)) == pytest.approx(list(bundle.predict(frame)), rel=1e-12)
+
+
+def test_publishing_again_uploads_nothing_and_creates_no_version(
+    bundle_dir: Path, target: PublishTarget, published: Published, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["publish", str(bundle_dir), "--remote", target.remote_url, "--tracking-uri", target.tracking_uri]
+    args += ["--model-name", target.model_name, "--endpoint-url", str(target.endpoint_url)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing uploaded" in out and "no new version" in out
+    assert f"version {published.version} (already registered" in out
+
+    again = publish_bundle(bundle_dir, target)
+    assert (again.uploaded, again.created, again.version) == (0, False, published.version)
+    assert push_bundle(bundle_dir, target) == (published.dvc_hash, 0)
+    versions = MlflowClient(target.tracking_uri).search_model_versions(f"name = '{target.model_name}'")
+    assert len(versions) == 1
+
+
+def test_a_second_bundle_is_a_new_version_and_the_alias_moves_only_when_asked(
+    second_bundle_dir: Path, target: PublishTarget, published: Published
+) -> None:
+    unaliased = publish_bundle(second_bundle_dir, target, alias=None)
+    assert unaliased.created and unaliased.version == published.version + 1 and unaliased.alias is None
+    registry = RestRegistry(target.tracking_uri)
+    assert registry.version_by_alias(target.model_name, "champion").version == published.version
+    publish_bundle(second_bundle_dir, target, alias="champion")
+    assert registry.version_by_alias(target.model_name, "champion").version == unaliased.version
