@@ -20,9 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
@@ -110,19 +108,6 @@ def _paths(result: Result) -> list[str]:
     return found
 
 
-@contextmanager
-def _quiet_skops_dump() -> Iterator[None]:
-    """Silence the deprecation warnings skops triggers inside a running Airflow task.
-
-    To name an object without ``__module__`` (numpy ufuncs), skops looks it up in every loaded module,
-    which touches Airflow's deprecated module attributes and floods the task log with over a thousand
-    FutureWarnings that say nothing about this code.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
-        yield
-
-
 def ingest(work_dir: Path, *, data_path: str | None = None, rows: int, seed: int) -> Result:
     """Snapshot the raw data into the work directory and record its sha256.
 
@@ -200,8 +185,7 @@ def fit_transformer_task(work_dir: Path, train_path: str, config: PipelineConfig
     def run() -> Result:
         transformer = fit_transformer(pd.read_parquet(train_path), config.data)
         path = work_dir / "transformer.skops"
-        with _quiet_skops_dump():
-            sio.dump(transformer, path)
+        sio.dump(transformer, path)
         log.info("fit transformer: %d model features", len(transformer.feature_names_out_))
         return {"transformer_path": str(path)}
 
@@ -219,8 +203,7 @@ def train_task(
             transformer, pd.read_parquet(train_path), pd.read_parquet(validation_path), config.data, config.model
         )
         path = work_dir / "model.skops"
-        with _quiet_skops_dump():
-            sio.dump(model, path)
+        sio.dump(model, path)
         log.info("train: %d boosting iterations with %s", model.n_iter_, config.model.model_dump())
         return {"model_path": str(path), "n_iter": int(model.n_iter_)}
 
@@ -254,20 +237,19 @@ def evaluate_task(
         check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
         bundle_dir = work_dir / "bundle"
         shutil.rmtree(bundle_dir, ignore_errors=True)  # leftovers of an attempt that died before recording
-        with _quiet_skops_dump():
-            save_bundle(
-                bundle_dir,
-                transformer=transformer,
-                model=model,
-                features=feature_schema(train, config.data, transformer),
-                target=target_summary(train, config.data),
-                metrics=metrics,
-                baseline_metrics=baseline,
-                data_hash=data_hash,
-                example=example_record(test, config.data.features),
-                params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
-                rows={"train": len(train), "validation": len(validation), "test": len(test)},
-            )
+        save_bundle(
+            bundle_dir,
+            transformer=transformer,
+            model=model,
+            features=feature_schema(train, config.data, transformer),
+            target=target_summary(train, config.data),
+            metrics=metrics,
+            baseline_metrics=baseline,
+            data_hash=data_hash,
+            example=example_record(test, config.data.features),
+            params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
+            rows={"train": len(train), "validation": len(validation), "test": len(test)},
+        )
         metadata = read_metadata(bundle_dir)  # verifies what was just written
         log.info("evaluate: bundle %s (content hash %s)", bundle_dir, metadata.content_hash)
         return {
@@ -305,7 +287,7 @@ def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], s
 
     target = PublishTarget.from_settings(settings)
     alias = settings.model_alias if decision["promote"] else None
-    published = publish_bundle(Path(bundle_dir), target, alias=alias)
+    published = publish_bundle(Path(bundle_dir), target, alias=alias, report=lambda line: log.info("publish: %s", line))
     result = {**asdict(published), "promoted": bool(decision["promote"]), "reason": decision["reason"]}
     log.info(
         "publish: %s version %d (%s), DVC hash %s, %s",

@@ -17,9 +17,12 @@ level: the dag-processor re-parses this file periodically, and parsing should st
 # mypy: disable-error-code="arg-type"
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -27,6 +30,27 @@ from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED
 from orchestration.gate import DEFAULT_MARGIN
 
 DAG_ID = "train_flight_price_model"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _without_skops_noise(body: Callable[P, R]) -> Callable[P, R]:
+    """Run a task body with skops' lookups of Airflow's deprecated attributes silenced.
+
+    skops names numpy ufuncs by searching every loaded module, which touches Airflow's deprecated module
+    attributes: over a thousand FutureWarnings per task log, about Airflow, not about this code. (A filter set
+    at module level would not last: Airflow restores the warning filters after parsing this file.)
+    """
+
+    @functools.wraps(body)
+    def quiet(*args: P.args, **kwargs: P.kwargs) -> R:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
+            return body(*args, **kwargs)
+
+    return quiet
+
 
 # Tasks that talk to S3 or MLflow retry transient failures, waiting 10 s, 20 s, 40 s, 80 s (at most 5 min).
 REMOTE_RETRIES: Final = 4
@@ -73,6 +97,7 @@ def _run_context() -> tuple[Path, dict[str, Any]]:
 )
 def train_flight_price_model() -> None:
     @task
+    @_without_skops_noise
     def ingest() -> dict[str, Any]:
         from orchestration import tasks
 
@@ -80,6 +105,7 @@ def train_flight_price_model() -> None:
         return tasks.ingest(work_dir, data_path=params["data_path"], rows=params["rows"], seed=params["seed"])
 
     @task
+    @_without_skops_noise
     def validate(ingested: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
@@ -87,6 +113,7 @@ def train_flight_price_model() -> None:
         return tasks.validate_data(work_dir, ingested["data_path"], tasks.training_config(params["hyperparameters"]))
 
     @task
+    @_without_skops_noise
     def split(validated: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
@@ -94,6 +121,7 @@ def train_flight_price_model() -> None:
         return tasks.split_data(work_dir, validated["clean_path"], tasks.training_config(params["hyperparameters"]))
 
     @task
+    @_without_skops_noise
     def fit_transformer(splits: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
@@ -102,6 +130,7 @@ def train_flight_price_model() -> None:
         return tasks.fit_transformer_task(work_dir, splits["train_path"], config)
 
     @task
+    @_without_skops_noise
     def train(splits: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
@@ -115,6 +144,7 @@ def train_flight_price_model() -> None:
         )
 
     @task
+    @_without_skops_noise
     def evaluate(
         ingested: dict[str, Any], splits: dict[str, Any], fitted: dict[str, Any], trained: dict[str, Any]
     ) -> dict[str, Any]:
@@ -136,6 +166,7 @@ def train_flight_price_model() -> None:
         retry_exponential_backoff=REMOTE_BACKOFF,
         max_retry_delay=REMOTE_MAX_RETRY_DELAY,
     )
+    @_without_skops_noise
     def gate(evaluated: dict[str, Any]) -> dict[str, Any]:
         from app.settings import load_settings
         from orchestration import tasks
@@ -149,6 +180,7 @@ def train_flight_price_model() -> None:
         retry_exponential_backoff=REMOTE_BACKOFF,
         max_retry_delay=REMOTE_MAX_RETRY_DELAY,
     )
+    @_without_skops_noise
     def publish(evaluated: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
         from app.settings import load_settings
         from orchestration import tasks
