@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows to train on when nothing is published")
     quick.add_argument("--port", type=int, default=9000)
+    quick.add_argument("--state", type=Path, default=Path(".quickstart"), help="state directory (default: %(default)s)")
     return parser
 
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "quickstart":
             from orchestration.quickstart import run_quickstart
 
-            run_quickstart(rows=args.rows, port=args.port)
+            run_quickstart(rows=args.rows, port=args.port, state=args.state)
         if args.command == "generate":
             write_csv(generate(args.rows, args.seed), args.out)
             print(f"wrote {args.rows} rows to {args.out}")
