@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from app.bundle import Bundle, load_bundle
-from app.settings import env_names
 from orchestration.publish import Published, PublishTarget, publish_bundle, set_alias
 from tests.app.serving import records
-from tests.integration.conftest import ROOT, SECRET, entrypoint_env, serving, target_for, unique
+from tests.integration.conftest import SECRET, entrypoint_env, serving, target_for, unique
 from tests.services import LOOPBACK, S3Server, free_port
 
 
@@ -151,13 +150,3 @@ def test_pinned_hash_serves_with_mlflow_down_and_sigterm_drains_in_flight_reques
     assert len(finished) == 24 and max(finished) > signalled  # some were still in flight at SIGTERM
     output = log.read_text()
     assert "MODEL_HASH pin (registry not consulted)" in output and SECRET not in output
-
-
-def test_env_example_documents_exactly_the_settings() -> None:
-    example = (ROOT / "app" / "prediction.env.example").read_text()
-    documented = {
-        line.lstrip("# ").split("=", 1)[0]
-        for line in example.splitlines()
-        if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
-    }
-    assert documented == env_names()

@@ -1,0 +1,21 @@
+"""The environment contract is named the same everywhere: settings model, example env file, README."""
+
+from __future__ import annotations
+
+import re
+
+from app.settings import env_names
+from tests.integration.conftest import ROOT
+
+
+def test_env_example_documents_exactly_the_settings() -> None:
+    example = (ROOT / "app" / "prediction.env.example").read_text()
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE))
+    assert documented == env_names()
+
+
+def test_readme_configuration_table_lists_exactly_the_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, flags=re.MULTILINE))
+    assert listed == env_names()
