@@ -73,7 +73,7 @@ def _run_context() -> tuple[Path, dict[str, Any]]:
     schedule=None,
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=1,  # runs compare with, and move, the same alias: one at a time
     tags=["training", "flight-price"],
     doc_md=__doc__,
     default_args={"retries": 0, "execution_timeout": timedelta(hours=2)},
@@ -102,6 +102,7 @@ def train_flight_price_model() -> None:
         from orchestration import tasks
 
         work_dir, params = _run_context()
+        tasks.training_config(params["hyperparameters"])  # a misspelt hyperparameter fails here, before any work
         return tasks.ingest(work_dir, data_path=params["data_path"], rows=params["rows"], seed=params["seed"])
 
     @task

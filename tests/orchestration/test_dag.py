@@ -26,10 +26,11 @@ from typing import Any, Final
 import boto3
 import pytest
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from app.registry import TAG_DVC_HASH, RestRegistry
 from orchestration.data import generate, write_csv
-from orchestration.tasks import WORK_ROOT_ENV
+from orchestration.tasks import WORK_ROOT_ENV, training_config, work_dir_for
 from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT
 from tests.services import BIN, S3_ENV, S3Server
 
@@ -262,3 +263,17 @@ def test_invalid_data_fails_at_validate_with_the_report_in_the_log(stack: Stack)
     assert "validate: the data was refused" in failed.log
     assert "price: outside [1.0, 20000.0] (2 rows) e.g. row 4" in failed.log
     assert "agency: unknown category" in failed.log and "NoSuchAir" in failed.log
+
+
+def test_work_dir_is_one_per_run_id(tmp_path: Path) -> None:
+    run_id = "manual__2025-01-01T00:00:00+00:00"
+    assert work_dir_for(run_id, tmp_path) == work_dir_for(run_id, tmp_path)
+    assert work_dir_for(run_id, tmp_path) != work_dir_for(run_id.replace(":", ";"), tmp_path)  # alike once sanitised
+    assert work_dir_for(run_id, tmp_path).parent == tmp_path
+
+
+def test_hyperparameters_override_params_yaml_and_typos_are_refused() -> None:
+    assert training_config({"max_iter": 15}).model.max_iter == 15
+    assert training_config({}).model.max_iter == training_config().model.max_iter
+    with pytest.raises(ValidationError, match="max_iters"):
+        training_config({"max_iters": 15})
