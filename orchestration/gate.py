@@ -48,7 +48,7 @@ def champion_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
     """The metrics logged on a run (the champion version's training run)."""
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    run = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_run(run_id)
     return {str(k): float(v) for k, v in run.data.metrics.items()}
 
 

@@ -235,7 +235,9 @@ def test_rerun_of_the_same_run_is_idempotent(stack: Stack) -> None:
     assert after["version"] == before["version"] and after["dvc_hash"] == before["dvc_hash"]
     assert after["created"] is False and after["uploaded"] == 0
     # Only the first and the worse run registered a version; the rerun added none.
-    versions = MlflowClient(stack.mlflow_uri).search_model_versions(f"name = '{stack.model_name}'")
+    versions = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri).search_model_versions(
+        f"name = '{stack.model_name}'"
+    )
     assert sorted(int(v.version) for v in versions) == [1, 2]
 
 

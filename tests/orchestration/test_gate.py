@@ -15,7 +15,8 @@ from orchestration.pipeline import TrainResult
 
 def _champion(uri: str, metrics: dict[str, float], content_hash: str = "other") -> str:
     """A fresh model name whose version 1 holds ``champion`` and whose run logged ``metrics``."""
-    client = MlflowClient(tracking_uri=uri)
+    # Both URIs explicit: the registry URI otherwise comes from process-global MLflow state other code may set.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = f"gate-{uuid.uuid4().hex[:8]}"
     experiment = client.create_experiment(name)
     run = client.create_run(experiment)
