@@ -98,17 +98,13 @@ def _quiet(_: str) -> None:
     """The default report: say nothing."""
 
 
-def redact(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` without credentials: URI user-info, and any AWS secret value from the environment."""
+def redact(text: str) -> str:
+    """``text`` without credentials: URI user-info, and any AWS credential value from the environment."""
     text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
-    for value in secrets if secrets is not None else _secret_values():
-        text = text.replace(value, "***")
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        if len(value := os.environ.get(name, "")) >= 4:  # a very short value would mangle ordinary words
+            text = text.replace(value, "***")
     return text
-
-
-def _secret_values() -> list[str]:
-    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-    return [value for name in names if len(value := os.environ.get(name, "")) >= 4]
 
 
 def _retrying(

@@ -89,10 +89,10 @@ class Delivered:
 def deliver(settings: Settings) -> Delivered:
     """Steps 2-5 up to (not including) the exec: the verified bundle."""
     if settings.bundle_dir is not None:
-        from app.bundle import BundleError, read_metadata
-
         say(f"resolve: BUNDLE_DIR={settings.bundle_dir} is served as is (no registry look-up, no pull)")
         step = time.monotonic()
+        from app.bundle import BundleError, read_metadata  # scikit-learn's imports: part of verifying
+
         try:
             metadata = read_metadata(settings.bundle_dir)
         except BundleError as exc:

@@ -3,11 +3,13 @@ server (uvicorn), against the session's moto S3 server and ``mlflow server``."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -126,27 +128,49 @@ def test_pinned_hash_serves_with_mlflow_down_and_sigterm_drains_in_flight_reques
     log = tmp_path / "server.log"
     with serving(env, log) as process:
         assert_serves(port, bundle, None)
-        batch = {"records": records(bundle.metadata, 1000, seed=9)}
-        finished: list[float] = []
+        body = json.dumps({"records": records(bundle.metadata, 1000, seed=9)}).encode()
+        requests = 16
+        half_sent = threading.Semaphore(0)
+        signalled = threading.Event()
+        answers: list[int] = []
         failures: list[BaseException] = []
 
         def call() -> None:
+            # A request the server has started (headers and half the body read) when SIGTERM arrives.
+            connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
             try:
-                assert len(post(port, "/predict/batch", batch)["predictions"]) == 1000
-                finished.append(time.monotonic())
+                connection.putrequest("POST", "/predict/batch")
+                connection.putheader("Content-Type", "application/json")
+                connection.putheader("Content-Length", str(len(body)))
+                connection.endheaders(body[: len(body) // 2])
+                half_sent.release()
+                signalled.wait(30)
+                connection.send(body[len(body) // 2 :])
+                response = connection.getresponse()
+                assert response.status == 200
+                answers.append(len(json.loads(response.read())["predictions"]))
             except BaseException as exc:  # collected: the assertion below names it
                 failures.append(exc)
+                half_sent.release()
+            finally:
+                connection.close()
 
-        threads = [threading.Thread(target=call) for _ in range(24)]
+        threads = [threading.Thread(target=call) for _ in range(requests)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)  # every request is sent and being served
-        signalled = time.monotonic()
+        for _ in range(requests):
+            assert half_sent.acquire(timeout=30)
+        time.sleep(0.5)  # the server reads every request's headers and starts on its body
         os.kill(process.pid, signal.SIGTERM)  # the pid is uvicorn's own: the entrypoint exec'd into it
+        time.sleep(0.5)  # the server is shutting down (no new connections) while these are in flight
+        assert process.poll() is None
+        signalled.set()
         for thread in threads:
             thread.join(60)
         assert process.wait(30) == 0
     assert not failures, failures
-    assert len(finished) == 24 and max(finished) > signalled  # some were still in flight at SIGTERM
+    assert answers == [1000] * requests  # every request in flight at SIGTERM was answered in full
+    with pytest.raises(urllib.error.URLError):  # and the server is gone
+        urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health/live", timeout=2)
     output = log.read_text()
     assert "MODEL_HASH pin (registry not consulted)" in output and SECRET not in output
