@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
@@ -128,10 +130,8 @@ def signature(metadata: Metadata) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _tracking(uri: str) -> MlflowClient:
-    """A client for ``uri``; MLflow's fluent API (which logs the model) is pointed there too, and stays so."""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+def _client(uri: str) -> MlflowClient:
+    """A client for ``uri`` as tracking store and registry alike."""
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -159,36 +159,62 @@ def registered_version(client: MlflowClient, model_name: str, content_hash: str)
 def _register(
     client: MlflowClient, bundle_dir: Path, metadata: Metadata, dvc_hash: str, target: PublishTarget
 ) -> tuple[int, str]:
+    """A run (params, metrics, tags, the pyfunc model with the bundle inside) and a registered version.
+
+    Everything goes through ``client``, never MLflow's process-global tracking URI, so publishing leaves the
+    caller's MLflow configuration (an Airflow task's, a test's) as it found it.
+    """
     tags = {TAG_DVC_HASH: dvc_hash, TAG_CONTENT_HASH: metadata.content_hash, TAG_DATA_HASH: metadata.data_hash}
-    with mlflow.start_run(
-        experiment_id=_experiment_id(client, target), run_name=f"bundle-{metadata.content_hash[:12]}"
-    ) as run:
-        mlflow.log_params({**metadata.params, **{f"rows_{k}": v for k, v in metadata.rows.items()}})
-        mlflow.log_metrics({**metadata.metrics, **{f"baseline_{k}": v for k, v in metadata.baseline_metrics.items()}})
-        mlflow.set_tags({**tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}})
-        versions = metadata.library_versions
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=bundle_model.__file__,  # models from code: nothing pickled
-            artifacts={bundle_model.BUNDLE_ARTIFACT: os.fspath(bundle_dir)},
-            signature=signature(metadata),
-            input_example=pd.DataFrame([metadata.example]),
-            # Stated, not inferred: inference would load the model in a subprocess just to list imports.
-            pip_requirements=[
-                f"scikit-learn=={versions['scikit-learn']}",
-                f"numpy=={versions['numpy']}",
-                f"skops=={versions['skops']}",
-                "pandas",
-                "pydantic",
-            ],
+    run = client.create_run(
+        _experiment_id(client, target),
+        run_name=f"bundle-{metadata.content_hash[:12]}",
+        tags={**tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}},
+    )
+    run_id = run.info.run_id
+    try:
+        params = {**metadata.params, **{f"rows_{k}": v for k, v in metadata.rows.items()}}
+        metrics = {**metadata.metrics, **{f"baseline_{k}": v for k, v in metadata.baseline_metrics.items()}}
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()],
         )
-    version = mlflow.register_model(info.model_uri, target.model_name, tags=tags)
-    return int(version.version), run.info.run_id
+        versions = metadata.library_versions
+        with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
+            model_dir = Path(tmp) / MODEL_ARTIFACT
+            mlflow.pyfunc.save_model(
+                model_dir,
+                python_model=bundle_model.__file__,  # models from code: nothing pickled
+                artifacts={bundle_model.BUNDLE_ARTIFACT: os.fspath(bundle_dir)},
+                signature=signature(metadata),
+                input_example=pd.DataFrame([metadata.example]),
+                # Stated, not inferred: inference would load the model in a subprocess just to list imports.
+                pip_requirements=[
+                    f"scikit-learn=={versions['scikit-learn']}",
+                    f"numpy=={versions['numpy']}",
+                    f"skops=={versions['skops']}",
+                    "pandas",
+                    "pydantic",
+                ],
+            )
+            client.log_artifacts(run_id, os.fspath(model_dir), MODEL_ARTIFACT)
+        try:
+            client.create_registered_model(target.model_name)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+        version = client.create_model_version(target.model_name, source, run_id=run_id, tags=tags)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return int(version.version), run_id
 
 
 def set_alias(target: PublishTarget, version: int, alias: str = "champion") -> None:
     """Point ``target.model_name@alias`` at ``version`` (promoting a model is only this)."""
-    _tracking(target.tracking_uri).set_registered_model_alias(target.model_name, alias, str(version))
+    _client(target.tracking_uri).set_registered_model_alias(target.model_name, alias, str(version))
 
 
 def publish_bundle(
@@ -205,7 +231,7 @@ def publish_bundle(
     else:
         report(f"dvc push: {target.remote_url} already holds every file of bundle {dvc_hash}; nothing uploaded")
     try:
-        client = _tracking(target.tracking_uri)
+        client = _client(target.tracking_uri)
         existing = registered_version(client, target.model_name, metadata.content_hash)
         if existing is None:
             version, run_id = _register(client, bundle_dir, metadata, dvc_hash, target)

@@ -92,9 +92,12 @@ def test_publishing_again_uploads_nothing_and_creates_no_version(
 
 
 def test_a_second_bundle_is_a_new_version_and_the_alias_moves_only_when_asked(
-    second_bundle_dir: Path, target: PublishTarget, published: Published
+    second_bundle_dir: Path, target: PublishTarget, published: Published, tmp_path: Path
 ) -> None:
+    elsewhere = f"sqlite:///{tmp_path / 'callers-own.db'}"
+    mlflow.set_tracking_uri(elsewhere)  # a caller's own MLflow set-up (an Airflow task's, say)
     unaliased = publish_bundle(second_bundle_dir, target, alias=None)
+    assert mlflow.get_tracking_uri() == elsewhere  # publishing did not repoint it
     assert unaliased.created and unaliased.version == published.version + 1 and unaliased.alias is None
     registry = RestRegistry(target.tracking_uri)
     assert registry.version_by_alias(target.model_name, "champion").version == published.version
