@@ -200,7 +200,8 @@ def read_metadata(path: Path) -> Metadata:
     return metadata
 
 
-def _load_trusted(file: Path) -> Any:
+def load_trusted(file: Path) -> Any:
+    """Load one skops file, refusing any type outside ``TRUSTED_TYPES``."""
     untrusted = set(sio.get_untrusted_types(file=file))
     refused = sorted(untrusted - TRUSTED_TYPES)
     if refused:
@@ -211,10 +212,10 @@ def _load_trusted(file: Path) -> Any:
 def load_bundle(path: Path) -> Bundle:
     """Verify and load a bundle; raises ``BundleError`` with what is wrong."""
     metadata = read_metadata(path)
-    transformer = _load_trusted(path / TRANSFORMER_FILE)
+    transformer = load_trusted(path / TRANSFORMER_FILE)
     if not isinstance(transformer, FeatureTransformer):
         raise BundleError(f"bundle {path}: {TRANSFORMER_FILE} holds {type(transformer).__name__}, not a transformer")
-    model = _load_trusted(path / MODEL_FILE)
+    model = load_trusted(path / MODEL_FILE)
     if not callable(getattr(model, "predict", None)):
         raise BundleError(f"bundle {path}: {MODEL_FILE} holds {type(model).__name__}, which cannot predict")
     return Bundle(path=path, transformer=transformer, model=model, metadata=metadata)

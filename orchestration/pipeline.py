@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingRegressor
 
 from app.bundle import Metadata, load_bundle, save_bundle
+from app.features import FeatureTransformer
 from orchestration.config import PipelineConfig
 from orchestration.data import file_hash, read_data
 from orchestration.evaluate import check_beats_baseline, evaluate
-from orchestration.split import split
+from orchestration.split import Splits, split
 from orchestration.train import train_model
 from orchestration.transform import feature_schema, fit_transformer, target_summary
 from orchestration.validate import ValidationReport, validate
@@ -94,22 +96,37 @@ def run_pipeline(
         note(f"test RMSE {metrics['rmse']:.2f} vs baseline {baseline['rmse']:.2f}")
         check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
     with progress.stage("bundle") as note:
-        save_bundle(
-            out_dir,
-            transformer=transformer,
-            model=model,
-            features=feature_schema(splits.train, data, transformer),
-            target=target_summary(splits.train, data),
-            metrics=metrics,
-            baseline_metrics=baseline,
-            data_hash=data_hash,
-            example=example_record(splits.test, data.features),
-            params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
-            rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
-        )
+        write_bundle(out_dir, transformer, model, splits, config, data_hash, metrics, baseline)
         metadata = load_bundle(out_dir).metadata  # proves the bundle verifies and loads before anyone uses it
         note(f"{out_dir} (content hash {metadata.content_hash[:12]})")
     return TrainResult(bundle_dir=out_dir, metadata=metadata, report=report, timings=progress.timings)
+
+
+def write_bundle(
+    out_dir: Path,
+    transformer: FeatureTransformer,
+    model: HistGradientBoostingRegressor,
+    splits: Splits,
+    config: PipelineConfig,
+    data_hash: str,
+    metrics: dict[str, float],
+    baseline: dict[str, float],
+) -> Metadata:
+    """Save the bundle of a trained, evaluated model: its schema and example come from the splits."""
+    data = config.data
+    return save_bundle(
+        out_dir,
+        transformer=transformer,
+        model=model,
+        features=feature_schema(splits.train, data, transformer),
+        target=target_summary(splits.train, data),
+        metrics=metrics,
+        baseline_metrics=baseline,
+        data_hash=data_hash,
+        example=example_record(splits.test, data.features),
+        params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
+        rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+    )
 
 
 def metrics_table(metadata: Metadata) -> str:

@@ -28,17 +28,17 @@ from typing import Any, Final
 import pandas as pd
 import skops.io as sio
 
-from app.bundle import BundleError, _load_trusted, read_metadata, save_bundle
+from app.bundle import BundleError, load_trusted, read_metadata
 from app.features import FeatureTransformer
 from app.settings import Settings
 from orchestration.config import DEFAULT_PARAMS, ModelConfig, PipelineConfig, load_config
 from orchestration.data import file_hash, generate, read_data, write_csv
 from orchestration.evaluate import check_beats_baseline, evaluate
 from orchestration.gate import GateDecision, decide_promotion
-from orchestration.pipeline import example_record
-from orchestration.split import split
+from orchestration.pipeline import write_bundle
+from orchestration.split import Splits, split
 from orchestration.train import train_model
-from orchestration.transform import feature_schema, fit_transformer, target_summary
+from orchestration.transform import fit_transformer
 from orchestration.validate import DataValidationError, validate
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def evaluate_task(
 
     def run() -> Result:
         transformer = _load_transformer(transformer_path)
-        model = _load_trusted(Path(model_path))
+        model = load_trusted(Path(model_path))
         train, validation, test = (pd.read_parquet(split_paths[f"{n}_path"]) for n in ("train", "validation", "test"))
         target = config.data.target
         metrics, baseline = evaluate(
@@ -237,18 +237,8 @@ def evaluate_task(
         check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
         bundle_dir = work_dir / "bundle"
         shutil.rmtree(bundle_dir, ignore_errors=True)  # leftovers of an attempt that died before recording
-        save_bundle(
-            bundle_dir,
-            transformer=transformer,
-            model=model,
-            features=feature_schema(train, config.data, transformer),
-            target=target_summary(train, config.data),
-            metrics=metrics,
-            baseline_metrics=baseline,
-            data_hash=data_hash,
-            example=example_record(test, config.data.features),
-            params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
-            rows={"train": len(train), "validation": len(validation), "test": len(test)},
+        write_bundle(
+            bundle_dir, transformer, model, Splits(train, validation, test), config, data_hash, metrics, baseline
         )
         metadata = read_metadata(bundle_dir)  # verifies what was just written
         log.info("evaluate: bundle %s (content hash %s)", bundle_dir, metadata.content_hash)
@@ -302,7 +292,7 @@ def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], s
 
 
 def _load_transformer(path: str) -> FeatureTransformer:
-    transformer = _load_trusted(Path(path))
+    transformer = load_trusted(Path(path))
     if not isinstance(transformer, FeatureTransformer):
         raise BundleError(f"{path} holds {type(transformer).__name__}, not a FeatureTransformer")
     return transformer

@@ -81,7 +81,8 @@ def _finding(column: str, rule: str, mask: pd.Series[bool], values: pd.Series[An
     if not count:
         return None
     positions = np.flatnonzero(mask.to_numpy())[:MAX_EXAMPLES]
-    return Finding(column, rule, count, [(int(p), values.iloc[p]) for p in positions])
+    examples = [(int(p), values.iloc[p]) for p in positions]
+    return Finding(column, rule, count, [(row, v.item() if isinstance(v, np.generic) else v) for row, v in examples])
 
 
 def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, ValidationReport]:
