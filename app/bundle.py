@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
-import skops.io as sio
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.features import Columns, FeatureTransformer
+if TYPE_CHECKING:  # scikit-learn and skops load only when artifacts do: verifying a bundle stays cheap
+    from app.features import Columns, FeatureTransformer
 
 FORMAT_VERSION: Final = 1
 TRANSFORMER_FILE: Final = "transformer.skops"
@@ -159,6 +159,8 @@ def save_bundle(
 ) -> Metadata:
     """Write a bundle directory (created if needed; existing bundle files are replaced) and return its metadata."""
     path.mkdir(parents=True, exist_ok=True)
+    import skops.io as sio
+
     sio.dump(transformer, path / TRANSFORMER_FILE)
     sio.dump(model, path / MODEL_FILE)
     metadata = Metadata(
@@ -202,6 +204,8 @@ def read_metadata(path: Path) -> Metadata:
 
 def load_trusted(file: Path) -> Any:
     """Load one skops file, refusing any type outside ``TRUSTED_TYPES``."""
+    import skops.io as sio
+
     untrusted = set(sio.get_untrusted_types(file=file))
     refused = sorted(untrusted - TRUSTED_TYPES)
     if refused:
@@ -213,6 +217,8 @@ def load_bundle(path: Path) -> Bundle:
     """Verify and load a bundle; raises ``BundleError`` with what is wrong."""
     metadata = read_metadata(path)
     transformer = load_trusted(path / TRANSFORMER_FILE)
+    from app.features import FeatureTransformer
+
     if not isinstance(transformer, FeatureTransformer):
         raise BundleError(f"bundle {path}: {TRANSFORMER_FILE} holds {type(transformer).__name__}, not a transformer")
     model = load_trusted(path / MODEL_FILE)
