@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 BIN: Final = Path(sys.executable).parent
 LOOPBACK: Final = "127.0.0.1"
@@ -96,10 +96,20 @@ class S3Server:
         """What a client needs to reach this store (credentials are the fake ones)."""
         return {**S3_ENV, "AWS_ENDPOINT_URL_S3": self.endpoint_url, "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url}
 
-    def create_bucket(self, name: str) -> None:
+    def client(self) -> Any:
+        """A boto3 S3 client for this store, with the fake credentials."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint_url, **_boto_credentials())
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_ENV["AWS_DEFAULT_REGION"],
+        )
+
+    def create_bucket(self, name: str) -> None:
+        client = self.client()
         existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         if name not in existing:
             client.create_bucket(Bucket=name)
@@ -109,12 +119,9 @@ class S3Server:
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST"), timeout=5)
 
 
-def _boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": S3_ENV["AWS_DEFAULT_REGION"],
-    }
+def blob_key(prefix: str, md5: str) -> str:
+    """Where DVC 3 keeps a blob in a remote: ``<prefix>/files/md5/<2 hex>/<rest>``."""
+    return f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}"
 
 
 @contextmanager

@@ -13,9 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 
 from orchestration.config import load_config
@@ -31,21 +29,6 @@ SECRET = S3_ENV["AWS_SECRET_ACCESS_KEY"]
 def unique(prefix: str) -> str:
     """A fresh bucket / model name (lower case, S3-safe)."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def s3_client(s3: S3Server) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=SECRET,
-        region_name=S3_ENV["AWS_DEFAULT_REGION"],
-    )
-
-
-def blob_key(prefix: str, md5: str) -> str:
-    """Where DVC 3 keeps a blob in a remote: ``<prefix>/files/md5/<2 hex>/<rest>``."""
-    return f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}"
 
 
 def entrypoint_env(
@@ -132,3 +115,10 @@ def s3_credentials() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def second_bundle_dir(second_bundle: TrainResult) -> Path:
     return second_bundle.bundle_dir
+
+
+def fresh_target(s3: S3Server, mlflow_uri: str, name: str) -> PublishTarget:
+    """A publish target in a new bucket (created here) with a new model name, for one test module."""
+    bucket = unique(name)
+    s3.create_bucket(bucket)
+    return target_for(s3, bucket, mlflow_uri, unique("model"))

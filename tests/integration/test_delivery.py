@@ -18,14 +18,12 @@ from app.settings import Settings
 from orchestration.publish import PublishTarget, publish_bundle, push_bundle
 from tests.integration.conftest import (
     SECRET,
-    blob_key,
     entrypoint_env,
     run_entrypoint,
-    s3_client,
     target_for,
     unique,
 )
-from tests.services import LOOPBACK, S3_ENV, S3Server, free_port
+from tests.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_port
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +186,7 @@ def test_missing_blob_is_reported_as_missing(bundle_dir: Path, s3: S3Server, buc
     target = target_for(s3, bucket, "unused", "unused", prefix="missing")
     dvc_hash, _ = push_bundle(bundle_dir, target)
     md5 = _model_blob_md5(s3, bucket, "missing", dvc_hash)
-    s3_client(s3).delete_object(Bucket=bucket, Key=blob_key("missing", md5))
+    s3.client().delete_object(Bucket=bucket, Key=blob_key("missing", md5))
     env = entrypoint_env(tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash)
     result = run_entrypoint(env)
     assert result.returncode == 7
@@ -201,7 +199,7 @@ def test_tampered_blob_is_refused(bundle_dir: Path, s3: S3Server, bucket: str, t
     target = target_for(s3, bucket, "unused", "unused", prefix="tampered")
     dvc_hash, _ = push_bundle(bundle_dir, target)
     key = blob_key("tampered", _model_blob_md5(s3, bucket, "tampered", dvc_hash))
-    client = s3_client(s3)
+    client = s3.client()
     blob = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     client.put_object(Bucket=bucket, Key=key, Body=blob[:-8] + b"tampered")  # same size, other bytes
     env = entrypoint_env(tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash)
@@ -215,7 +213,7 @@ def test_tampered_blob_is_refused(bundle_dir: Path, s3: S3Server, bucket: str, t
 def _model_blob_md5(s3: S3Server, bucket: str, prefix: str, dvc_hash: str) -> str:
     import json
 
-    listing = s3_client(s3).get_object(Bucket=bucket, Key=blob_key(prefix, dvc_hash))["Body"].read()
+    listing = s3.client().get_object(Bucket=bucket, Key=blob_key(prefix, dvc_hash))["Body"].read()
     [entry] = [e for e in json.loads(listing) if e["relpath"] == "model.skops"]
     return str(entry["md5"])
 

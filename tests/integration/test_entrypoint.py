@@ -19,15 +19,13 @@ import pytest
 from app.bundle import Bundle, load_bundle
 from orchestration.publish import Published, PublishTarget, publish_bundle, set_alias
 from tests.app.serving import records
-from tests.integration.conftest import SECRET, entrypoint_env, serving, target_for, unique
+from tests.integration.conftest import SECRET, entrypoint_env, fresh_target, serving
 from tests.services import LOOPBACK, S3Server, free_port
 
 
 @pytest.fixture(scope="module")
 def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget:
-    bucket = unique("entrypoint")
-    s3.create_bucket(bucket)
-    return target_for(s3, bucket, mlflow_uri, unique("model"))
+    return fresh_target(s3, mlflow_uri, "entrypoint")
 
 
 @pytest.fixture(scope="module")

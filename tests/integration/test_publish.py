@@ -15,15 +15,13 @@ from app.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, RestRegi
 from orchestration.__main__ import main
 from orchestration.publish import Published, PublishTarget, publish_bundle, push_bundle
 from tests.app.serving import records
-from tests.integration.conftest import blob_key, s3_client, target_for, unique
-from tests.services import S3Server
+from tests.integration.conftest import fresh_target
+from tests.services import S3Server, blob_key
 
 
 @pytest.fixture(scope="module")
 def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget:
-    bucket = unique("publish")
-    s3.create_bucket(bucket)
-    return target_for(s3, bucket, mlflow_uri, unique("model"))
+    return fresh_target(s3, mlflow_uri, "publish")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def test_remote_holds_a_dvc_cache_layout_of_the_bundle(
     assert published.dvc_hash == dir_hash(bundle_dir)
     assert published.created and published.uploaded == 4  # three files and the directory listing
     bucket, prefix = target.remote_url.removeprefix("s3://").split("/", 1)
-    keys = {o["Key"] for o in s3_client(s3).list_objects_v2(Bucket=bucket)["Contents"]}
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
     md5 = published.dvc_hash.removesuffix(".dir")
     assert blob_key(prefix, md5) + ".dir" in keys
     assert len(keys) == 4 and all(key.startswith(f"{prefix}/files/md5/") for key in keys)

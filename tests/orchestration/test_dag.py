@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
@@ -32,7 +31,7 @@ from app.registry import TAG_DVC_HASH, RestRegistry
 from orchestration.data import generate, write_csv
 from orchestration.tasks import WORK_ROOT_ENV, training_config, work_dir_for
 from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT
-from tests.services import BIN, S3_ENV, S3Server
+from tests.services import BIN, S3_ENV, S3Server, blob_key
 
 REPO: Final = Path(__file__).resolve().parents[2]
 ROWS: Final = 20_000
@@ -135,19 +134,12 @@ class Stack:
     runs: dict[str, Outcome]
 
     def bucket_keys(self) -> set[str]:
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.s3.endpoint_url,
-            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
-            region_name=S3_ENV["AWS_DEFAULT_REGION"],
-        )
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{self.model_name}/")
+        pages = self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{self.model_name}/")
         return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
     def blob_key(self, md5: str) -> str:
         """Where DVC keeps a blob in the remote (its cache layout)."""
-        return f"{self.model_name}/files/md5/{md5[:2]}/{md5[2:]}"
+        return blob_key(self.model_name, md5)
 
 
 @pytest.fixture(scope="module")
