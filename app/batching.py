@@ -19,15 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 Row = TypeVar("Row")
-PredictFn = Callable[[Sequence[Any]], npt.NDArray[np.float64]]
 
 
 def limit_threads(threads: int) -> None:
@@ -38,18 +37,18 @@ def limit_threads(threads: int) -> None:
 
 
 class MicroBatcher(Generic[Row]):
-    """Gathers single rows into batches for ``predict`` (rows -> one prediction per row)."""
+    """Gathers single rows into batches for ``predict_rows`` (rows -> one prediction per row)."""
 
     def __init__(
         self,
-        predict: Callable[[list[Row]], npt.NDArray[np.float64]],
+        predict_rows: Callable[[list[Row]], npt.NDArray[np.float64]],
         *,
         max_size: int,
         max_wait_s: float,
         threads: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self._predict = predict
+        self._predict_rows = predict_rows
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
@@ -72,7 +71,7 @@ class MicroBatcher(Generic[Row]):
         """The request that called ``expect`` has its row (or failed): the dispatcher need not wait for it."""
         self._arriving -= 1
 
-    async def predict(self, row: Row) -> float:
+    async def submit(self, row: Row) -> float:
         """This row's prediction, computed in a batch with whatever else is waiting."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
@@ -98,7 +97,7 @@ class MicroBatcher(Generic[Row]):
             batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
             rows = [row for row, _ in batch]
             try:
-                predictions = await loop.run_in_executor(self._executor, self._predict, rows)
+                predictions = await loop.run_in_executor(self._executor, self._predict_rows, rows)
             except Exception as exc:  # every waiting request gets the failure; the dispatcher carries on
                 for _, future in batch:
                     if not future.done():

@@ -9,7 +9,7 @@
 
 ``BUNDLE_DIR`` set means "serve this directory as is": steps 2-4 are skipped and it is only verified.
 Every step prints one progress line with its timing; every failure prints one line saying what failed and
-what to check, and exits non-zero (see ``app.delivery.EXIT_CODES``).
+what to check, and exits non-zero (see ``app.delivery.failures.EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -18,23 +18,22 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import Final, NoReturn
 
-from app.delivery import DeliveryError, Resolved, pull, redact, resolve, verify
+from app.contract.bundle import BundleError, Metadata, read_metadata
+from app.contract.connection import redact
+from app.delivery.failures import EXIT_CODES, DeliveryError
+from app.delivery.pull import pull
+from app.delivery.resolve import Resolved, resolve
+from app.delivery.verify import verify
 from app.settings import Settings, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    from app.bundle import Metadata
 
 APP: Final = "app.main:app"
 SERVE: Final = "serve"  # ``python -m app.entrypoint serve <uvicorn arguments>``: what the entrypoint execs into
 PREFIX: Final = "entrypoint:"
-
-Announce = Callable[[Settings, "Metadata"], None]
 
 
 def say(message: str) -> None:
@@ -91,8 +90,6 @@ def deliver(settings: Settings) -> Delivered:
     if settings.bundle_dir is not None:
         say(f"resolve: BUNDLE_DIR={settings.bundle_dir} is served as is (no registry look-up, no pull)")
         step = time.monotonic()
-        from app.bundle import BundleError, read_metadata  # scikit-learn's imports: part of verifying
-
         try:
             metadata = read_metadata(settings.bundle_dir)
         except BundleError as exc:
@@ -120,9 +117,8 @@ def deliver(settings: Settings) -> Delivered:
     return Delivered(pulled.bundle_dir, metadata, resolved.version)
 
 
-def run(settings: Settings, *, announce: Announce | None = None, started: float | None = None) -> NoReturn:
-    """Deliver the bundle and become the server; ``announce`` runs just before the exec (the quickstart's
-    banner). Exits non-zero with one line on any failure."""
+def run(settings: Settings, *, started: float | None = None) -> NoReturn:
+    """Deliver the bundle and become the server; exits non-zero with one line on any failure."""
     started = time.monotonic() if started is None else started
     try:
         delivered = deliver(settings)
@@ -131,8 +127,6 @@ def run(settings: Settings, *, announce: Announce | None = None, started: float 
     env = {**os.environ, "BUNDLE_DIR": os.fspath(delivered.bundle_dir.resolve())}
     if delivered.version is not None:
         env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start
-    if announce is not None:
-        announce(settings, delivered.metadata)
     say(
         f"serve: exec uvicorn {APP} on {settings.host}:{settings.port} with {settings.workers} worker(s), "
         f"BUNDLE_DIR={env['BUNDLE_DIR']}; start-up took {time.monotonic() - started:.2f}s so far"
@@ -153,7 +147,7 @@ def main() -> NoReturn:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_CODES["settings"])
     say(f"settings done in {time.monotonic() - started:.2f}s")
     run(settings, started=started)
 

@@ -28,8 +28,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.bundle import Bundle, Metadata
-from app.features import Columns
+from app.contract.bundle import Bundle, Metadata
+from app.contract.features import Columns
 from app.observability import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
@@ -53,8 +53,8 @@ class Predictor:
     def direct(self) -> bool:
         return self._direct is not None
 
-    def predict(self, columns: Columns) -> npt.NDArray[np.float64]:
-        """Column mapping (dict of lists or DataFrame) -> predictions."""
+    def predict_columns(self, columns: Columns) -> npt.NDArray[np.float64]:
+        """Column mapping (dict of lists or DataFrame) -> the same predictions as ``Bundle.predict``."""
         if self._direct is None:
             return self.bundle.predict(columns)
         return self._direct(self.bundle.transformer.transform(columns))
@@ -63,7 +63,7 @@ class Predictor:
         expected = self.bundle.predict(columns)
         for rows in (slice(None), slice(0, 1), slice(1, 33)):  # the vectorised and the small-batch shapes
             part = {name: values[rows] for name, values in columns.items()}
-            if not np.array_equal(self.predict(part), expected[rows], equal_nan=True):
+            if not np.array_equal(self.predict_columns(part), expected[rows], equal_nan=True):
                 return False
         return True
 

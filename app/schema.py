@@ -19,9 +19,12 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails
 
-from app.bundle import DATE_FORMAT, BundleError, Feature, Metadata
+from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata
 
 ISO_DATE_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}$"
+# The request models' names: their OpenAPI components are ``#/components/schemas/<name>``.
+RECORD_MODEL: Final = "PredictRequest"
+BATCH_MODEL: Final = "PredictBatchRequest"
 
 
 class RequestError(Exception):
@@ -77,11 +80,11 @@ class RecordSchema:
 
     @classmethod
     def from_metadata(cls, metadata: Metadata, max_records: int) -> RecordSchema:
-        """Models named ``PredictRequest`` and ``PredictBatchRequest`` with the bundle's example."""
+        """Models named ``RECORD_MODEL`` and ``BATCH_MODEL`` with the bundle's example."""
         # Python attribute names f0, f1, ... so any column name (spaces, leading underscores) is a valid alias.
         fields: dict[str, Any] = {f"f{i}": _field(feature) for i, feature in enumerate(metadata.features)}
         record_model: type[BaseModel] = create_model(
-            "PredictRequest",
+            RECORD_MODEL,
             __config__=ConfigDict(
                 extra="forbid",
                 populate_by_name=False,
@@ -90,7 +93,7 @@ class RecordSchema:
             **fields,
         )
         batch_model: type[BaseModel] = create_model(
-            "PredictBatchRequest",
+            BATCH_MODEL,
             __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [metadata.example]}]}),
             records=(list[record_model], Field(..., min_length=1, max_length=max_records)),
         )

@@ -1,34 +1,31 @@
-"""The environment contract: every variable the entrypoint and the server read, in one settings model.
+"""The environment contract of the serving container: every variable the entrypoint and the server read.
 
-The Dagger smoke stage, ``docker-compose.yaml``, ``app/prediction.env.example`` and the README use exactly
-these names (a test cross-checks them). An invalid value stops start-up with a message naming the variable.
+``Settings`` extends the connection settings training shares (``app.contract.connection``) with what only
+the server needs. The Dagger smoke stage, ``docker-compose.yaml``, ``app/prediction.env.example`` and the
+README use exactly these names (a test cross-checks them). An invalid value stops start-up with a message
+naming the variable.
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Final, Literal, Self
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
 
-DVC_HASH: Final = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+from app.contract.connection import DEFAULT_SERVING_PORT, ConnectionSettings, SettingsError, load_from_environment
+from app.contract.store import BUNDLE_NAME, DVC_HASH
 
-
-class SettingsError(ValueError):
-    """The environment is invalid; the message names each offending variable."""
+__all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_settings"]
 
 
-class Settings(BaseSettings):
+class Settings(ConnectionSettings):
     """Field names are the environment variable names (case-insensitive)."""
-
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     # Server
     host: str = Field("0.0.0.0", description="Interface uvicorn binds.")
-    port: int = Field(9000, ge=1, le=65535, description="Port uvicorn binds.")
+    port: int = Field(DEFAULT_SERVING_PORT, ge=1, le=65535, description="Port uvicorn binds.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
@@ -46,19 +43,9 @@ class Settings(BaseSettings):
 
     # Which bundle: a pinned DVC hash, or the registry's MODEL_NAME@MODEL_ALIAS / MODEL_VERSION
     model_hash: str | None = Field(None, description="Pinned DVC hash of the bundle (skips the registry).")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server URI for the registry look-up.")
-    model_name: str = Field("flight-price", min_length=1, description="Registered model name.")
-    model_alias: str = Field("champion", min_length=1, description="Registry alias to serve.")
     model_version: int | None = Field(None, ge=1, description="Registry version to serve instead of the alias.")
-    registry_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one registry request.")
 
-    # DVC remote (credentials come from the standard AWS variables)
-    dvc_remote_url: str | None = Field(None, description="DVC remote: s3://bucket/prefix or a local directory.")
-    dvc_remote_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store.")
-    dvc_remote_region: str | None = Field(None, description="Region of the S3 bucket.")
-    aws_access_key_id: SecretStr | None = Field(None, description="S3 access key (never printed).")
-    aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never printed).")
-    aws_session_token: SecretStr | None = Field(None, description="S3 session token (never printed).")
+    # Pulling it
     pull_deadline_s: float = Field(120.0, gt=0, le=3600, description="Overall deadline for pulling the bundle.")
     pull_retries: int = Field(4, ge=0, le=20, description="Retries of a failed pull.")
     pull_backoff_s: float = Field(1.0, ge=0, le=60, description="First retry delay; doubles each retry.")
@@ -70,13 +57,6 @@ class Settings(BaseSettings):
             raise ValueError("must be a DVC md5 hash: 32 hex digits, optionally ending in .dir")
         return value
 
-    @field_validator("mlflow_tracking_uri", "dvc_remote_endpoint_url")
-    @classmethod
-    def _uri(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(https?|sqlite|file)://|^/", value):
-            raise ValueError("must be an http(s)://, sqlite:// or file:// URI")
-        return value.rstrip("/") if value else value
-
     @model_validator(mode="after")
     def _safe(self) -> Self:
         if self.model_version is not None and self.model_hash is not None:
@@ -85,7 +65,7 @@ class Settings(BaseSettings):
 
     @property
     def bundle_path(self) -> Path:
-        return self.bundle_dir or self.model_dir / "bundle"
+        return self.bundle_dir or self.model_dir / BUNDLE_NAME
 
 
 def env_names() -> set[str]:
@@ -95,14 +75,7 @@ def env_names() -> set[str]:
 
 def load_settings() -> Settings:
     """Settings from the environment; ``SettingsError`` names every invalid variable."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = ".".join(str(part).upper() for part in error["loc"]) or "settings"
-            problems.append(f"{name}: {error['msg']}")
-        raise SettingsError("invalid environment: " + "; ".join(problems)) from None
+    return load_from_environment(Settings)
 
 
 @lru_cache(maxsize=1)

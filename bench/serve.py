@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.bundle import TRUSTED_TYPES, Bundle, load_bundle  # noqa: E402
+from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle  # noqa: E402
 from app.predictor import Predictor, probe_columns  # noqa: E402
 from bench.load import LoadResult, available_generator, run_load  # noqa: E402
 from tests.services import BIN, LOOPBACK, free_port, running  # noqa: E402
@@ -103,8 +103,8 @@ def floor(bundle: Bundle, repeats: int = 2000) -> dict[str, float]:
         return {
             "bundle_predict_1_ms": median_ms(lambda: bundle.predict(one), repeats),
             "bundle_predict_1000_ms": median_ms(lambda: bundle.predict(batch), repeats // 20),
-            "server_predictor_1_ms": median_ms(lambda: predictor.predict(one), repeats),
-            "server_predictor_1000_ms": median_ms(lambda: predictor.predict(batch), repeats // 20),
+            "server_predictor_1_ms": median_ms(lambda: predictor.predict_columns(one), repeats),
+            "server_predictor_1000_ms": median_ms(lambda: predictor.predict_columns(batch), repeats // 20),
             "server_predictor_direct": float(predictor.direct),
         }
 

@@ -34,7 +34,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.bundle import read_metadata  # noqa: E402
+from app.contract.bundle import read_metadata  # noqa: E402
 from orchestration.config import load_config  # noqa: E402
 from orchestration.data import DEFAULT_ROWS, generate, write_csv  # noqa: E402
 from orchestration.pipeline import run_pipeline  # noqa: E402

@@ -1,4 +1,4 @@
-"""Command line: ``python -m orchestration {generate,train,publish,quickstart} ...``."""
+"""Command line of the training side: generate data, train a bundle, publish it, or run the quickstart."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.bundle import BundleError
-from app.settings import SettingsError, load_settings
+from app.contract.bundle import BundleError
+from app.contract.connection import (
+    DEFAULT_ALIAS,
+    DEFAULT_SERVING_PORT,
+    SettingsError,
+    load_connection_settings,
+)
 from orchestration.config import DEFAULT_PARAMS, ConfigError, load_config
 from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED, DataError, generate, write_csv
 from orchestration.evaluate import QualityGateError
@@ -43,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--model-name", help="registered model name")
     publish.add_argument("--endpoint-url", help="endpoint of an S3-compatible store")
     publish.add_argument("--region", help="S3 region")
-    publish.add_argument("--alias", default="champion", help="alias to point at the version (default: %(default)s)")
+    publish.add_argument("--alias", default=DEFAULT_ALIAS, help="alias to point at the version (default: %(default)s)")
     publish.add_argument("--no-alias", action="store_true", help="register without moving any alias")
 
     quick = commands.add_parser(
@@ -52,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         description="State lives in ./.quickstart/ (a directory DVC remote and a sqlite MLflow store).",
     )
     quick.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows to train on when nothing is published")
-    quick.add_argument("--port", type=int, default=9000)
+    quick.add_argument("--port", type=int, default=DEFAULT_SERVING_PORT, help="port (default: %(default)s)")
     quick.add_argument("--state", type=Path, default=Path(".quickstart"), help="state directory (default: %(default)s)")
     return parser
 
@@ -61,7 +66,7 @@ def _publish(args: argparse.Namespace) -> int:
     # MLflow and DVC load only for this command: `generate` and `train` stay quick to start.
     from orchestration.publish import PublishError, PublishTarget, publish_bundle
 
-    settings = load_settings()
+    settings = load_connection_settings()
     remote = args.remote or settings.dvc_remote_url
     tracking_uri = args.tracking_uri or settings.mlflow_tracking_uri
     if not remote or not tracking_uri:
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "quickstart":
             from orchestration.quickstart import run_quickstart
 
-            run_quickstart(rows=args.rows, port=args.port, state=args.state)
+            return run_quickstart(rows=args.rows, port=args.port, state=args.state)
         if args.command == "generate":
             write_csv(generate(args.rows, args.seed), args.out)
             print(f"wrote {args.rows} rows to {args.out}")

@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
-from app.bundle import Bundle, load_bundle
+from app.contract.bundle import Bundle, load_bundle
 
 BUNDLE_ARTIFACT: Final = "bundle"  # the bundle directory's key among the pyfunc model's artifacts
 

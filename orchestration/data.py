@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Final
 
@@ -102,15 +101,6 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False, float_format="%.2f", lineterminator="\n")
     return path
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a data file's bytes: the snapshot a model was trained on."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_data(path: Path, config: DataConfig) -> pd.DataFrame:

@@ -8,12 +8,10 @@ RMSE is below ``(1 - margin)`` times the champion's. A first model (no champion 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from app.registry import TAG_CONTENT_HASH, NotFoundError, registry_for
-
-if TYPE_CHECKING:
-    from app.bundle import Metadata
+from app.contract.bundle import Metadata
+from app.contract.registry import TAG_CONTENT_HASH, NotFoundError, registry_for
 
 # The metric the gate compares (as logged on the registered version's run and stored in the bundle).
 GATE_METRIC: Final = "rmse"
@@ -44,14 +42,6 @@ def compare(candidate: float, champion: float, margin: float) -> bool:
     return candidate < (1.0 - margin) * champion
 
 
-def champion_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
-    """The metrics logged on a run (the champion version's training run)."""
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_run(run_id)
-    return {str(k): float(v) for k, v in run.data.metrics.items()}
-
-
 def decide_promotion(
     candidate: Metadata, *, tracking_uri: str, model_name: str, alias: str, margin: float = DEFAULT_MARGIN
 ) -> GateDecision:
@@ -61,8 +51,9 @@ def decide_promotion(
     model or alias simply does not exist yet.
     """
     score = candidate.metrics[GATE_METRIC]
+    registry = registry_for(tracking_uri)
     try:
-        champion = registry_for(tracking_uri).version_by_alias(model_name, alias)
+        champion = registry.version_by_alias(model_name, alias)
     except NotFoundError:
         reason = f"no {model_name}@{alias} yet: the first model becomes {alias}"
         return GateDecision(True, reason, GATE_METRIC, score, margin=margin)
@@ -71,7 +62,7 @@ def decide_promotion(
         # A rerun of the run that promoted this very bundle: keep the alias where it is.
         reason = f"this bundle already is {current}: nothing to move"
         return GateDecision(True, reason, GATE_METRIC, score, score, champion.version, margin)
-    logged = champion_metrics(tracking_uri, champion.run_id) if champion.run_id else {}
+    logged = registry.run_metrics(champion.run_id) if champion.run_id else {}
     if GATE_METRIC not in logged:
         reason = (
             f"{current} has no logged {GATE_METRIC}: not promoting without a comparison "

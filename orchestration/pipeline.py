@@ -1,5 +1,6 @@
 """The whole training pipeline in one call: ingest -> validate -> split -> fit transformer -> train -> evaluate
--> bundle. The Airflow DAG runs the same stage functions as separate tasks."""
+and bundle. The Airflow DAG runs the same stage functions as separate tasks (``orchestration.tasks``); both
+end with ``evaluate_and_bundle``."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from typing import Any, TextIO
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from app.bundle import Metadata, load_bundle, save_bundle
-from app.features import FeatureTransformer
+from app.contract.bundle import Metadata, load_bundle, save_bundle
+from app.contract.features import FeatureTransformer
+from app.contract.hashing import file_digest
+from app.contract.progress import Report, quiet
 from orchestration.config import PipelineConfig
-from orchestration.data import file_hash, read_data
+from orchestration.data import read_data
 from orchestration.evaluate import check_beats_baseline, evaluate
 from orchestration.split import Splits, split
 from orchestration.train import train_model
 from orchestration.transform import feature_schema, fit_transformer, target_summary
 from orchestration.validate import ValidationReport, validate
 
-STAGES = ("ingest", "validate", "split", "fit transformer", "train", "evaluate", "bundle")
+STAGES = ("ingest", "validate", "split", "fit transformer", "train", "evaluate and bundle")
 
 
 @dataclass
@@ -73,7 +76,7 @@ def run_pipeline(
     data = config.data
     with progress.stage("ingest") as note:
         raw = read_data(data_path, data)
-        data_hash = file_hash(data_path)
+        data_hash = file_digest(data_path)
         note(f"{len(raw)} rows, sha256 {data_hash[:12]}")
     with progress.stage("validate") as note:
         clean, report = validate(raw, data)
@@ -87,34 +90,33 @@ def run_pipeline(
     with progress.stage("train") as note:
         model = train_model(transformer, splits.train, splits.validation, data, config.model)
         note(f"{model.n_iter_} boosting iterations")
-    with progress.stage("evaluate") as note:
-        metrics, baseline = evaluate(
-            splits.test[data.target],
-            model.predict(transformer.transform(splits.test)),
-            float(splits.train[data.target].mean()),
-        )
-        note(f"test RMSE {metrics['rmse']:.2f} vs baseline {baseline['rmse']:.2f}")
-        check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
-    with progress.stage("bundle") as note:
-        write_bundle(out_dir, transformer, model, splits, config, data_hash, metrics, baseline)
-        metadata = load_bundle(out_dir).metadata  # proves the bundle verifies and loads before anyone uses it
-        note(f"{out_dir} (content hash {metadata.content_hash[:12]})")
+    with progress.stage("evaluate and bundle") as note:
+        metadata = evaluate_and_bundle(out_dir, transformer, model, splits, config, data_hash, report=note)
     return TrainResult(bundle_dir=out_dir, metadata=metadata, report=report, timings=progress.timings)
 
 
-def write_bundle(
+def evaluate_and_bundle(
     out_dir: Path,
     transformer: FeatureTransformer,
     model: HistGradientBoostingRegressor,
     splits: Splits,
     config: PipelineConfig,
     data_hash: str,
-    metrics: dict[str, float],
-    baseline: dict[str, float],
+    *,
+    report: Report = quiet,
 ) -> Metadata:
-    """Save the bundle of a trained, evaluated model: its schema and example come from the splits."""
+    """The end of every training run: score the model on the test split against the naive baseline, refuse
+    it (``QualityGateError``, nothing written) unless it beats the baseline by ``evaluate.baseline_margin``,
+    write the bundle (schema and example from the splits), and prove it verifies and loads."""
     data = config.data
-    return save_bundle(
+    metrics, baseline = evaluate(
+        splits.test[data.target],
+        model.predict(transformer.transform(splits.test)),
+        float(splits.train[data.target].mean()),
+    )
+    report(f"test RMSE {metrics['rmse']:.2f} vs baseline {baseline['rmse']:.2f}")
+    check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
+    save_bundle(
         out_dir,
         transformer=transformer,
         model=model,
@@ -127,6 +129,9 @@ def write_bundle(
         params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
     )
+    metadata = load_bundle(out_dir).metadata  # verified and loaded, trusted types only, before anyone uses it
+    report(f"bundle {out_dir} (content hash {metadata.content_hash[:12]})")
+    return metadata
 
 
 def metrics_table(metadata: Metadata) -> str:

@@ -2,7 +2,7 @@
 
 The remote gets a normal DVC cache layout (``files/md5/..``), written by DVC itself from a throw-away work
 repository (``dvc init --no-scm``). The registered version carries the bundle's DVC hash, content hash and
-data hash as tags (``app.registry.TAG_*``): the entrypoint goes from ``MODEL_NAME@alias`` to the DVC hash,
+data hash as tags (``app.contract.registry.TAG_*``): the entrypoint goes from ``MODEL_NAME@alias`` to the DVC hash,
 and from there to the blobs. Publishing is idempotent: DVC skips blobs the remote already has, and a bundle
 whose content hash is already registered gets its existing version back instead of a new one.
 
@@ -15,29 +15,26 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from app.bundle import Metadata, read_metadata
-from app.delivery import BUNDLE_NAME, prepare_work_repo, redact
-from app.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH
-from app.settings import Settings
+from app.contract.bundle import Metadata, read_metadata
+from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, ConnectionSettings, redact
+from app.contract.progress import Report, quiet
+from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, mlflow_client
+from app.contract.store import BUNDLE_NAME, prepare_work_repo
 from orchestration import bundle_model
 
 MODEL_ARTIFACT: Final = "model"  # the pyfunc model's path inside the run
 COLUMN_TYPES: Final = {"float": "double", "int": "long", "str": "string", "date": "string"}
-
-Report = Callable[[str], None]
 
 
 class PublishError(RuntimeError):
@@ -50,13 +47,13 @@ class PublishTarget:
 
     remote_url: str  # s3://bucket/prefix or a local directory
     tracking_uri: str  # http(s)://... or sqlite:///...
-    model_name: str = "flight-price"
+    model_name: str = DEFAULT_MODEL_NAME
     endpoint_url: str | None = None  # S3-compatible endpoint (moto, MinIO)
     region: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PublishTarget:
-        """The target the serving settings name: DVC_REMOTE_URL, MLFLOW_TRACKING_URI, MODEL_NAME, ..."""
+    def from_settings(cls, settings: ConnectionSettings) -> PublishTarget:
+        """The target the connection settings name: DVC_REMOTE_URL, MLFLOW_TRACKING_URI, MODEL_NAME, ..."""
         missing = [
             name
             for name, value in (
@@ -87,10 +84,6 @@ class Published:
     uploaded: int  # files pushed this time (0 when the remote already had them all)
     created: bool  # False when this exact bundle was already registered (the same version is returned)
     alias: str | None  # alias pointed at this version, if any
-
-
-def _quiet(_: str) -> None:
-    """The default report: say nothing."""
 
 
 # --- DVC ---
@@ -130,12 +123,7 @@ def signature(metadata: Metadata) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _client(uri: str) -> MlflowClient:
-    """A client for ``uri`` as tracking store and registry alike."""
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _experiment_id(client: MlflowClient, target: PublishTarget) -> str:
+def _experiment_id(client: Any, target: PublishTarget) -> str:
     """The experiment named after the model; a local sqlite store keeps its artifacts beside the database."""
     experiment = client.get_experiment_by_name(target.model_name)
     if experiment is not None:
@@ -147,7 +135,7 @@ def _experiment_id(client: MlflowClient, target: PublishTarget) -> str:
     return str(client.create_experiment(target.model_name, artifact_location=location))
 
 
-def registered_version(client: MlflowClient, model_name: str, content_hash: str) -> tuple[int, str] | None:
+def registered_version(client: Any, model_name: str, content_hash: str) -> tuple[int, str] | None:
     """(version, run id) of ``model_name``'s version tagged with this content hash, if any."""
     found = client.search_model_versions(f"name = '{model_name}' and tags.{TAG_CONTENT_HASH} = '{content_hash}'")
     if not found:
@@ -157,7 +145,7 @@ def registered_version(client: MlflowClient, model_name: str, content_hash: str)
 
 
 def _register(
-    client: MlflowClient, bundle_dir: Path, metadata: Metadata, dvc_hash: str, target: PublishTarget
+    client: Any, bundle_dir: Path, metadata: Metadata, dvc_hash: str, target: PublishTarget
 ) -> tuple[int, str]:
     """A run (params, metrics, tags, the pyfunc model with the bundle inside) and a registered version.
 
@@ -212,13 +200,8 @@ def _register(
     return int(version.version), run_id
 
 
-def set_alias(target: PublishTarget, version: int, alias: str = "champion") -> None:
-    """Point ``target.model_name@alias`` at ``version`` (promoting a model is only this)."""
-    _client(target.tracking_uri).set_registered_model_alias(target.model_name, alias, str(version))
-
-
 def publish_bundle(
-    bundle_dir: Path, target: PublishTarget, *, alias: str | None = "champion", report: Report = _quiet
+    bundle_dir: Path, target: PublishTarget, *, alias: str | None = DEFAULT_ALIAS, report: Report = quiet
 ) -> Published:
     """Push the bundle with DVC, register it in MLflow (once per content hash), and point ``alias`` at it.
 
@@ -231,7 +214,7 @@ def publish_bundle(
     else:
         report(f"dvc push: {target.remote_url} already holds every file of bundle {dvc_hash}; nothing uploaded")
     try:
-        client = _client(target.tracking_uri)
+        client = mlflow_client(target.tracking_uri)
         existing = registered_version(client, target.model_name, metadata.content_hash)
         if existing is None:
             version, run_id = _register(client, bundle_dir, metadata, dvc_hash, target)

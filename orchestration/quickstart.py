@@ -2,8 +2,9 @@
 
 State lives in ``./.quickstart/``: a DVC remote that is a plain directory, an MLflow store that is a sqlite
 file, the training bundle and the serving ``MODEL_DIR``. If no model is published yet, one is trained and
-published there; then the server starts through the container's own entrypoint code path (resolve the
-alias -> dvc pull -> verify -> exec uvicorn), on 127.0.0.1.
+published there; then the container's own entrypoint (``python -m app.entrypoint``: resolve the alias ->
+dvc pull -> verify -> uvicorn) runs as a child process on 127.0.0.1 with the variables a container would get.
+Once the server is ready, a sample request built from the served model's own example is printed.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Final, NoReturn
+from types import FrameType
+from typing import Any, Final
 
-from app.bundle import Metadata
-from app.registry import NotFoundError, registry_for
-from app.settings import Settings, load_settings
+from app.contract.connection import DEFAULT_ALIAS, DEFAULT_SERVING_PORT
+from app.contract.registry import NotFoundError, registry_for
 from orchestration.config import DEFAULT_PARAMS, load_config
 from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED, generate, write_csv
 from orchestration.pipeline import metrics_table, run_pipeline
@@ -24,7 +31,9 @@ from orchestration.publish import PublishTarget, publish_bundle
 
 STATE: Final = Path(".quickstart")
 HOST: Final = "127.0.0.1"
-ALIAS: Final = "champion"
+READY_TIMEOUT_S: Final = 300.0
+# Variables from the caller's shell that would override the registry path the container uses.
+OVERRIDDEN: Final = ("MODEL_HASH", "MODEL_VERSION", "BUNDLE_DIR", "DVC_REMOTE_ENDPOINT_URL", "DVC_REMOTE_REGION")
 
 
 def target_for(state: Path) -> PublishTarget:
@@ -36,7 +45,7 @@ def target_for(state: Path) -> PublishTarget:
 def published_version(target: PublishTarget) -> int | None:
     """The version ``MODEL_NAME@champion`` points at in the local store, if any."""
     try:
-        return registry_for(target.tracking_uri).version_by_alias(target.model_name, ALIAS).version
+        return registry_for(target.tracking_uri).version_by_alias(target.model_name, DEFAULT_ALIAS).version
     except NotFoundError:
         return None
 
@@ -47,13 +56,15 @@ def train_and_publish(state: Path, target: PublishTarget, rows: int, seed: int) 
     data = write_csv(generate(rows, seed), state / "data" / "flights.csv")
     result = run_pipeline(data, load_config(DEFAULT_PARAMS), state / "bundle")
     print(metrics_table(result.metadata), flush=True)
-    published = publish_bundle(result.bundle_dir, target, alias=ALIAS, report=lambda line: print(line, flush=True))
-    print(f"quickstart: published {target.model_name} version {published.version} as @{ALIAS}", flush=True)
+    published = publish_bundle(
+        result.bundle_dir, target, alias=DEFAULT_ALIAS, report=lambda line: print(line, flush=True)
+    )
+    print(f"quickstart: published {target.model_name} version {published.version} as @{DEFAULT_ALIAS}", flush=True)
 
 
-def sample_request(port: int, metadata: Metadata) -> str:
-    """A ready-to-paste curl command built from the bundle's own example record."""
-    body = json.dumps(metadata.example)
+def sample_request(port: int, example: dict[str, Any]) -> str:
+    """A ready-to-paste curl command for one record."""
+    body = json.dumps(example)
     return f"curl -s -X POST http://{HOST}:{port}/predict -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
@@ -63,7 +74,7 @@ def serve_environment(state: Path, target: PublishTarget, port: int) -> dict[str
         "MODEL_DIR": os.fspath((state / "models").resolve()),
         "MLFLOW_TRACKING_URI": target.tracking_uri,
         "MODEL_NAME": target.model_name,
-        "MODEL_ALIAS": ALIAS,
+        "MODEL_ALIAS": DEFAULT_ALIAS,
         "DVC_REMOTE_URL": target.remote_url,
         "HOST": HOST,
         "PORT": str(port),
@@ -71,12 +82,23 @@ def serve_environment(state: Path, target: PublishTarget, port: int) -> dict[str
     }
 
 
-def run_quickstart(
-    *, rows: int = DEFAULT_ROWS, port: int = 9000, seed: int = DEFAULT_SEED, state: Path = STATE
-) -> NoReturn:
-    """Train and publish if needed, then become the server via the entrypoint (never returns)."""
-    from app import entrypoint
+def served_example(port: int, server: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+    """Wait until the server is ready, then return the example record of the model it serves (``GET /model``)."""
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/model", timeout=5) as response:
+                example: dict[str, Any] = json.loads(response.read())["metadata"]["example"]
+                return example
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise TimeoutError(f"the server did not become ready on port {port}")
 
+
+def run_quickstart(
+    *, rows: int = DEFAULT_ROWS, port: int = DEFAULT_SERVING_PORT, seed: int = DEFAULT_SEED, state: Path = STATE
+) -> int:
+    """Train and publish if needed, then run the entrypoint until it stops; returns its exit code."""
     state.mkdir(parents=True, exist_ok=True)
     target = target_for(state)
     version = published_version(target)
@@ -84,21 +106,37 @@ def run_quickstart(
         train_and_publish(state, target, rows, seed)
     else:
         print(
-            f"quickstart: serving the published {target.model_name}@{ALIAS} (version {version}); "
+            f"quickstart: serving the published {target.model_name}@{DEFAULT_ALIAS} (version {version}); "
             f"delete {state}/ to train afresh",
             flush=True,
         )
-    # Pins or bundle paths from the caller's shell would override the registry path the container uses.
-    for name in ("MODEL_HASH", "MODEL_VERSION", "BUNDLE_DIR", "DVC_REMOTE_ENDPOINT_URL", "DVC_REMOTE_REGION"):
-        os.environ.pop(name, None)
-    os.environ.update(serve_environment(state, target, port))
+    env = {name: value for name, value in os.environ.items() if name not in OVERRIDDEN}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.entrypoint"], env={**env, **serve_environment(state, target, port)}
+    )
 
-    def announce(serving: Settings, metadata: Metadata) -> None:
+    def forward(signum: int, _: FrameType | None) -> None:
+        server.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        try:
+            example = served_example(port, server)
+        except TimeoutError:
+            return server.wait() if server.poll() is not None else _stop(server)
         print(
-            f"\nquickstart: the server is starting on http://{HOST}:{serving.port} "
-            f"(API docs: http://{HOST}:{serving.port}/docs; stop it with Ctrl-C). Try:\n"
-            f"  {sample_request(serving.port, metadata)}\n",
+            f"\nquickstart: the server is ready on http://{HOST}:{port} "
+            f"(API docs: http://{HOST}:{port}/docs; stop it with Ctrl-C). Try:\n"
+            f"  {sample_request(port, example)}\n",
             flush=True,
         )
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server too (same process group): let it drain
+        return server.wait()
 
-    entrypoint.run(load_settings(), announce=announce)
+
+def _stop(server: subprocess.Popen[bytes]) -> int:
+    server.terminate()
+    server.wait()
+    print("quickstart: the server did not become ready in time; stopped it", file=sys.stderr, flush=True)
+    return 1

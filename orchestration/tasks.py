@@ -28,14 +28,14 @@ from typing import Any, Final
 import pandas as pd
 import skops.io as sio
 
-from app.bundle import BundleError, load_trusted, read_metadata
-from app.features import FeatureTransformer
-from app.settings import Settings
+from app.contract.bundle import BundleError, load_trusted, read_metadata
+from app.contract.connection import ConnectionSettings
+from app.contract.features import FeatureTransformer
+from app.contract.hashing import file_digest
 from orchestration.config import DEFAULT_PARAMS, ModelConfig, PipelineConfig, load_config
-from orchestration.data import file_hash, generate, read_data, write_csv
-from orchestration.evaluate import check_beats_baseline, evaluate
+from orchestration.data import generate, read_data, write_csv
 from orchestration.gate import GateDecision, decide_promotion
-from orchestration.pipeline import write_bundle
+from orchestration.pipeline import evaluate_and_bundle
 from orchestration.split import Splits, split
 from orchestration.train import train_model
 from orchestration.transform import fit_transformer
@@ -128,7 +128,7 @@ def ingest(work_dir: Path, *, data_path: str | None = None, rows: int, seed: int
             write_csv(generate(rows, seed), target.with_name(target.name + ".partial"))
             described = f"generated flight data set ({rows} rows, seed {seed})"
         target.with_name(target.name + ".partial").replace(target)
-        digest = file_hash(target)
+        digest = file_digest(target)
         log.info("ingest: %s -> %s (sha256 %s)", described, target, digest)
         return {"data_path": str(target), "data_hash": digest, "source": described}
 
@@ -219,40 +219,36 @@ def evaluate_task(
     split_paths: Mapping[str, str],
     config: PipelineConfig,
 ) -> Result:
-    """Score the model on the test split against the naive baseline and write the bundle.
-
-    A model that does not beat the baseline by ``evaluate.baseline_margin`` fails the task
-    (``QualityGateError``) and no bundle is written.
+    """The pipeline's ``evaluate_and_bundle`` on this run's files: a model that does not beat the naive
+    baseline by ``evaluate.baseline_margin`` fails the task (``QualityGateError``) and no bundle is written.
     """
 
     def run() -> Result:
         transformer = _load_transformer(transformer_path)
         model = load_trusted(Path(model_path))
-        train, validation, test = (pd.read_parquet(split_paths[f"{n}_path"]) for n in ("train", "validation", "test"))
-        target = config.data.target
-        metrics, baseline = evaluate(
-            test[target], model.predict(transformer.transform(test)), float(train[target].mean())
-        )
-        log.info("evaluate: test RMSE %.2f vs naive baseline %.2f", metrics["rmse"], baseline["rmse"])
-        check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
+        splits = Splits(*(pd.read_parquet(split_paths[f"{n}_path"]) for n in ("train", "validation", "test")))
         bundle_dir = work_dir / "bundle"
         shutil.rmtree(bundle_dir, ignore_errors=True)  # leftovers of an attempt that died before recording
-        write_bundle(
-            bundle_dir, transformer, model, Splits(train, validation, test), config, data_hash, metrics, baseline
+        metadata = evaluate_and_bundle(
+            bundle_dir,
+            transformer,
+            model,
+            splits,
+            config,
+            data_hash,
+            report=lambda line: log.info("evaluate: %s", line),
         )
-        metadata = read_metadata(bundle_dir)  # verifies what was just written
-        log.info("evaluate: bundle %s (content hash %s)", bundle_dir, metadata.content_hash)
         return {
             "bundle_dir": str(bundle_dir),
             "content_hash": metadata.content_hash,
-            "metrics": metrics,
-            "baseline_metrics": baseline,
+            "metrics": metadata.metrics,
+            "baseline_metrics": metadata.baseline_metrics,
         }
 
     return _checkpoint(work_dir, "evaluate", run)
 
 
-def gate_task(bundle_dir: str, settings: Settings, margin: float) -> Result:
+def gate_task(bundle_dir: str, settings: ConnectionSettings, margin: float) -> Result:
     """Decide whether the new bundle replaces the registry's current champion; log and return why."""
     if not settings.mlflow_tracking_uri:
         raise ValueError("MLFLOW_TRACKING_URI is not set: the gate needs the registry to compare with")
@@ -268,7 +264,7 @@ def gate_task(bundle_dir: str, settings: Settings, margin: float) -> Result:
     return decision.as_dict()
 
 
-def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], settings: Settings) -> Result:
+def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], settings: ConnectionSettings) -> Result:
     """Push the bundle to the DVC remote and register it; move the alias only if the gate said so.
 
     Publishing is idempotent (the same bundle yields the same version), so a rerun changes nothing.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from app.features import FeatureTransformer
+from app.contract.features import FeatureTransformer
 from orchestration.config import DataConfig, ModelConfig
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from app.bundle import DATE_FORMAT, Feature, Target
-from app.features import FeatureTransformer
+from app.contract.bundle import DATE_FORMAT, Feature, Target
+from app.contract.features import FeatureTransformer
 from orchestration.config import DataConfig
 
 

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from app.schema import RequestError
-from app.serving import LoadedModel, ServingState
+from app.served_model import ServedModel
+from app.serving import ServingState
 
 
 class JSON(JSONResponse):
@@ -32,15 +33,15 @@ def serving_state(request: Request) -> ServingState:
     return state
 
 
-def ready_model(state: Annotated[ServingState, Depends(serving_state)]) -> LoadedModel:
-    """The loaded model, or a 503 saying why there is none."""
+def served_model(state: Annotated[ServingState, Depends(serving_state)]) -> ServedModel:
+    """The model being served, captured once for the whole request, or a 503 saying why there is none."""
     if state.model is None:
         raise NotReadyError(state.reason)
     return state.model
 
 
 State = Annotated[ServingState, Depends(serving_state)]
-Model = Annotated[LoadedModel, Depends(ready_model)]
+Model = Annotated[ServedModel, Depends(served_model)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

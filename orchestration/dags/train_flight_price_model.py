@@ -3,8 +3,8 @@ evaluate -> gate -> publish.
 
 Each task is a thin call into ``orchestration.tasks``; tasks hand each other paths and small dicts through
 XCom, never data. Connection settings (``DVC_REMOTE_URL``, ``MLFLOW_TRACKING_URI``, ``MODEL_NAME``, ...)
-are read from the environment by the serving settings model, so training and serving agree on one set of
-names; S3 credentials come from the standard ``AWS_*`` variables and are never logged.
+are read from the environment by the connection settings model training and serving share
+(``app.contract.connection``); S3 credentials come from the standard ``AWS_*`` variables and are never logged.
 
 Trigger with a conf such as ``{"rows": 50000, "hyperparameters": {"learning_rate": 0.05},
 "promotion_margin": 0.02}`` or ``{"data_path": "/data/flights.parquet"}``.
@@ -20,19 +20,33 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from airflow.sdk import Param, dag, get_current_context, task
 
 from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED
 from orchestration.gate import DEFAULT_MARGIN
 
+if TYPE_CHECKING:
+    from airflow.sdk.bases.decorator import Task
+
+    from orchestration.config import PipelineConfig
+
 DAG_ID = "train_flight_price_model"
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Tasks that talk to S3 or MLflow retry transient failures, waiting 10 s, 20 s, 40 s, 80 s (at most 5 min).
+remote_task = task(
+    retries=4,
+    retry_delay=timedelta(seconds=10),
+    retry_exponential_backoff=2.0,  # multiplier of the delay per retry
+    max_retry_delay=timedelta(minutes=5),
+)
 
 
 def _without_skops_noise(body: Callable[P, R]) -> Callable[P, R]:
@@ -52,20 +66,36 @@ def _without_skops_noise(body: Callable[P, R]) -> Callable[P, R]:
     return quiet
 
 
-# Tasks that talk to S3 or MLflow retry transient failures, waiting 10 s, 20 s, 40 s, 80 s (at most 5 min).
-REMOTE_RETRIES: Final = 4
-REMOTE_RETRY_DELAY: Final = timedelta(seconds=10)
-REMOTE_BACKOFF: Final = 2.0  # multiplier of the delay per retry
-REMOTE_MAX_RETRY_DELAY: Final = timedelta(minutes=5)
+def training_task(body: Callable[P, R]) -> Task[P, R]:
+    """A task of this DAG: no retries (a stage on local data fails the same way twice)."""
+    return task(_without_skops_noise(body))
 
 
-def _run_context() -> tuple[Path, dict[str, Any]]:
-    """This run's work directory (keyed by run id) and its params."""
-    from orchestration.tasks import work_dir_for
+def remote_training_task(body: Callable[P, R]) -> Task[P, R]:
+    """A task of this DAG that talks to S3 or MLflow: retried with backoff."""
+    return remote_task(_without_skops_noise(body))
 
-    context = get_current_context()
-    run_id = str(context["run_id"])
-    return work_dir_for(run_id), dict(context["params"])
+
+@dataclass(frozen=True)
+class Run:
+    """What every task of one DAG run starts from: its work directory (keyed by run id) and its params."""
+
+    work_dir: Path
+    params: dict[str, Any]
+
+    @classmethod
+    def current(cls) -> Run:
+        from orchestration.tasks import work_dir_for
+
+        context = get_current_context()
+        return cls(work_dir_for(str(context["run_id"])), dict(context["params"]))
+
+    @property
+    def config(self) -> PipelineConfig:
+        """``params.yaml`` with this run's hyperparameters (a misspelt one fails the task, named)."""
+        from orchestration.tasks import training_config
+
+        return training_config(self.params["hyperparameters"])
 
 
 @dag(
@@ -96,98 +126,82 @@ def _run_context() -> tuple[Path, dict[str, Any]]:
     },
 )
 def train_flight_price_model() -> None:
-    @task
-    @_without_skops_noise
+    @training_task
     def ingest() -> dict[str, Any]:
         from orchestration import tasks
 
-        work_dir, params = _run_context()
-        tasks.training_config(params["hyperparameters"])  # a misspelt hyperparameter fails here, before any work
-        return tasks.ingest(work_dir, data_path=params["data_path"], rows=params["rows"], seed=params["seed"])
+        run = Run.current()
+        _ = run.config  # a misspelt hyperparameter fails here, before any work
+        return tasks.ingest(
+            run.work_dir, data_path=run.params["data_path"], rows=run.params["rows"], seed=run.params["seed"]
+        )
 
-    @task
-    @_without_skops_noise
+    @training_task
     def validate(ingested: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
-        work_dir, params = _run_context()
-        return tasks.validate_data(work_dir, ingested["data_path"], tasks.training_config(params["hyperparameters"]))
+        run = Run.current()
+        return tasks.validate_data(run.work_dir, ingested["data_path"], run.config)
 
-    @task
-    @_without_skops_noise
+    @training_task
     def split(validated: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
-        work_dir, params = _run_context()
-        return tasks.split_data(work_dir, validated["clean_path"], tasks.training_config(params["hyperparameters"]))
+        run = Run.current()
+        return tasks.split_data(run.work_dir, validated["clean_path"], run.config)
 
-    @task
-    @_without_skops_noise
+    @training_task
     def fit_transformer(splits: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
-        work_dir, params = _run_context()
-        config = tasks.training_config(params["hyperparameters"])
-        return tasks.fit_transformer_task(work_dir, splits["train_path"], config)
+        run = Run.current()
+        return tasks.fit_transformer_task(run.work_dir, splits["train_path"], run.config)
 
-    @task
-    @_without_skops_noise
+    @training_task
     def train(splits: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
-        work_dir, params = _run_context()
+        run = Run.current()
         return tasks.train_task(
-            work_dir,
+            run.work_dir,
             transformer_path=fitted["transformer_path"],
             train_path=splits["train_path"],
             validation_path=splits["validation_path"],
-            config=tasks.training_config(params["hyperparameters"]),
+            config=run.config,
         )
 
-    @task
-    @_without_skops_noise
+    @training_task
     def evaluate(
         ingested: dict[str, Any], splits: dict[str, Any], fitted: dict[str, Any], trained: dict[str, Any]
     ) -> dict[str, Any]:
         from orchestration import tasks
 
-        work_dir, params = _run_context()
+        run = Run.current()
         return tasks.evaluate_task(
-            work_dir,
+            run.work_dir,
             data_hash=ingested["data_hash"],
             transformer_path=fitted["transformer_path"],
             model_path=trained["model_path"],
             split_paths=splits,
-            config=tasks.training_config(params["hyperparameters"]),
+            config=run.config,
         )
 
-    @task(
-        retries=REMOTE_RETRIES,
-        retry_delay=REMOTE_RETRY_DELAY,
-        retry_exponential_backoff=REMOTE_BACKOFF,
-        max_retry_delay=REMOTE_MAX_RETRY_DELAY,
-    )
-    @_without_skops_noise
+    @remote_training_task
     def gate(evaluated: dict[str, Any]) -> dict[str, Any]:
-        from app.settings import load_settings
+        from app.contract.connection import load_connection_settings
         from orchestration import tasks
 
-        _, params = _run_context()
-        return tasks.gate_task(evaluated["bundle_dir"], load_settings(), float(params["promotion_margin"]))
+        run = Run.current()
+        margin = float(run.params["promotion_margin"])
+        return tasks.gate_task(evaluated["bundle_dir"], load_connection_settings(), margin)
 
-    @task(
-        retries=REMOTE_RETRIES,
-        retry_delay=REMOTE_RETRY_DELAY,
-        retry_exponential_backoff=REMOTE_BACKOFF,
-        max_retry_delay=REMOTE_MAX_RETRY_DELAY,
-    )
-    @_without_skops_noise
+    @remote_training_task
     def publish(evaluated: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
-        from app.settings import load_settings
+        from app.contract.connection import load_connection_settings
         from orchestration import tasks
 
-        work_dir, _ = _run_context()
-        return tasks.publish_task(work_dir, evaluated["bundle_dir"], decision, load_settings())
+        run = Run.current()
+        return tasks.publish_task(run.work_dir, evaluated["bundle_dir"], decision, load_connection_settings())
 
     ingested = ingest()
     splits = split(validate(ingested))

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.bundle import Metadata
+from app.contract.bundle import Metadata
 from app.main import create_app
 from app.predictor import probe_columns
 from app.settings import Settings

@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from app.bundle import MODEL_FILE, Bundle, load_bundle
-from app.registry import TAG_CONTENT_HASH
+from app.contract.bundle import MODEL_FILE, Bundle, load_bundle
+from app.contract.registry import TAG_CONTENT_HASH
 from tests.app.serving import ready_client, records, settings_for, wait_ready
 from tests.services import BIN, LOOPBACK, free_port, running
 
@@ -182,7 +182,7 @@ def test_unexpected_failure_is_500_with_request_id_and_no_internals(
         def fail(columns: object) -> None:
             raise RuntimeError("internal detail: /secret/path")
 
-        monkeypatch.setattr(model.predictor, "predict", fail)
+        monkeypatch.setattr(model.predictor, "predict_columns", fail)
         for path, body in (
             ("/predict", bundle.metadata.example),
             ("/predict/batch", {"records": [bundle.metadata.example]}),

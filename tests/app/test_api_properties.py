@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.bundle import Bundle, Feature, load_bundle
+from app.contract.bundle import Bundle, Feature, load_bundle
 from tests.app.serving import ready_client, settings_for
 
 PROPERTY_SETTINGS = settings(

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from app.batching import MicroBatcher
-from app.bundle import load_bundle
+from app.contract.bundle import load_bundle
 from app.predictor import Predictor, probe_columns
 from app.schema import RecordSchema
 
@@ -29,10 +29,13 @@ def test_batched_predictions_equal_unbatched(bundle_dir: Path) -> None:
 
     async def scenario() -> list[float]:
         batcher: MicroBatcher[tuple[Any, ...]] = MicroBatcher(
-            lambda batch: predictor.predict(schema.columns(batch)), max_size=64, max_wait_s=0.002, on_batch=sizes.append
+            lambda batch: predictor.predict_columns(schema.columns(batch)),
+            max_size=64,
+            max_wait_s=0.002,
+            on_batch=sizes.append,
         )
         try:
-            return await asyncio.gather(*(batcher.predict(row) for row in rows))
+            return await asyncio.gather(*(batcher.submit(row) for row in rows))
         finally:
             await batcher.close()
 
@@ -57,9 +60,9 @@ def test_a_lone_record_is_not_held_for_the_window() -> None:
     async def scenario() -> float:
         batcher = MicroBatcher(slow_sum(0, calls), max_size=64, max_wait_s=1.0)
         try:
-            await batcher.predict(1.0)  # warm the worker thread
+            await batcher.submit(1.0)  # warm the worker thread
             started = time.perf_counter()
-            assert await batcher.predict(2.0) == 4.0
+            assert await batcher.submit(2.0) == 4.0
             return time.perf_counter() - started
         finally:
             await batcher.close()
@@ -74,9 +77,9 @@ def test_records_arriving_while_busy_share_the_next_call_up_to_max_size() -> Non
     async def scenario() -> list[float]:
         batcher = MicroBatcher(slow_sum(0.05, calls), max_size=8, max_wait_s=0.001)
         try:
-            first = asyncio.ensure_future(batcher.predict(0.0))
+            first = asyncio.ensure_future(batcher.submit(0.0))
             await asyncio.sleep(0.01)  # the first is being predicted alone; the rest arrive meanwhile
-            rest = await asyncio.gather(*(batcher.predict(float(i)) for i in range(1, 30)))
+            rest = await asyncio.gather(*(batcher.submit(float(i)) for i in range(1, 30)))
             return [await first, *rest]
         finally:
             await batcher.close()
@@ -96,9 +99,9 @@ def test_waits_for_expected_records_within_the_window() -> None:
             async def late() -> float:
                 await asyncio.sleep(0.05)
                 batcher.arrived()
-                return await batcher.predict(2.0)
+                return await batcher.submit(2.0)
 
-            assert list(await asyncio.gather(batcher.predict(1.0), late())) == [2.0, 4.0]
+            assert list(await asyncio.gather(batcher.submit(1.0), late())) == [2.0, 4.0]
         finally:
             await batcher.close()
 
@@ -119,9 +122,9 @@ def test_a_failing_call_fails_its_batch_and_the_next_succeeds() -> None:
         batcher = MicroBatcher(predict, max_size=4, max_wait_s=0)
         try:
             with pytest.raises(ValueError, match="model failed"):
-                await batcher.predict(1.0)
+                await batcher.submit(1.0)
             failing.clear()
-            assert await batcher.predict(3.0) == 3.0
+            assert await batcher.submit(3.0) == 3.0
         finally:
             await batcher.close()
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from app.bundle import METADATA_FILE, MODEL_FILE, TRANSFORMER_FILE, BundleError, load_bundle
+from app.contract.bundle import METADATA_FILE, MODEL_FILE, TRANSFORMER_FILE, BundleError, load_bundle
 from orchestration.data import generate
 from orchestration.pipeline import TrainResult
 
@@ -85,11 +85,12 @@ def test_missing_directory(tmp_path: Path) -> None:
 
 def test_untrusted_type_is_refused(bundle_copy: Path) -> None:
     """A well-formed bundle whose model holds a type outside the allowlist does not load."""
-    from app.bundle import content_hash, file_sha256, read_metadata
+    from app.contract.bundle import content_hash, read_metadata
+    from app.contract.hashing import file_digest
 
     metadata = read_metadata(bundle_copy)
     sio.dump({"predict": np.float64(1.0), "sneaky": Path("/etc/passwd")}, bundle_copy / MODEL_FILE)
-    files = {**metadata.files, MODEL_FILE: file_sha256(bundle_copy / MODEL_FILE)}
+    files = {**metadata.files, MODEL_FILE: file_digest(bundle_copy / MODEL_FILE)}
     forged = metadata.model_copy(update={"files": files})
     forged = forged.model_copy(update={"content_hash": content_hash(forged)})
     (bundle_copy / METADATA_FILE).write_text(forged.model_dump_json())
@@ -110,7 +111,7 @@ class Block:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 from pathlib import Path
-from app.bundle import load_bundle
+from app.contract.bundle import load_bundle
 try:
     import orchestration
     sys.exit('orchestration importable')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.bundle import load_bundle
+from app.contract.bundle import load_bundle
 from tests.app.serving import ready_client, records, settings_for
 
 

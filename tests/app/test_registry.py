@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from app.registry import (
+from app.contract.registry import (
     TAG_CONTENT_HASH,
     TAG_DVC_HASH,
     LocalRegistry,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.delivery import pull, verify
+from app.delivery.pull import pull
+from app.delivery.verify import verify
 from app.settings import Settings
 from orchestration.publish import PublishTarget, publish_bundle, push_bundle
 from tests.integration.conftest import (

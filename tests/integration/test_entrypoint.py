@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from app.bundle import Bundle, load_bundle
-from orchestration.publish import Published, PublishTarget, publish_bundle, set_alias
+from app.contract.bundle import Bundle, load_bundle
+from app.contract.connection import DEFAULT_ALIAS
+from app.contract.registry import mlflow_client
+from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.app.serving import records
 from tests.integration.conftest import SECRET, entrypoint_env, fresh_target, serving
 from tests.services import LOOPBACK, S3Server, free_port
@@ -93,7 +95,9 @@ def test_moving_the_alias_changes_what_a_fresh_start_serves(
     tmp_path: Path,
 ) -> None:
     _, challenger = versions
-    set_alias(target, challenger.version)  # promotion: no rebuild, no new image, only the alias moves
+    mlflow_client(target.tracking_uri).set_registered_model_alias(
+        target.model_name, DEFAULT_ALIAS, str(challenger.version)
+    )  # promotion: no rebuild, no new image, only the alias moves
     port = free_port()
     env = entrypoint_env(
         model_dir,  # the previous bundle is still checked out here: it must be replaced, not reused

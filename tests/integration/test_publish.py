@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from app.bundle import load_bundle, read_metadata
-from app.delivery import dir_hash
-from app.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, RestRegistry
+from app.contract.bundle import load_bundle, read_metadata
+from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, RestRegistry
+from app.contract.store import dir_hash
 from orchestration.__main__ import main
 from orchestration.publish import Published, PublishTarget, publish_bundle, push_bundle
 from tests.app.serving import records

@@ -11,7 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from app.bundle import load_bundle
+from app.contract.bundle import load_bundle
 from orchestration.publish import publish_bundle
 from orchestration.quickstart import target_for
 from tests.integration.conftest import ROOT

@@ -27,7 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from app.registry import TAG_DVC_HASH, RestRegistry
+from app.contract.registry import TAG_DVC_HASH, RestRegistry
 from orchestration.data import generate, write_csv
 from orchestration.tasks import WORK_ROOT_ENV, training_config, work_dir_for
 from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT

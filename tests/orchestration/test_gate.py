@@ -7,8 +7,8 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from app.bundle import Metadata
-from app.registry import TAG_CONTENT_HASH
+from app.contract.bundle import Metadata
+from app.contract.registry import TAG_CONTENT_HASH
 from orchestration.gate import compare, decide_promotion
 from orchestration.pipeline import TrainResult
 

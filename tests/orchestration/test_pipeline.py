@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sklearn.datasets import load_diabetes
 
-from app.bundle import load_bundle
+from app.contract.bundle import load_bundle
 from orchestration.__main__ import main
 from orchestration.config import ConfigError, load_config
 from orchestration.data import CITIES

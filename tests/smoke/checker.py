@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from app.bundle import Bundle, Feature, Metadata, load_bundle
+from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
 
 SAMPLE_RECORDS: Final = 24
 SINGLE_RECORDS: Final = 6  # sent one by one; all of them go in the batch

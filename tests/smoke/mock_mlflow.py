@@ -19,8 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from app.bundle import read_metadata
-from app.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH
+from app.contract.bundle import read_metadata
+from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH
 
 API: Final = "/api/2.0/mlflow/"
 RUN_ID: Final = "smoke0000000000000000000000000001"

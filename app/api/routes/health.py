@@ -20,8 +20,7 @@ async def live() -> JSON:
     responses={503: {"description": "Not ready: the bundle is loading, missing or failed verification"}},
 )
 async def ready(state: State) -> JSON:
-    if state.model is None:
+    served = state.model
+    if served is None:
         return JSON({"status": state.status, "reason": state.reason}, status_code=503)
-    return JSON(
-        {"status": "ready", "bundle_hash": state.model.bundle.content_hash, "model_version": state.model_version}
-    )
+    return JSON({"status": "ready", "bundle_hash": served.content_hash, "model_version": served.version})

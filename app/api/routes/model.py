@@ -14,13 +14,13 @@ router = APIRouter(tags=["model"])
     summary="Metadata, metrics, data hash and the registry view of the bundle being served",
     responses={503: {"description": "The bundle is not loaded yet"}},
 )
-async def model(state: State, loaded: Model) -> JSON:
-    metadata = loaded.bundle.metadata
-    registry = await state.registry_view()  # cached, bounded by REGISTRY_TIMEOUT_S; never on the predict path
+async def model(state: State, served: Model) -> JSON:
+    metadata = served.bundle.metadata
+    registry = await state.registry_view.of(served.content_hash)  # cached, bounded by REGISTRY_TIMEOUT_S
     return JSON(
         {
             "bundle_hash": metadata.content_hash,
-            "model_version": state.model_version,
+            "model_version": served.version,
             "data_hash": metadata.data_hash,
             "metrics": metadata.metrics,
             "baseline_metrics": metadata.baseline_metrics,

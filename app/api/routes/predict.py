@@ -2,20 +2,27 @@
 
 The request bodies are read and validated here rather than by FastAPI's body parsing: the size limit is
 enforced while the body streams, and pydantic-core validates straight from the bytes against the models
-built from the bundle (``app.schema``). The OpenAPI document still shows those models (see ``app.main``).
+built from the bundle (``app.schema``). The OpenAPI document shows those models (``app.api.openapi``) through
+``request_bodies``. Every failed prediction request is counted here, by route and reason.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from app.api.deps import JSON, Model, State, read_body
+from app.observability import ServerMetrics
+from app.schema import BATCH_MODEL, RECORD_MODEL, RequestError
 
 router = APIRouter(tags=["predict"])
 
-RECORD_BODY = {"$ref": "#/components/schemas/PredictRequest"}
-BATCH_BODY = {"$ref": "#/components/schemas/PredictBatchRequest"}
+RECORD_PATH: Final = "/predict"
+BATCH_PATH: Final = "/predict/batch"
 ERRORS = {
     400: {"description": "Malformed JSON"},
     413: {"description": "Body larger than MAX_BODY_BYTES, or more than MAX_BATCH_RECORDS records"},
@@ -36,48 +43,63 @@ class PredictBatchResponse(BaseModel):
     bundle_hash: str
 
 
-def _body(ref: dict[str, str]) -> dict[str, object]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+def request_body(model_name: str, example: object | None = None) -> dict[str, Any]:
+    """The OpenAPI request body of a route whose JSON body is the request model ``model_name``."""
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{model_name}"}}
+    if example is not None:
+        media["example"] = example
+    return {"required": True, "content": {"application/json": media}}
+
+
+def request_bodies(example: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each prediction route's request body, with the loaded bundle's example record."""
+    return {
+        RECORD_PATH: request_body(RECORD_MODEL, example),
+        BATCH_PATH: request_body(BATCH_MODEL, {"records": [example]}),
+    }
+
+
+@contextmanager
+def counting_failures(metrics: ServerMetrics, route: str) -> Iterator[None]:
+    """Count a request that fails: ``invalid`` for a refused body, ``model`` for anything else."""
+    try:
+        yield
+    except RequestError:
+        metrics.prediction_errors.labels(route, "invalid").inc()
+        raise
+    except Exception:
+        metrics.prediction_errors.labels(route, "model").inc()
+        raise
 
 
 @router.post(
-    "/predict",
+    RECORD_PATH,
     summary="Predict one record",
     responses={200: {"model": PredictResponse}, **ERRORS},  # type: ignore[dict-item]
-    openapi_extra=_body(RECORD_BODY),
+    openapi_extra={"requestBody": request_body(RECORD_MODEL)},
 )
-async def predict(request: Request, state: State, loaded: Model) -> JSON:
-    batcher = loaded.batcher
-    batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
-    try:
-        row = loaded.schema.parse_record(await read_body(request, state.settings.max_body_bytes))
-    finally:
-        batcher.arrived()
-    try:
-        prediction = await batcher.predict(row)
-    except Exception:
-        state.metrics.prediction_errors.labels("/predict", "model").inc()
-        raise
-    state.metrics.predicted_rows.labels("/predict").inc()
-    return JSON(
-        {"prediction": prediction, "model_version": state.model_version, "bundle_hash": loaded.bundle.content_hash}
-    )
+async def predict_record(request: Request, state: State, served: Model) -> JSON:
+    batcher = served.batcher
+    with counting_failures(state.metrics, RECORD_PATH):
+        batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
+        try:
+            row = served.schema.parse_record(await read_body(request, state.settings.max_body_bytes))
+        finally:
+            batcher.arrived()
+        prediction = await batcher.submit(row)
+    state.metrics.predicted_rows.labels(RECORD_PATH).inc()
+    return JSON({"prediction": prediction, "model_version": served.version, "bundle_hash": served.content_hash})
 
 
 @router.post(
-    "/predict/batch",
+    BATCH_PATH,
     summary="Predict up to MAX_BATCH_RECORDS records in one vectorised call",
     responses={200: {"model": PredictBatchResponse}, **ERRORS},  # type: ignore[dict-item]
-    openapi_extra=_body(BATCH_BODY),
+    openapi_extra={"requestBody": request_body(BATCH_MODEL)},
 )
-async def predict_batch(request: Request, state: State, loaded: Model) -> JSON:
-    rows = loaded.schema.parse_batch(await read_body(request, state.settings.max_body_bytes))
-    try:
-        predictions = await loaded.predict_batch(rows)
-    except Exception:
-        state.metrics.prediction_errors.labels("/predict/batch", "model").inc()
-        raise
-    state.metrics.predicted_rows.labels("/predict/batch").inc(len(rows))
-    return JSON(
-        {"predictions": predictions, "model_version": state.model_version, "bundle_hash": loaded.bundle.content_hash}
-    )
+async def predict_batch(request: Request, state: State, served: Model) -> JSON:
+    with counting_failures(state.metrics, BATCH_PATH):
+        rows = served.schema.parse_batch(await read_body(request, state.settings.max_body_bytes))
+        predictions = await served.predict_batch(rows)
+    state.metrics.predicted_rows.labels(BATCH_PATH).inc(len(rows))
+    return JSON({"predictions": predictions, "model_version": served.version, "bundle_hash": served.content_hash})

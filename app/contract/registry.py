@@ -1,4 +1,4 @@
-"""Read-only view of the MLflow model registry, for the entrypoint and ``GET /model``.
+"""Read-only view of the MLflow model registry: the entrypoint's look-up, ``GET /model``, the promotion gate.
 
 Serving talks to an ``http(s)://`` tracking server over MLflow's REST API with the standard library only,
 so the serving image carries no ``mlflow`` package. A local store (``sqlite://`` or a path), used by the
@@ -66,6 +66,7 @@ class Registry(Protocol):
     def version_by_alias(self, name: str, alias: str) -> ModelVersion: ...
     def version(self, name: str, version: int) -> ModelVersion: ...
     def versions_tagged(self, key: str, value: str) -> list[ModelVersion]: ...
+    def run_metrics(self, run_id: str) -> dict[str, float]: ...
 
 
 class RestRegistry:
@@ -104,6 +105,10 @@ class RestRegistry:
         # search results omit aliases on some MLflow versions: read each version in full
         return [self.version(v.name, v.version) for v in versions]
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        metrics = self._get("runs/get", run_id=run_id)["run"].get("data", {}).get("metrics", [])
+        return {str(m["key"]): float(m["value"]) for m in metrics}
+
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
     try:
@@ -119,13 +124,12 @@ class LocalRegistry:
     def __init__(self, tracking_uri: str) -> None:
         try:
             from mlflow.exceptions import MlflowException
-            from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise RegistryError(
                 f"MLFLOW_TRACKING_URI={tracking_uri} is a local store, which needs the mlflow package; "
                 "point it at an http(s):// tracking server instead"
             ) from exc
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client = mlflow_client(tracking_uri)
         self._error = MlflowException
 
     def _convert(self, mv: Any) -> ModelVersion:
@@ -150,6 +154,21 @@ class LocalRegistry:
     def versions_tagged(self, key: str, value: str) -> list[ModelVersion]:
         found = self._call(self._client.search_model_versions, f"tags.{key} = '{value}'")
         return [self.version(mv.name, int(mv.version)) for mv in found]
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        run = self._call(self._client.get_run, run_id)
+        return {str(k): float(v) for k, v in run.data.metrics.items()}
+
+
+def mlflow_client(tracking_uri: str) -> Any:
+    """The ``mlflow`` client for ``tracking_uri`` as tracking store and registry alike (training environments).
+
+    Passing both URIs explicitly leaves MLflow's process-global configuration (an Airflow task's, a test's)
+    as it was.
+    """
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def registry_for(tracking_uri: str, timeout: float = 5.0) -> Registry:

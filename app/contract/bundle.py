@@ -26,8 +26,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.contract.hashing import file_digest
+
 if TYPE_CHECKING:  # scikit-learn and skops load only when artifacts do: verifying a bundle stays cheap
-    from app.features import Columns, FeatureTransformer
+    from app.contract.features import Columns, FeatureTransformer
 
 FORMAT_VERSION: Final = 1
 TRANSFORMER_FILE: Final = "transformer.skops"
@@ -39,6 +41,9 @@ DATE_FORMAT: Final = "%Y-%m-%d"
 # Every type a bundle's skops files may contain beyond skops' built-in safe set. Anything else is refused.
 TRUSTED_TYPES: Final[frozenset[str]] = frozenset(
     {
+        "app.contract.features.FeatureTransformer",
+        # Bundles written before the contract package existed name the transformer by its old module, which
+        # ``app/features.py`` keeps importable.
         "app.features.FeatureTransformer",
         "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
         "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
@@ -111,14 +116,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def content_hash(metadata: Metadata) -> str:
     """sha256 over the metadata (minus this field), which itself lists every artifact file's sha256."""
     body = metadata.model_dump(mode="json", exclude={"content_hash"})
@@ -174,7 +171,7 @@ def save_bundle(
         rows=rows or {},
         library_versions=library_versions(),
         example=example,
-        files={name: file_sha256(path / name) for name in ARTIFACT_FILES},
+        files={name: file_digest(path / name) for name in ARTIFACT_FILES},
     )
     metadata = metadata.model_copy(update={"content_hash": content_hash(metadata)})
     (path / METADATA_FILE).write_text(json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n")
@@ -197,7 +194,7 @@ def read_metadata(path: Path) -> Metadata:
     if content_hash(metadata) != metadata.content_hash:
         raise BundleError(f"bundle {path}: {METADATA_FILE} does not match its content hash (tampered?)")
     for name in ARTIFACT_FILES:
-        if metadata.files.get(name) != file_sha256(path / name):
+        if metadata.files.get(name) != file_digest(path / name):
             raise BundleError(f"bundle {path}: {name} does not match its recorded sha256 (tampered?)")
     return metadata
 
@@ -217,7 +214,7 @@ def load_bundle(path: Path) -> Bundle:
     """Verify and load a bundle; raises ``BundleError`` with what is wrong."""
     metadata = read_metadata(path)
     transformer = load_trusted(path / TRANSFORMER_FILE)
-    from app.features import FeatureTransformer
+    from app.contract.features import FeatureTransformer
 
     if not isinstance(transformer, FeatureTransformer):
         raise BundleError(f"bundle {path}: {TRANSFORMER_FILE} holds {type(transformer).__name__}, not a transformer")

@@ -1,0 +1,81 @@
+"""Connection settings shared by training and serving: the MLflow registry and the DVC remote.
+
+Training (the CLI, the DAG's gate and publish tasks) reads only these; the server's settings
+(``app.settings.Settings``) extend them, so both sides use one set of variable names and a server-only
+variable (``LOG_LEVEL``, ``PORT``, ...) can never fail a training task. Field names are the environment
+variable names (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Final, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME: Final = "flight-price"
+DEFAULT_ALIAS: Final = "champion"  # promoting a model is moving this alias
+DEFAULT_SERVING_PORT: Final = 9000  # where the prediction server listens unless PORT says otherwise
+# AWS variables that hold credentials: read by the S3 client itself, never written anywhere or printed.
+CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class SettingsError(ValueError):
+    """The environment is invalid; the message names each offending variable."""
+
+
+class ConnectionSettings(BaseSettings):
+    """Where the registry and the DVC remote are, and which registered model they hold."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server URI for the registry look-up.")
+    model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, description="Registered model name.")
+    model_alias: str = Field(DEFAULT_ALIAS, min_length=1, description="Registry alias to serve.")
+    registry_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one registry request.")
+
+    # DVC remote (credentials come from the standard AWS variables)
+    dvc_remote_url: str | None = Field(None, description="DVC remote: s3://bucket/prefix or a local directory.")
+    dvc_remote_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store.")
+    dvc_remote_region: str | None = Field(None, description="Region of the S3 bucket.")
+    aws_access_key_id: SecretStr | None = Field(None, description="S3 access key (never printed).")
+    aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never printed).")
+    aws_session_token: SecretStr | None = Field(None, description="S3 session token (never printed).")
+
+    @field_validator("mlflow_tracking_uri", "dvc_remote_endpoint_url")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(https?|sqlite|file)://|^/", value):
+            raise ValueError("must be an http(s)://, sqlite:// or file:// URI")
+        return value.rstrip("/") if value else value
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_from_environment(model: type[SettingsT]) -> SettingsT:
+    """``model`` read from the environment; ``SettingsError`` names every invalid variable."""
+    try:
+        return model()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part).upper() for part in error["loc"]) or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid environment: " + "; ".join(problems)) from None
+
+
+def load_connection_settings() -> ConnectionSettings:
+    """The connection settings from the environment (what training reads)."""
+    return load_from_environment(ConnectionSettings)
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: URI user-info, and any AWS credential value from the environment."""
+    text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+    for name in CREDENTIAL_VARIABLES:
+        if len(value := os.environ.get(name, "")) >= 4:  # a very short value would mangle ordinary words
+            text = text.replace(value, "***")
+    return text

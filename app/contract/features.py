@@ -1,0 +1,105 @@
+"""The feature transformer shared by training and serving.
+
+It lives in ``app/`` because a saved bundle references it and the serving image has no ``orchestration/``.
+It works on any column mapping (a pandas DataFrame in training, a dict of lists in serving), so the
+prediction path needs no DataFrame at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, Self
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.base import BaseEstimator, TransformerMixin
+
+DATE_PARTS: tuple[str, ...] = ("year", "month", "day", "dayofweek", "dayofyear")
+
+
+class Columns(Protocol):
+    """Column name -> 1-D sequence of values: a DataFrame, or a dict of lists or arrays."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def date_parts(values: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """ISO dates (``YYYY-MM-DD``) -> columns ``DATE_PARTS`` as floats, vectorised with numpy."""
+    days = np.asarray(values, dtype="datetime64[D]")
+    years = days.astype("datetime64[Y]")
+    months = days.astype("datetime64[M]")
+    out = np.empty((days.shape[0], len(DATE_PARTS)), dtype=np.float64)
+    out[:, 0] = years.astype(np.int64) + 1970
+    out[:, 1] = months.astype(np.int64) % 12 + 1
+    out[:, 2] = (days - months).astype(np.int64) + 1
+    out[:, 3] = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
+    out[:, 4] = (days - years).astype(np.int64) + 1
+    return out
+
+
+class FeatureTransformer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Numeric columns as floats, categoricals as ordinal codes (unknown -> NaN), dates as their parts.
+
+    Output columns are numeric, then categorical, then the parts of each date column; ``categorical_mask_``
+    tells the model which are categorical.
+    """
+
+    def __init__(
+        self,
+        numeric: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        dates: Sequence[str] = (),
+    ) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+        self.dates = dates
+
+    def fit(self, X: Columns, y: object = None) -> Self:
+        """Learn each categorical column's vocabulary (sorted) from the training data only."""
+        self.categories_: dict[str, list[str]] = {
+            name: sorted({str(v) for v in np.unique(np.asarray(X[name], dtype=str))}) for name in self.categorical
+        }
+        self.feature_names_out_: list[str] = [
+            *self.numeric,
+            *self.categorical,
+            *(f"{name}_{part}" for name in self.dates for part in DATE_PARTS),
+        ]
+        self.categorical_mask_: list[bool] = [
+            *(False for _ in self.numeric),
+            *(True for _ in self.categorical),
+            *(False for _ in self.dates for _ in DATE_PARTS),
+        ]
+        return self
+
+    def transform(self, X: Columns) -> npt.NDArray[np.float64]:
+        """Columns -> a float matrix in ``feature_names_out_`` order."""
+        first = next(iter([*self.numeric, *self.categorical, *self.dates]))
+        n_rows = len(X[first])
+        out = np.empty((n_rows, len(self.feature_names_out_)), dtype=np.float64)
+        col = 0
+        for name in self.numeric:
+            out[:, col] = np.asarray(X[name], dtype=np.float64)
+            col += 1
+        for name in self.categorical:
+            out[:, col] = self._codes(name, X[name])
+            col += 1
+        for name in self.dates:
+            out[:, col : col + len(DATE_PARTS)] = date_parts(np.asarray(X[name], dtype=str))
+            col += len(DATE_PARTS)
+        return out
+
+    def _codes(self, name: str, values: Any) -> npt.NDArray[np.float64]:
+        vocabulary = self.categories_[name]
+        n_rows = len(values)
+        if 0 < n_rows <= 64:  # a dict look-up beats numpy's set-up cost on the serving path
+            index = {v: float(i) for i, v in enumerate(vocabulary)}
+            return np.fromiter((index.get(str(v), np.nan) for v in values), np.float64, n_rows)
+        cats = np.asarray(vocabulary, dtype=str)
+        vals = np.asarray(values, dtype=str)
+        pos = np.clip(np.searchsorted(cats, vals), 0, max(len(cats) - 1, 0))
+        codes = pos.astype(np.float64)
+        codes[cats[pos] != vals] = np.nan
+        return codes
+
+    def get_feature_names_out(self, input_features: object = None) -> npt.NDArray[np.str_]:
+        return np.asarray(self.feature_names_out_, dtype=str)

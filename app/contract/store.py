@@ -1,0 +1,86 @@
+"""The DVC store layout: how a bundle is kept in, and fetched from, a DVC remote.
+
+A bundle is the one output of a DVC work repository (``dvc init --no-scm``): ``<work>/bundle``, named by its
+directory hash ``<md5>.dir``. Publishing pushes from a throw-away work repository; the entrypoint pulls into
+``MODEL_DIR``, another work repository; both are set up by ``prepare_work_repo``, so both see the remote the
+same way. The remote gets DVC 3's normal cache layout (``files/md5/..``). No credential is ever written to
+a DVC config: DVC's S3 client reads the standard ``AWS_*`` variables itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Final
+
+from app.contract.hashing import file_digest
+
+REMOTE_NAME: Final = "store"
+BUNDLE_NAME: Final = "bundle"  # the one DVC output of a work repository: <work>/bundle
+SITE_CACHE_ENV: Final = "DVC_SITE_CACHE_DIR"
+CONNECT_TIMEOUT_S: Final = 5  # one S3 connection attempt; the overall bound is the caller's deadline
+# A bundle's DVC hash: 32 hex digits, ".dir" for a directory.
+DVC_HASH: Final = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+
+
+def site_cache_dir(work: Path) -> Path:
+    """DVC's index cache for this work repo; its default (/var/tmp) may not exist in a read-only image."""
+    return work / ".dvc" / "site"
+
+
+def prepare_work_repo(work: Path, url: str, *, endpoint_url: str | None = None, region: str | None = None) -> None:
+    """Make ``work`` a DVC work repository (``dvc init --no-scm``) whose default remote is ``url``."""
+    from dvc.repo import Repo
+
+    work.mkdir(parents=True, exist_ok=True)
+    dvc_logger = logging.getLogger("dvc")
+    level = dvc_logger.level
+    dvc_logger.setLevel(logging.WARNING)  # DVC's "Initialized DVC repository." banner
+    previous = os.environ.get(SITE_CACHE_ENV)
+    os.environ[SITE_CACHE_ENV] = os.fspath(site_cache_dir(work))
+    try:
+        repo = Repo(os.fspath(work)) if (work / ".dvc").is_dir() else Repo.init(os.fspath(work), no_scm=True)
+        with repo.config.edit("repo") as config:
+            config["core"].update(
+                {"remote": REMOTE_NAME, "site_cache_dir": os.fspath(site_cache_dir(work)), "analytics": False}
+            )
+            # Hard links: the checked-out bundle shares blocks with the cache instead of doubling the disk.
+            config["cache"]["type"] = "hardlink,copy"
+            remote: dict[str, object] = {"url": url}
+            if url.startswith("s3://"):
+                remote["connect_timeout"] = CONNECT_TIMEOUT_S
+                if endpoint_url:
+                    remote["endpointurl"] = endpoint_url
+                if region:
+                    remote["region"] = region
+            config["remote"] = {REMOTE_NAME: remote}
+        repo.close()
+    finally:
+        dvc_logger.setLevel(level)
+        if previous is None:
+            os.environ.pop(SITE_CACHE_ENV, None)
+        else:
+            os.environ[SITE_CACHE_ENV] = previous
+
+
+def write_dvc_file(work: Path, dvc_hash: str) -> Path:
+    """``bundle.dvc`` naming the wanted directory hash; ``hash: md5`` marks it as DVC 3 (files/md5 layout)."""
+    path = work / f"{BUNDLE_NAME}.dvc"
+    path.write_text(f"outs:\n- md5: {dvc_hash}\n  hash: md5\n  path: {BUNDLE_NAME}\n")
+    return path
+
+
+def dir_hash(path: Path) -> str:
+    """The DVC 3 hash of a directory (``<md5>.dir``), computed with DVC's own tree serialisation."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree()  # type: ignore[no-untyped-call]
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        tree.add(file.relative_to(path).parts, Meta(), HashInfo("md5", file_digest(file, "md5")))
+    tree.digest()
+    assert tree.hash_info is not None and tree.hash_info.value
+    return str(tree.hash_info.value)

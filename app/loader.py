@@ -1,0 +1,57 @@
+"""Loading the bundle into the running server, after start-up, so ``/health/live`` answers at once and
+``/health/ready`` says why it is not ready yet (or why loading failed).
+
+A bundle directory that is missing or incomplete is retried with backoff, so a bundle that appears later is
+picked up; every failure's reason is kept for ``/health/ready``. A bundle whose registry version is not known
+(served from ``BUNDLE_DIR`` or a ``MODEL_HASH`` pin) is looked up by its content hash before it is served,
+so every response and the info gauge name the version from the first request on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from app.contract.bundle import BundleError, load_bundle
+from app.observability import LOGGER_NAME
+from app.served_model import ServedModel
+from app.serving import ServingState
+
+log = logging.getLogger(LOGGER_NAME)
+
+RETRY_FIRST_S: Final = 0.5
+RETRY_MAX_S: Final = 15.0
+
+
+async def load_until_ready(state: ServingState) -> None:
+    """Load the bundle (in a thread) until it loads, learn its registry version if unknown, then serve it."""
+    settings = state.settings
+    path = settings.bundle_path
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            model = await asyncio.to_thread(lambda: ServedModel.build(load_bundle(path), settings, state.metrics))
+        except BundleError as exc:
+            state.status, state.reason = "failed", str(exc)
+            log.error("bundle not loaded; retrying in %.1fs: %s", delay, exc, extra={"bundle_path": str(path)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            continue
+        break
+    if model.version is None and settings.mlflow_tracking_uri:
+        # Bounded by REGISTRY_TIMEOUT_S; an unreachable registry leaves the version unknown, never the model unserved.
+        view = await state.registry_view.of(model.content_hash)
+        log.info("registry view", extra={"registry": view.get("registry"), "reason": view.get("reason")})
+        if (version := state.registry_view.version_of(view)) is not None:
+            model = model.with_version(version)
+    state.serve(model)
+    log.info(
+        "bundle loaded",
+        extra={
+            "bundle_path": str(path),
+            "bundle_hash": model.content_hash,
+            "model_version": model.version,
+            "features": model.schema.features,
+        },
+    )

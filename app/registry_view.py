@@ -1,0 +1,82 @@
+"""What the registry says about the bundle being served, for ``GET /model``: never on the prediction path.
+
+Looking a bundle up (its registered versions, by the content-hash tag) is cached briefly, failures for a
+shorter time, so a registry outage does not stall every ``/model`` call; concurrent callers share one
+look-up. Reading the view changes nothing about what is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from app.contract.connection import redact
+from app.contract.registry import TAG_CONTENT_HASH, ModelVersion, RegistryError, registry_for
+
+REGISTRY_CACHE_S: Final = 30.0  # a registry answer is reused this long
+REGISTRY_RETRY_S: Final = 5.0  # a failed look-up is reused this long
+
+
+@dataclass
+class RegistryView:
+    """The registry's versions of a bundle, by content hash, cached."""
+
+    tracking_uri: str | None
+    model_name: str
+    timeout_s: float
+    _cached: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def of(self, content_hash: str) -> dict[str, Any]:
+        """``{"registry": <best version or "unavailable"/"not_registered">, ...}`` for this bundle."""
+        async with self._lock:  # concurrent callers share one look-up
+            cached = self._cached.get(content_hash)
+            if cached is not None:
+                ttl = REGISTRY_RETRY_S if cached[1]["registry"] == "unavailable" else REGISTRY_CACHE_S
+                if time.monotonic() - cached[0] < ttl:
+                    return cached[1]
+            view = await self._look_up(content_hash)
+            self._cached = {content_hash: (time.monotonic(), view)}
+            return view
+
+    @staticmethod
+    def version_of(view: dict[str, Any]) -> int | None:
+        """The registry version a view names for the bundle, if it is registered."""
+        best = view.get("registry")
+        return int(best["version"]) if isinstance(best, dict) else None
+
+    async def _look_up(self, content_hash: str) -> dict[str, Any]:
+        uri = self.tracking_uri
+        if not uri:
+            return {"registry": "unavailable", "reason": "MLFLOW_TRACKING_URI is not set"}
+        timeout = self.timeout_s
+
+        def search() -> list[ModelVersion]:
+            return registry_for(uri, timeout).versions_tagged(TAG_CONTENT_HASH, content_hash)
+
+        try:
+            versions = await asyncio.wait_for(asyncio.to_thread(search), timeout)
+        except TimeoutError:
+            return {"registry": "unavailable", "reason": f"MLflow registry did not answer within {timeout}s"}
+        except RegistryError as exc:
+            return {"registry": "unavailable", "reason": redact(str(exc))}
+        if not versions:
+            return {
+                "registry": "not_registered",
+                "reason": f"no registered model version is tagged {TAG_CONTENT_HASH}={content_hash}",
+            }
+        # Prefer the configured model name, then the newest version.
+        versions.sort(key=lambda v: (v.name == self.model_name, v.version), reverse=True)
+        return {"registry": _version_view(versions[0]), "versions": [_version_view(v) for v in versions]}
+
+
+def _version_view(version: ModelVersion) -> dict[str, Any]:
+    # MLflow's REST API answers "" for a version registered without a run
+    return {
+        "name": version.name,
+        "version": version.version,
+        "aliases": version.aliases,
+        "run_id": version.run_id or None,
+    }

@@ -1,0 +1,81 @@
+"""The model being served: a verified bundle with everything its request path needs, built in one step.
+
+A ``ServedModel`` is immutable: the request schema, the predictor, the micro-batcher and the batch threads
+all belong to one bundle, so a request that captured it at its start is answered by that bundle throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from app.batching import MicroBatcher, limit_threads
+from app.contract.bundle import Bundle
+from app.observability import ServerMetrics
+from app.predictor import Predictor
+from app.schema import RecordSchema
+from app.settings import Settings
+
+# Threads for /predict/batch calls, apart from the micro-batcher's own: the trees are evaluated outside the
+# GIL, so two large batches proceed in parallel on two cores (each thread stays at PREDICT_THREADS OpenMP
+# threads; more OpenMP threads per call oversubscribe a small machine badly).
+BATCH_WORKERS: Final = 2
+Row = tuple[Any, ...]
+
+
+def predict_rows(schema: RecordSchema, predictor: Predictor, rows: list[Row]) -> npt.NDArray[np.float64]:
+    """Validated rows -> predictions, with no DataFrame (runs on a worker thread)."""
+    return predictor.predict_columns(schema.columns(rows))
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A verified bundle, its request schema and predictor, and the threads that run its predictions."""
+
+    bundle: Bundle
+    schema: RecordSchema
+    predictor: Predictor
+    batcher: MicroBatcher[Row]
+    batch_executor: ThreadPoolExecutor
+    version: int | None  # the registry version, when known
+
+    @classmethod
+    def build(cls, bundle: Bundle, settings: Settings, metrics: ServerMetrics) -> ServedModel:
+        """Everything the request path needs for ``bundle`` (the predictor's bit-identical probe included)."""
+        schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records)
+        threads = settings.predict_threads
+        predictor = Predictor(bundle, threads)
+        batcher: MicroBatcher[Row] = MicroBatcher(
+            functools.partial(predict_rows, schema, predictor),
+            max_size=settings.microbatch_max_size,
+            max_wait_s=settings.microbatch_max_wait_ms / 1000,
+            threads=threads,
+            on_batch=metrics.batch_size.observe,
+        )
+        executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch", initializer=limit_threads, initargs=(threads,))
+        return cls(bundle, schema, predictor, batcher, executor, settings.model_version)
+
+    @property
+    def content_hash(self) -> str:
+        return self.bundle.content_hash
+
+    def with_version(self, version: int) -> ServedModel:
+        """The same model, now known as registry version ``version``."""
+        return dataclasses.replace(self, version=version)
+
+    async def predict_batch(self, rows: list[Row]) -> npt.NDArray[np.float64]:
+        """A whole batch request's rows in one vectorised call, on a batch worker thread."""
+        call = functools.partial(predict_rows, self.schema, self.predictor, rows)
+        return await asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
+
+    async def close(self) -> None:
+        """Stop the micro-batcher and the batch threads."""
+        await self.batcher.close()
+        self.batch_executor.shutdown(wait=False, cancel_futures=True)
