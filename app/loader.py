@@ -29,7 +29,8 @@ async def load_until_ready(state: ServingState) -> None:
     settings = state.settings
     path = settings.bundle_path
     delay = RETRY_FIRST_S
-    while True:
+    model: ServedModel | None = None
+    while model is None:
         try:
             model = await asyncio.to_thread(lambda: ServedModel.build(load_bundle(path), settings, state.metrics))
         except BundleError as exc:
@@ -37,10 +38,8 @@ async def load_until_ready(state: ServingState) -> None:
             log.error("bundle not loaded; retrying in %.1fs: %s", delay, exc, extra={"bundle_path": str(path)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
-            continue
-        break
     if model.version is None and settings.mlflow_tracking_uri:
-        # Bounded by REGISTRY_TIMEOUT_S; an unreachable registry leaves the version unknown, never the model unserved.
+        # Bounded by REGISTRY_TIMEOUT_S: an unreachable registry leaves the version unknown, the model served.
         view = await state.registry_view.of(model.content_hash)
         log.info("registry view", extra={"registry": view.get("registry"), "reason": view.get("reason")})
         if (version := state.registry_view.version_of(view)) is not None:
