@@ -32,7 +32,7 @@ from app.delivery.verify import verify
 from app.settings import Settings, SettingsError, load_settings
 
 APP: Final = "app.main:app"
-SERVE: Final = "serve"  # ``python -m app.entrypoint serve <uvicorn arguments>``: what the entrypoint execs into
+SERVE: Final = "serve"  # ``python -m app.entrypoint serve``: what the entrypoint execs into
 PREFIX: Final = "entrypoint:"
 
 
@@ -47,13 +47,9 @@ def fail(error: DeliveryError | SettingsError, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def uvicorn_command(settings: Settings) -> list[str]:
-    """The server command the entrypoint becomes: uvicorn's own command line, run by ``serve`` below."""
-    return [
-        sys.executable, "-m", "app.entrypoint", SERVE, APP,
-        "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers),
-        "--log-level", settings.log_level,
-    ]  # fmt: skip
+def server_command() -> list[str]:
+    """The command the entrypoint becomes: ``serve`` below, in a fresh interpreter (same PID)."""
+    return [sys.executable, "-m", "app.entrypoint", SERVE]
 
 
 def _drained(signum: int, _: FrameType | None) -> None:
@@ -61,18 +57,34 @@ def _drained(signum: int, _: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(argv: list[str]) -> NoReturn:
-    """``uvicorn <argv>`` in the fresh interpreter the entrypoint exec'd into.
+def serve() -> NoReturn:
+    """uvicorn with the settings' host, port, workers and logging, in the interpreter the entrypoint exec'd into.
 
-    uvicorn drains in-flight requests on SIGTERM/SIGINT, then restores the handlers it found and raises the
-    signal again; with the interpreter's defaults the process would then die *by* the signal (status 143)
-    even though it shut down cleanly. Installing ``_drained`` first makes a drained shutdown exit 0.
+    Logging is configured before uvicorn's first line (``app.observability.log_config``), so every line of the
+    server is in ``LOG_FORMAT``. uvicorn drains in-flight requests on SIGTERM/SIGINT, then restores the
+    handlers it found and raises the signal again; with the interpreter's defaults the process would then die
+    *by* the signal (status 143) even though it shut down cleanly. Installing ``_drained`` first makes a
+    drained shutdown exit 0.
     """
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        fail(exc, EXIT_CODES["settings"])
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _drained)
-    from uvicorn.main import main as uvicorn_main
+    import uvicorn
 
-    uvicorn_main.main(args=argv, prog_name="uvicorn")
+    from app.observability import log_config
+
+    uvicorn.run(
+        APP,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        log_config=log_config(settings.log_level, settings.log_format),
+        access_log=False,  # the app logs every request itself, with its id and latency
+    )
     raise SystemExit(0)
 
 
@@ -131,8 +143,7 @@ def run(settings: Settings, *, started: float | None = None) -> NoReturn:
         f"serve: exec uvicorn {APP} on {settings.host}:{settings.port} with {settings.workers} worker(s), "
         f"BUNDLE_DIR={env['BUNDLE_DIR']}; start-up took {time.monotonic() - started:.2f}s so far"
     )
-    command = uvicorn_command(settings)
-    os.execve(sys.executable, command, env)  # noqa: S606 (no shell: the server replaces this process)
+    os.execve(sys.executable, server_command(), env)  # noqa: S606 (no shell: the server replaces this process)
 
 
 def _stopped(signum: int, _: FrameType | None) -> None:
@@ -154,5 +165,5 @@ def main() -> NoReturn:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == [SERVE]:
-        serve(sys.argv[2:])
+        serve()
     main()

@@ -1,8 +1,10 @@
 """Structured logs with request ids, and the Prometheus metrics the server exposes at ``GET /metrics``.
 
 Logs are one JSON object per line (or plain text with ``LOG_FORMAT=text``) and carry the id of the request
-being served. Nothing logged comes from the settings' secrets: the settings hold them as ``SecretStr`` and
-no log line formats the settings object.
+being served. uvicorn's own loggers get the same handler and format from its first line on (the entrypoint
+starts uvicorn with ``log_config``), and uvicorn's access log is replaced by the app's own access line (method,
+path, status, latency, request id). Nothing logged comes from the settings' secrets: the settings hold them
+as ``SecretStr`` and no log line formats the settings object.
 
 Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide on metric names.
 """
@@ -10,8 +12,8 @@ Each app gets its own ``CollectorRegistry``, so several apps (tests) never colli
 from __future__ import annotations
 
 import logging
+import logging.config
 import re
-import sys
 import time
 import traceback
 import uuid
@@ -40,6 +42,18 @@ LATENCY_BUCKETS: Final = (
 BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 # Standard LogRecord attributes; anything else passed via ``extra=`` is emitted as a field.
 _RECORD_ATTRS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_NOT_FIELDS: Final = frozenset({"request_id", "color_message"})
+# uvicorn logs its start-up and shutdown under "uvicorn.error", which reads as an error; they are its server's.
+_LOGGER_NAMES: Final = {"uvicorn.error": "uvicorn"}
+
+
+def _logger(record: logging.LogRecord) -> str:
+    return _LOGGER_NAMES.get(record.name, record.name)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a log call passed with ``extra=``."""
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and k not in _NOT_FIELDS}
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,43 +63,52 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": _logger(record),
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+            **_fields(record),
         }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS and key not in ("request_id", "color_message"):
-                entry[key] = value
         if record.exc_info:
             entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         return orjson.dumps(entry, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable lines for a terminal, still with the request id."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    """Human-readable lines for a terminal: time, level, logger, request id, message, then its fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
-        return super().format(record)
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        fields = "".join(f" {key}={value}" for key, value in _fields(record).items())
+        line = f"{self.formatTime(record)} {record.levelname} {_logger(record)} [{request_id}] {record.getMessage()}"
+        if record.exc_info:
+            return f"{line}{fields}\n{self.formatException(record.exc_info)}"
+        return line + fields
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    """Route the app's and uvicorn's loggers to stderr in the chosen format.
+def log_config(level: str, log_format: str) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` for the app's and uvicorn's loggers: stderr, one format.
 
     uvicorn's access log is silenced: the app logs every request itself, with its id and duration.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    for name in (LOGGER_NAME, "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
-    logging.getLogger("uvicorn.access").disabled = True
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    handler = {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"app": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            LOGGER_NAME: {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},  # propagates to "uvicorn"'s handler
+            "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        },
+    }
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Apply ``log_config`` (the app does at start-up too, for a plain ``uvicorn app.main:app``)."""
+    logging.config.dictConfig(log_config(level, log_format))
 
 
 class ServerMetrics:

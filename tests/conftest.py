@@ -13,6 +13,16 @@ from orchestration.pipeline import Progress, TrainResult, run_pipeline
 from tests.services import S3Server, mlflow_server, moto_server
 
 SMALL_ROWS = 20_000
+# Fixtures that start a real service: a test using one (directly or through another fixture) is "integration".
+SERVICE_FIXTURES = frozenset({"s3", "mlflow_uri"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real service as ``integration``, so ``-m "not integration"`` is the fast loop."""
+    for item in items:
+        in_integration = "integration" in item.path.relative_to(Path(__file__).parent).parts
+        if in_integration or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

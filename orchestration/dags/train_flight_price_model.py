@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -41,12 +41,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 # Tasks that talk to S3 or MLflow retry transient failures, waiting 10 s, 20 s, 40 s, 80 s (at most 5 min).
-remote_task = task(
-    retries=4,
-    retry_delay=timedelta(seconds=10),
-    retry_exponential_backoff=2.0,  # multiplier of the delay per retry
-    max_retry_delay=timedelta(minutes=5),
-)
+REMOTE_RETRIES: Final = 4
+REMOTE_RETRY_DELAY: Final = timedelta(seconds=10)
+REMOTE_BACKOFF: Final = 2.0  # multiplier of the delay per retry
+REMOTE_MAX_RETRY_DELAY: Final = timedelta(minutes=5)
 
 
 def _without_skops_noise(body: Callable[P, R]) -> Callable[P, R]:
@@ -72,8 +70,17 @@ def training_task(body: Callable[P, R]) -> Task[P, R]:
 
 
 def remote_training_task(body: Callable[P, R]) -> Task[P, R]:
-    """A task of this DAG that talks to S3 or MLflow: retried with backoff."""
-    return remote_task(_without_skops_noise(body))
+    """A task of this DAG that talks to S3 or MLflow: retried with backoff.
+
+    (A fresh decorator each time: Airflow's decorator factory keeps the first task's id in its arguments.)
+    """
+    decorator = task(
+        retries=REMOTE_RETRIES,
+        retry_delay=REMOTE_RETRY_DELAY,
+        retry_exponential_backoff=REMOTE_BACKOFF,
+        max_retry_delay=REMOTE_MAX_RETRY_DELAY,
+    )
+    return decorator(_without_skops_noise(body))
 
 
 @dataclass(frozen=True)

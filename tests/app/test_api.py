@@ -282,6 +282,7 @@ def test_json_logs_carry_request_ids_and_no_secrets(
 # --- a real uvicorn process ---
 
 
+@pytest.mark.integration
 def test_real_uvicorn_process(bundle_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"

@@ -27,6 +27,8 @@ from flight_price import main as module
 
 from tests.services import BIN, LOOPBACK, free_port, running
 
+pytestmark = pytest.mark.integration  # builds the runtime venv with uv and runs the entrypoint against moto
+
 REPO: Final = Path(__file__).resolve().parents[2]
 UV: Final = BIN / "uv"
 MAX_VENV_MB: Final = 450

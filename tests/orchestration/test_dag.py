@@ -33,6 +33,8 @@ from orchestration.tasks import WORK_ROOT_ENV, training_config, work_dir_for
 from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT
 from tests.services import BIN, S3_ENV, S3Server, blob_key
 
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
 REPO: Final = Path(__file__).resolve().parents[2]
 ROWS: Final = 20_000
 TASKS: Final = ("ingest", "validate", "split", "fit_transformer", "train", "evaluate", "gate", "publish")

@@ -1,0 +1,243 @@
+"""The serving predictor's direct path: the same floats as ``Bundle.predict``, on every kind of row.
+
+``Bundle.predict`` (the transformer, then the scikit-learn model's own ``predict``) is the reference. Every
+comparison is exact (``np.array_equal``), never approximate: the direct path exists only because it is
+bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import LinearRegression
+
+import app.predictor as predictor_module
+from app.contract.bundle import Bundle, Metadata, load_bundle
+from app.predictor import PROBE_ROWS, Predictor, probe_columns
+from orchestration.config import load_config
+from orchestration.data import read_data
+from orchestration.pipeline import TrainResult
+
+Matrix = npt.NDArray[np.float64]
+UNKNOWN = "Atlantis"  # in no training vocabulary
+FAR_NUMBERS = (-1e9, -1.0, 0.0, 1e12)
+FAR_DATES = ("1900-01-01", "1970-01-01", "2000-02-29", "2999-12-31")
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle: Bundle) -> Predictor:
+    predictor = Predictor(bundle)
+    assert predictor.direct  # the fast path is what is under test: a silent fallback would make this file vacuous
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def training_rows(flight_csv: Path, trained: TrainResult) -> tuple[Matrix, Matrix]:
+    """The training data set, transformed by the bundle's transformer, and its target."""
+    frame = read_data(flight_csv, load_config().data)
+    transformer = load_bundle(trained.bundle_dir).transformer
+    target = frame[trained.metadata.target.name].to_numpy(dtype=np.float64)
+    return transformer.transform(frame), target
+
+
+def kinds(metadata: Metadata, kind: str) -> list[str]:
+    return [f.name for f in metadata.features if f.kind == kind]
+
+
+def as_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def edge_rows(metadata: Metadata) -> list[dict[str, Any]]:
+    """The example with one feature (or all categoricals) pushed to an edge: unknown, at a bound, far away."""
+    example = metadata.example
+    rows: list[dict[str, Any]] = [dict(example)]
+    categorical = kinds(metadata, "categorical")
+    for name in categorical:
+        rows += [{**example, name: UNKNOWN}, {**example, name: ""}]
+    rows.append({**example, **dict.fromkeys(categorical, UNKNOWN)})
+    for feature in metadata.features:
+        if feature.kind == "numeric":
+            assert isinstance(feature.minimum, float) and isinstance(feature.maximum, float)
+            bounds = (feature.minimum, feature.maximum)
+            rows += [{**example, feature.name: float(v)} for v in (*bounds, *FAR_NUMBERS)]
+        elif feature.kind == "date":
+            assert isinstance(feature.minimum, str) and isinstance(feature.maximum, str)
+            rows += [{**example, feature.name: d} for d in (feature.minimum, feature.maximum, *FAR_DATES)]
+    everything_far = {**example, **dict.fromkeys(categorical, UNKNOWN)}
+    everything_far.update(dict.fromkeys(kinds(metadata, "numeric"), 1e12))
+    everything_far.update(dict.fromkeys(kinds(metadata, "date"), "2999-12-31"))
+    rows.append(everything_far)
+    return rows
+
+
+def refused(*args: object, **kwargs: object) -> NoReturn:
+    raise AssertionError("the direct path called model.predict")
+
+
+def assert_identical(predictor: Predictor, columns: dict[str, list[Any]]) -> Matrix:
+    """The direct path's predictions equal ``Bundle.predict``'s bit for bit, without calling ``model.predict``."""
+    expected = predictor.bundle.predict(columns)
+    model = predictor.bundle.model
+    model.__dict__["predict"] = refused  # shadows the method for this instance only
+    try:
+        got = predictor.predict_columns(columns)
+    finally:
+        del model.__dict__["predict"]
+    n_rows = len(next(iter(columns.values())))
+    assert got.dtype == np.float64 and got.shape == expected.shape == (n_rows,)
+    assert np.array_equal(got, expected, equal_nan=True)
+    return got
+
+
+def test_the_trained_bundle_uses_the_direct_path(predictor: Predictor, bundle: Bundle) -> None:
+    assert predictor.direct is True
+    assert type(bundle.model) is HistGradientBoostingRegressor and predictor.bundle is bundle
+
+
+def test_the_bundle_example_alone(predictor: Predictor, bundle: Bundle) -> None:
+    one = {name: [value] for name, value in bundle.metadata.example.items()}
+    got = assert_identical(predictor, one)
+    assert math.isfinite(got[0])
+
+
+def test_unknown_category_of_each_feature(predictor: Predictor, bundle: Bundle) -> None:
+    metadata = bundle.metadata
+    categorical = kinds(metadata, "categorical")
+    assert categorical
+    for feature in metadata.features:
+        if feature.kind == "categorical":
+            assert feature.categories and UNKNOWN not in feature.categories
+    rows = [{**metadata.example, name: UNKNOWN} for name in categorical]
+    rows.append({**metadata.example, **dict.fromkeys(categorical, UNKNOWN)})
+    columns = as_columns(rows)
+    transformed = bundle.transformer.transform(columns)
+    assert np.isnan(transformed).any()  # the transformer's unknown -> NaN is really exercised
+    got = assert_identical(predictor, columns)
+    assert np.all(np.isfinite(got))
+
+
+def test_each_edge_row_alone(predictor: Predictor, bundle: Bundle) -> None:
+    for row in edge_rows(bundle.metadata):
+        got = assert_identical(predictor, {name: [value] for name, value in row.items()})
+        assert math.isfinite(got[0]), row
+
+
+def test_edge_rows_together(predictor: Predictor, bundle: Bundle) -> None:
+    rows = edge_rows(bundle.metadata)
+    assert len(rows) <= 64  # the transformer's small-batch (dict look-up) path
+    got = assert_identical(predictor, as_columns(rows))
+    assert np.all(np.isfinite(got))
+    assert len(np.unique(got)) > 1  # the edges do reach different leaves: the comparison is not of constants
+
+
+def test_edge_rows_in_a_large_batch(predictor: Predictor, bundle: Bundle) -> None:
+    rows = edge_rows(bundle.metadata)
+    many = (rows * (1 + 1000 // len(rows)))[:1000]  # the transformer's vectorised (searchsorted) path
+    got = assert_identical(predictor, as_columns(many))
+    alone = predictor.predict_columns(as_columns(rows))
+    assert np.array_equal(got[: len(rows)], alone)  # a row's prediction does not depend on its batch
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2024])
+def test_a_thousand_probe_rows(predictor: Predictor, bundle: Bundle, seed: int) -> None:
+    columns = probe_columns(bundle.metadata, 1000, seed=seed)
+    assert all(len(values) == 1000 for values in columns.values())
+    got = assert_identical(predictor, columns)
+    assert np.all(np.isfinite(got)) and len(np.unique(got)) > 100
+
+
+def test_a_thousand_rows_with_unknowns(predictor: Predictor, bundle: Bundle) -> None:
+    columns = probe_columns(bundle.metadata, 1000, seed=7)
+    for offset, name in enumerate(kinds(bundle.metadata, "categorical")):
+        columns[name][offset::5] = [UNKNOWN] * len(columns[name][offset::5])
+    assert_identical(predictor, columns)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_threads_do_not_change_predictions(bundle: Bundle, threads: int) -> None:
+    threaded = Predictor(bundle, threads=threads)
+    assert threaded.direct and threaded.threads == threads
+    columns = probe_columns(bundle.metadata, 1000, seed=3)
+    assert_identical(threaded, columns)
+    assert_identical(threaded, as_columns(edge_rows(bundle.metadata)))
+
+
+def test_probe_columns_cover_the_metadata(bundle: Bundle) -> None:
+    metadata = bundle.metadata
+    columns = probe_columns(metadata, PROBE_ROWS, seed=5)
+    assert list(columns) == metadata.feature_names()
+    assert {name: values[0] for name, values in columns.items()} == metadata.example
+    for feature in metadata.features:
+        values = columns[feature.name]
+        assert len(values) == PROBE_ROWS
+        if feature.kind == "categorical":
+            assert feature.categories is not None and set(values[1:]) <= set(feature.categories)
+        else:
+            assert feature.minimum is not None and feature.maximum is not None
+            assert all(feature.minimum <= v <= feature.maximum for v in values[1:]), feature.name
+    assert probe_columns(metadata, 50, seed=5) == probe_columns(metadata, 50, seed=5)
+    assert probe_columns(metadata, 50, seed=5) != probe_columns(metadata, 50, seed=6)
+
+
+# --- models the direct path does not handle fall back to Bundle.predict ---
+
+
+def test_an_unknown_model_falls_back(bundle: Bundle, training_rows: tuple[Matrix, Matrix]) -> None:
+    features, target = training_rows
+    linear = replace(bundle, model=LinearRegression().fit(features, target))
+    fallback = Predictor(linear)
+    assert fallback.direct is False
+    columns = probe_columns(bundle.metadata, 300, seed=8)  # every category known: no NaN for the linear model
+    got = fallback.predict_columns(columns)
+    assert np.array_equal(got, linear.predict(columns))
+    assert not np.array_equal(got, bundle.predict(columns))  # it really is the other model's predictions
+
+
+def test_a_disagreeing_direct_path_is_dropped(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = predictor_module._direct_path
+
+    def off_by_one_ulp(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
+        direct = real(model, threads)
+        assert direct is not None
+        return lambda features: np.nextafter(direct(features), np.inf)
+
+    monkeypatch.setattr(predictor_module, "_direct_path", off_by_one_ulp)
+    careful = Predictor(bundle)
+    assert careful.direct is False
+    columns = probe_columns(bundle.metadata, 100, seed=9)
+    assert np.array_equal(careful.predict_columns(columns), bundle.predict(columns))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"categorical_features": None},  # no internal preprocessor at all: unknowns stay NaN (missing)
+        {"categorical_features": "mask", "loss": "poisson"},  # a log link: the inverse link is exp
+    ],
+    ids=["numeric-only", "poisson"],
+)
+def test_other_gradient_boosting_models_stay_identical(
+    bundle: Bundle, training_rows: tuple[Matrix, Matrix], params: dict[str, Any]
+) -> None:
+    features, target = training_rows
+    if params["categorical_features"] == "mask":
+        params = {**params, "categorical_features": bundle.transformer.categorical_mask_}
+    model = HistGradientBoostingRegressor(max_iter=30, random_state=0, **params).fit(features, target)
+    other = Predictor(replace(bundle, model=model))
+    assert other.direct
+    assert_identical(other, probe_columns(bundle.metadata, 1000, seed=10))
+    assert_identical(other, as_columns(edge_rows(bundle.metadata)))
