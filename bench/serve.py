@@ -7,7 +7,7 @@ bounded load (single record at concurrency 1, 8 and 32; 1,000-record batches at 
 which server goes first, and prints requests/s, p50, p99, errors, server RSS and the ratios to MLflow.
 The floor is ``Bundle.predict`` called in-process.
 
-Usage: ``uv run python bench/serve.py [--bundle DIR | --rows 200000] [--duration 8] [--generator auto]``
+Usage: ``uv run python -m bench.serve [--bundle DIR | --rows 200000] [--duration 8] [--generator auto]``
 Writes ``bench/results/serve.json``.
 """
 
@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,13 +28,12 @@ from typing import Any, Final
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle
+from app.predictor import Predictor, probe_columns
+from bench.load import LoadResult, available_generator, run_load
+from tests.services import BIN, LOOPBACK, free_port, running
 
-from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle  # noqa: E402
-from app.predictor import Predictor, probe_columns  # noqa: E402
-from bench.load import LoadResult, available_generator, run_load  # noqa: E402
-from tests.services import BIN, LOOPBACK, free_port, running  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH_ROWS: Final = 1000
 DISTINCT_RECORDS: Final = 256

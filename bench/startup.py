@@ -10,7 +10,7 @@ complete"), ``load`` (-> "bundle loaded") and ``ready`` (-> first 200). For comp
 The bundle is a genuinely bigger model (more, deeper trees), trained once and kept in
 ``bench/results/startup-bundle/``. Usage::
 
-    uv run python bench/startup.py [--runs 3] [--retrain] [--out bench/results/startup.json]
+    uv run python -m bench.startup [--runs 3] [--retrain] [--out bench/results/startup.json]
 """
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from app.contract.bundle import read_metadata
+from orchestration.config import load_config
+from orchestration.data import DEFAULT_ROWS, generate, write_csv
+from orchestration.pipeline import run_pipeline
+from orchestration.publish import PublishTarget, publish_bundle
+from tests.services import LOOPBACK, S3_ENV, free_port, mlflow_server, moto_server, stop
 
-from app.contract.bundle import read_metadata  # noqa: E402
-from orchestration.config import load_config  # noqa: E402
-from orchestration.data import DEFAULT_ROWS, generate, write_csv  # noqa: E402
-from orchestration.pipeline import run_pipeline  # noqa: E402
-from orchestration.publish import PublishTarget, publish_bundle  # noqa: E402
-from tests.services import LOOPBACK, S3_ENV, free_port, mlflow_server, moto_server, stop  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 STEP = re.compile(r"^entrypoint: (?P<step>\w+) done in (?P<seconds>[0-9.]+)s")

@@ -1,7 +1,7 @@
 """Wall time and peak memory of the full training pipeline at 270k and 2.7M rows.
 
 Each size runs in a fresh subprocess (``python -m orchestration train``), so its peak RSS is its own.
-Usage: ``uv run python bench/train.py [--rows 271888 2718880] [--out bench/results/train.json]``
+Usage: ``uv run python -m bench.train [--rows 271888 2718880] [--out bench/results/train.json]``
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from orchestration.data import generate, write_csv
 
-from orchestration.data import generate, write_csv  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STAGE_LINE = re.compile(r"^\s+(?P<stage>[a-z ]+) done in (?P<seconds>[0-9.]+)s")
 

@@ -14,6 +14,7 @@ from dagger import DefaultPath, Ignore, dag
 from flight_price import main as module
 from flight_price.main import FlightPrice
 
+from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, DEFAULT_SERVING_PORT
 from app.settings import env_names
 from tests.ci.plan import bound, calls, container_of, env, execs, names, one, recording_engine, steps
 
@@ -76,7 +77,7 @@ def test_final_stage_holds_only_the_venv_and_app(flight_price: FlightPrice) -> N
 
 def test_final_stage_runs_the_entrypoint_on_9000_with_a_readiness_check(flight_price: FlightPrice) -> None:
     image = flight_price.build(revision="abc123", version="1.2.3")
-    assert one(image, "withExposedPort")["port"] == 9000
+    assert one(image, "withExposedPort")["port"] == module.PORT == DEFAULT_SERVING_PORT
     assert one(image, "withEntrypoint")["args"] == ["python", "-m", "app.entrypoint"]
     assert one(image, "withWorkdir")["path"] == module.APP_ROOT  # where `-m app.entrypoint` finds app/
     probe = one(image, "withDockerHealthcheck")
@@ -118,6 +119,7 @@ def test_smoke_stage_binds_the_image_to_both_mocks_with_settings_names(flight_pr
     assert {"DVC_REMOTE_URL", "DVC_REMOTE_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MODEL_NAME"} <= plain
     values = {s.args["name"]: s.args["value"] for s in own if s.name == "withEnvVariable"}
     assert values == module.smoke_env(f"http://s3:{module.MOCK_PORT}", f"http://mlflow:{module.MOCK_PORT}")
+    assert (values["MODEL_NAME"], values["MODEL_ALIAS"]) == (DEFAULT_MODEL_NAME, DEFAULT_ALIAS)  # the defaults
 
     s3, mlflow = bound(serving, "s3"), bound(serving, "mlflow")
     serve = f"0.0.0.0:{module.MOCK_PORT}"

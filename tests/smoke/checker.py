@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
+from app.contract.connection import DEFAULT_MODEL_NAME
 
 SAMPLE_RECORDS: Final = 24
 SINGLE_RECORDS: Final = 6  # sent one by one; all of them go in the batch
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="the server's base URL")
     parser.add_argument("--bundle", type=Path, required=True, help="the bundle the server should serve")
     parser.add_argument("--dvc-hash-file", type=Path, required=True, help="file holding the bundle's DVC hash")
-    parser.add_argument("--model-name", default="flight-price")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
     args = parser.parse_args(argv)
 

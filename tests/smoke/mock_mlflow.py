@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, Final
 
 from app.contract.bundle import read_metadata
+from app.contract.connection import DEFAULT_MODEL_NAME
 from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH
 
 API: Final = "/api/2.0/mlflow/"
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.smoke.mock_mlflow", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--model-name", default="flight-price")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--bundle", type=Path, required=True, help="the registered bundle directory")
     parser.add_argument("--dvc-hash-file", type=Path, required=True, help="file holding the bundle's DVC hash")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ READY_PROBE: Final = (
     "python",
     "-c",
     "import os, urllib.request; "
-    "urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '9000')}/health/ready\", timeout=3)",
+    f"urllib.request.urlopen(f\"http://127.0.0.1:{{os.environ.get('PORT', '{PORT}')}}/health/ready\", timeout=3)",
 )
 RUNTIME_ENV: Final[dict[str, str]] = {
     "VIRTUAL_ENV": VENV,
@@ -74,7 +74,9 @@ def prune_test_suites(venv: str) -> list[str]:
 SEED_DIR: Final = "/seed"  # the seed step's output: bundle/, remote/ (a local DVC remote) and dvc-hash
 SMOKE_BUCKET: Final = "smoke-models"
 SMOKE_REGION: Final = "us-east-1"
+# The registry names the serving settings default to (app.contract.connection; the plan tests cross-check).
 SMOKE_MODEL_NAME: Final = "flight-price"
+SMOKE_MODEL_ALIAS: Final = "champion"
 MOCK_PORT: Final = 5000
 # Fake credentials for the moto store; passed as secrets all the same.
 SMOKE_CREDENTIALS: Final[dict[str, str]] = {
@@ -91,7 +93,7 @@ def smoke_env(s3_url: str, mlflow_url: str) -> dict[str, str]:
         "DVC_REMOTE_REGION": SMOKE_REGION,
         "MLFLOW_TRACKING_URI": mlflow_url,
         "MODEL_NAME": SMOKE_MODEL_NAME,
-        "MODEL_ALIAS": "champion",
+        "MODEL_ALIAS": SMOKE_MODEL_ALIAS,
     }
 
 
@@ -223,7 +225,7 @@ class FlightPrice:
         revision: Annotated[str, Doc("Source revision for the OCI label (e.g. the git SHA)")] = "unknown",
         version: Annotated[str, Doc("Version for the OCI label (e.g. the git tag)")] = "dev",
     ) -> dagger.Container:
-        """The serving image: only the runtime venv and app/, non-root, port 9000, the entrypoint."""
+        """The serving image: only the runtime venv and app/, non-root, port PORT, the entrypoint."""
         return (
             dag.container(platform=platform)
             .from_(self.python_image)
