@@ -70,7 +70,7 @@ class ServedModel:
         """The same model, now known as registry version ``version``."""
         return dataclasses.replace(self, version=version)
 
-    async def predict_batch(self, rows: list[Row]) -> npt.NDArray[np.float64]:
+    async def run_batch(self, rows: list[Row]) -> npt.NDArray[np.float64]:
         """A whole batch request's rows in one vectorised call, on a batch worker thread."""
         call = functools.partial(predict_rows, self.schema, self.predictor, rows)
         return await asyncio.get_running_loop().run_in_executor(self.batch_executor, call)

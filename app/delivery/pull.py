@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,20 +64,12 @@ def pull(settings: Settings, dvc_hash: str, report: Report = quiet) -> Pulled:
     work = configure_remote(settings)
     dvc_file = write_dvc_file(work, dvc_hash)
     remote = _describe_remote(settings)
-    deadline = time.monotonic() + settings.pull_deadline_s
 
     def attempt(left: float) -> int:
         return _pull_once(work, dvc_file, remote, timeout=left)
 
     try:
-        fetched, attempts = retrying(
-            attempt,
-            retries=settings.pull_retries,
-            backoff_s=settings.pull_backoff_s,
-            deadline=deadline,
-            report=report,
-            step="pull",
-        )
+        fetched, attempts = retrying(attempt, settings, report=report, step="pull")
     except DeliveryError:
         discard(work)
         raise

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from app.contract.connection import redact
@@ -62,15 +61,7 @@ def resolve(settings: Settings, report: Report = quiet) -> Resolved:
                 "MLFLOW_TRACKING_URI and that the tracking server is up, or pin a bundle with MODEL_HASH",
             ) from None
 
-    deadline = time.monotonic() + settings.pull_deadline_s
-    version, _ = retrying(
-        look_up,
-        retries=settings.pull_retries,
-        backoff_s=settings.pull_backoff_s,
-        deadline=deadline,
-        report=report,
-        step="resolve",
-    )
+    version, _ = retrying(look_up, settings, report=report, step="resolve")
     dvc_hash = version.dvc_hash
     if not dvc_hash or not DVC_HASH.match(dvc_hash):
         raise DeliveryError(

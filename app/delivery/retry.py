@@ -1,4 +1,5 @@
-"""The retry loop of delivery's network steps (registry look-up, pull): doubling delays within a deadline."""
+"""The retry loop of delivery's network steps (registry look-up, pull): doubling delays within a deadline,
+as ``PULL_RETRIES``, ``PULL_BACKOFF_S`` and ``PULL_DEADLINE_S`` set it."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from typing import TypeVar
 
 from app.contract.progress import Report
 from app.delivery.failures import DeliveryError
+from app.settings import Settings
 
 T = TypeVar("T")
 
 
-def retrying(
-    attempt: Callable[[float], T], *, retries: int, backoff_s: float, deadline: float, report: Report, step: str
-) -> tuple[T, int]:
+def retrying(attempt: Callable[[float], T], settings: Settings, *, report: Report, step: str) -> tuple[T, int]:
     """Call ``attempt(seconds_left)`` until it succeeds, retrying retryable ``DeliveryError``s with doubling
-    delays, within ``retries`` and the monotonic ``deadline``; returns the result and the attempts made."""
+    delays, within the settings' retries and deadline (from now); returns the result and the attempts made."""
+    retries, backoff_s = settings.pull_retries, settings.pull_backoff_s
+    deadline = time.monotonic() + settings.pull_deadline_s
     tries = 0
     while True:
         tries += 1

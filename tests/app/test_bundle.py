@@ -132,3 +132,27 @@ print(json.dumps(load_bundle(Path({str(bundle_dir)!r})).predict(records).tolist(
     )
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.asarray(json.loads(result.stdout)), expected)
+
+
+OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle-written-as-app-features"
+
+
+def test_new_bundles_name_the_transformer_by_its_contract_module(bundle_dir: Path) -> None:
+    untrusted = sio.get_untrusted_types(file=bundle_dir / TRANSFORMER_FILE)
+    assert "app.contract.features.FeatureTransformer" in untrusted
+    assert "app.features.FeatureTransformer" not in untrusted
+
+
+def test_a_bundle_written_before_the_contract_package_still_loads_and_predicts() -> None:
+    """A real bundle saved when the transformer lived in ``app.features`` (kept importable by a re-export)."""
+    from app.contract.features import FeatureTransformer
+    from app.predictor import Predictor, probe_columns
+
+    assert "app.features.FeatureTransformer" in sio.get_untrusted_types(file=OLD_BUNDLE / TRANSFORMER_FILE)
+    bundle = load_bundle(OLD_BUNDLE)
+    assert type(bundle.transformer) is FeatureTransformer
+    columns = probe_columns(bundle.metadata, 200, seed=5)
+    predictions = bundle.predict(columns)
+    assert predictions.shape == (200,) and np.isfinite(predictions).all()
+    # the server's direct path agrees with it, bit for bit, as for a new bundle
+    assert np.array_equal(Predictor(bundle).predict_columns(columns), predictions)

@@ -167,7 +167,7 @@ def test_a_thousand_rows_with_unknowns(predictor: Predictor, bundle: Bundle) -> 
     assert_identical(predictor, columns)
 
 
-@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("threads", [2, 3])
 def test_threads_do_not_change_predictions(bundle: Bundle, threads: int) -> None:
     threaded = Predictor(bundle, threads=threads)
     assert threaded.direct and threaded.threads == threads
@@ -236,7 +236,7 @@ def test_other_gradient_boosting_models_stay_identical(
     features, target = training_rows
     if params["categorical_features"] == "mask":
         params = {**params, "categorical_features": bundle.transformer.categorical_mask_}
-    model = HistGradientBoostingRegressor(max_iter=30, random_state=0, **params).fit(features, target)
+    model = HistGradientBoostingRegressor(max_iter=20, random_state=0, **params).fit(features[:5000], target[:5000])
     other = Predictor(replace(bundle, model=model))
     assert other.direct
     assert_identical(other, probe_columns(bundle.metadata, 1000, seed=10))

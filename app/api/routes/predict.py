@@ -100,6 +100,6 @@ async def predict_record(request: Request, state: State, served: Model) -> JSON:
 async def predict_batch(request: Request, state: State, served: Model) -> JSON:
     with counting_failures(state.metrics, BATCH_PATH):
         rows = served.schema.parse_batch(await read_body(request, state.settings.max_body_bytes))
-        predictions = await served.predict_batch(rows)
+        predictions = await served.run_batch(rows)
     state.metrics.predicted_rows.labels(BATCH_PATH).inc(len(rows))
     return JSON({"predictions": predictions, "model_version": served.version, "bundle_hash": served.content_hash})

@@ -1,0 +1,235 @@
+"""The server's environment contract: ``Settings`` extends the connection settings training shares.
+
+Every test starts from an environment without any variable the settings read, so only what a test sets counts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.contract.connection import (
+    DEFAULT_ALIAS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SERVING_PORT,
+    ConnectionSettings,
+    load_connection_settings,
+)
+from app.contract.store import BUNDLE_NAME
+from app.settings import Settings, SettingsError, env_names, load_settings
+
+HASH = "0123456789abcdef0123456789abcdef.dir"
+CONNECTION_FIELDS = set(ConnectionSettings.model_fields)
+SERVER_ONLY_FIELDS = set(Settings.model_fields) - CONNECTION_FIELDS
+# Invalid values of variables only the server reads: training must never fail on them.
+SERVER_ONLY_INVALID = [
+    ("LOG_LEVEL", "loud"),
+    ("PORT", "abc"),
+    ("PORT", "0"),
+    ("WORKERS", "0"),
+    ("LOG_FORMAT", "xml"),
+    ("MODEL_HASH", "xyz"),
+    ("MODEL_VERSION", "0"),
+    ("MAX_BODY_BYTES", "10"),
+    ("PULL_RETRIES", "-1"),
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable the settings read (in any case), nor any MODEL_*/MLFLOW_*/DVC_*/AWS_* one."""
+    read = env_names()
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper in read or upper.startswith(("MODEL_", "MLFLOW_", "DVC_", "AWS_")) or upper == "PORT":
+            monkeypatch.delenv(name)
+
+
+def settings_error(loader: Callable[[], object] = load_settings) -> str:
+    with pytest.raises(SettingsError) as caught:
+        loader()
+    message = str(caught.value)
+    assert message.startswith("invalid environment: ")
+    return message
+
+
+def test_every_connection_field_is_a_server_field() -> None:
+    assert issubclass(Settings, ConnectionSettings)
+    assert set(ConnectionSettings.model_fields) <= set(Settings.model_fields)
+    assert {"port", "log_level", "model_hash", "model_version", "bundle_dir", "model_dir"} <= SERVER_ONLY_FIELDS
+    for name in CONNECTION_FIELDS:  # the server reads a connection variable exactly as training does
+        assert Settings.model_fields[name].annotation == ConnectionSettings.model_fields[name].annotation, name
+        assert Settings.model_fields[name].default == ConnectionSettings.model_fields[name].default, name
+
+
+def test_env_names_include_every_variable() -> None:
+    names = env_names()
+    assert {name.upper() for name in CONNECTION_FIELDS} <= names
+    assert names == {name.upper() for name in Settings.model_fields}
+    assert {"MLFLOW_TRACKING_URI", "DVC_REMOTE_URL", "AWS_SECRET_ACCESS_KEY", "PORT", "BUNDLE_DIR"} <= names
+    assert all(name == name.upper() for name in names)
+
+
+def test_defaults_in_an_empty_environment() -> None:
+    settings = load_settings()
+    assert settings.port == DEFAULT_SERVING_PORT and settings.log_level == "info"
+    assert settings.model_name == DEFAULT_MODEL_NAME and settings.model_alias == DEFAULT_ALIAS
+    assert settings.mlflow_tracking_uri is None and settings.model_hash is None and settings.model_version is None
+    assert settings.bundle_dir is None and settings.bundle_path == Path("/models") / BUNDLE_NAME
+    connection = load_connection_settings()
+    assert type(connection) is ConnectionSettings
+    assert connection.model_dump() == settings.model_dump(include=CONNECTION_FIELDS)
+
+
+def test_load_settings_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "8123")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("MODEL_VERSION", "3")
+    monkeypatch.setenv("MAX_BATCH_RECORDS", "10")
+    monkeypatch.setenv("MICROBATCH_MAX_WAIT_MS", "0")
+    monkeypatch.setenv("MODEL_NAME", "other-model")
+    monkeypatch.setenv("DVC_REMOTE_URL", "s3://bucket/prefix")
+    settings = load_settings()
+    assert (settings.port, settings.log_level, settings.model_version) == (8123, "debug", 3)
+    assert (settings.max_batch_records, settings.microbatch_max_wait_ms) == (10, 0.0)
+    assert (settings.model_name, settings.dvc_remote_url) == ("other-model", "s3://bucket/prefix")
+    connection = load_connection_settings()
+    assert (connection.model_name, connection.dvc_remote_url) == ("other-model", "s3://bucket/prefix")
+
+
+def test_variable_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("port", "8124")
+    monkeypatch.setenv("Model_Alias", "staging")
+    settings = load_settings()
+    assert settings.port == 8124 and settings.model_alias == "staging"
+
+
+def test_a_model_hash_alone_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_HASH", HASH)
+    assert load_settings().model_hash == HASH
+    monkeypatch.setenv("MODEL_HASH", HASH.removesuffix(".dir"))
+    assert load_settings().model_hash == HASH.removesuffix(".dir")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        *SERVER_ONLY_INVALID,
+        ("PORT", "65536"),
+        ("MODEL_HASH", HASH.upper()),  # DVC hashes are lower-case hex
+        ("MODEL_HASH", HASH[:-5]),
+        ("MLFLOW_TRACKING_URI", "ftp://x"),
+        ("MLFLOW_TRACKING_URI", "mlflow:5000"),
+        ("DVC_REMOTE_ENDPOINT_URL", "ftp://x"),
+        ("REGISTRY_TIMEOUT_S", "0"),
+        ("MODEL_NAME", ""),
+    ],
+)
+def test_an_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    message = settings_error()
+    assert f"{variable}:" in message
+    assert message.count(":") >= 2 and len(message) > len(f"invalid environment: {variable}: ")
+
+
+def test_all_invalid_variables_are_named_in_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    invalid = {"PORT": "0", "LOG_LEVEL": "loud", "MODEL_HASH": "xyz", "MLFLOW_TRACKING_URI": "ftp://x"}
+    for variable, value in invalid.items():
+        monkeypatch.setenv(variable, value)
+    message = settings_error()
+    for variable in invalid:
+        assert f"{variable}:" in message
+    assert message.count("; ") == len(invalid) - 1
+
+
+def test_a_model_hash_and_a_model_version_are_refused_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_HASH", HASH)
+    monkeypatch.setenv("MODEL_VERSION", "3")
+    message = settings_error()
+    assert "MODEL_HASH" in message and "MODEL_VERSION" in message
+    assert load_connection_settings().model_name == DEFAULT_MODEL_NAME  # training does not care
+
+
+def test_an_invalid_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://user:hunter2-password@mlflow")
+    message = settings_error()
+    assert "MLFLOW_TRACKING_URI" in message and "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ("http://mlflow:5000/", "http://mlflow:5000"),
+        ("https://mlflow.example.com/base/", "https://mlflow.example.com/base"),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+        ("sqlite:///tmp/mlflow.db", "sqlite:///tmp/mlflow.db"),
+        ("/srv/mlruns/", "/srv/mlruns"),
+    ],
+)
+def test_the_tracking_uri_loses_a_trailing_slash(monkeypatch: pytest.MonkeyPatch, value: str, stored: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", value)
+    monkeypatch.setenv("DVC_REMOTE_ENDPOINT_URL", value)
+    settings = load_settings()
+    assert settings.mlflow_tracking_uri == stored and settings.dvc_remote_endpoint_url == stored
+    assert load_connection_settings().mlflow_tracking_uri == stored
+
+
+def test_bundle_path_is_bundle_dir_when_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    assert load_settings().bundle_path == tmp_path / "models" / BUNDLE_NAME
+    monkeypatch.setenv("BUNDLE_DIR", str(tmp_path / "served"))
+    settings = load_settings()
+    assert settings.bundle_path == tmp_path / "served" and settings.model_dir == tmp_path / "models"
+    monkeypatch.delenv("MODEL_DIR")
+    assert load_settings().bundle_path == tmp_path / "served"
+
+
+def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret-value",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID1234",
+        "AWS_SESSION_TOKEN": "session-token-value-5678",
+    }
+    for variable, value in secrets.items():
+        monkeypatch.setenv(variable, value)
+    settings = load_settings()
+    connection = load_connection_settings()
+    for variable, value in secrets.items():
+        for loaded in (settings, connection):
+            secret = getattr(loaded, variable.lower())
+            assert secret is not None and secret.get_secret_value() == value  # read, so hiding it is meaningful
+            for shown in (repr(loaded), str(loaded), loaded.model_dump_json(), str(loaded.model_dump())):
+                assert value not in shown, variable
+
+
+@pytest.mark.parametrize(("variable", "value"), SERVER_ONLY_INVALID)
+def test_a_server_only_variable_cannot_fail_training(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    assert variable.lower() in SERVER_ONLY_FIELDS
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000/")
+    connection = load_connection_settings()
+    assert connection.mlflow_tracking_uri == "http://mlflow:5000"
+    assert not hasattr(connection, variable.lower())
+    assert f"{variable}:" in settings_error()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MLFLOW_TRACKING_URI", "ftp://x"), ("REGISTRY_TIMEOUT_S", "0"), ("MODEL_ALIAS", "")],
+)
+def test_an_invalid_connection_variable_fails_both(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    assert f"{variable}:" in settings_error(load_connection_settings)
+    assert f"{variable}:" in settings_error(load_settings)
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
+    assert settings.port == DEFAULT_SERVING_PORT
