@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from orchestration.publish import publish_bundle
 from orchestration.quickstart import target_for
 from tests.integration.conftest import ROOT
 from tests.services import LOOPBACK, free_port, running
+
+
+def _when_printed(log: Path, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (output := log.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} not printed within {timeout}s:\n{output}"
+        time.sleep(0.1)
+    return output
 
 
 def test_quickstart_serves_the_published_model_and_its_sample_request_works(bundle_dir: Path, tmp_path: Path) -> None:
@@ -28,8 +37,9 @@ def test_quickstart_serves_the_published_model_and_its_sample_request_works(bund
     args = [sys.executable, "-m", "orchestration", "quickstart", "--port", str(port), "--state", str(state)]
     log = tmp_path / "quickstart.log"
     with running(args, f"http://{LOOPBACK}:{port}/health/ready", env={"PYTHONPATH": str(ROOT)}, log=log, timeout=120):
-        output = log.read_text()
+        output = _when_printed(log, "curl ")  # the banner follows readiness: the quickstart asks GET /model
         assert "training" not in output and f"(version {published.version})" in output
+        assert f"the server is ready on http://{LOOPBACK}:{port}" in output
         [curl] = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
         words = shlex.split(curl)
         url, body = words[words.index("-X") + 2], words[words.index("-d") + 1]
