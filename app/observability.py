@@ -30,7 +30,8 @@ LOGGER_NAME: Final = "app"
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 # A client's X-Request-ID is kept only if it is short and harmless in a log line; otherwise one is made.
 REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Probes and scrapes that succeed are logged at debug level, so they do not drown the request log.
+# Probes and scrapes are logged at debug level, so they do not drown the request log (a probe's 503 says what
+# the loader already logged).
 QUIET_ROUTES: Final = frozenset({"/health/live", "/health/ready", "/metrics"})
 _log = logging.getLogger(LOGGER_NAME)
 
@@ -200,7 +201,7 @@ class RequestContextMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe_request(route, scope["method"], status, seconds)
             if _log.isEnabledFor(logging.INFO):
-                level = logging.DEBUG if route in QUIET_ROUTES and status < 400 else logging.INFO
+                level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
                 _log.log(
                     level,
                     "request",

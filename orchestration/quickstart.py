@@ -10,6 +10,7 @@ Once the server is ready, a sample request built from the served model's own exa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -87,7 +88,9 @@ def served_example(port: int, server: subprocess.Popen[bytes], timeout: float = 
     deadline = time.monotonic() + timeout
     while server.poll() is None and time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/model", timeout=5) as response:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health/ready", timeout=5):
+                pass
+            with urllib.request.urlopen(f"http://{HOST}:{port}/model", timeout=30) as response:
                 example: dict[str, Any] = json.loads(response.read())["metadata"]["example"]
                 return example
         except (urllib.error.URLError, OSError):
@@ -95,10 +98,17 @@ def served_example(port: int, server: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError(f"the server did not become ready on port {port}")
 
 
+def quiet_mlflow() -> None:
+    """Keep MLflow's own chatter (database set-up, pip warnings, artifact progress bars) out of the quickstart."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
 def run_quickstart(
     *, rows: int = DEFAULT_ROWS, port: int = DEFAULT_SERVING_PORT, seed: int = DEFAULT_SEED, state: Path = STATE
 ) -> int:
     """Train and publish if needed, then run the entrypoint until it stops; returns its exit code."""
+    quiet_mlflow()
     state.mkdir(parents=True, exist_ok=True)
     target = target_for(state)
     version = published_version(target)
@@ -131,7 +141,9 @@ def run_quickstart(
             flush=True,
         )
         return server.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the server too (same process group): let it drain
+    except KeyboardInterrupt:  # let the server drain (SIGTERM: a second SIGINT would make uvicorn skip draining)
+        if server.poll() is None:
+            server.terminate()
         return server.wait()
 
 
