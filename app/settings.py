@@ -14,7 +14,13 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from app.contract.connection import DEFAULT_SERVING_PORT, ConnectionSettings, SettingsError, load_from_environment
+from app.contract.connection import (
+    DEFAULT_SERVING_PORT,
+    ConnectionSettings,
+    SettingsError,
+    load_from_environment,
+    variable_names,
+)
 from app.contract.store import BUNDLE_NAME, DVC_HASH
 
 __all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_settings"]
@@ -69,8 +75,8 @@ class Settings(ConnectionSettings):
 
 
 def env_names() -> set[str]:
-    """Every environment variable name the settings model reads."""
-    return {name.upper() for name in Settings.model_fields}
+    """Every environment variable name the serving settings read."""
+    return variable_names(Settings)
 
 
 def load_settings() -> Settings:

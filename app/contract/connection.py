@@ -55,6 +55,11 @@ class ConnectionSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
+def variable_names(model: type[BaseSettings] = ConnectionSettings) -> set[str]:
+    """Every environment variable name a settings model reads."""
+    return {name.upper() for name in model.model_fields}
+
+
 def load_from_environment(model: type[SettingsT]) -> SettingsT:
     """``model`` read from the environment; ``SettingsError`` names every invalid variable."""
     try:

@@ -17,7 +17,8 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked envi
 import pytest
 import yaml
 
-from app.settings import env_names, load_settings
+from app.contract.connection import load_connection_settings, variable_names
+from app.settings import env_names
 from orchestration.tasks import WORK_ROOT_ENV
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ TOOL_VARIABLE: Final = re.compile(
     r"^(AIRFLOW__\w+|AIRFLOW_CONFIG|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|MINIO_ROOT_\w+|MLFLOW_S3_ENDPOINT_URL"
     rf"|MLFLOW_ARTIFACTS_DESTINATION|DUMB_INIT_SETSID|{WORK_ROOT_ENV})$"
 )
-# What the DAG's tasks read through app.settings.Settings.
+# What the DAG's tasks read: the connection settings (app.contract.connection.ConnectionSettings).
 DAG_SETTINGS: Final = {
     "DVC_REMOTE_URL",
     "DVC_REMOTE_ENDPOINT_URL",
@@ -182,13 +183,13 @@ def test_environment_names_are_the_settings_models(
                 f"{name} passes {variable}, which app.settings.Settings does not define"
             )
     scheduler = environment(services["airflow-scheduler"])
-    assert set(scheduler) >= DAG_SETTINGS and settings_names >= DAG_SETTINGS
+    assert set(scheduler) >= DAG_SETTINGS and variable_names() >= DAG_SETTINGS
     # The values the stack gives the DAG are valid settings.
     for variable in settings_names:
         monkeypatch.delenv(variable, raising=False)
     for variable in DAG_SETTINGS:
         monkeypatch.setenv(variable, scheduler[variable])
-    settings = load_settings()
+    settings = load_connection_settings()
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
     assert settings.dvc_remote_url is not None and settings.dvc_remote_url.startswith("s3://")
 
