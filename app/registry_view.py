@@ -41,6 +41,10 @@ class RegistryView:
             self._cached = {content_hash: (time.monotonic(), view)}
             return view
 
+    def forget(self) -> None:
+        """Drop the cached answers: the next look-up asks the registry."""
+        self._cached = {}
+
     @staticmethod
     def version_of(view: dict[str, Any]) -> int | None:
         """The registry version a view names for the bundle, if it is registered."""

@@ -236,6 +236,21 @@ def test_model_registry_view_from_a_real_mlflow_server(mlflow_uri: str, bundle_d
         prediction = api.post("/predict", json=bundle.metadata.example).json()
         assert prediction["model_version"] == 2  # learnt from the registry after loading, not asked per request
 
+        # A read endpoint changes nothing: the registry now tags a newer version with this bundle, and /model
+        # shows it, but what /predict reports and what the metrics say is served stay as they were.
+        client.create_model_version(name, source="s3://mlflow/none/3", tags={TAG_CONTENT_HASH: bundle.content_hash})
+        state = api.app.state.serving  # type: ignore[attr-defined]
+        served, gauge = state.model, api.get("/metrics").text.split("model_info{")[1].split("\n")[0]
+        state.registry_view.forget()  # past the view's cache time
+        assert api.get("/model").json()["registry"]["version"] == 3
+        assert state.model is served and api.get("/model").json()["model_version"] == 2
+        assert api.post("/predict", json=bundle.metadata.example).json()["model_version"] == 2
+        assert (
+            api.get("/metrics").text.split("model_info{")[1].split("\n")[0]
+            == gauge
+            == 'model_version="2",' + (f'bundle_hash="{bundle.content_hash}"}} 1.0')
+        )
+
 
 # --- OpenAPI ---
 
