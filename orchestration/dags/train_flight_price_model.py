@@ -33,6 +33,7 @@ from orchestration.gate import DEFAULT_MARGIN
 if TYPE_CHECKING:
     from airflow.sdk.bases.decorator import Task
 
+    from app.contract.connection import ConnectionSettings
     from orchestration.config import PipelineConfig
 
 DAG_ID = "train_flight_price_model"
@@ -96,6 +97,13 @@ class Run:
 
         context = get_current_context()
         return cls(work_dir_for(str(context["run_id"])), dict(context["params"]))
+
+    @property
+    def connection(self) -> ConnectionSettings:
+        """The registry and DVC remote from the environment (the names the serving container reads)."""
+        from app.contract.connection import load_connection_settings
+
+        return load_connection_settings()
 
     @property
     def config(self) -> PipelineConfig:
@@ -195,20 +203,17 @@ def train_flight_price_model() -> None:
 
     @remote_training_task
     def gate(evaluated: dict[str, Any]) -> dict[str, Any]:
-        from app.contract.connection import load_connection_settings
         from orchestration import tasks
 
         run = Run.current()
-        margin = float(run.params["promotion_margin"])
-        return tasks.gate_task(evaluated["bundle_dir"], load_connection_settings(), margin)
+        return tasks.gate_task(evaluated["bundle_dir"], run.connection, float(run.params["promotion_margin"]))
 
     @remote_training_task
     def publish(evaluated: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
-        from app.contract.connection import load_connection_settings
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.publish_task(run.work_dir, evaluated["bundle_dir"], decision, load_connection_settings())
+        return tasks.publish_task(run.work_dir, evaluated["bundle_dir"], decision, run.connection)
 
     ingested = ingest()
     splits = split(validate(ingested))
