@@ -129,9 +129,9 @@ def deliver(settings: Settings) -> Delivered:
     return Delivered(pulled.bundle_dir, metadata, resolved.version)
 
 
-def run(settings: Settings, *, started: float | None = None) -> NoReturn:
-    """Deliver the bundle and become the server; exits non-zero with one line on any failure."""
-    started = time.monotonic() if started is None else started
+def run(settings: Settings, started: float) -> NoReturn:
+    """Deliver the bundle and become the server (``started``: when start-up began, for the timing line);
+    exits non-zero with one line on any failure."""
     try:
         delivered = deliver(settings)
     except DeliveryError as exc:
@@ -160,7 +160,7 @@ def main() -> NoReturn:
     except SettingsError as exc:
         fail(exc, EXIT_CODES["settings"])
     say(f"settings done in {time.monotonic() - started:.2f}s")
-    run(settings, started=started)
+    run(settings, started)
 
 
 if __name__ == "__main__":
