@@ -1,8 +1,9 @@
 """Loading the bundle into the running server, after start-up, so ``/health/live`` answers at once and
 ``/health/ready`` says why it is not ready yet (or why loading failed).
 
-A bundle directory that is missing or incomplete is retried with backoff, so a bundle that appears later is
-picked up; every failure's reason is kept for ``/health/ready``. A bundle whose registry version is not known
+A bundle directory that is missing, incomplete or fails to load (for any reason: a ``BundleError``, or a bundle
+whose schema does not fit its transformer) is retried with backoff, so a bundle that appears later is picked up;
+every failure is logged at once and its reason kept for ``/health/ready``. A bundle whose registry version is not known
 (served from ``BUNDLE_DIR`` or a ``MODEL_HASH`` pin) is looked up by its content hash before it is served,
 so every response and the info gauge name the version from the first request on.
 """
@@ -14,6 +15,7 @@ import logging
 from typing import Final
 
 from app.contract.bundle import BundleError, load_bundle
+from app.contract.connection import redact
 from app.observability import LOGGER_NAME
 from app.served_model import ServedModel
 from app.serving import ServingState
@@ -33,9 +35,12 @@ async def load_until_ready(state: ServingState) -> None:
     while model is None:
         try:
             model = await asyncio.to_thread(lambda: ServedModel.build(load_bundle(path), settings, state.metrics))
-        except BundleError as exc:
-            state.status, state.reason = "failed", str(exc)
-            log.error("bundle not loaded; retrying in %.1fs: %s", delay, exc, extra={"bundle_path": str(path)})
+        except Exception as exc:  # anything else would end this task silently and leave "loading" forever
+            reason = (
+                str(exc) if isinstance(exc, BundleError) else f"the bundle does not load: {type(exc).__name__}: {exc}"
+            )
+            state.status, state.reason = "failed", redact(reason)
+            log.error("bundle not loaded; retrying in %.1fs: %s", delay, state.reason, extra={"bundle_path": str(path)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
     if model.version is None and settings.mlflow_tracking_uri:

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from app.contract.bundle import MODEL_FILE, Bundle, load_bundle
+from app.contract.bundle import METADATA_FILE, MODEL_FILE, Bundle, content_hash, load_bundle, read_metadata
 from app.contract.registry import TAG_CONTENT_HASH
 from tests.app.serving import ready_client, records, settings_for, wait_ready
 from tests.services import BIN, LOOPBACK, free_port, running
@@ -68,6 +68,25 @@ def test_tampered_bundle_stays_unready_with_the_reason(bundle_dir: Path, tmp_pat
         assert f"{MODEL_FILE} does not match its recorded sha256" in response.json()["reason"]
         predict = client.post("/predict", json={})
         assert predict.status_code == 503 and "sha256" in predict.json()["detail"]
+
+
+def test_a_bundle_that_fails_to_load_otherwise_is_reported_not_left_loading(bundle_dir: Path, tmp_path: Path) -> None:
+    """Every hash holds, but the metadata names a feature the transformer does not know: not a BundleError."""
+    odd = tmp_path / "odd"
+    shutil.copytree(bundle_dir, odd)
+    metadata = read_metadata(odd)
+    first = metadata.features[0].name
+    features = [f.model_copy(update={"name": "renamed"}) if f.name == first else f for f in metadata.features]
+    example = {("renamed" if name == first else name): value for name, value in metadata.example.items()}
+    forged = metadata.model_copy(update={"features": features, "example": example})
+    forged = forged.model_copy(update={"content_hash": content_hash(forged)})
+    (odd / METADATA_FILE).write_text(forged.model_dump_json())
+    with ready_client(settings_for(odd), wait=False) as client:
+        deadline = time.monotonic() + 20
+        while (ready := client.get("/health/ready").json())["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready["status"] == "failed"
+        assert "does not load" in ready["reason"] and "KeyError" in ready["reason"]
 
 
 # --- predictions ---
