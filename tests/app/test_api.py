@@ -226,6 +226,22 @@ def test_model_without_registry(client: TestClient, bundle: Bundle) -> None:
     assert body["registry"] == "unavailable" and "MLFLOW_TRACKING_URI is not set" in body["reason"]
 
 
+def test_registry_credentials_never_reach_model_or_logs(bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    password = "registry-password-never-shown"
+    uri = f"http://reader:{password}@{LOOPBACK}:{free_port()}"  # unreachable: the error text names the URI
+    settings = settings_for(bundle_dir, log_format="json").model_copy(
+        update={"mlflow_tracking_uri": uri, "registry_timeout_s": 1.0}
+    )
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        body = client.get("/model").json()
+        assert body["registry"] == "unavailable" and "unreachable" in body["reason"]
+        assert "***@" in body["reason"] and password not in json.dumps(body)
+    assert password not in capsys.readouterr().err
+
+
 def test_model_with_unreachable_registry(bundle_dir: Path) -> None:
     settings = settings_for(bundle_dir).model_copy(
         update={"mlflow_tracking_uri": f"http://{LOOPBACK}:{free_port()}", "registry_timeout_s": 1.0}
