@@ -28,7 +28,7 @@ BATCH_MODEL: Final = "PredictBatchRequest"
 
 
 class RequestError(Exception):
-    """A request body that cannot be predicted: ``status`` (400, 413 or 422) and field-level ``errors``."""
+    """A request body that cannot be predicted: ``status`` (400, 413, 415 or 422) and field-level ``errors``."""
 
     def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
         super().__init__("; ".join(str(e["msg"]) for e in errors))
@@ -108,7 +108,7 @@ class RecordSchema:
         return tuple(record.__dict__.values())
 
     def parse_batch(self, body: bytes) -> list[tuple[Any, ...]]:
-        """``{"records": [...]}`` -> each record's values in feature order; too many records is a 413."""
+        """``{"records": [...]}`` -> each record's values in feature order; more than ``max_records`` is a 422."""
         try:
             batch = self.batch_model.__pydantic_validator__.validate_json(body)
         except ValidationError as exc:
@@ -133,7 +133,7 @@ def _request_error(exc: ValidationError, max_records: int) -> RequestError:
         return RequestError(400, [{"loc": ["body"], "msg": "body: malformed JSON", "type": "json_invalid"}])
     if any(e["type"] == "too_long" and tuple(e["loc"]) == ("records",) for e in details):
         message = f"records: at most {max_records} records per request (MAX_BATCH_RECORDS)"
-        return RequestError(413, [{"loc": ["records"], "msg": message, "type": "too_many_records"}])
+        return RequestError(422, [{"loc": ["records"], "msg": message, "type": "too_many_records"}])
     errors = []
     for error in details:
         where = _location(tuple(error["loc"]))

@@ -44,8 +44,17 @@ State = Annotated[ServingState, Depends(serving_state)]
 Model = Annotated[ServedModel, Depends(served_model)]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with a 413 as soon as it is known to exceed ``limit`` bytes.
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, any parameters (charset) aside."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The JSON request body, refused with a 413 as soon as it is known to exceed ``limit`` bytes.
+
+    Anything but a JSON content type is a 415 before the body is read: a browser may POST ``text/plain`` across
+    origins without a preflight, JSON needs one.
 
     A declared Content-Length over the limit is refused before anything is read; a body without one (chunked)
     is counted as it streams and refused at the first byte past the limit.
@@ -53,6 +62,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     too_large = RequestError(
         413, [{"loc": ["body"], "msg": f"body: larger than {limit} bytes (MAX_BODY_BYTES)", "type": "too_large"}]
     )
+    if not is_json(request.headers.get("content-type")):
+        raise RequestError(
+            415, [{"loc": ["header", "content-type"], "msg": "content-type: must be application/json", "type": "media"}]
+        )
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():

@@ -104,10 +104,10 @@ def test_predictions_equal_the_bundles_own(client: TestClient, bundle: Bundle) -
     assert batch["bundle_hash"] == bundle.content_hash
 
 
-def test_batch_over_the_record_limit_is_413(client: TestClient, bundle: Bundle) -> None:
+def test_batch_over_the_record_limit_is_422_naming_the_limit(client: TestClient, bundle: Bundle) -> None:
     rows = records(bundle.metadata, 51)
     response = client.post("/predict/batch", json={"records": rows})
-    assert response.status_code == 413
+    assert response.status_code == 422
     assert "at most 50 records" in response.json()["detail"][0]["msg"]
     assert client.post("/predict/batch", json={"records": rows[:50]}).status_code == 200
 
@@ -124,6 +124,21 @@ def test_oversize_body_is_413_by_length_and_while_streaming(client: TestClient, 
 
     streamed = client.post("/predict/batch", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.status_code == 413
+
+
+def test_only_json_bodies_are_read(client: TestClient, bundle: Bundle) -> None:
+    """text/plain (a CORS-safelisted type a browser may POST across origins) and friends are a 415."""
+    body = json.dumps(bundle.metadata.example).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None):
+        headers = {} if content_type is None else {"content-type": content_type}
+        for path in ("/predict", "/predict/batch"):
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 415, (path, content_type)
+            assert "application/json" in response.json()["detail"][0]["msg"]
+    for content_type in ("application/json", "application/json; charset=utf-8", "application/vnd.api+json"):
+        assert client.post("/predict", content=body, headers={"content-type": content_type}).status_code == 200
+    invalid = client.get("/metrics").text
+    assert 'prediction_errors_total{reason="invalid",route="/predict"}' in invalid
 
 
 def test_malformed_json_is_400_not_500(client: TestClient) -> None:

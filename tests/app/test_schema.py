@@ -196,11 +196,11 @@ def test_a_batch_parses_each_record_in_feature_order(schema: RecordSchema, metad
     assert parsed == [tuple(row[name] for name in metadata.feature_names()) for row in rows]
 
 
-def test_more_than_max_records_is_a_413(schema: RecordSchema, metadata: Metadata) -> None:
+def test_more_than_max_records_is_a_422(schema: RecordSchema, metadata: Metadata) -> None:
     assert len(schema.parse_batch(body({"records": [metadata.example] * MAX_RECORDS}))) == MAX_RECORDS
     with pytest.raises(RequestError) as caught:
         schema.parse_batch(body({"records": [metadata.example] * (MAX_RECORDS + 1)}))
-    assert caught.value.status == 413
+    assert caught.value.status == 422
     assert str(MAX_RECORDS) in str(caught.value) and "MAX_BATCH_RECORDS" in str(caught.value)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from app.api.deps import JSON, Model, State, read_body
+from app.api.deps import JSON, Model, State, read_json_body
 from app.observability import ServerMetrics
 from app.schema import BATCH_MODEL, RECORD_MODEL, RequestError
 
@@ -25,8 +25,9 @@ RECORD_PATH: Final = "/predict"
 BATCH_PATH: Final = "/predict/batch"
 ERRORS = {
     400: {"description": "Malformed JSON"},
-    413: {"description": "Body larger than MAX_BODY_BYTES, or more than MAX_BATCH_RECORDS records"},
-    422: {"description": "Field-level errors; each message names its field"},
+    413: {"description": "Body larger than MAX_BODY_BYTES"},
+    415: {"description": "Content-Type is not JSON"},
+    422: {"description": "Field-level errors, each message naming its field; more than MAX_BATCH_RECORDS records"},
     503: {"description": "The bundle is not loaded yet"},
 }
 
@@ -83,7 +84,7 @@ async def predict_record(request: Request, state: State, served: Model) -> JSON:
     with counting_failures(state.metrics, RECORD_PATH):
         batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
         try:
-            row = served.schema.parse_record(await read_body(request, state.settings.max_body_bytes))
+            row = served.schema.parse_record(await read_json_body(request, state.settings.max_body_bytes))
         finally:
             batcher.arrived()
         prediction = await batcher.submit(row)
@@ -99,7 +100,7 @@ async def predict_record(request: Request, state: State, served: Model) -> JSON:
 )
 async def predict_batch(request: Request, state: State, served: Model) -> JSON:
     with counting_failures(state.metrics, BATCH_PATH):
-        rows = served.schema.parse_batch(await read_body(request, state.settings.max_body_bytes))
+        rows = served.schema.parse_batch(await read_json_body(request, state.settings.max_body_bytes))
         predictions = await served.run_batch(rows)
     state.metrics.predicted_rows.labels(BATCH_PATH).inc(len(rows))
     return JSON({"predictions": predictions, "model_version": served.version, "bundle_hash": served.content_hash})
