@@ -1,10 +1,10 @@
 """Request models built from the loaded bundle's feature schema, so validation and OpenAPI cannot drift
 from the model.
 
-Each feature becomes one required field: a numeric feature a strict ``float`` (or ``int`` for an integral
-one) within its bounds, NaN and infinities refused; a categorical one a string enum of its categories; a
-date an ISO ``YYYY-MM-DD`` string that must be a real day. Unknown fields are refused. A bundle trained on
-other data gets its own models with no code change.
+Each feature becomes one required field: a numeric feature a strict ``float`` (or ``int`` for an integral one,
+which also takes a float with no fractional part) within its bounds, NaN and infinities refused; a categorical
+one a string enum of its categories; a date an ISO ``YYYY-MM-DD`` string that must be a real day. Unknown
+fields are refused. A bundle trained on other data gets its own models with no code change.
 
 Validation runs in pydantic-core straight from the request bytes; failures become ``RequestError`` with one
 message per field, each naming the field.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails
 
 from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata
@@ -41,6 +41,13 @@ def _real_day(value: str) -> str:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    """A float with no fractional part (``2007.0``, as pandas writes integers) as the integer it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _field(feature: Feature) -> tuple[Any, Any]:
     """The annotated type and ``Field`` of one feature."""
     common: dict[str, Any] = {"alias": feature.name, "title": feature.name}
@@ -48,7 +55,10 @@ def _field(feature: Feature) -> tuple[Any, Any]:
         low = float(feature.minimum) if isinstance(feature.minimum, int | float) else None
         high = float(feature.maximum) if isinstance(feature.maximum, int | float) else None
         described = f"{feature.dtype} from {feature.minimum} to {feature.maximum}"
-        numeric: Any = int if feature.dtype == "int" else float
+        numeric: Any = float
+        if feature.dtype == "int":
+            described += " (a whole number: 3 or 3.0)"
+            numeric = Annotated[int, BeforeValidator(_whole_number)]
         return numeric, Field(..., strict=True, allow_inf_nan=False, ge=low, le=high, description=described, **common)
     if feature.kind == "categorical":
         if not feature.categories:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from app.contract.bundle import Metadata, load_bundle, save_bundle
+from app.contract.bundle import Feature, Metadata, load_bundle, save_bundle
 from app.contract.features import FeatureTransformer
 from app.contract.hashing import file_digest
 from app.contract.progress import Report, quiet
@@ -58,10 +58,11 @@ class TrainResult:
     timings: dict[str, float]
 
 
-def example_record(frame: pd.DataFrame, features: list[str]) -> dict[str, Any]:
-    """The first row's features as JSON-ready values: the API's example request."""
+def example_record(frame: pd.DataFrame, features: list[Feature]) -> dict[str, Any]:
+    """The first row's features as JSON-ready values of each feature's type: the API's example request."""
     row = frame.iloc[0]
-    return {name: (row[name].item() if hasattr(row[name], "item") else str(row[name])) for name in features}
+    values = {f.name: (row[f.name].item() if hasattr(row[f.name], "item") else str(row[f.name])) for f in features}
+    return {f.name: int(values[f.name]) if f.dtype == "int" else values[f.name] for f in features}
 
 
 def run_pipeline(
@@ -116,16 +117,17 @@ def evaluate_and_bundle(
     )
     report(f"test RMSE {metrics['rmse']:.2f} vs baseline {baseline['rmse']:.2f}")
     check_beats_baseline(metrics, baseline, config.evaluate.baseline_margin)
+    features = feature_schema(splits.train, data, transformer)
     save_bundle(
         out_dir,
         transformer=transformer,
         model=model,
-        features=feature_schema(splits.train, data, transformer),
+        features=features,
         target=target_summary(splits.train, data),
         metrics=metrics,
         baseline_metrics=baseline,
         data_hash=data_hash,
-        example=example_record(splits.test, data.features),
+        example=example_record(splits.test, features),
         params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
     )

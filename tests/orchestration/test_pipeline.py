@@ -3,6 +3,7 @@ tested in ``test_model_behaviour``, the data in ``test_data`` and ``test_validat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import yaml
 from sklearn.datasets import load_diabetes
 
 from app.contract.bundle import load_bundle
+from app.schema import RecordSchema
 from orchestration.__main__ import main
 from orchestration.config import ConfigError, load_config
 from orchestration.evaluate import QualityGateError
@@ -80,3 +82,27 @@ def test_bring_your_own_data(tmp_path: Path) -> None:
     assert [f.name for f in bundle.metadata.features][-1] == "sex"
     assert bundle.metadata.metrics["rmse"] <= 0.9 * bundle.metadata.baseline_metrics["rmse"]
     assert bundle.predict(frame.head(5)).shape == (5,)
+
+
+def test_a_whole_number_column_is_an_integer_feature_whose_example_is_served(tmp_path: Path) -> None:
+    """A year stored as floats (2007.0, as pandas writes a column with integers): the API must take its own example
+    and any whole-number float for it."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"year": rng.integers(2000, 2020, 3000).astype(float), "kind": rng.choice(["a", "b"], 3000)})
+    frame["y"] = (frame["year"] - 2000) * 3 + (frame["kind"] == "a") * 10 + rng.normal(0, 1, len(frame))
+    frame.to_parquet(tmp_path / "years.parquet")
+    params = {
+        "data": {"target": "y", "numeric": ["year"], "categorical": ["kind"]},
+        "evaluate": {"baseline_margin": 0.1},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = main(["train", "--data", str(tmp_path / "years.parquet"), "--config", str(tmp_path / "params.yaml"),
+                 "--out", str(tmp_path / "bundle")])  # fmt: skip
+    assert code == 0
+    metadata = load_bundle(tmp_path / "bundle").metadata
+    assert next(f for f in metadata.features if f.name == "year").dtype == "int"
+    assert type(metadata.example["year"]) is int
+    schema = RecordSchema.from_metadata(metadata, 10)
+    assert schema.parse_record(json.dumps(metadata.example).encode())[0] == metadata.example["year"]
+    as_float = {**metadata.example, "year": float(metadata.example["year"])}
+    assert schema.parse_record(json.dumps(as_float).encode())[0] == metadata.example["year"]
