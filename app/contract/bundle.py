@@ -8,7 +8,10 @@ A bundle is a directory::
 
 Artifacts are saved with skops, whose loader refuses any type that is not explicitly trusted, so loading a
 bundle never executes arbitrary code. ``content_hash`` covers every artifact file and the metadata itself;
-loading recomputes it and refuses a tampered or incomplete bundle.
+loading recomputes it and refuses a tampered or incomplete bundle. Trusted types are not trusted structure:
+a gradient-boosting model's trees are walked by compiled code that follows their child and feature indices
+without checks, so loading also checks those (``check_trees``) and refuses a model that would loop or read
+out of bounds.
 """
 
 from __future__ import annotations
@@ -210,6 +213,39 @@ def load_trusted(file: Path) -> Any:
     return sio.load(file, trusted=sorted(untrusted))
 
 
+def check_trees(model: Any) -> None:
+    """For a histogram gradient-boosting model: every split's children lie after it and within its tree (so a
+    walk ends), its feature within the model's inputs (categorical only where the model has categories), and
+    its category bitset within the tree's. Raises ``BundleError`` naming the first bad tree; other models pass."""
+    predictors = getattr(model, "_predictors", None)
+    if predictors is None:
+        return
+    n_features = int(getattr(model, "n_features_in_", 0))
+    # Node feature indices count the binned inputs (categorical columns first), as the bin mapper sees them.
+    categorical_features = getattr(getattr(model, "_bin_mapper", None), "is_categorical", None)
+    for iteration, trees in enumerate(predictors):
+        for tree in trees:
+            nodes = tree.nodes
+            split = ~nodes["is_leaf"].astype(bool)
+            at = np.flatnonzero(split)
+            left, right = nodes["left"][split].astype(np.int64), nodes["right"][split].astype(np.int64)
+            feature = nodes["feature_idx"][split]
+            on_category = nodes["is_categorical"][split].astype(bool)
+            problem = None
+            if ((left <= at) | (right <= at) | (left >= len(nodes)) | (right >= len(nodes))).any():
+                problem = "a child index is out of range or not after its parent (a cycle)"
+            elif ((feature < 0) | (feature >= n_features)).any():
+                problem = f"a split on a feature index outside the model's {n_features} inputs"
+            elif on_category.any() and (
+                categorical_features is None
+                or not np.asarray(categorical_features, dtype=bool)[feature[on_category]].all()
+                or (nodes["bitset_idx"][split][on_category] >= len(tree.raw_left_cat_bitsets)).any()
+            ):
+                problem = "a categorical split on a feature or category set the model does not have"
+            if problem is not None:
+                raise BundleError(f"{MODEL_FILE}: tree {iteration} is malformed: {problem}")
+
+
 def load_bundle(path: Path) -> Bundle:
     """Verify and load a bundle; raises ``BundleError`` with what is wrong."""
     metadata = read_metadata(path)
@@ -221,4 +257,8 @@ def load_bundle(path: Path) -> Bundle:
     model = load_trusted(path / MODEL_FILE)
     if not callable(getattr(model, "predict", None)):
         raise BundleError(f"bundle {path}: {MODEL_FILE} holds {type(model).__name__}, which cannot predict")
+    try:
+        check_trees(model)
+    except BundleError as exc:
+        raise BundleError(f"bundle {path}: {exc}") from None
     return Bundle(path=path, transformer=transformer, model=model, metadata=metadata)

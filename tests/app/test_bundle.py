@@ -156,3 +156,48 @@ def test_a_bundle_written_before_the_contract_package_still_loads_and_predicts()
     assert predictions.shape == (200,) and np.isfinite(predictions).all()
     # the server's direct path agrees with it, bit for bit, as for a new bundle
     assert np.array_equal(Predictor(bundle).predict_columns(columns), predictions)
+
+
+def _with_model(bundle_dir: Path, model: object) -> None:
+    """Replace the bundle's model and re-sign it: every hash holds, as if whoever can write the bucket did it."""
+    from app.contract.bundle import content_hash, read_metadata
+    from app.contract.hashing import file_digest
+
+    metadata = read_metadata(bundle_dir)
+    sio.dump(model, bundle_dir / MODEL_FILE)
+    forged = metadata.model_copy(update={"files": {**metadata.files, MODEL_FILE: file_digest(bundle_dir / MODEL_FILE)}})
+    (bundle_dir / METADATA_FILE).write_text(
+        forged.model_copy(update={"content_hash": content_hash(forged)}).model_dump_json()
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("left", 0, "a cycle"),  # the root's left child is the root: the compiled walk would never end
+        ("right", 10**6, "out of range"),  # the walk would read past the tree (a segfault)
+        ("feature_idx", 999, "outside the model's"),
+        ("feature_idx", -1, "outside the model's"),
+    ],
+)
+def test_a_re_signed_model_with_malformed_trees_is_refused(
+    bundle_copy: Path, field: str, value: int, fragment: str
+) -> None:
+    model = load_bundle(bundle_copy).model
+    tree = model._predictors[3][0]
+    root = int(np.flatnonzero(~tree.nodes["is_leaf"].astype(bool))[0])
+    tree.nodes[field][root] = value
+    _with_model(bundle_copy, model)
+    with pytest.raises(BundleError, match=f"tree 3 is malformed: .*{fragment}"):
+        load_bundle(bundle_copy)
+
+
+def test_a_categorical_split_on_a_numeric_feature_is_refused(bundle_copy: Path) -> None:
+    model = load_bundle(bundle_copy).model
+    tree = model._predictors[0][0]
+    numeric = int(np.flatnonzero(~np.asarray(model._bin_mapper.is_categorical, dtype=bool))[0])
+    split = int(np.flatnonzero(~tree.nodes["is_leaf"].astype(bool))[0])
+    tree.nodes["is_categorical"][split], tree.nodes["feature_idx"][split] = 1, numeric
+    _with_model(bundle_copy, model)
+    with pytest.raises(BundleError, match="categorical split"):
+        load_bundle(bundle_copy)
