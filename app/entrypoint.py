@@ -64,7 +64,8 @@ def serve() -> NoReturn:
     server is in ``LOG_FORMAT``. uvicorn drains in-flight requests on SIGTERM/SIGINT, then restores the
     handlers it found and raises the signal again; with the interpreter's defaults the process would then die
     *by* the signal (status 143) even though it shut down cleanly. Installing ``_drained`` first makes a
-    drained shutdown exit 0.
+    drained shutdown exit 0. The drain lasts ``DRAIN_TIMEOUT_S`` at most: a request still unfinished then (a
+    client that stopped sending) is closed.
     """
     try:
         settings = load_settings()
@@ -84,6 +85,7 @@ def serve() -> NoReturn:
         log_level=settings.log_level,
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=False,  # the app logs every request itself, with its id and latency
+        timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     raise SystemExit(0)
 

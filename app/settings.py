@@ -42,6 +42,9 @@ class Settings(ConnectionSettings):
     microbatch_max_wait_ms: float = Field(
         2.0, ge=0, le=100, description="Longest a record waits for others to join its batch (0 disables)."
     )
+    drain_timeout_s: int = Field(
+        20, ge=1, le=3600, description="Longest a SIGTERM waits for in-flight requests before closing them."
+    )
 
     # Where the bundle lives
     model_dir: Path = Field(Path("/models"), description="Writable directory the bundle is pulled into.")

@@ -181,3 +181,33 @@ def test_pinned_hash_serves_with_mlflow_down_and_sigterm_drains_in_flight_reques
         urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health/live", timeout=2)
     output = log.read_text()
     assert "MODEL_HASH pin (registry not consulted)" in output and SECRET not in output
+
+
+def test_the_sigterm_drain_is_bounded_by_drain_timeout(
+    versions: tuple[Published, Published], target: PublishTarget, tmp_path: Path
+) -> None:
+    """A client that sends half its body and stops holds shutdown for DRAIN_TIMEOUT_S at most, then it exits 0."""
+    champion, _ = versions
+    port = free_port()
+    env = entrypoint_env(
+        tmp_path / "models",
+        remote_url=target.remote_url,
+        endpoint_url=target.endpoint_url,
+        MODEL_HASH=champion.dvc_hash,
+        PORT=str(port),
+        DRAIN_TIMEOUT_S="2",
+    )
+    with serving(env, tmp_path / "server.log") as process:
+        stalled = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+        stalled.putrequest("POST", "/predict/batch")
+        stalled.putheader("Content-Type", "application/json")
+        stalled.putheader("Content-Length", "100000")
+        stalled.endheaders(b'{"records": [')  # and never the rest
+        time.sleep(0.5)  # the server has the request and waits for its body
+        os.kill(process.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(1.0)
+        assert process.poll() is None  # still draining: the request is in flight
+        assert process.wait(30) == 0
+        assert 1.5 < time.monotonic() - signalled < 10  # the bound, not the client, ended it
+        stalled.close()
