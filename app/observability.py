@@ -23,9 +23,11 @@ from typing import Any, Final
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOGGER_NAME: Final = "app"
+CLIENT_CLOSED: Final = 499  # the status logged and counted for a request whose client disconnected (nginx's)
 # The id of the request the current task is serving ("-" outside a request).
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 # A client's X-Request-ID is kept only if it is short and harmless in a log line; otherwise one is made.
@@ -188,6 +190,8 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing went wrong here
+            status = CLIENT_CLOSED
         except Exception:
             _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
             status = 500

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
+from starlette.types import ASGIApp, Message, Scope
 
 from app.contract.bundle import METADATA_FILE, MODEL_FILE, Bundle, content_hash, load_bundle, read_metadata
 from app.contract.registry import TAG_CONTENT_HASH
@@ -139,6 +140,40 @@ def test_only_json_bodies_are_read(client: TestClient, bundle: Bundle) -> None:
         assert client.post("/predict", content=body, headers={"content-type": content_type}).status_code == 200
     invalid = client.get("/metrics").text
     assert 'prediction_errors_total{reason="invalid",route="/predict"}' in invalid
+
+
+def test_a_client_that_disconnects_mid_body_is_not_a_server_error(
+    bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages: list[Message] = [{"type": "http.request", "body": b'{"time": 1', "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json"), (b"content-length", b"500")],
+        "client": (LOOPBACK, 50000), "server": (LOOPBACK, 80),
+    }  # fmt: skip
+    with ready_client(settings_for(bundle_dir)) as client, caplog.at_level("INFO", logger="app"):
+        app: ASGIApp = client.app
+
+        async def call() -> None:
+            await app(scope, receive, send)
+
+        assert client.portal is not None
+        client.portal.call(call)
+        metrics = client.get("/metrics").text
+    assert not any(m["type"] == "http.response.start" for m in sent)  # nobody left to answer
+    assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
+    assert 'status="500"' not in metrics
+    assert 'http_requests_total{method="POST",route="/predict",status="499"} 1.0' in metrics
+    assert 'prediction_errors_total{reason="disconnected",route="/predict"} 1.0' in metrics
 
 
 def test_malformed_json_is_400_not_500(client: TestClient) -> None:

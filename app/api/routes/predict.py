@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from app.api.deps import JSON, Model, State, read_json_body
 from app.observability import ServerMetrics
@@ -62,11 +63,15 @@ def request_bodies(example: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @contextmanager
 def counting_failures(metrics: ServerMetrics, route: str) -> Iterator[None]:
-    """Count a request that fails: ``invalid`` for a refused body, ``model`` for anything else."""
+    """Count a request that fails: ``invalid`` for a refused body, ``disconnected`` when the client went away
+    mid-body, ``model`` for anything else."""
     try:
         yield
     except RequestError:
         metrics.prediction_errors.labels(route, "invalid").inc()
+        raise
+    except ClientDisconnect:
+        metrics.prediction_errors.labels(route, "disconnected").inc()
         raise
     except Exception:
         metrics.prediction_errors.labels(route, "model").inc()
