@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from app.contract.bundle import Feature, Metadata, load_bundle, save_bundle
+from app.contract.bundle import Metadata, load_bundle, save_bundle
 from app.contract.features import FeatureTransformer
 from app.contract.hashing import file_digest
 from app.contract.progress import Report, quiet
@@ -24,7 +23,7 @@ from orchestration.data import read_data
 from orchestration.evaluate import check_beats_baseline, evaluate
 from orchestration.split import Splits, split
 from orchestration.train import train_model
-from orchestration.transform import feature_schema, fit_transformer, target_summary
+from orchestration.transform import example_from_schema, feature_schema, fit_transformer, target_summary
 from orchestration.validate import ValidationReport, validate
 
 STAGES = ("ingest", "validate", "split", "fit transformer", "train", "evaluate and bundle")
@@ -56,13 +55,6 @@ class TrainResult:
     metadata: Metadata
     report: ValidationReport
     timings: dict[str, float]
-
-
-def example_record(frame: pd.DataFrame, features: list[Feature]) -> dict[str, Any]:
-    """The first row's features as JSON-ready values of each feature's type: the API's example request."""
-    row = frame.iloc[0]
-    values = {f.name: (row[f.name].item() if hasattr(row[f.name], "item") else str(row[f.name])) for f in features}
-    return {f.name: int(values[f.name]) if f.dtype == "int" else values[f.name] for f in features}
 
 
 def run_pipeline(
@@ -127,7 +119,7 @@ def evaluate_and_bundle(
         metrics=metrics,
         baseline_metrics=baseline,
         data_hash=data_hash,
-        example=example_record(splits.test, features),
+        example=example_from_schema(splits.train, features),
         params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
     )

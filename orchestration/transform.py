@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from app.contract.bundle import DATE_FORMAT, Feature, Target
@@ -44,6 +46,25 @@ def feature_schema(train: pd.DataFrame, config: DataConfig, transformer: Feature
             )
         )
     return features
+
+
+def example_from_schema(train: pd.DataFrame, features: list[Feature]) -> dict[str, Any]:
+    """The API's example record, built from the training split feature by feature, never copied from a row
+    (with a user's own data a row can be personal data): each numeric feature's median (a whole number for an
+    integral one), each categorical feature's most frequent category, each date feature's median day."""
+    example: dict[str, Any] = {}
+    for feature in features:
+        column = train[feature.name]
+        if feature.kind == "numeric":
+            median = float(column.median())
+            example[feature.name] = round(median) if feature.dtype == "int" else median
+        elif feature.kind == "categorical":
+            counts = column.astype(str).value_counts()
+            example[feature.name] = str(min(counts.index[counts == counts.max()]))  # ties: the first by name
+        else:
+            days = column.astype(str).sort_values(ignore_index=True)
+            example[feature.name] = str(days[(len(days) - 1) // 2])
+    return example
 
 
 def target_summary(train: pd.DataFrame, config: DataConfig) -> Target:

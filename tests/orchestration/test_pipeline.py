@@ -17,7 +17,7 @@ from app.schema import RecordSchema
 from orchestration.__main__ import main
 from orchestration.config import ConfigError, load_config
 from orchestration.evaluate import QualityGateError
-from orchestration.pipeline import Progress, run_pipeline
+from orchestration.pipeline import Progress, TrainResult, run_pipeline
 
 
 def test_quality_gate_refuses_a_weak_model(flight_csv: Path, tmp_path: Path) -> None:
@@ -106,3 +106,21 @@ def test_a_whole_number_column_is_an_integer_feature_whose_example_is_served(tmp
     assert schema.parse_record(json.dumps(metadata.example).encode())[0] == metadata.example["year"]
     as_float = {**metadata.example, "year": float(metadata.example["year"])}
     assert schema.parse_record(json.dumps(as_float).encode())[0] == metadata.example["year"]
+
+
+def test_the_example_record_is_built_from_the_schema_not_copied_from_a_row(
+    trained: TrainResult, flight_csv: Path
+) -> None:
+    """The example /docs and /model publish: medians and most frequent categories, not a row of the data."""
+    frame = pd.read_csv(flight_csv)
+    example = trained.metadata.example
+    assert not (frame[list(example)] == pd.Series(example)).all(axis=1).any()
+    for feature in trained.metadata.features:
+        value, column = example[feature.name], frame[feature.name]
+        if feature.kind == "numeric":
+            assert abs(value - column.median()) <= 0.05 * column.median()
+        elif feature.kind == "categorical":
+            counts = column.value_counts()
+            assert counts[value] >= 0.95 * counts.max()  # the training split's most frequent, or near it
+        else:
+            assert abs(pd.Timestamp(value) - pd.Timestamp(column.sort_values().iloc[len(column) // 2])).days <= 31
