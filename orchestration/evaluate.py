@@ -39,5 +39,5 @@ def check_beats_baseline(metrics: dict[str, Any], baseline: dict[str, Any], marg
     if metrics["rmse"] > limit:
         raise QualityGateError(
             f"model RMSE {metrics['rmse']:.4f} does not beat the naive baseline's {baseline['rmse']:.4f} "
-            f"by the required margin {margin:.0%} (limit {limit:.4f})"
+            f"by the required margin {margin:.0%} (limit {limit:.4f}; evaluate.baseline_margin in the params file)"
         )

@@ -16,6 +16,7 @@ from orchestration.config import DataConfig
 
 MIN_ROWS: Final = 30
 MAX_EXAMPLES: Final = 5
+MISSING: Final = "missing value (every configured column is required: drop or fill these rows before training)"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class ValidationReport:
         return not self.errors
 
     def format(self) -> str:
-        lines = [f"validation: {self.rows_in} rows in, {self.rows_out} rows out"]
+        lines = [
+            f"validation: {self.rows_in} rows in, {self.rows_out} rows out "
+            "(rows are counted from 0: row 0 is the first data row, line 2 of a CSV file)"
+        ]
         if self.errors:
             lines.append(f"refused: {len(self.errors)} rule(s) broken")
             lines += [f.line() for f in self.errors]
@@ -94,7 +98,8 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
     frame = frame.reset_index(drop=True)
     missing = [c for c in (*config.features, config.target) if c not in frame.columns]
     if missing:
-        report.errors += [Finding(c, "required column is missing", len(frame)) for c in missing]
+        has = f"the file has: {', '.join(map(str, frame.columns))}"
+        report.errors += [Finding(c, f"required column is missing ({has})", len(frame)) for c in missing]
         raise DataValidationError(report)
 
     clean = pd.DataFrame(index=frame.index)
@@ -102,7 +107,7 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
     for name in [*config.numeric, config.target]:
         raw = frame[name]
         numbers = pd.to_numeric(raw, errors="coerce").astype("float64")
-        findings.append(_finding(name, "missing value", raw.isna(), raw))
+        findings.append(_finding(name, MISSING, raw.isna(), raw))
         findings.append(_finding(name, "not a number", raw.notna() & numbers.isna(), raw))
         findings.append(_finding(name, "not finite", numbers.isin([np.inf, -np.inf]), raw))
         if name in config.bounds:
@@ -111,7 +116,7 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
         clean[name] = numbers
     for name in config.categorical:
         raw = frame[name].astype("string")
-        findings.append(_finding(name, "missing value", raw.isna(), raw))
+        findings.append(_finding(name, MISSING, raw.isna(), raw))
         if name in config.categories:
             allowed = set(config.categories[name])
             unknown = raw.notna() & ~raw.isin(allowed)
@@ -120,7 +125,7 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
     for name in config.dates:
         raw = frame[name].astype("string")
         parsed = pd.to_datetime(raw, format="%Y-%m-%d", errors="coerce")
-        findings.append(_finding(name, "missing value", raw.isna(), raw))
+        findings.append(_finding(name, MISSING, raw.isna(), raw))
         findings.append(_finding(name, "not a YYYY-MM-DD date", raw.notna() & parsed.isna(), raw))
         clean[name] = parsed.dt.strftime("%Y-%m-%d").astype("string")
     report.errors += [f for f in findings if f is not None]
@@ -131,9 +136,10 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
     elif target.notna().any() and float(target.std()) == 0.0:
         report.errors.append(Finding(config.target, "target is constant", len(frame), [(0, target.iloc[0])]))
 
-    duplicated = clean.duplicated(keep="first")
+    # Whole rows of the file: two rows alike in the configured columns but not elsewhere are two observations.
+    duplicated = frame.duplicated(keep="first")
     if duplicated.any():
-        dup = _finding("*", "exact duplicate of an earlier row", duplicated, clean[config.target])
+        dup = _finding("*", "exact duplicate of an earlier row of the file", duplicated, clean[config.target])
         assert dup is not None
         if config.drop_duplicates:
             report.dropped.append(dup)

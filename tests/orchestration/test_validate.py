@@ -31,9 +31,11 @@ def test_clean_data_passes(frame: pd.DataFrame) -> None:
     assert report.ok and report.rows_out == len(clean) == 500 - sum(f.count for f in report.dropped)
 
 
-def test_missing_column(frame: pd.DataFrame) -> None:
+def test_missing_column_lists_the_columns_the_file_has(frame: pd.DataFrame) -> None:
     error = refused(frame.drop(columns=["agency"]))
-    assert [(f.column, f.rule) for f in error.report.errors] == [("agency", "required column is missing")]
+    assert [f.column for f in error.report.errors] == ["agency"]
+    rule = error.report.errors[0].rule
+    assert rule.startswith("required column is missing") and "the file has: from_location, to_location, flight_type, time" in rule
 
 
 @pytest.mark.parametrize(
@@ -59,6 +61,9 @@ def test_bad_value_is_named(frame: pd.DataFrame, column: str, value: Any, rule: 
     assert finding.count == 2
     assert [row for row, _ in finding.examples] == [7, 42]
     assert column in str(error) and rule in str(error) and "row 7" in str(error)
+    assert "row 0 is the first data row, line 2 of a CSV file" in str(error)  # how rows are counted
+    if rule == "missing value":
+        assert "drop or fill these rows" in str(error)  # what to do about it
 
 
 def test_constant_target(frame: pd.DataFrame) -> None:
@@ -82,3 +87,14 @@ def test_duplicates_refused_when_configured(frame: pd.DataFrame) -> None:
     strict = CONFIG.model_copy(update={"drop_duplicates": False})
     with pytest.raises(DataValidationError, match="duplicate"):
         validate(pd.concat([frame, frame.iloc[:3]], ignore_index=True), strict)
+
+
+def test_duplicates_are_whole_rows_of_the_file_not_of_the_configured_columns(frame: pd.DataFrame) -> None:
+    """Rows alike in every configured column but told apart by another column of the file are all kept."""
+    twins = pd.concat([frame, frame.iloc[:25]], ignore_index=True)
+    twins["booking_id"] = range(len(twins))  # a column the config does not use: no row repeats another
+    clean, report = validate(twins, CONFIG)
+    assert report.dropped == [] and len(clean) == len(twins) == report.rows_out
+    twins.loc[len(frame) :, "booking_id"] = range(25)  # now the last 25 rows repeat the first 25 exactly
+    clean, report = validate(twins, CONFIG)
+    assert sum(f.count for f in report.dropped) == 25 and "of the file" in report.format()
