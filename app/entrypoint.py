@@ -103,6 +103,12 @@ def deliver(settings: Settings) -> Delivered:
     """Steps 2-5 up to (not including) the exec: the verified bundle."""
     if settings.bundle_dir is not None:
         say(f"resolve: BUNDLE_DIR={settings.bundle_dir} is served as is (no registry look-up, no pull)")
+        if not settings.bundle_dir.is_dir():  # a wrong setting, not a tampered bundle
+            raise DeliveryError(
+                "settings",
+                f"BUNDLE_DIR={settings.bundle_dir} is not a directory",
+                "BUNDLE_DIR (a bundle directory readable by this user), or unset it to pull the bundle",
+            )
         step = time.monotonic()
         try:
             metadata = read_metadata(settings.bundle_dir)

@@ -59,6 +59,14 @@ def test_invalid_setting_is_named_before_anything_else(tmp_path: Path) -> None:
     assert not (tmp_path / ".dvc").exists()
 
 
+def test_a_bundle_dir_that_does_not_exist_is_a_setting_error(tmp_path: Path) -> None:
+    env = entrypoint_env(tmp_path, remote_url="s3://nowhere/x", BUNDLE_DIR=str(tmp_path / "no-such-bundle"))
+    result = run_entrypoint(env)
+    assert result.returncode == 2  # settings, not 8 ("tampered")
+    line = one_error_line(result)
+    assert "BUNDLE_DIR=" in line and "is not a directory" in line and "tampered" not in line
+
+
 def test_s3_down_fails_within_the_deadline(published: tuple[PublishTarget, str], tmp_path: Path) -> None:
     target, dvc_hash = published
     deadline = 6.0

@@ -35,7 +35,10 @@ def test_missing_column_lists_the_columns_the_file_has(frame: pd.DataFrame) -> N
     error = refused(frame.drop(columns=["agency"]))
     assert [f.column for f in error.report.errors] == ["agency"]
     rule = error.report.errors[0].rule
-    assert rule.startswith("required column is missing") and "the file has: from_location, to_location, flight_type, time" in rule
+    assert (
+        rule.startswith("required column is missing")
+        and "the file has: from_location, to_location, flight_type, time" in rule
+    )
 
 
 @pytest.mark.parametrize(
