@@ -26,6 +26,7 @@ from typing import Final, NoReturn
 from app.contract.bundle import BundleError, Metadata, read_metadata
 from app.contract.connection import CREDENTIAL_VARIABLES, redact
 from app.delivery.failures import EXIT_CODES, DeliveryError
+from app.delivery.lock import model_dir_lock
 from app.delivery.pull import pull
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.verify import verify
@@ -121,19 +122,20 @@ def deliver(settings: Settings) -> Delivered:
     resolved: Resolved = resolve(settings, report=say)
     say(f"resolve done in {time.monotonic() - step:.2f}s: {resolved.source}, bundle {resolved.dvc_hash}")
 
-    step = time.monotonic()
-    pulled = pull(settings, resolved.dvc_hash, report=say)
-    say(
-        f"pull done in {time.monotonic() - step:.2f}s: {pulled.fetched} files fetched from "
-        f"{settings.dvc_remote_url} into {pulled.bundle_dir} ({pulled.attempts} attempt(s))"
-    )
+    with model_dir_lock(settings.model_dir, timeout_s=settings.pull_deadline_s, report=say):
+        step = time.monotonic()
+        pulled = pull(settings, resolved.dvc_hash, report=say)
+        say(
+            f"pull done in {time.monotonic() - step:.2f}s: {pulled.fetched} files fetched from "
+            f"{settings.dvc_remote_url} into {pulled.bundle_dir} ({pulled.attempts} attempt(s))"
+        )
 
-    step = time.monotonic()
-    metadata = verify(pulled.bundle_dir, resolved.dvc_hash, work=settings.model_dir)
-    say(
-        f"verify done in {time.monotonic() - step:.2f}s: dvc hash {resolved.dvc_hash} and content hash "
-        f"{metadata.content_hash[:12]} match"
-    )
+        step = time.monotonic()
+        metadata = verify(pulled.bundle_dir, resolved.dvc_hash, work=settings.model_dir)
+        say(
+            f"verify done in {time.monotonic() - step:.2f}s: dvc hash {resolved.dvc_hash} and content hash "
+            f"{metadata.content_hash[:12]} match"
+        )
     return Delivered(pulled.bundle_dir, metadata, resolved.version)
 
 

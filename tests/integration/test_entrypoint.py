@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +24,7 @@ from app.contract.registry import mlflow_client
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.app.serving import records
 from tests.integration.conftest import SECRET, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3Server, free_port
+from tests.services import LOOPBACK, S3Server, free_port, stop, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +213,40 @@ def test_the_sigterm_drain_is_bounded_by_drain_timeout(
         assert process.wait(30) == 0
         assert 1.5 < time.monotonic() - signalled < 10  # the bound, not the client, ended it
         stalled.close()
+
+
+def test_two_starts_on_one_model_dir_take_turns_and_both_serve(
+    versions: tuple[Published, Published], target: PublishTarget, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Two containers sharing MODEL_DIR (a shared volume, a restart racing a stop) start at the same moment."""
+    champion, _ = versions
+    model_dir, ports = tmp_path / "shared-models", (free_port(), free_port())
+    envs = [
+        entrypoint_env(
+            model_dir,
+            remote_url=target.remote_url,
+            endpoint_url=target.endpoint_url,
+            MODEL_HASH=champion.dvc_hash,
+            PORT=str(port),
+        )
+        for port in ports
+    ]
+    first_log = tmp_path / "first.log"
+    with first_log.open("wb") as out:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "app.entrypoint"],
+            env={**os.environ, **envs[0]},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            with serving(envs[1], tmp_path / "second.log"):
+                wait_http(f"http://{LOOPBACK}:{ports[0]}/health/ready", 120, first)
+                for port in ports:
+                    assert_serves(port, load_bundle(bundle_dir), None)
+        finally:
+            stop(first)
+    logs = first_log.read_text() + (tmp_path / "second.log").read_text()
+    assert "waiting for another start that is delivering into" in logs  # they took turns
+    assert "entrypoint: error" not in logs
