@@ -29,6 +29,7 @@ from app.delivery.failures import EXIT_CODES, DeliveryError
 from app.delivery.lock import model_dir_lock
 from app.delivery.pull import pull
 from app.delivery.resolve import Resolved, resolve
+from app.delivery.retry import deadline_for
 from app.delivery.verify import verify
 from app.settings import Settings, SettingsError, load_settings
 
@@ -118,13 +119,14 @@ def deliver(settings: Settings) -> Delivered:
         say(f"verify done in {time.monotonic() - step:.2f}s: content hash {metadata.content_hash[:12]}")
         return Delivered(settings.bundle_dir, metadata, None)
 
+    deadline = deadline_for(settings)  # resolve and pull share one PULL_DEADLINE_S
     step = time.monotonic()
-    resolved: Resolved = resolve(settings, report=say)
+    resolved: Resolved = resolve(settings, report=say, deadline=deadline)
     say(f"resolve done in {time.monotonic() - step:.2f}s: {resolved.source}, bundle {resolved.dvc_hash}")
 
-    with model_dir_lock(settings.model_dir, timeout_s=settings.pull_deadline_s, report=say):
+    with model_dir_lock(settings.model_dir, timeout_s=deadline - time.monotonic(), report=say):
         step = time.monotonic()
-        pulled = pull(settings, resolved.dvc_hash, report=say)
+        pulled = pull(settings, resolved.dvc_hash, report=say, deadline=deadline)
         say(
             f"pull done in {time.monotonic() - step:.2f}s: {pulled.fetched} files fetched from "
             f"{settings.dvc_remote_url} into {pulled.bundle_dir} ({pulled.attempts} attempt(s))"

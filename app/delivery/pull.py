@@ -59,8 +59,9 @@ def configure_remote(settings: Settings) -> Path:
     return work
 
 
-def pull(settings: Settings, dvc_hash: str, report: Report = quiet) -> Pulled:
-    """``dvc pull`` the bundle into ``MODEL_DIR/bundle`` with retries, backoff and the overall deadline."""
+def pull(settings: Settings, dvc_hash: str, report: Report = quiet, *, deadline: float | None = None) -> Pulled:
+    """``dvc pull`` the bundle into ``MODEL_DIR/bundle`` with retries and backoff, within ``deadline`` (the one
+    delivery shares; default ``PULL_DEADLINE_S`` from now)."""
     work = configure_remote(settings)
     dvc_file = write_dvc_file(work, dvc_hash)
     remote = _describe_remote(settings)
@@ -69,7 +70,7 @@ def pull(settings: Settings, dvc_hash: str, report: Report = quiet) -> Pulled:
         return _pull_once(work, dvc_file, remote, timeout=left)
 
     try:
-        fetched, attempts = retrying(attempt, settings, report=report, step="pull")
+        fetched, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
     except DeliveryError:
         discard(work)
         raise

@@ -10,7 +10,7 @@ from app.contract.progress import Report, quiet
 from app.contract.registry import TAG_DVC_HASH, ModelVersion, NotFoundError, RegistryError, registry_for
 from app.contract.store import DVC_HASH
 from app.delivery.failures import DeliveryError
-from app.delivery.retry import retrying
+from app.delivery.retry import retrying, within
 from app.settings import Settings
 
 
@@ -23,8 +23,9 @@ class Resolved:
     version: int | None = None
 
 
-def resolve(settings: Settings, report: Report = quiet) -> Resolved:
-    """The DVC hash to serve: the ``MODEL_HASH`` pin, or the registry version's ``TAG_DVC_HASH`` tag."""
+def resolve(settings: Settings, report: Report = quiet, *, deadline: float | None = None) -> Resolved:
+    """The DVC hash to serve: the ``MODEL_HASH`` pin, or the registry version's ``TAG_DVC_HASH`` tag, within
+    ``deadline`` (the one delivery shares; default ``PULL_DEADLINE_S`` from now)."""
     if settings.model_hash:
         return Resolved(settings.model_hash, "MODEL_HASH pin (registry not consulted)")
     uri = settings.mlflow_tracking_uri
@@ -41,12 +42,20 @@ def resolve(settings: Settings, report: Report = quiet) -> Resolved:
     )
     where = redact(uri)
 
-    def look_up(_: float) -> ModelVersion:
+    def ask() -> ModelVersion:
+        registry = registry_for(uri, settings.registry_timeout_s)
+        if settings.model_version is not None:
+            return registry.version(settings.model_name, settings.model_version)
+        return registry.version_by_alias(settings.model_name, settings.model_alias)
+
+    def look_up(left: float) -> ModelVersion:
+        too_slow = DeliveryError(
+            "registry",
+            f"the MLflow registry at {where} did not answer {wanted} before PULL_DEADLINE_S ran out",
+            "MLFLOW_TRACKING_URI and that the tracking server answers, or pin a bundle with MODEL_HASH",
+        )
         try:
-            registry = registry_for(uri, settings.registry_timeout_s)
-            if settings.model_version is not None:
-                return registry.version(settings.model_name, settings.model_version)
-            return registry.version_by_alias(settings.model_name, settings.model_alias)
+            return within(ask, left, too_slow)
         except NotFoundError as exc:
             field = "MODEL_VERSION" if settings.model_version is not None else "MODEL_ALIAS"
             raise DeliveryError(
@@ -61,7 +70,7 @@ def resolve(settings: Settings, report: Report = quiet) -> Resolved:
                 "MLFLOW_TRACKING_URI and that the tracking server is up, or pin a bundle with MODEL_HASH",
             ) from None
 
-    version, _ = retrying(look_up, settings, report=report, step="resolve")
+    version, _ = retrying(look_up, settings, report=report, step="resolve", deadline=deadline)
     dvc_hash = version.dvc_hash
     if not dvc_hash or not DVC_HASH.match(dvc_hash):
         raise DeliveryError(

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,53 @@ def test_mlflow_unreachable_without_a_pin(published: tuple[PublishTarget, str], 
     assert result.returncode == 3
     line = one_error_line(result)
     assert "MLflow registry unreachable" in line and "MODEL_HASH" in line
+
+
+@contextmanager
+def dripping_registry() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every request one byte every half second: each read is within
+    any socket timeout, the answer never ends."""
+    server = socket.create_server((LOOPBACK, 0))
+    stopped = threading.Event()
+
+    def drip(client: socket.socket) -> None:
+        with client:
+            try:
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+                while not stopped.wait(0.5):
+                    client.sendall(b" ")
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://{LOOPBACK}:{server.getsockname()[1]}"
+    finally:
+        stopped.set()
+        server.close()
+
+
+def test_a_registry_that_answers_one_byte_at_a_time_cannot_outlast_the_deadline(tmp_path: Path) -> None:
+    with dripping_registry() as uri:
+        env = entrypoint_env(
+            tmp_path,
+            remote_url="s3://unused/x",
+            MLFLOW_TRACKING_URI=uri,
+            REGISTRY_TIMEOUT_S="1",
+            PULL_DEADLINE_S="3",
+        )
+        started = time.monotonic()
+        result = run_entrypoint(env, timeout=60)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert "did not answer" in one_error_line(result) and "PULL_DEADLINE_S" in one_error_line(result)
+    assert elapsed < 15  # the deadline (3 s) plus start-up, not forever
