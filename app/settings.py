@@ -55,7 +55,9 @@ class Settings(ConnectionSettings):
     model_version: int | None = Field(None, ge=1, description="Registry version to serve instead of the alias.")
 
     # Pulling it
-    pull_deadline_s: float = Field(120.0, gt=0, le=3600, description="Overall deadline for resolving and pulling the bundle.")
+    pull_deadline_s: float = Field(
+        120.0, gt=0, le=3600, description="Overall deadline for resolving and pulling the bundle."
+    )
     pull_retries: int = Field(4, ge=0, le=20, description="Retries of a failed pull.")
     pull_backoff_s: float = Field(1.0, ge=0, le=60, description="First retry delay; doubles each retry.")
 
