@@ -57,6 +57,18 @@ def post(port: int, path: str, body: Any, timeout: float = 60) -> dict[str, Any]
         return answer
 
 
+def pinned_env(target: PublishTarget, model_dir: Path, dvc_hash: str, port: int, **variables: str) -> dict[str, str]:
+    """The entrypoint's environment for a MODEL_HASH pin on ``target``'s remote, serving on ``port``."""
+    return entrypoint_env(
+        model_dir,
+        remote_url=target.remote_url,
+        endpoint_url=target.endpoint_url,
+        MODEL_HASH=dvc_hash,
+        PORT=str(port),
+        **variables,
+    )
+
+
 def assert_serves(port: int, bundle: Bundle, version: int | None) -> None:
     """Batch predictions over the server equal the bundle's own, and the response names the bundle."""
     batch = records(bundle.metadata, 200, seed=3)
@@ -125,14 +137,8 @@ def test_pinned_hash_serves_with_mlflow_down_and_sigterm_drains_in_flight_reques
 ) -> None:
     champion, _ = versions
     port = free_port()
-    env = entrypoint_env(
-        tmp_path / "models",
-        remote_url=target.remote_url,
-        endpoint_url=target.endpoint_url,
-        MODEL_HASH=champion.dvc_hash,
-        MLFLOW_TRACKING_URI=f"http://{LOOPBACK}:{free_port()}",  # nothing listens there
-        PORT=str(port),
-    )
+    nowhere = f"http://{LOOPBACK}:{free_port()}"  # nothing listens there
+    env = pinned_env(target, tmp_path / "models", champion.dvc_hash, port, MLFLOW_TRACKING_URI=nowhere)
     bundle = load_bundle(bundle_dir)
     log = tmp_path / "server.log"
     with serving(env, log) as process:
@@ -191,14 +197,7 @@ def test_the_sigterm_drain_is_bounded_by_drain_timeout(
     """A client that sends half its body and stops holds shutdown for DRAIN_TIMEOUT_S at most, then it exits 0."""
     champion, _ = versions
     port = free_port()
-    env = entrypoint_env(
-        tmp_path / "models",
-        remote_url=target.remote_url,
-        endpoint_url=target.endpoint_url,
-        MODEL_HASH=champion.dvc_hash,
-        PORT=str(port),
-        DRAIN_TIMEOUT_S="2",
-    )
+    env = pinned_env(target, tmp_path / "models", champion.dvc_hash, port, DRAIN_TIMEOUT_S="2")
     with serving(env, tmp_path / "server.log") as process:
         stalled = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
         stalled.putrequest("POST", "/predict/batch")
@@ -221,16 +220,7 @@ def test_two_starts_on_one_model_dir_take_turns_and_both_serve(
     """Two containers sharing MODEL_DIR (a shared volume, a restart racing a stop) start at the same moment."""
     champion, _ = versions
     model_dir, ports = tmp_path / "shared-models", (free_port(), free_port())
-    envs = [
-        entrypoint_env(
-            model_dir,
-            remote_url=target.remote_url,
-            endpoint_url=target.endpoint_url,
-            MODEL_HASH=champion.dvc_hash,
-            PORT=str(port),
-        )
-        for port in ports
-    ]
+    envs = [pinned_env(target, model_dir, champion.dvc_hash, port) for port in ports]
     first_log = tmp_path / "first.log"
     with first_log.open("wb") as out:
         first = subprocess.Popen(
