@@ -1,7 +1,9 @@
-"""Every way delivery fails, each with its exit code, and the classification of a failed ``dvc pull``."""
+"""Every way delivery fails, each with its exit code, and the classification of a failed ``dvc pull`` from
+its output: S3 error codes where botocore names them, and fixed phrases, never digits anywhere in the text."""
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal
 
 from app.contract.connection import redact
@@ -39,13 +41,15 @@ class DeliveryError(Exception):
         return self.failure in RETRYABLE
 
 
-CREDENTIAL_MARKERS: Final = (
-    "403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "Unable to locate credentials", "NoCredentialsError",
-)  # fmt: skip
-MISSING_MARKERS: Final = (
-    "NoSuchKey", "NoSuchBucket", "does not exist", "Missing cache files", "missing-files", "404",
-)  # fmt: skip
+# S3 errors as botocore words them in DVC's output: "An error occurred (<code>) when calling ...". Status codes
+# count only there, never as digits anywhere in the text (an endpoint's port or a blob's hash may hold "403").
+S3_ERROR_CODE: Final = re.compile(r"An error occurred \((\w+)\) when calling")
+CREDENTIAL_CODES: Final = frozenset(
+    {"403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+)
+MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
+CREDENTIAL_MARKERS: Final = ("Unable to locate credentials", "NoCredentialsError")
+MISSING_MARKERS: Final = ("Missing cache files", "missing-files")
 UNREACHABLE_MARKERS: Final = (
     "Could not connect", "Connect timeout", "Connection refused", "Read timeout", "timed out",
     "EndpointConnectionError", "Name or service not known", "Temporary failure in name resolution", "Connection reset",
@@ -56,7 +60,8 @@ def classify_pull_failure(output: str, remote: str) -> DeliveryError:
     """A failed ``dvc pull``'s output -> the one failure that explains it, with what to check."""
     errors = [line.strip() for line in output.splitlines() if line.startswith("ERROR")]
     reason = redact(errors[0].removeprefix("ERROR:").strip() if errors else (output.strip().splitlines() or ["?"])[-1])
-    if any(marker in output for marker in CREDENTIAL_MARKERS):
+    codes = set(S3_ERROR_CODE.findall(output))
+    if codes & CREDENTIAL_CODES or any(marker in output for marker in CREDENTIAL_MARKERS):
         return DeliveryError(
             "credentials",
             f"the remote {remote} refused the credentials ({reason})",
@@ -68,7 +73,7 @@ def classify_pull_failure(output: str, remote: str) -> DeliveryError:
             f"the remote {remote} is unreachable ({reason})",
             "DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL and network access to the store",
         )
-    if any(marker in output for marker in MISSING_MARKERS):
+    if codes & MISSING_CODES or any(marker in output for marker in MISSING_MARKERS):
         return DeliveryError(
             "missing",
             f"the bundle's objects are missing from the remote {remote} ({reason})",
