@@ -50,6 +50,12 @@ async def load_until_ready(state: ServingState) -> None:
         if (version := state.registry_view.version_of(view)) is not None:
             model = model.with_version(version)
     state.serve(model)
+    if model.library_mismatch:
+        log.warning(
+            "the bundle was trained with other library versions than this server's: %s",
+            ", ".join(f"{name} {v['bundle']} (server {v['server']})" for name, v in model.library_mismatch.items()),
+            extra={"library_mismatch": model.library_mismatch},
+        )
     log.info(
         "bundle loaded",
         extra={

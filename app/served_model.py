@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.batching import MicroBatcher, limit_threads
-from app.contract.bundle import Bundle
+from app.contract.bundle import Bundle, library_versions
 from app.observability import ServerMetrics
 from app.predictor import Predictor
 from app.schema import RecordSchema
@@ -65,6 +65,17 @@ class ServedModel:
     @property
     def content_hash(self) -> str:
         return self.bundle.content_hash
+
+    @functools.cached_property
+    def library_mismatch(self) -> dict[str, dict[str, str]]:
+        """Libraries whose version differs between the bundle's training and this server: ``{name: {"bundle",
+        "server"}}``. Artifacts may load and predict differently across versions, so this is reported."""
+        here = library_versions()
+        return {
+            name: {"bundle": version, "server": here.get(name, "absent")}
+            for name, version in sorted(self.bundle.metadata.library_versions.items())
+            if here.get(name) != version
+        }
 
     def with_version(self, version: int) -> ServedModel:
         """The same model, now known as registry version ``version``."""

@@ -90,6 +90,24 @@ def test_a_bundle_that_fails_to_load_otherwise_is_reported_not_left_loading(bund
         assert "does not load" in ready["reason"] and "KeyError" in ready["reason"]
 
 
+def test_a_bundle_trained_with_other_library_versions_is_reported(
+    bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    metadata = read_metadata(other)
+    versions = {**metadata.library_versions, "scikit-learn": "0.0.1"}
+    forged = metadata.model_copy(update={"library_versions": versions})
+    forged = forged.model_copy(update={"content_hash": content_hash(forged)})
+    (other / METADATA_FILE).write_text(forged.model_dump_json())
+    with caplog.at_level("WARNING", logger="app"), ready_client(settings_for(other)) as client:
+        mismatch = client.get("/model").json()["library_mismatch"]
+    assert mismatch == {"scikit-learn": {"bundle": "0.0.1", "server": metadata.library_versions["scikit-learn"]}}
+    assert "scikit-learn 0.0.1 (server " in caplog.text
+    with ready_client(settings_for(bundle_dir)) as client:
+        assert client.get("/model").json()["library_mismatch"] == {}
+
+
 # --- predictions ---
 
 
