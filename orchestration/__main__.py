@@ -66,20 +66,23 @@ def _publish(args: argparse.Namespace) -> int:
     # MLflow and DVC load only for this command: `generate` and `train` stay quick to start.
     from orchestration.publish import PublishError, PublishTarget, publish_bundle
 
-    settings = load_connection_settings()
-    remote = args.remote or settings.dvc_remote_url
-    tracking_uri = args.tracking_uri or settings.mlflow_tracking_uri
-    if not remote or not tracking_uri:
-        missing = [flag for flag, value in (("--remote", remote), ("--tracking-uri", tracking_uri)) if not value]
+    flags = {
+        "dvc_remote_url": args.remote,
+        "mlflow_tracking_uri": args.tracking_uri,
+        "model_name": args.model_name,
+        "dvc_remote_endpoint_url": args.endpoint_url,
+        "dvc_remote_region": args.region,
+    }
+    settings = load_connection_settings().model_copy(update={k: v for k, v in flags.items() if v})
+    if not settings.dvc_remote_url or not settings.mlflow_tracking_uri:
+        missing = [
+            flag
+            for flag, value in (("--remote", settings.dvc_remote_url), ("--tracking-uri", settings.mlflow_tracking_uri))
+            if not value
+        ]
         print(f"error: set {' and '.join(missing)} (or DVC_REMOTE_URL / MLFLOW_TRACKING_URI)", file=sys.stderr)
         return 2
-    target = PublishTarget(
-        remote_url=remote,
-        tracking_uri=tracking_uri,
-        model_name=args.model_name or settings.model_name,
-        endpoint_url=args.endpoint_url or settings.dvc_remote_endpoint_url,
-        region=args.region or settings.dvc_remote_region,
-    )
+    target = PublishTarget.from_settings(settings)  # flags override the environment
     try:
         published = publish_bundle(args.bundle, target, alias=None if args.no_alias else args.alias, report=print)
     except PublishError as exc:
