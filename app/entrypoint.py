@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Final, NoReturn
 
 from app.contract.bundle import BundleError, Metadata, read_metadata
-from app.contract.connection import CREDENTIAL_VARIABLES, redact
+from app.contract.connection import S3_CREDENTIAL_VARIABLES, redact
 from app.delivery.failures import EXIT_CODES, DeliveryError
 from app.delivery.lock import model_dir_lock
 from app.delivery.pull import pull
@@ -149,7 +149,7 @@ def run(settings: Settings, started: float) -> NoReturn:
     except DeliveryError as exc:
         fail(exc, exc.exit_code)
     # The pull is done: the long-running server never needs the S3 credentials, so it does not get them.
-    env = {name: value for name, value in os.environ.items() if name not in CREDENTIAL_VARIABLES}
+    env = {name: value for name, value in os.environ.items() if name not in S3_CREDENTIAL_VARIABLES}
     env["BUNDLE_DIR"] = os.fspath(delivered.bundle_dir.resolve())
     if delivered.version is not None:
         env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start

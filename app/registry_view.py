@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.contract.connection import redact
-from app.contract.registry import TAG_CONTENT_HASH, ModelVersion, RegistryError, registry_for
+from app.contract.registry import ANONYMOUS, TAG_CONTENT_HASH, ModelVersion, RegistryAccess, RegistryError, registry_for
 
 REGISTRY_CACHE_S: Final = 30.0  # a registry answer is reused this long
 REGISTRY_RETRY_S: Final = 5.0  # a failed look-up is reused this long
@@ -26,6 +26,7 @@ class RegistryView:
     tracking_uri: str | None
     model_name: str
     timeout_s: float
+    access: RegistryAccess = ANONYMOUS
     _cached: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -55,10 +56,10 @@ class RegistryView:
         uri = self.tracking_uri
         if not uri:
             return {"registry": "unavailable", "reason": "MLFLOW_TRACKING_URI is not set"}
-        timeout = self.timeout_s
+        timeout, access = self.timeout_s, self.access
 
         def search() -> list[ModelVersion]:
-            return registry_for(uri, timeout).versions_tagged(TAG_CONTENT_HASH, content_hash)
+            return registry_for(uri, timeout, access).versions_tagged(TAG_CONTENT_HASH, content_hash)
 
         try:
             versions = await asyncio.wait_for(asyncio.to_thread(search), timeout)

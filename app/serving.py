@@ -30,7 +30,9 @@ class ServingState:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ServingState:
-        view = RegistryView(settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout_s)
+        view = RegistryView(
+            settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout_s, settings.registry_access
+        )
         return cls(settings, view)
 
     def serve(self, model: ServedModel) -> None:

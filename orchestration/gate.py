@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from app.contract.bundle import Metadata
-from app.contract.registry import TAG_CONTENT_HASH, NotFoundError, registry_for
+from app.contract.registry import ANONYMOUS, TAG_CONTENT_HASH, NotFoundError, RegistryAccess, registry_for
 
 # The metric the gate compares (as logged on the registered version's run and stored in the bundle).
 GATE_METRIC: Final = "rmse"
@@ -43,7 +43,13 @@ def compare(candidate: float, champion: float, margin: float) -> bool:
 
 
 def decide_promotion(
-    candidate: Metadata, *, tracking_uri: str, model_name: str, alias: str, margin: float = DEFAULT_MARGIN
+    candidate: Metadata,
+    *,
+    tracking_uri: str,
+    model_name: str,
+    alias: str,
+    margin: float = DEFAULT_MARGIN,
+    access: RegistryAccess = ANONYMOUS,
 ) -> GateDecision:
     """Compare the candidate bundle with the version holding ``alias`` of ``model_name``.
 
@@ -51,7 +57,7 @@ def decide_promotion(
     model or alias simply does not exist yet.
     """
     score = candidate.metrics[GATE_METRIC]
-    registry = registry_for(tracking_uri)
+    registry = registry_for(tracking_uri, access=access)
     try:
         champion = registry.version_by_alias(model_name, alias)
     except NotFoundError:

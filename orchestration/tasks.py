@@ -259,6 +259,7 @@ def gate_task(bundle_dir: str, settings: ConnectionSettings, margin: float) -> R
         model_name=settings.model_name,
         alias=settings.model_alias,
         margin=margin,
+        access=settings.registry_access,
     )
     log.info("gate: %s", decision.reason)
     return decision.as_dict()

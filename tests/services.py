@@ -6,6 +6,7 @@ Each is started as a subprocess on a free port and stopped by whoever started it
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -133,9 +134,28 @@ def moto_server(port: int | None = None, log: Path | None = None) -> Iterator[S3
         yield S3Server(url)
 
 
+@dataclass(frozen=True)
+class RegistryAdmin:
+    """The admin account of an ``mlflow server --app-name basic-auth`` (a throwaway password per server)."""
+
+    username: str
+    password: str
+
+    def env(self) -> dict[str, str]:
+        """MLflow's client variables for this account."""
+        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
+
+
 @contextmanager
-def mlflow_server(workdir: Path, s3: S3Server, bucket: str = "mlflow", log: Path | None = None) -> Iterator[str]:
-    """A real ``mlflow server``: sqlite backend in ``workdir``, artifacts in ``bucket`` on the moto server."""
+def mlflow_server(
+    workdir: Path,
+    s3: S3Server,
+    bucket: str = "mlflow",
+    log: Path | None = None,
+    admin: RegistryAdmin | None = None,
+) -> Iterator[str]:
+    """A real ``mlflow server``: sqlite backend in ``workdir``, artifacts in ``bucket`` on the moto server; with
+    ``admin``, MLflow's basic-auth app (every request authenticated; other users get read access)."""
     s3.create_bucket(bucket)
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +165,21 @@ def mlflow_server(workdir: Path, s3: S3Server, bucket: str = "mlflow", log: Path
         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", f"s3://{bucket}/artifacts",
     ]  # fmt: skip
+    env = s3.env()
+    if admin is not None:
+        config = workdir / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{workdir / 'basic_auth.db'}\n"
+            f"admin_username = {admin.username}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        args += ["--app-name", "basic-auth"]
+        env |= {
+            "MLFLOW_AUTH_CONFIG_PATH": os.fspath(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+        }
     url = f"http://{LOOPBACK}:{port}"
-    with running(args, f"{url}/health", env=s3.env(), timeout=120, log=log):
+    with running(args, f"{url}/health", env=env, timeout=120, log=log):
         yield url

@@ -1,7 +1,10 @@
 """Read-only view of the MLflow model registry: the entrypoint's look-up, ``GET /model``, the promotion gate.
 
 Serving talks to an ``http(s)://`` tracking server over MLflow's REST API with the standard library only,
-so the serving image carries no ``mlflow`` package. A local store (``sqlite://`` or a path), used by the
+so the serving image carries no ``mlflow`` package. It authenticates and checks TLS the way MLflow's own
+client does, from the same variables (``RegistryAccess``: ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` or
+``_TOKEN``, ``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
+``MLFLOW_TRACKING_CLIENT_CERT_PATH``). A local store (``sqlite://`` or a path), used by the
 embedded quickstart, goes through the ``mlflow`` client, which only the training environment has.
 
 A registered version carries tags naming its bundle (see ``TAG_*``); they are the link from the registry to
@@ -10,11 +13,14 @@ the blobs in the DVC remote.
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 TAG_DVC_HASH: Final = "bundle_dvc_hash"
@@ -28,6 +34,53 @@ class RegistryError(RuntimeError):
 
 class NotFoundError(RegistryError):
     """The model, alias, version or tagged version does not exist."""
+
+
+class AccessDeniedError(RegistryError):
+    """The registry refused the credentials (401) or their permissions (403): retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """How to authenticate to a tracking server and check its TLS certificate: MLflow's own client options.
+
+    Basic auth (``username`` and ``password``) or a bearer ``token``; ``insecure_tls`` skips certificate
+    checks, ``server_cert_path`` is a CA bundle to check against, ``client_cert_path`` a client certificate
+    (with its key) for mutual TLS. Secrets never appear in ``repr``.
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    insecure_tls: bool = False
+    server_cert_path: Path | None = None
+    client_cert_path: Path | None = None
+
+    @property
+    def authenticates(self) -> bool:
+        return bool(self.token or self.username)
+
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization`` header, as MLflow's client sends it (basic auth wins over a token)."""
+        if self.username and self.password is not None:
+            pair = base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+            return {"Authorization": f"Basic {pair}"}
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for ``https://`` tracking servers."""
+        context = ssl.create_default_context(cafile=self.server_cert_path)
+        if self.insecure_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.client_cert_path:
+            context.load_cert_chain(self.client_cert_path)
+        return context
+
+
+ANONYMOUS: Final = RegistryAccess()
 
 
 @dataclass(frozen=True)
@@ -72,18 +125,29 @@ class Registry(Protocol):
 class RestRegistry:
     """MLflow's REST API (``/api/2.0/mlflow/...``) over urllib."""
 
-    def __init__(self, tracking_uri: str, timeout: float = 5.0) -> None:
+    def __init__(self, tracking_uri: str, timeout: float = 5.0, access: RegistryAccess = ANONYMOUS) -> None:
         self.base = tracking_uri.rstrip("/") + "/api/2.0/mlflow"
         self.timeout = timeout
+        self._headers = access.headers()
+        handlers: list[urllib.request.BaseHandler] = []
+        if self.base.startswith("https://"):
+            try:
+                handlers.append(urllib.request.HTTPSHandler(context=access.ssl_context()))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"the TLS certificate settings cannot be used: {exc}") from None
+        self._opener = urllib.request.build_opener(*handlers)
 
     def _get(self, path: str, **params: str) -> dict[str, Any]:
         url = f"{self.base}/{path}?{urllib.parse.urlencode(params)}"
+        request = urllib.request.Request(url, headers=self._headers)  # noqa: S310 (http(s) checked by Settings)
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310 (http(s) checked by Settings)
+            with self._opener.open(request, timeout=self.timeout) as response:
                 body: dict[str, Any] = json.loads(response.read())
                 return body
         except urllib.error.HTTPError as exc:
             detail = _error_message(exc)
+            if exc.code in (401, 403):
+                raise AccessDeniedError(_denied(exc.code, bool(self._headers), detail)) from None
             if exc.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail or "not found" in detail.lower():
                 raise NotFoundError(detail) from None
             raise RegistryError(f"MLflow answered {exc.code}: {detail}") from None
@@ -108,6 +172,14 @@ class RestRegistry:
     def run_metrics(self, run_id: str) -> dict[str, float]:
         metrics = self._get("runs/get", run_id=run_id)["run"].get("data", {}).get("metrics", [])
         return {str(m["key"]): float(m["value"]) for m in metrics}
+
+
+def _denied(code: int, sent_credentials: bool, detail: str) -> str:
+    if code == 403:
+        return f"MLflow refused access (403: the user lacks permission to read this model): {detail}"
+    if sent_credentials:
+        return f"MLflow refused the credentials (401): {detail}"
+    return f"MLflow requires authentication (401) and no credentials are set: {detail}"
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
@@ -171,8 +243,8 @@ def mlflow_client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def registry_for(tracking_uri: str, timeout: float = 5.0) -> Registry:
+def registry_for(tracking_uri: str, timeout: float = 5.0, access: RegistryAccess = ANONYMOUS) -> Registry:
     """The registry client for a tracking URI: REST for http(s), the mlflow client for a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return RestRegistry(tracking_uri, timeout)
+        return RestRegistry(tracking_uri, timeout, access)
     return LocalRegistry(tracking_uri)

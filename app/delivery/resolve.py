@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from app.contract.connection import redact
 from app.contract.progress import Report, quiet
-from app.contract.registry import TAG_DVC_HASH, ModelVersion, NotFoundError, RegistryError, registry_for
+from app.contract.registry import (
+    TAG_DVC_HASH,
+    AccessDeniedError,
+    ModelVersion,
+    NotFoundError,
+    RegistryError,
+    registry_for,
+)
 from app.contract.store import DVC_HASH
 from app.delivery.failures import DeliveryError
 from app.delivery.retry import retrying, within
@@ -43,7 +50,7 @@ def resolve(settings: Settings, report: Report = quiet, *, deadline: float | Non
     where = redact(uri)
 
     def ask() -> ModelVersion:
-        registry = registry_for(uri, settings.registry_timeout_s)
+        registry = registry_for(uri, settings.registry_timeout_s, settings.registry_access)
         if settings.model_version is not None:
             return registry.version(settings.model_name, settings.model_version)
         return registry.version_by_alias(settings.model_name, settings.model_alias)
@@ -62,6 +69,13 @@ def resolve(settings: Settings, report: Report = quiet, *, deadline: float | Non
                 "not-found",
                 f"{wanted} not found in the MLflow registry at {where} ({redact(str(exc))})",
                 f"MODEL_NAME and {field}, and that the version was published (python -m orchestration publish)",
+            ) from None
+        except AccessDeniedError as exc:
+            raise DeliveryError(
+                "credentials",
+                f"the MLflow registry at {where} refused to answer {wanted}: {redact(str(exc))}",
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and that user's "
+                "permission to read the model",
             ) from None
         except RegistryError as exc:
             raise DeliveryError(

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from app.contract.bundle import Bundle, load_bundle
-from app.contract.connection import CREDENTIAL_VARIABLES, DEFAULT_ALIAS
+from app.contract.connection import DEFAULT_ALIAS, S3_CREDENTIAL_VARIABLES
 from app.contract.registry import mlflow_client
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.app.serving import records
@@ -97,7 +97,7 @@ def test_alias_is_resolved_pulled_verified_and_served(
         # The S3 credentials served the pull; the long-running server (the same PID, exec'd) never holds them.
         environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
         names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
-        assert "BUNDLE_DIR" in names and not names & set(CREDENTIAL_VARIABLES)
+        assert "BUNDLE_DIR" in names and not names & set(S3_CREDENTIAL_VARIABLES)
         assert SECRET.encode() not in b"\0".join(environ)
     output = log.read_text()
     for step in ("resolve done", "pull done", "verify done", "serve: exec uvicorn"):
