@@ -94,6 +94,10 @@ class MicroBatcher(Generic[Row]):
                 wakeup.clear()
                 await wakeup.wait()
             await self._gather(loop, wakeup)
+            # rows whose request gave up (timed out, client gone) are not predicted
+            self._pending = [(row, future) for row, future in self._pending if not future.done()]
+            if not self._pending:
+                continue
             batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
             rows = [row for row, _ in batch]
             try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ def serve() -> NoReturn:
         fail(exc, EXIT_CODES["settings"])
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _drained)
+    if settings.workers > 1:
+        share_metrics_between_workers()
     import uvicorn
 
     from app.observability import log_config
@@ -90,6 +93,21 @@ def serve() -> NoReturn:
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     raise SystemExit(0)
+
+
+def share_metrics_between_workers() -> Path:
+    """prometheus_client's multiprocess mode for ``WORKERS`` > 1: an empty directory in ``PROMETHEUS_MULTIPROC_DIR``
+    (the one given, emptied, or a fresh one under the temporary directory) before any worker imports it."""
+    from app.observability import MULTIPROCESS_DIR_ENV
+
+    given = os.environ.get(MULTIPROCESS_DIR_ENV)
+    directory = Path(given) if given else Path(tempfile.gettempdir()) / f"prometheus-{os.getpid()}"
+    if directory.is_dir():
+        for stale in directory.glob("*.db"):  # values of a previous run would be added to this one's
+            stale.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROCESS_DIR_ENV] = os.fspath(directory)
+    return directory
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ async def load_until_ready(state: ServingState) -> None:
     model: ServedModel | None = None
     while model is None:
         try:
-            model = await asyncio.to_thread(lambda: ServedModel.build(load_bundle(path), settings, state.metrics))
+            model = await asyncio.to_thread(
+                lambda: ServedModel.build(load_bundle(path), settings, state.metrics, state.admission)
+            )
         except Exception as exc:  # anything else would end this task silently and leave "loading" forever
             reason = (
                 str(exc) if isinstance(exc, BundleError) else f"the bundle does not load: {type(exc).__name__}: {exc}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from app.admission import RETRY_AFTER_S, OverloadedError
 from app.api.deps import JSON, NotReadyError
 from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict
@@ -60,7 +61,12 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
     @app.exception_handler(NotReadyError)
     async def not_ready(_: Request, exc: NotReadyError) -> JSON:
         body = {"detail": f"not ready: {exc.reason}", "status": state.status, "request_id": request_id_var.get()}
-        return JSON(body, status_code=503, headers={"Retry-After": "1"})
+        return JSON(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_: Request, exc: OverloadedError) -> JSON:
+        body = {"detail": exc.reason, "status": "overloaded", "request_id": request_id_var.get()}
+        return JSON(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     documents: dict[str, dict[str, Any]] = {}  # by the served bundle's content hash
 

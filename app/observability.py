@@ -6,13 +6,17 @@ starts uvicorn with ``log_config``), and uvicorn's access log is replaced by the
 path, status, latency, request id). Nothing logged comes from the settings' secrets: the settings hold them
 as ``SecretStr`` and no log line formats the settings object.
 
-Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide on metric names.
+Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide on metric names. With
+``WORKERS`` > 1 the entrypoint sets ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode): every
+worker writes its values there and ``GET /metrics``, whichever worker answers it, reports all of them (counters
+and histograms summed; the queue depth summed over live workers; ``model_ready`` the lowest of them).
 """
 
 from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import re
 import time
 import traceback
@@ -21,12 +25,13 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOGGER_NAME: Final = "app"
+MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
 CLIENT_CLOSED: Final = 499  # the status logged and counted for a request whose client disconnected (nginx's)
 # The id of the request the current task is serving ("-" outside a request).
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -118,6 +123,7 @@ class ServerMetrics:
     """The server's Prometheus collectors, in a registry of their own."""
 
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR_ENV))
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "http_requests", "HTTP requests served.", ["route", "method", "status"], registry=self.registry
@@ -138,9 +144,16 @@ class ServerMetrics:
         )  # fmt: skip
         self.model_info = Gauge(
             "model_info", "The model being served (1 when loaded).", ["model_version", "bundle_hash"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemax",
         )  # fmt: skip
-        self.model_ready = Gauge("model_ready", "1 when the bundle is loaded and verified.", registry=self.registry)
+        self.model_ready = Gauge(
+            "model_ready", "1 when the bundle is loaded and verified.", registry=self.registry,
+            multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.queued_rows = Gauge(
+            "prediction_queue_rows", "Rows queued for the model or being predicted (MAX_QUEUED_ROWS bounds it).",
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.batch_size = Histogram(
             "microbatch_size",
             "Single records predicted together in one model call.",
@@ -154,12 +167,24 @@ class ServerMetrics:
         self.latency.labels(*labels).observe(seconds)
 
     def set_model(self, version: str | None, bundle_hash: str) -> None:
-        self.model_info.clear()
+        for labels in [sample.labels for metric in self.model_info.collect() for sample in metric.samples]:
+            self.model_info.labels(**labels).set(0)  # in multiprocess mode a cleared series would keep its value
+        if not self.multiprocess:
+            self.model_info.clear()
         self.model_info.labels(version or "", bundle_hash).set(1)
         self.model_ready.set(1)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)  # type: ignore[no-untyped-call]
+        return generate_latest(every_worker)
+
+    def close(self) -> None:
+        """This process stops serving: its live gauges leave the multiprocess totals."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 class RequestContextMiddleware:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
@@ -16,6 +17,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from app.admission import Admission
 from app.batching import MicroBatcher, limit_threads
 from app.contract.bundle import Bundle, library_versions
 from app.observability import ServerMetrics
@@ -42,25 +44,27 @@ class ServedModel:
     bundle: Bundle
     schema: RecordSchema
     predictor: Predictor
+    predict: Callable[[list[Row]], npt.NDArray[np.float64]]  # rows -> predictions, timed by the admission
     batcher: MicroBatcher[Row]
     batch_executor: ThreadPoolExecutor
     version: int | None  # the registry version, when known
 
     @classmethod
-    def build(cls, bundle: Bundle, settings: Settings, metrics: ServerMetrics) -> ServedModel:
+    def build(cls, bundle: Bundle, settings: Settings, metrics: ServerMetrics, admission: Admission) -> ServedModel:
         """Everything the request path needs for ``bundle`` (the predictor's bit-identical probe included)."""
         schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records)
         threads = settings.predict_threads
         predictor = Predictor(bundle, threads)
+        predict = admission.timed(functools.partial(predict_rows, schema, predictor))
         batcher: MicroBatcher[Row] = MicroBatcher(
-            functools.partial(predict_rows, schema, predictor),
+            predict,
             max_size=settings.microbatch_max_size,
             max_wait_s=settings.microbatch_max_wait_ms / 1000,
             threads=threads,
             on_batch=metrics.batch_size.observe,
         )
         executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch", initializer=limit_threads, initargs=(threads,))
-        return cls(bundle, schema, predictor, batcher, executor, settings.model_version)
+        return cls(bundle, schema, predictor, predict, batcher, executor, settings.model_version)
 
     @property
     def content_hash(self) -> str:
@@ -83,7 +87,7 @@ class ServedModel:
 
     async def run_batch(self, rows: list[Row]) -> npt.NDArray[np.float64]:
         """A whole batch request's rows in one vectorised call, on a batch worker thread."""
-        call = functools.partial(predict_rows, self.schema, self.predictor, rows)
+        call = functools.partial(self.predict, rows)
         return await asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
 
     async def close(self) -> None:

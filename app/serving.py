@@ -1,5 +1,5 @@
 """What the running server holds: the settings, the metrics, the model being served (once it is) and
-the readiness status with its reason, and the registry view for ``GET /model``.
+the readiness status with its reason, the admission of prediction work, and the registry view for ``GET /model``.
 
 Only the loader (``app.loader``) changes the model and the status; the routes read them.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from app.admission import Admission
 from app.observability import ServerMetrics
 from app.registry_view import RegistryView
 from app.served_model import ServedModel
@@ -23,6 +24,7 @@ class ServingState:
 
     settings: Settings
     registry_view: RegistryView
+    admission: Admission
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     status: Status = "loading"
     reason: str = "bundle not loaded yet"
@@ -33,7 +35,9 @@ class ServingState:
         view = RegistryView(
             settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout_s, settings.registry_access
         )
-        return cls(settings, view)
+        metrics = ServerMetrics()
+        admission = Admission(settings.max_queued_rows, settings.predict_timeout_s, metrics.queued_rows.set)
+        return cls(settings, view, admission, metrics)
 
     def serve(self, model: ServedModel) -> None:
         """Make ``model`` the one requests get, and say so in the metrics."""
@@ -41,6 +45,7 @@ class ServingState:
         self.metrics.set_model(None if model.version is None else str(model.version), model.content_hash)
 
     async def close(self) -> None:
-        """Shut down: stop the served model's threads."""
+        """Shut down: stop the served model's threads; this worker leaves the metrics' live totals."""
         if self.model is not None:
             await self.model.close()
+        self.metrics.close()

@@ -42,6 +42,12 @@ class Settings(ConnectionSettings):
     microbatch_max_wait_ms: float = Field(
         2.0, ge=0, le=100, description="Longest a record waits for others to join its batch (0 disables)."
     )
+    max_queued_rows: int = Field(
+        4000, ge=1, le=1_000_000, description="Most rows queued for the model; past it a request is shed (503)."
+    )
+    predict_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest a request waits for its prediction before a 503 (and readiness 503)."
+    )
     drain_timeout_s: int = Field(
         20, ge=1, le=3600, description="Longest a SIGTERM waits for in-flight requests before closing them."
     )
@@ -72,6 +78,11 @@ class Settings(ConnectionSettings):
     def _safe(self) -> Self:
         if self.model_version is not None and self.model_hash is not None:
             raise ValueError("set MODEL_HASH or MODEL_VERSION, not both")
+        if self.max_queued_rows < self.max_batch_records:
+            raise ValueError(
+                f"MAX_QUEUED_ROWS={self.max_queued_rows} is below MAX_BATCH_RECORDS={self.max_batch_records}: "
+                "a full batch would always be shed"
+            )
         return self
 
     @property

@@ -16,11 +16,19 @@ async def live() -> JSON:
 
 @router.get(
     "/ready",
-    summary="200 only when the bundle is loaded and verified; 503 with the reason otherwise",
-    responses={503: {"description": "Not ready: the bundle is loading, missing or failed verification"}},
+    summary="200 only when the bundle is loaded and verified and the model answers; 503 with the reason otherwise",
+    responses={
+        503: {
+            "description": "Not ready: the bundle is loading, missing or failed verification, or a model call has "
+            "run longer than PREDICT_TIMEOUT_S (stuck)"
+        }
+    },
 )
 async def ready(state: State) -> JSON:
     served = state.model
     if served is None:
         return JSON({"status": state.status, "reason": state.reason}, status_code=503)
+    if (stuck := state.admission.stuck_for()) is not None:
+        reason = f"a model call has run for {stuck:.1f}s, past PREDICT_TIMEOUT_S={state.admission.timeout_s:g}s"
+        return JSON({"status": "stuck", "reason": reason}, status_code=503)
     return JSON({"status": "ready", "bundle_hash": served.content_hash, "model_version": served.version})

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
+from app.admission import OverloadedError
 from app.api.deps import JSON, Model, State, read_json_body
 from app.observability import ServerMetrics
 from app.schema import BATCH_MODEL, RECORD_MODEL, RequestError
@@ -29,7 +30,10 @@ ERRORS = {
     413: {"description": "Body larger than MAX_BODY_BYTES"},
     415: {"description": "Content-Type is not JSON"},
     422: {"description": "Field-level errors, each message naming its field; more than MAX_BATCH_RECORDS records"},
-    503: {"description": "The bundle is not loaded yet"},
+    503: {
+        "description": "The bundle is not loaded yet, or the request was shed (MAX_QUEUED_ROWS rows already queued, "
+        "or no prediction within PREDICT_TIMEOUT_S): retry after Retry-After seconds"
+    },
 }
 
 
@@ -64,11 +68,14 @@ def request_bodies(example: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @contextmanager
 def counting_failures(metrics: ServerMetrics, route: str) -> Iterator[None]:
     """Count a request that fails: ``invalid`` for a refused body, ``disconnected`` when the client went away
-    mid-body, ``model`` for anything else."""
+    mid-body, ``overloaded`` when it was shed, ``model`` for anything else."""
     try:
         yield
     except RequestError:
         metrics.prediction_errors.labels(route, "invalid").inc()
+        raise
+    except OverloadedError:
+        metrics.prediction_errors.labels(route, "overloaded").inc()
         raise
     except ClientDisconnect:
         metrics.prediction_errors.labels(route, "disconnected").inc()
@@ -85,14 +92,15 @@ def counting_failures(metrics: ServerMetrics, route: str) -> Iterator[None]:
     openapi_extra={"requestBody": request_body(RECORD_MODEL)},
 )
 async def predict_record(request: Request, state: State, served: Model) -> JSON:
-    batcher = served.batcher
+    batcher, admission = served.batcher, state.admission
     with counting_failures(state.metrics, RECORD_PATH):
         batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
         try:
             row = served.schema.parse_record(await read_json_body(request, state.settings.max_body_bytes))
         finally:
             batcher.arrived()
-        prediction = await batcher.submit(row)
+        with admission.admitted(1):
+            prediction = await admission.answer(batcher.submit(row))
     state.metrics.predicted_rows.labels(RECORD_PATH).inc()
     return JSON({"prediction": prediction, "model_version": served.version, "bundle_hash": served.content_hash})
 
@@ -106,6 +114,7 @@ async def predict_record(request: Request, state: State, served: Model) -> JSON:
 async def predict_batch(request: Request, state: State, served: Model) -> JSON:
     with counting_failures(state.metrics, BATCH_PATH):
         rows = served.schema.parse_batch(await read_json_body(request, state.settings.max_body_bytes))
-        predictions = await served.run_batch(rows)
+        with state.admission.admitted(len(rows)):
+            predictions = await state.admission.answer(served.run_batch(rows))
     state.metrics.predicted_rows.labels(BATCH_PATH).inc(len(rows))
     return JSON({"predictions": predictions, "model_version": served.version, "bundle_hash": served.content_hash})

@@ -1,0 +1,173 @@
+"""Load shedding with a stuck model: bounded queue, bounded wait, 503 with Retry-After, readiness that fails
+while the model is stuck and recovers after; and, with ``WORKERS`` > 1, metrics that count every worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.mmap_dict import MmapedDict
+
+import app.served_model
+from app.contract.bundle import Bundle, load_bundle
+from app.predictor import Predictor
+from app.schema import RecordSchema
+from tests.app.serving import ready_client, records, settings_for
+from tests.services import BIN, LOOPBACK, free_port, running
+
+TIMEOUT_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture
+def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Model calls block while the event is clear (a hung native call, a livelocked tree walk)."""
+    free = threading.Event()
+    free.set()
+    real = app.served_model.predict_rows
+
+    def predict_rows(schema: RecordSchema, predictor: Predictor, rows: list[Any]) -> npt.NDArray[np.float64]:
+        free.wait(30)
+        return real(schema, predictor, rows)
+
+    monkeypatch.setattr(app.served_model, "predict_rows", predict_rows)
+    yield free
+    free.set()
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    text = client.get("/metrics").text
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        sample = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if sample and ",".join(sorted((sample.group(1) or "").split(","))).strip(",") == wanted:
+            return float(sample.group(2))
+    return 0.0
+
+
+def test_a_stuck_model_sheds_load_and_fails_readiness(
+    bundle_dir: Path, bundle: Bundle, stuck_model: threading.Event
+) -> None:
+    settings = settings_for(bundle_dir, max_batch_records=4, max_queued_rows=4, predict_timeout_s=TIMEOUT_S)
+    rows = records(bundle.metadata, 4, seed=3)
+    with ready_client(settings) as client, ThreadPoolExecutor(2) as pool:
+        assert client.post("/predict", json=rows[0]).status_code == 200  # answers while the model is free
+
+        stuck_model.clear()
+        waiting = pool.submit(client.post, "/predict/batch", json={"records": rows})  # 4 rows: the queue is full
+        deadline = time.monotonic() + 5
+        while metric(client, "prediction_queue_rows") < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert metric(client, "prediction_queue_rows") == 4
+
+        started = time.monotonic()
+        shed = client.post("/predict", json=rows[0])  # no room: refused at once, not queued
+        assert time.monotonic() - started < TIMEOUT_S / 2
+        assert shed.status_code == 503 and shed.headers["Retry-After"] == "1"
+        assert shed.json()["status"] == "overloaded" and "MAX_QUEUED_ROWS=4" in shed.json()["detail"]
+
+        timed_out = waiting.result(10)  # admitted, but the model never answered: 503 once PREDICT_TIMEOUT_S passed
+        assert timed_out.status_code == 503 and timed_out.headers["Retry-After"] == "1"
+        assert f"PREDICT_TIMEOUT_S={TIMEOUT_S:g}s" in timed_out.json()["detail"]
+        assert metric(client, "prediction_queue_rows") == 0  # a shed request gives its room back
+
+        ready = client.get("/health/ready")  # a model call has been running past PREDICT_TIMEOUT_S
+        assert ready.status_code == 503 and ready.json()["status"] == "stuck", ready.json()
+        assert client.get("/health/live").status_code == 200
+        assert metric(client, "prediction_errors_total", route="/predict", reason="overloaded") == 1
+        assert metric(client, "prediction_errors_total", route="/predict/batch", reason="overloaded") == 1
+
+        stuck_model.set()  # the model comes back: ready again, and it answers
+        deadline = time.monotonic() + 5
+        while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/health/ready").status_code == 200
+        answered = client.post("/predict/batch", json={"records": rows})
+        assert answered.status_code == 200
+        np.testing.assert_array_equal(answered.json()["predictions"], bundle.predict(_columns(rows)))
+
+
+def test_a_single_record_that_waits_too_long_is_shed(
+    bundle_dir: Path, bundle: Bundle, stuck_model: threading.Event
+) -> None:
+    """The micro-batched path: the record's wait is bounded too, and the row is not predicted later."""
+    settings = settings_for(bundle_dir, predict_timeout_s=0.5)
+    [row] = records(bundle.metadata, 1, seed=4)
+    with ready_client(settings) as client:
+        stuck_model.clear()
+        started = time.monotonic()
+        answer = client.post("/predict", json=row)
+        assert answer.status_code == 503 and 0.5 <= time.monotonic() - started < 3
+        stuck_model.set()
+        assert client.post("/predict", json=row).status_code == 200
+
+
+def test_queue_settings_are_checked(bundle_dir: Path) -> None:
+    from app.contract.connection import load_from_environment
+    from app.settings import Settings, SettingsError
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAX_BATCH_RECORDS", "1000")
+        patch.setenv("MAX_QUEUED_ROWS", "999")
+        with pytest.raises(SettingsError, match="MAX_QUEUED_ROWS=999 is below MAX_BATCH_RECORDS=1000"):
+            load_from_environment(Settings)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+@pytest.mark.integration
+def test_metrics_count_every_worker(bundle_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
+    """WORKERS=2 behind one port: whichever worker answers ``/metrics`` reports the requests of both."""
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    env = {
+        "BUNDLE_DIR": os.fspath(bundle_dir),
+        "HOST": LOOPBACK,
+        "PORT": str(port),
+        "WORKERS": "2",
+        "MODEL_DIR": os.fspath(tmp_path / "models"),
+        "PROMETHEUS_MULTIPROC_DIR": os.fspath(tmp_path / "metrics"),
+    }
+    args = [str(BIN / "python"), "-m", "app.entrypoint"]
+    row = json.dumps(records(bundle.metadata, 1, seed=5)[0]).encode()
+    sent = 60
+    with running(args, f"{url}/health/ready", env=env, timeout=90, log=tmp_path / "server.log"):
+        time.sleep(2)  # both workers up (one answering readiness says nothing of the other)
+        for _ in range(sent):  # a new connection each: the kernel spreads them over both workers
+            request = urllib.request.Request(f"{url}/predict", data=row, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        for _ in range(6):
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            counted = re.search(r'http_requests_total\{method="POST",route="/predict",status="200"\} (\S+)', text)
+            assert counted is not None and float(counted.group(1)) == sent, text[:2000]
+            assert re.search(r"^model_ready 1\.0$", text, re.M), text[:2000]
+        # each worker's own count, from its file: both served, so a one-worker /metrics could not have shown `sent`
+        per_worker = {
+            path.name: sum(
+                value
+                for key, value, *_ in MmapedDict.read_all_values_from_file(os.fspath(path))  # type: ignore[no-untyped-call]
+                if key.startswith('["http_requests", ') and '"route": "/predict"' in key
+            )
+            for path in (tmp_path / "metrics").glob("counter_*.db")
+        }
+        assert sum(per_worker.values()) == sent and sum(count > 0 for count in per_worker.values()) == 2, per_worker
