@@ -20,6 +20,7 @@ from app.contract.registry import RegistryAccess
 DEFAULT_MODEL_NAME: Final = "flight-price"
 DEFAULT_ALIAS: Final = "champion"  # promoting a model is moving this alias
 DEFAULT_SERVING_PORT: Final = 9000  # where the prediction server listens unless PORT says otherwise
+NAME: Final = r"^\S(.*\S)?$"  # a registry name: not empty, no leading or trailing whitespace
 # AWS variables that hold credentials: read by the S3 client itself, never written anywhere or printed. Only
 # the pull needs them, so the entrypoint drops them before it becomes the server.
 S3_CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -34,11 +35,12 @@ class SettingsError(ValueError):
 class ConnectionSettings(BaseSettings):
     """Where the registry and the DVC remote are, and which registered model they hold."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # An empty variable counts as unset (``BUNDLE_DIR=`` must not mean "serve the working directory").
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True)
 
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server URI for the registry look-up.")
-    model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, description="Registered model name.")
-    model_alias: str = Field(DEFAULT_ALIAS, min_length=1, description="Registry alias to serve.")
+    model_name: str = Field(DEFAULT_MODEL_NAME, pattern=NAME, description="Registered model name.")
+    model_alias: str = Field(DEFAULT_ALIAS, pattern=NAME, description="Registry alias to serve.")
     registry_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one registry request.")
     # Authentication and TLS: MLflow's own client variables, with its meaning.
     mlflow_tracking_username: str | None = Field(None, min_length=1, description="MLflow basic-auth user.")
@@ -65,7 +67,7 @@ class ConnectionSettings(BaseSettings):
     def _uri(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^(https?|sqlite|file)://|^/", value):
             raise ValueError("must be an http(s)://, sqlite:// or file:// URI")
-        return value.rstrip("/") if value else value
+        return (value.rstrip("/") or "/") if value else value  # "/" stays the root, not ""
 
     @model_validator(mode="after")
     def _registry_access(self) -> Self:

@@ -125,7 +125,6 @@ def test_a_model_hash_alone_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None
         ("MLFLOW_TRACKING_URI", "mlflow:5000"),
         ("DVC_REMOTE_ENDPOINT_URL", "ftp://x"),
         ("REGISTRY_TIMEOUT_S", "0"),
-        ("MODEL_NAME", ""),
     ],
 )
 def test_an_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -167,6 +166,7 @@ def test_an_invalid_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None
         ("http://mlflow:5000", "http://mlflow:5000"),
         ("sqlite:///tmp/mlflow.db", "sqlite:///tmp/mlflow.db"),
         ("/srv/mlruns/", "/srv/mlruns"),
+        ("/", "/"),  # the root stays the root: never "", which reads as unset
     ],
 )
 def test_the_tracking_uri_loses_a_trailing_slash(monkeypatch: pytest.MonkeyPatch, value: str, stored: str) -> None:
@@ -175,6 +175,15 @@ def test_the_tracking_uri_loses_a_trailing_slash(monkeypatch: pytest.MonkeyPatch
     settings = load_settings()
     assert settings.mlflow_tracking_uri == stored and settings.dvc_remote_endpoint_url == stored
     assert load_connection_settings().mlflow_tracking_uri == stored
+
+
+@pytest.mark.parametrize(
+    "variable", ["BUNDLE_DIR", "MLFLOW_TRACKING_URI", "MODEL_NAME", "MODEL_VERSION", "DVC_REMOTE_URL", "PORT"]
+)
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """``BUNDLE_DIR=`` in an env file once meant "serve the working directory"; MLFLOW_TRACKING_URI= was refused."""
+    monkeypatch.setenv(variable, "")
+    assert load_settings() == Settings()
 
 
 def test_bundle_path_is_bundle_dir_when_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -220,7 +229,7 @@ def test_a_server_only_variable_cannot_fail_training(
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("MLFLOW_TRACKING_URI", "ftp://x"), ("REGISTRY_TIMEOUT_S", "0"), ("MODEL_ALIAS", "")],
+    [("MLFLOW_TRACKING_URI", "ftp://x"), ("REGISTRY_TIMEOUT_S", "0"), ("MODEL_ALIAS", " ")],
 )
 def test_an_invalid_connection_variable_fails_both(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)
