@@ -1,17 +1,25 @@
 """orchestration/docker-compose.yaml and its .env.example, checked without a container engine: valid per the
-Compose specification's JSON schema, health-checked, gated on airflow-init, and speaking the settings model's
-variable names.
+Compose specification's JSON schema, health-checked, gated on airflow-init, speaking the settings model's
+variable names, and holding its credentials tight: the MinIO root account in minio and the bucket job only, a
+scoped key with a bucket-only policy for everyone else, no secret with a default, MLflow on postgres with basic
+auth.
 
-The schema is vendored (``compose-spec.json``, see ``compose-spec.README.md``), so nothing is downloaded.
+The schema is vendored (``compose-spec.json``, see ``compose-spec.README.md``), so nothing is downloaded. The
+one-shot jobs' scripts are run here with stand-ins for ``mc``, ``mlflow server`` and MLflow's auth client (no
+MinIO, postgres or MLflow server is started): what they would create and start is recorded and checked.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked environment
 import pytest
@@ -26,13 +34,16 @@ COMPOSE: Final = REPO / "orchestration" / "docker-compose.yaml"
 ENV_EXAMPLE: Final = REPO / "orchestration" / ".env.example"
 SCHEMA: Final = Path(__file__).with_name("compose-spec.json")
 INIT: Final = "airflow-init"
-ONE_SHOT: Final = {INIT, "minio-buckets"}
+BUCKET_JOB: Final = "minio-buckets"
+ONE_SHOT: Final = {INIT, BUCKET_JOB, "mlflow-database", "mlflow-users"}
 AIRFLOW_COMPONENTS: Final = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
 # Variables of the tools in the stack (Airflow, postgres, MinIO, MLflow's server, the Airflow image) and the
 # DAG's work directory; every other variable a service receives must be one the settings model reads.
 TOOL_VARIABLE: Final = re.compile(
-    r"^(AIRFLOW__\w+|AIRFLOW_CONFIG|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|MINIO_ROOT_\w+|MLFLOW_S3_ENDPOINT_URL"
-    rf"|MLFLOW_ARTIFACTS_DESTINATION|DUMB_INIT_SETSID|{WORK_ROOT_ENV})$"
+    r"^(AIRFLOW__\w+|AIRFLOW_CONFIG|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|PG(HOST|USER|DATABASE|PASSWORD)"
+    r"|MINIO_ROOT_\w+|MINIO_SCOPED_\w+|MLFLOW_S3_ENDPOINT_URL|MLFLOW_ARTIFACTS_DESTINATION|MLFLOW_DB_PASSWORD"
+    r"|MLFLOW_AUTH_ADMIN_(USERNAME|PASSWORD)|MLFLOW_FLASK_SERVER_SECRET_KEY|MLFLOW_AIRFLOW_(USERNAME|PASSWORD)"
+    rf"|DUMB_INIT_SETSID|{WORK_ROOT_ENV})$"
 )
 # What the DAG's tasks read: the connection settings (app.contract.connection.ConnectionSettings).
 DAG_SETTINGS: Final = {
@@ -40,6 +51,8 @@ DAG_SETTINGS: Final = {
     "DVC_REMOTE_ENDPOINT_URL",
     "DVC_REMOTE_REGION",
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
     "MODEL_NAME",
     "MODEL_ALIAS",
     "AWS_ACCESS_KEY_ID",
@@ -49,6 +62,19 @@ DAG_SETTINGS: Final = {
 REFERENCE: Final = re.compile(
     r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<named>[A-Za-z_]\w*))"
 )
+# A variable holding a password, secret or key (an access key *ID* names an account and is not secret).
+SECRET_NAME: Final = re.compile(r"PASSWORD|SECRET|FERNET|KEY(?!_ID$)")
+# A URL with a literal password in it (user:password@host); a ${VAR} in the password part does not match.
+LITERAL_PASSWORD_URL: Final = re.compile(r"://[\w.~-]+:[\w.~%-]+@")
+# What the scoped MinIO key may do: object reads, writes and deletes, and listing; no admin, no other bucket.
+SCOPED_ACTIONS: Final = {
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListBucket",
+    "s3:GetBucketLocation",
+}
 
 
 def interpolate(text: str, values: dict[str, str]) -> str:
@@ -79,15 +105,25 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in pairs}
 
 
+def is_secret(name: str) -> bool:
+    return SECRET_NAME.search(name) is not None
+
+
 @pytest.fixture(scope="module")
 def example_env() -> dict[str, str]:
     return read_env_file(ENV_EXAMPLE)
 
 
 @pytest.fixture(scope="module")
-def compose(example_env: dict[str, str]) -> dict[str, Any]:
-    """The compose file as ``docker compose config`` would see it with .env.example as its .env."""
-    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), example_env))
+def dot_env(example_env: dict[str, str]) -> dict[str, str]:
+    """.env.example with its empty secrets filled in, each with its own value, as a user following it would."""
+    return {name: value or f"generated-{name.strip('_').lower()}-0123456789" for name, value in example_env.items()}
+
+
+@pytest.fixture(scope="module")
+def compose(dot_env: dict[str, str]) -> dict[str, Any]:
+    """The compose file as ``docker compose config`` would see it with that .env."""
+    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), dot_env))
     return loaded
 
 
@@ -101,6 +137,66 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {str(k): str(v) for k, v in env.items()}
+
+
+def command_line(service: dict[str, Any]) -> list[str]:
+    """What the container runs: its entrypoint and command. Without an entrypoint, the image's own runs the
+    command as given (the Airflow image's entrypoint execs ``bash ...`` and ``python ...`` commands)."""
+    parts: list[str] = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key, [])
+        parts += [value] if isinstance(value, str) else [str(item) for item in value]
+    return parts
+
+
+def stub(directory: Path, name: str, body: str) -> None:
+    """An executable ``name`` in ``directory``: a Python script run by this interpreter."""
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+
+
+MC_STUB: Final = """
+import json, os, sys
+args = sys.argv[1:]
+record = {"argv": args}
+if args[:3] == ["admin", "policy", "create"]:
+    with open(args[5]) as policy:
+        record["policy"] = policy.read()
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(json.dumps(record) + "\\n")
+"""
+
+
+def run_bucket_job(service: dict[str, Any], tmp_path: Path, **overrides: str) -> list[dict[str, Any]]:
+    """Runs the bucket job's script with a stand-in ``mc`` that records each call (and the policy file)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub(bin_dir, "mc", MC_STUB)
+    log = tmp_path / "mc.jsonl"
+    log.unlink(missing_ok=True)
+    env = {**environment(service), **overrides, "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}
+    env |= {"STUB_LOG": str(log), "TMPDIR": str(tmp_path)}
+    subprocess.run(command_line(service), env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+class _AnyUrl:
+    """Equal to any http(s) URL (the store's endpoint in an mc call)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.startswith("http")
+
+
+ANY_URL: Final = _AnyUrl()
+
+
+def mc_calls(calls: list[dict[str, Any]], *prefix: str) -> list[list[str]]:
+    return [call["argv"] for call in calls if call["argv"][: len(prefix)] == list(prefix)]
+
+
+def bucket_of(url: str) -> str:
+    return urlsplit(url).netloc
 
 
 def test_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
@@ -145,9 +241,17 @@ def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[s
 def test_airflow_services_are_gated_on_init(services: dict[str, dict[str, Any]]) -> None:
     airflow = {name for name, s in services.items() if "AIRFLOW__CORE__EXECUTOR" in environment(s)} - {INIT}
     assert airflow >= AIRFLOW_COMPONENTS
-    for name in airflow | {"mlflow"}:
+    for name in airflow:
         depends = services[name]["depends_on"]
         assert depends[INIT]["condition"] == "service_completed_successfully", name
+        # The scoped MinIO key exists before any Airflow component starts.
+        assert depends[BUCKET_JOB]["condition"] == "service_completed_successfully", name
+    # Whatever runs tasks (the scheduler under LocalExecutor, the Celery worker) starts once MLflow is up and
+    # Airflow's MLflow account exists.
+    for name in ("airflow-scheduler", "airflow-worker"):
+        assert services[name]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
+    assert services["mlflow-users"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["mlflow-database"]["condition"] == "service_completed_successfully"
     assert services[INIT]["depends_on"]["postgres"]["condition"] == "service_healthy"
     init_script = " ".join(map(str, services[INIT]["command"]))
     assert "chown" in init_script  # fixes ownership of the mounted volumes
@@ -207,11 +311,11 @@ def test_env_example_documents_every_variable(example_env: dict[str, str]) -> No
             while above and above[-1] and not above[-1].startswith("#"):
                 above.pop()  # variables of the same block share the comment above them
             assert above and above[-1].startswith("#"), f".env.example: {line.split('=')[0]} has no comment"
-    for name, value in example_env.items():
-        if re.search("SECRET|PASSWORD", name):
-            assert re.search("placeholder|change-me", value), f"{name} holds something other than a placeholder"
-    with pytest.raises(KeyError, match="AWS_SECRET_ACCESS_KEY"):  # no default credentials in the compose file
-        interpolate(COMPOSE.read_text(), {k: v for k, v in example_env.items() if k != "AWS_SECRET_ACCESS_KEY"})
+    # Every secret is left empty (nothing to copy and use as it is), with a way to generate it; nothing else is.
+    secrets = {name for name in example_env if is_secret(name)}
+    assert secrets and secrets == {name for name, value in example_env.items() if not value}
+    text = ENV_EXAMPLE.read_text()
+    assert "secrets.token_urlsafe" in text and "Fernet.generate_key()" in text
 
 
 def test_airflow_image_is_the_one_the_dagger_module_builds(
@@ -227,3 +331,272 @@ def test_airflow_image_is_the_one_the_dagger_module_builds(
     assert default is not None and default["image"] == f"{AIRFLOW_IMAGE_NAME}:latest"
     assert example_env["AIRFLOW_IMAGE"] == default["image"]
     assert services["mlflow"]["image"] == services["airflow-scheduler"]["image"] == default["image"]
+
+
+def test_secrets_are_required_variables_without_defaults(
+    compose: dict[str, Any], dot_env: dict[str, str], example_env: dict[str, str]
+) -> None:
+    text = COMPOSE.read_text()
+    references = [m for m in REFERENCE.finditer(text) if not m["escaped"]]
+    for m in references:
+        name = m["braced"] or m["named"]
+        if m["op"] and m["op"].endswith("?"):  # every error message says what to set and where
+            assert name in m["arg"] and "orchestration/.env" in m["arg"], f"{m[0]}: a message naming the variable"
+        if is_secret(name):  # each reference of a secret is ${NAME:?...}: never a default, never empty
+            assert m["op"] == ":?", f"{m[0]}: a secret must be required (${{{name}:?...}})"
+    secret_names = {m["braced"] or m["named"] for m in references if is_secret(m["braced"] or m["named"])}
+    assert secret_names >= {
+        "POSTGRES_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "MINIO_SCOPED_SECRET_ACCESS_KEY",
+        "AIRFLOW_FERNET_KEY",
+        "_AIRFLOW_WWW_USER_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_AIRFLOW_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    }
+    # Without any one of them, the file does not resolve, and the message names it.
+    for name in secret_names:
+        with pytest.raises(KeyError, match=re.escape(name)):
+            interpolate(text, {**dot_env, name: ""})
+    # Environment entries with a secret's name hold exactly one required variable, no literal.
+    raw = yaml.safe_load(text)
+    for service_name, service in raw["services"].items():
+        for variable, value in environment(service).items():
+            if is_secret(variable):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", value), f"{service_name}: {variable}={value!r}"
+    # No password written into a URL (postgresql://airflow:airflow@...).
+    assert not LITERAL_PASSWORD_URL.search(text), LITERAL_PASSWORD_URL.search(text)
+    assert "airflow:airflow@" not in text
+    # The values the services get are the ones .env gives (.env.example gives none).
+    interpolated = json.dumps(compose)
+    for name in secret_names:
+        assert example_env.get(name) == "" and dot_env[name] in interpolated, name
+
+
+def test_minio_root_account_stays_with_minio_and_the_bucket_job(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    minio = environment(services["minio"])
+    root_user, root_password = minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]
+    holders = {name for name, service in services.items() if root_password in json.dumps(service)}
+    assert holders == {"minio", BUCKET_JOB}
+    holders = {name for name, service in services.items() if root_user in environment(service).values()}
+    assert holders == {"minio", BUCKET_JOB}
+    # The bucket job logs in as root and creates the scoped user; the others get that user's key, as AWS_*.
+    calls = run_bucket_job(services[BUCKET_JOB], tmp_path)
+    assert mc_calls(calls, "alias", "set", "store") == [["alias", "set", "store", ANY_URL, root_user, root_password]]
+    (added,) = mc_calls(calls, "admin", "user", "add")
+    scoped_id, scoped_secret = added[4], added[5]
+    assert scoped_id != root_user and scoped_secret != root_password
+    airflow = {name for name, service in services.items() if "AIRFLOW__CORE__EXECUTOR" in environment(service)}
+    assert airflow >= AIRFLOW_COMPONENTS | {INIT, "airflow-worker", "flower"}
+    for name in airflow | {"mlflow"}:
+        env = environment(services[name])
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (scoped_id, scoped_secret), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, None),  # the defaults: the buckets of DVC_REMOTE_URL and MLFLOW_ARTIFACTS_DESTINATION
+        ({"DVC_REMOTE_URL": "s3://shared/dvc", "MLFLOW_ARTIFACTS_DESTINATION": "s3://shared/mlflow"}, {"shared"}),
+        ({"DVC_REMOTE_URL": "s3://other-bucket"}, {"other-bucket", "mlflow"}),
+    ],
+)
+def test_bucket_job_grants_the_scoped_user_its_buckets_only(
+    services: dict[str, dict[str, Any]], tmp_path: Path, overrides: dict[str, str], expected: set[str] | None
+) -> None:
+    job = services[BUCKET_JOB]
+    if expected is None:
+        # The policy follows the same defaults the DAG and MLflow use.
+        raw_env = yaml.safe_load(COMPOSE.read_text())["x-airflow-common"]["environment"]
+        default = re.fullmatch(r"\$\{DVC_REMOTE_URL:-(?P<url>[^}]+)\}", raw_env["DVC_REMOTE_URL"])
+        assert default is not None
+        dvc_url = environment(job)["DVC_REMOTE_URL"]
+        assert dvc_url == default["url"] == environment(services["airflow-scheduler"])["DVC_REMOTE_URL"]
+        artifacts = environment(job)["MLFLOW_ARTIFACTS_DESTINATION"]
+        assert artifacts == environment(services["mlflow"])["MLFLOW_ARTIFACTS_DESTINATION"]
+        expected = {bucket_of(dvc_url), bucket_of(artifacts)}
+        assert expected == {"models", "mlflow"}
+    calls = run_bucket_job(job, tmp_path, **overrides)
+    assert {argv[-1] for argv in mc_calls(calls, "mb")} == {f"store/{bucket}" for bucket in expected}
+    (created,) = [call for call in calls if call["argv"][:3] == ["admin", "policy", "create"]]
+    policy_name = created["argv"][4]
+    document = json.loads(created["policy"])
+    assert document["Version"] == "2012-10-17"
+    resources: set[str] = set()
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow" and set(statement) == {"Effect", "Action", "Resource"}
+        actions = {statement["Action"]} if isinstance(statement["Action"], str) else set(statement["Action"])
+        assert actions <= SCOPED_ACTIONS, actions - SCOPED_ACTIONS
+        statement_resources = statement["Resource"]
+        resources |= {statement_resources} if isinstance(statement_resources, str) else set(statement_resources)
+        # Bucket-level actions on bucket ARNs, object-level actions on object ARNs.
+        on_objects = all(resource.endswith("/*") for resource in statement_resources)
+        assert on_objects == bool(actions & {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"})
+    assert resources == {f"arn:aws:s3:::{b}" for b in expected} | {f"arn:aws:s3:::{b}/*" for b in expected}
+    # That policy is the scoped user's, and the job proves the key can list each bucket.
+    (added,) = mc_calls(calls, "admin", "user", "add")
+    scoped_id = environment(job)["MINIO_SCOPED_ACCESS_KEY_ID"]
+    assert added[3:] == ["store", scoped_id, environment(job)["MINIO_SCOPED_SECRET_ACCESS_KEY"]]
+    assert mc_calls(calls, "admin", "policy", "attach") == [
+        ["admin", "policy", "attach", "store", policy_name, "--user", scoped_id]
+    ]
+    order = [call["argv"][:3] for call in calls]
+    assert order.index(["admin", "policy", "create"]) < order.index(["admin", "policy", "attach"])
+    assert sorted(argv[-1] for argv in mc_calls(calls, "ls")) == sorted(f"scoped/{b}" for b in expected)
+    (scoped_alias,) = mc_calls(calls, "alias", "set", "scoped")
+    assert scoped_alias[4:] == [scoped_id, environment(job)["MINIO_SCOPED_SECRET_ACCESS_KEY"]]
+
+
+PYTHON_STUB: Final = """
+import json, os, stat, sys
+if sys.argv[1:3] != ["-m", "mlflow"]:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+config = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+record = {"argv": sys.argv[1:], "env": dict(os.environ)}
+if config:
+    with open(config) as file:
+        record["auth_config"] = file.read()
+    record["auth_config_mode"] = stat.S_IMODE(os.stat(config).st_mode)
+with open(os.environ["STUB_LOG"], "w") as log:
+    json.dump(record, log)
+"""
+
+
+def test_mlflow_serves_with_basic_auth_on_postgres(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    mlflow = services["mlflow"]
+    assert mlflow["healthcheck"]["test"][-1].endswith(":5000/health")  # served without auth by basic-auth
+    # Run its command with a stand-in for `python -m mlflow` that records how the server would be started.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub(bin_dir, "python", PYTHON_STUB)
+    log = tmp_path / "server.json"
+    db_password = "p@ss:w/rd%20?#&"  # survives the URL and the ini file
+    env = {**environment(mlflow), "MLFLOW_DB_PASSWORD": db_password, "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}
+    env |= {"STUB_LOG": str(log), "TMPDIR": str(tmp_path)}
+    subprocess.run(command_line(mlflow), env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    started = json.loads(log.read_text())
+    argv = " ".join(started["argv"])
+    assert re.search(r"--app-name[ =]basic-auth\b", argv), argv
+    assert "--backend-store-uri" not in argv and db_password not in argv  # the password is not on a command line
+    assert re.search(r"--artifacts-destination[ =]s3://", argv), argv
+    server_env = started["env"]
+    backend = urlsplit(server_env["MLFLOW_BACKEND_STORE_URI"])
+    assert (backend.scheme, backend.hostname, backend.username, backend.path) == (
+        "postgresql",
+        "postgres",
+        "mlflow",
+        "/mlflow",
+    )
+    assert unquote(backend.password or "") == db_password
+    # The auth config, read as MLflow reads it (configparser with interpolation), from a file only its owner reads.
+    assert started["auth_config_mode"] & 0o077 == 0
+    config = configparser.ConfigParser()
+    config.read_string(started["auth_config"])
+    auth = config["mlflow"]
+    assert auth["default_permission"] in {"READ", "NO_PERMISSIONS"}
+    assert auth["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+    auth_db = urlsplit(auth["database_uri"])
+    assert (auth_db.scheme, auth_db.hostname, auth_db.username, auth_db.path) == (
+        "postgresql",
+        "postgres",
+        "mlflow",
+        "/mlflow_auth",
+    )
+    assert unquote(auth_db.password or "") == db_password
+    # The admin comes from the environment (MLflow prefers it to the file), and so does the CSRF signing key.
+    assert server_env["MLFLOW_AUTH_ADMIN_USERNAME"] and server_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert "admin_password" not in auth
+    # The role and both databases are the ones the mlflow-database job creates.
+    init_sql = " ".join(command_line(services["mlflow-database"]))
+    assert "ALTER ROLE mlflow WITH LOGIN PASSWORD :'mlflow_password'" in init_sql
+    assert "\\getenv mlflow_password MLFLOW_DB_PASSWORD" in init_sql
+    assert "ARRAY['mlflow', 'mlflow_auth']" in init_sql and "OWNER mlflow" in init_sql
+    database_env = environment(services["mlflow-database"])
+    assert database_env["MLFLOW_DB_PASSWORD"] == environment(mlflow)["MLFLOW_DB_PASSWORD"]
+    assert database_env["PGHOST"] == "postgres"
+    # Without the database password the script stops before the server: no silent fallback to a sqlite store.
+    log.unlink()
+    missing = {k: v for k, v in env.items() if k != "MLFLOW_DB_PASSWORD"}
+    failed = subprocess.run(command_line(mlflow), env=missing, cwd=tmp_path, capture_output=True, timeout=60)
+    assert failed.returncode != 0 and not log.exists()
+
+
+FAKE_MLFLOW: Final = {
+    "mlflow/__init__.py": "",
+    "mlflow/exceptions.py": """
+class RestException(Exception):
+    def __init__(self, json):
+        super().__init__(json["message"])
+        self.error_code = json["error_code"]
+""",
+    "mlflow/server/__init__.py": """
+import json, os
+from mlflow.exceptions import RestException
+
+class Client:
+    def __init__(self, tracking_uri):
+        login = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        self.record("init", tracking_uri, *login)
+
+    def record(self, *call):
+        with open(os.environ["STUB_LOG"], "a") as log:
+            log.write(json.dumps(call) + "\\n")
+
+    def get_user(self, username):
+        self.record("get_user", username)
+        if username not in os.environ["EXISTING_USERS"].split():
+            raise RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such user"})
+
+    def create_user(self, username, password):
+        self.record("create_user", username, password)
+
+    def update_user_password(self, username, password):
+        self.record("update_user_password", username, password)
+
+def get_app_client(app_name, tracking_uri):
+    assert app_name == "basic-auth"
+    return Client(tracking_uri)
+""",
+}
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_mlflow_users_gives_airflow_its_own_account(
+    services: dict[str, dict[str, Any]], tmp_path: Path, exists: bool
+) -> None:
+    for relative, source in FAKE_MLFLOW.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(source)
+    job, server = environment(services["mlflow-users"]), environment(services["mlflow"])
+    scheduler = environment(services["airflow-scheduler"])
+    airflow_user, airflow_password = scheduler["MLFLOW_TRACKING_USERNAME"], scheduler["MLFLOW_TRACKING_PASSWORD"]
+    log = tmp_path / "calls.jsonl"
+    env = {**job, "PYTHONPATH": str(tmp_path), "STUB_LOG": str(log), "EXISTING_USERS": airflow_user if exists else ""}
+    command = command_line(services["mlflow-users"])
+    assert command[:2] == ["python", "-c"]
+    subprocess.run([sys.executable, *command[1:]], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    # It logs in as MLflow's admin, and makes (or resets) the account every Airflow container uses.
+    admin = [server["MLFLOW_AUTH_ADMIN_USERNAME"], server["MLFLOW_AUTH_ADMIN_PASSWORD"]]
+    assert calls[0] == ["init", scheduler["MLFLOW_TRACKING_URI"], *admin]
+    change = "update_user_password" if exists else "create_user"
+    assert calls[1:] == [["get_user", airflow_user], [change, airflow_user, airflow_password]]
+    assert airflow_user != admin[0] and airflow_password != admin[1]
+    for name, service in services.items():
+        if "AIRFLOW__CORE__EXECUTOR" in environment(service):
+            env_of = environment(service)
+            assert (env_of["MLFLOW_TRACKING_USERNAME"], env_of["MLFLOW_TRACKING_PASSWORD"]) == (
+                airflow_user,
+                airflow_password,
+            ), name
+    # The admin's password reaches the server and this job only.
+    assert {name for name, service in services.items() if admin[1] in json.dumps(service)} == {"mlflow", "mlflow-users"}
+    # Refused when the two accounts would be one.
+    same = {**env, "MLFLOW_AIRFLOW_USERNAME": admin[0]}
+    refused = subprocess.run([sys.executable, *command[1:]], env=same, cwd=tmp_path, capture_output=True, timeout=60)
+    assert refused.returncode != 0 and b"must differ" in refused.stderr
