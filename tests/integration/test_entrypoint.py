@@ -24,7 +24,7 @@ from app.contract.registry import mlflow_client
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.app.serving import records
 from tests.integration.conftest import SECRET, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3Server, free_port, stop, wait_http
+from tests.services import LOOPBACK, S3_ENV, S3Server, free_port, stop, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,32 @@ def test_alias_is_resolved_pulled_verified_and_served(
         assert f"entrypoint: {step}" in output
     assert f"{target.model_name}@champion -> version {champion.version}" in output
     assert SECRET not in output
+
+
+def test_s3_credentials_from_a_mounted_file_never_enter_the_servers_environment(
+    versions: tuple[Published, Published], target: PublishTarget, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """The narrow path for credentials: a file (a mounted secret) that only the pull's S3 client reads.
+
+    The environment names the file, not the keys; the server process holds the path and never the secret.
+    A later pull by the running server (a live alias refresh) reads the same file in its own child process.
+    """
+    champion, _ = versions
+    credentials = tmp_path / "secrets" / "s3-credentials"
+    credentials.parent.mkdir()
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {S3_ENV['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {SECRET}\n"
+    )
+    port = free_port()
+    env = pinned_env(target, tmp_path / "models", champion.dvc_hash, port)
+    # no key in the environment (empty counts as unset for the S3 client): only the file's path
+    env |= {name: "" for name in S3_CREDENTIAL_VARIABLES} | {"AWS_SHARED_CREDENTIALS_FILE": os.fspath(credentials)}
+    log = tmp_path / "server.log"
+    with serving(env, log) as server:
+        assert_serves(port, load_bundle(bundle_dir), None)
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes()
+        assert SECRET.encode() not in environ and os.fspath(credentials).encode() in environ
+    assert "pull done" in log.read_text() and SECRET not in log.read_text()
 
 
 def test_moving_the_alias_changes_what_a_fresh_start_serves(
