@@ -2,9 +2,14 @@
 from the model.
 
 Each feature becomes one required field: a numeric feature a strict ``float`` (or ``int`` for an integral one,
-which also takes a float with no fractional part) within its bounds, NaN and infinities refused; a categorical
-one a string enum of its categories; a date an ISO ``YYYY-MM-DD`` string that must be a real day. Unknown
-fields are refused. A bundle trained on other data gets its own models with no code change.
+which also takes a float with no fractional part) within its limits if it has any, NaN and infinities refused; a
+categorical one a string enum of its categories; a date an ISO ``YYYY-MM-DD`` string that must be a real day,
+within its limits if it has any. Unknown fields are refused. A bundle trained on other data gets its own models
+with no code change.
+
+Limits are the feature's ``minimum``/``maximum`` (``Feature.limits``): configured bounds, or the training range
+when training was asked to enforce it. The range seen in training is only described, and ``outside_training``
+counts the values outside it for the metrics; it refuses nothing.
 
 Validation runs in pydantic-core straight from the request bytes; failures become ``RequestError`` with one
 message per field, each naming the field.
@@ -12,14 +17,17 @@ message per field, each naming the field.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Final, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata
+from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Limit, Metadata
 
 ISO_DATE_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}$"
 # The request models' names: their OpenAPI components are ``#/components/schemas/<name>``.
@@ -41,6 +49,85 @@ def _real_day(value: str) -> str:
     return value
 
 
+def _day_within(first: str | None, last: str | None) -> Callable[[str], str]:
+    """A check that an ISO day (fixed width, so text order is time order) lies within the limits."""
+    allowed = _span(first, last)
+
+    def within(value: str) -> str:
+        if first is not None and value < first:
+            raise PydanticCustomError("greater_than_equal", "Input should be a day {allowed}", {"allowed": allowed})
+        if last is not None and value > last:
+            raise PydanticCustomError("less_than_equal", "Input should be a day {allowed}", {"allowed": allowed})
+        return value
+
+    return within
+
+
+def _span(low: Limit, high: Limit) -> str:
+    if low is not None and high is not None:
+        return f"from {low} to {high}"
+    return f"from {low}" if low is not None else f"up to {high}"
+
+
+def _digit_class(low: str, high: str) -> str:
+    return low if low == high else f"[{low}-{high}]"
+
+
+def _any_like(template: str) -> str:
+    return "".join("-" if c == "-" else "[0-9]" for c in template)
+
+
+def _alternatives(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
+
+
+def _at_least(low: str) -> str:
+    """A regex for the strings shaped like ``low`` (digits and dashes) that sort at or after it."""
+    if not low:
+        return ""
+    head, rest = low[0], low[1:]
+    if head == "-":
+        return "-" + _at_least(rest)
+    options = [head + _at_least(rest)]
+    if head != "9":
+        options.append(_digit_class(str(int(head) + 1), "9") + _any_like(rest))
+    return _alternatives(options)
+
+
+def _at_most(high: str) -> str:
+    """A regex for the strings shaped like ``high`` that sort at or before it."""
+    if not high:
+        return ""
+    head, rest = high[0], high[1:]
+    if head == "-":
+        return "-" + _at_most(rest)
+    options = [head + _at_most(rest)]
+    if head != "0":
+        options.append(_digit_class("0", str(int(head) - 1)) + _any_like(rest))
+    return _alternatives(options)
+
+
+def _between(low: str, high: str) -> str:
+    """A regex for the strings shaped like ``low`` and ``high`` (``low <= high``) that sort between them."""
+    if not low:
+        return ""
+    if low[0] == high[0]:
+        return low[0] + _between(low[1:], high[1:])
+    options = [low[0] + _at_least(low[1:])]
+    if int(high[0]) - int(low[0]) > 1:
+        options.append(_digit_class(str(int(low[0]) + 1), str(int(high[0]) - 1)) + _any_like(low[1:]))
+    options.append(high[0] + _at_most(high[1:]))
+    return _alternatives(options)
+
+
+def day_pattern(first: str | None, last: str | None) -> str:
+    """The JSON Schema ``pattern`` of the ISO days within the limits, so the OpenAPI document states them too
+    (validation checks them with ``_day_within``, whose message names the range)."""
+    if first is None and last is None:
+        return ISO_DATE_PATTERN
+    return "^" + _between(first or "0000-00-00", last or "9999-99-99") + "$"
+
+
 def _whole_number(value: Any) -> Any:
     """A float with no fractional part (``2007.0``, as pandas writes integers) as the integer it is."""
     if isinstance(value, float) and value.is_integer():
@@ -48,13 +135,29 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+def _described(feature: Feature, what: str, unlimited: str) -> str:
+    """``what`` and its limits (``unlimited`` if none), then separately the range seen in training."""
+
+    def shown(value: Limit) -> Limit:  # an integral feature's 3.0 is 3
+        whole = feature.dtype == "int" and isinstance(value, float) and value.is_integer()
+        return int(value) if whole and isinstance(value, float) else value
+
+    low, high = (shown(v) for v in feature.limits())
+    text = f"{what} {_span(low, high)}" if low is not None or high is not None else f"{what}, {unlimited}"
+    seen_low, seen_high = (shown(v) for v in feature.training_range())
+    if seen_low is not None or seen_high is not None:
+        text += f"; seen in training {_span(seen_low, seen_high)} (not a limit)"
+    return text
+
+
 def _field(feature: Feature) -> tuple[Any, Any]:
     """The annotated type and ``Field`` of one feature."""
     common: dict[str, Any] = {"alias": feature.name, "title": feature.name}
     if feature.kind == "numeric":
-        low = float(feature.minimum) if isinstance(feature.minimum, int | float) else None
-        high = float(feature.maximum) if isinstance(feature.maximum, int | float) else None
-        described = f"{feature.dtype} from {feature.minimum} to {feature.maximum}"
+        minimum, maximum = feature.limits()
+        low = float(minimum) if isinstance(minimum, int | float) else None
+        high = float(maximum) if isinstance(maximum, int | float) else None
+        described = _described(feature, feature.dtype, "any finite number")
         numeric: Any = float
         if feature.dtype == "int":
             described += " (a whole number: 3 or 3.0)"
@@ -66,17 +169,39 @@ def _field(feature: Feature) -> tuple[Any, Any]:
         return Literal[tuple(feature.categories)], Field(..., description="one of the training categories", **common)
     if feature.format not in (None, DATE_FORMAT):
         raise BundleError(f"date feature {feature.name!r} has format {feature.format!r}; only {DATE_FORMAT} is served")
+    first, last = (_limit_day(feature, limit) for limit in feature.limits())
+    day: Any = Annotated[str, AfterValidator(_real_day)]
+    if first is not None or last is not None:
+        day = Annotated[day, AfterValidator(_day_within(first, last))]
     return (
-        Annotated[str, AfterValidator(_real_day)],
+        day,
         Field(
             ...,
             strict=True,
             pattern=ISO_DATE_PATTERN,
-            description=f"ISO date (YYYY-MM-DD); seen in training from {feature.minimum} to {feature.maximum}",
-            json_schema_extra={"format": "date"},
+            description=_described(feature, "ISO date (YYYY-MM-DD)", "any real day"),
+            json_schema_extra={"format": "date", "pattern": day_pattern(first, last)},
             **common,
         ),
     )
+
+
+def _limit_day(feature: Feature, limit: Limit) -> str | None:
+    """A date limit as the ISO day it must be (a bundle naming anything else cannot be served)."""
+    if limit is None:
+        return None
+    if not isinstance(limit, str) or not _is_day(limit):
+        raise BundleError(f"date feature {feature.name!r} has limit {limit!r}, not a YYYY-MM-DD day")
+    return limit
+
+
+def _is_day(text: str) -> bool:
+    if len(text) != len("YYYY-MM-DD") or text[4] != "-" or text[7] != "-":
+        return False
+    try:
+        return date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -87,6 +212,8 @@ class RecordSchema:
     record_model: type[BaseModel]
     batch_model: type[BaseModel]
     max_records: int
+    # Numeric and date features whose range seen in training the bundle records: name -> (kind, low, high).
+    training_ranges: Mapping[str, tuple[str, Limit, Limit]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: Metadata, max_records: int) -> RecordSchema:
@@ -107,7 +234,12 @@ class RecordSchema:
             __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [metadata.example]}]}),
             records=(list[record_model], Field(..., min_length=1, max_length=max_records)),
         )
-        return cls(tuple(metadata.feature_names()), record_model, batch_model, max_records)
+        ranges = {
+            feature.name: (feature.kind, *feature.training_range())
+            for feature in metadata.features
+            if feature.kind != "categorical" and feature.training_range() != (None, None)
+        }
+        return cls(tuple(metadata.feature_names()), record_model, batch_model, max_records, ranges)
 
     def parse_record(self, body: bytes) -> tuple[Any, ...]:
         """One JSON record -> its values in feature order."""
@@ -128,6 +260,23 @@ class RecordSchema:
     def columns(self, rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         """Rows of values -> the column mapping the transformer takes (no DataFrame)."""
         return {name: list(values) for name, values in zip(self.features, zip(*rows, strict=True), strict=True)}
+
+    def outside_training(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+        """For each numeric or date feature whose training range the bundle records, how many of its values in
+        ``columns`` (as ``columns`` returns them, already validated) lie outside the range seen in the training
+        split: what the metrics report as drift. Nothing is refused for it. A bundle that records no such range
+        (numeric features of bundles written before ``observed_minimum`` existed) has no entry for the feature."""
+        counts: dict[str, int] = {}
+        for name, (kind, low, high) in self.training_ranges.items():
+            # numbers as float64, ISO days as fixed-width text (text order is time order); compared in bulk
+            values: Any = np.asarray(columns.get(name, ()), dtype=np.float64 if kind == "numeric" else np.str_)
+            outside = np.zeros(values.shape, dtype=bool)
+            if low is not None:
+                outside |= values < low
+            if high is not None:
+                outside |= values > high
+            counts[name] = int(np.count_nonzero(outside))
+        return counts
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import re
+from datetime import date, datetime
 from pathlib import Path
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS: Final = Path(__file__).with_name("params.yaml")
+ISO_DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class ConfigError(ValueError):
@@ -19,14 +23,68 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _iso_day(value: float | str) -> str | None:
+    """``value`` as a ``YYYY-MM-DD`` string if it is one and a real day, else None."""
+    if not isinstance(value, str) or not ISO_DAY.fullmatch(value):
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        return None
+
+
 class DataConfig(_Strict):
+    """What the data looks like.
+
+    ``bounds`` are limits: a numeric column's ``[min, max]`` (numbers) or a date column's (``YYYY-MM-DD`` days),
+    both ends included. Training refuses data outside them and the server refuses requests outside them (the
+    target's bound is checked in training only). A feature without a configured bound has no limit: the range
+    seen in the training split is recorded in the bundle and reported, never enforced, unless
+    ``enforce_observed_ranges`` asks for it to be the limit of every feature without a configured bound.
+    """
+
     target: str
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     dates: list[str] = Field(default_factory=list)
-    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    bounds: dict[str, tuple[float | str, float | str]] = Field(default_factory=dict)
+    enforce_observed_ranges: bool = False
     categories: dict[str, list[str]] = Field(default_factory=dict)
     drop_duplicates: bool = True
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _days_as_text(cls, bounds: Any) -> Any:
+        """YAML reads an unquoted ``2019-01-01`` as a date: take it as the ISO day it is. A ``true`` is no number."""
+        if not isinstance(bounds, dict):
+            return bounds
+        out: dict[Any, Any] = {}
+        for name, pair in bounds.items():
+            if isinstance(pair, list | tuple):
+                for value in pair:
+                    if isinstance(value, bool | datetime):
+                        raise ValueError(f"data.bounds: {name!r} has {value!r}, neither a number nor a YYYY-MM-DD day")
+                pair = [value.isoformat() if isinstance(value, date) else value for value in pair]
+            out[name] = pair
+        return out
+
+    def numeric_bound(self, name: str) -> tuple[float, float] | None:
+        """The configured limits of a numeric column or the target, if any."""
+        bound = self.bounds.get(name)
+        if bound is None or name in self.dates:
+            return None
+        low, high = bound
+        assert isinstance(low, float) and isinstance(high, float)  # checked when the config was read
+        return low, high
+
+    def date_bound(self, name: str) -> tuple[str, str] | None:
+        """The configured limits of a date column (``YYYY-MM-DD``), if any."""
+        bound = self.bounds.get(name)
+        if bound is None or name not in self.dates:
+            return None
+        low, high = bound
+        assert isinstance(low, str) and isinstance(high, str)  # checked when the config was read
+        return low, high
 
     @property
     def features(self) -> list[str]:
@@ -40,10 +98,24 @@ class DataConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"data: a column is listed twice among target and features: {names}")
         for name, (low, high) in self.bounds.items():
-            if name not in names:
-                raise ValueError(f"data.bounds: {name!r} is not a numeric column or the target")
-            if low > high:
-                raise ValueError(f"data.bounds: {name!r} has min {low} above max {high}")
+            if name in self.dates:
+                first, last = _iso_day(low), _iso_day(high)
+                if first is None or last is None:
+                    raise ValueError(
+                        f"data.bounds: {name!r} is a date column: its bounds must be real YYYY-MM-DD days, "
+                        f"got [{low!r}, {high!r}]"
+                    )
+                if first > last:
+                    raise ValueError(f"data.bounds: {name!r} has min {first} above max {last}")
+            elif name in (*self.numeric, self.target):
+                if not (
+                    isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high)
+                ):
+                    raise ValueError(f"data.bounds: {name!r} bounds must be finite numbers, got [{low!r}, {high!r}]")
+                if low > high:
+                    raise ValueError(f"data.bounds: {name!r} has min {low} above max {high}")
+            else:
+                raise ValueError(f"data.bounds: {name!r} is not a numeric or date column or the target")
         for name in self.categories:
             if name not in self.categorical:
                 raise ValueError(f"data.categories: {name!r} is not a categorical column")

@@ -18,30 +18,47 @@ def fit_transformer(train: pd.DataFrame, config: DataConfig) -> FeatureTransform
 
 
 def feature_schema(train: pd.DataFrame, config: DataConfig, transformer: FeatureTransformer) -> list[Feature]:
-    """Names, types, allowed categories and accepted ranges, as the server will enforce them.
+    """Names, types, allowed categories, limits and the ranges seen in training, for the bundle's schema.
 
-    A numeric range is the configured bound if there is one, else the range observed in training.
+    A numeric or date feature's limits (``minimum``/``maximum``, which the server enforces) are its configured
+    bound, or none; with ``enforce_observed_ranges`` a feature without a configured bound takes the range seen in
+    the training split as its limits. That range is always recorded (``observed_minimum``/``observed_maximum``),
+    to be reported, never enforced on its own: a row of the training file outside the train split's range is a
+    valid request.
     """
     features: list[Feature] = []
     for name in config.numeric:
         column = train[name]
         integral = bool((column == column.round()).all())
-        low, high = config.bounds.get(name, (float(column.min()), float(column.max())))
+        observed = (float(column.min()), float(column.max()))
+        low, high = config.numeric_bound(name) or (observed if config.enforce_observed_ranges else (None, None))
         features.append(
-            Feature(name=name, kind="numeric", dtype="int" if integral else "float", minimum=low, maximum=high)
+            Feature(
+                name=name,
+                kind="numeric",
+                dtype="int" if integral else "float",
+                minimum=low,
+                maximum=high,
+                observed_minimum=observed[0],
+                observed_maximum=observed[1],
+            )
         )
     for name in config.categorical:
         categories = config.categories.get(name, transformer.categories_[name])
         features.append(Feature(name=name, kind="categorical", dtype="str", categories=list(categories)))
     for name in config.dates:
         column = train[name]
+        seen = (str(column.min()), str(column.max()))
+        first, last = config.date_bound(name) or (seen if config.enforce_observed_ranges else (None, None))
         features.append(
             Feature(
                 name=name,
                 kind="date",
                 dtype="date",
-                minimum=str(column.min()),
-                maximum=str(column.max()),
+                minimum=first,
+                maximum=last,
+                observed_minimum=seen[0],
+                observed_maximum=seen[1],
                 format=DATE_FORMAT,
             )
         )

@@ -110,8 +110,9 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
         findings.append(_finding(name, MISSING, raw.isna(), raw))
         findings.append(_finding(name, "not a number", raw.notna() & numbers.isna(), raw))
         findings.append(_finding(name, "not finite", numbers.isin([np.inf, -np.inf]), raw))
-        if name in config.bounds:
-            low, high = config.bounds[name]
+        bound = config.numeric_bound(name)
+        if bound is not None:
+            low, high = bound
             findings.append(_finding(name, f"outside [{low}, {high}]", (numbers < low) | (numbers > high), raw))
         clean[name] = numbers
     for name in config.categorical:
@@ -127,7 +128,13 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
         parsed = pd.to_datetime(raw, format="%Y-%m-%d", errors="coerce")
         findings.append(_finding(name, MISSING, raw.isna(), raw))
         findings.append(_finding(name, "not a YYYY-MM-DD date", raw.notna() & parsed.isna(), raw))
-        clean[name] = parsed.dt.strftime("%Y-%m-%d").astype("string")
+        days = parsed.dt.strftime("%Y-%m-%d").astype("string")
+        day_bound = config.date_bound(name)
+        if day_bound is not None:
+            first, last = day_bound  # ISO days: text order is time order
+            outside = ((days < first) | (days > last)).fillna(False).astype(bool)
+            findings.append(_finding(name, f"outside [{first}, {last}]", outside, raw))
+        clean[name] = days
     report.errors += [f for f in findings if f is not None]
 
     target = clean[config.target]

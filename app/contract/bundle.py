@@ -67,18 +67,55 @@ class BundleError(Exception):
     """A bundle is missing, incomplete, tampered with, or holds an untrusted type."""
 
 
+Limit = float | str | None  # a number, or a date as an ISO ``YYYY-MM-DD`` string
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class Feature(BaseModel):
-    """One input column as the model saw it in training."""
+    """One input column as the model saw it in training.
+
+    ``minimum``/``maximum`` are the limits the server enforces (a date's as ISO strings): the configured bound,
+    or, if training was asked to (``enforce_observed_ranges``), the range seen in the training split; none
+    otherwise. ``observed_minimum``/``observed_maximum`` are the range seen in the training split, recorded and
+    reported, never enforced. A bundle written before the observed range was recorded apart has no observed
+    fields (they are left out of ``metadata.json`` when unset, so its content hash is unchanged): there the
+    numeric minimum/maximum are enforced as they always were, and a date's, the range seen in training, are not.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     name: str
     kind: Literal["numeric", "categorical", "date"]
     dtype: Literal["float", "int", "str", "date"]
-    minimum: float | str | None = None  # observed in training (a date as ISO string)
-    maximum: float | str | None = None
+    minimum: Limit = None
+    maximum: Limit = None
     categories: list[str] | None = None
     format: str | None = None  # dates only
+    observed_minimum: Limit = Field(None, exclude_if=_unset)
+    observed_maximum: Limit = Field(None, exclude_if=_unset)
+
+    @property
+    def records_observed(self) -> bool:
+        """Whether the bundle recorded the range seen in training apart from the limits (bundles since then do)."""
+        return self.observed_minimum is not None or self.observed_maximum is not None
+
+    def limits(self) -> tuple[Limit, Limit]:
+        """What the server enforces: ``minimum``/``maximum``, except an older bundle's date range (never enforced)."""
+        if self.kind == "date" and not self.records_observed:
+            return None, None
+        return self.minimum, self.maximum
+
+    def training_range(self) -> tuple[Limit, Limit]:
+        """The range seen in the training split, if the bundle says: the observed fields, or an older bundle's date
+        range; an older bundle's numeric range may be a configured bound, so it is not taken for one."""
+        if self.records_observed:
+            return self.observed_minimum, self.observed_maximum
+        if self.kind == "date":
+            return self.minimum, self.maximum
+        return None, None
 
 
 class Target(BaseModel):

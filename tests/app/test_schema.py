@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata, Target
+from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata, Target, read_metadata
 from app.predictor import probe_columns
-from app.schema import BATCH_MODEL, RECORD_MODEL, RecordSchema, RequestError
+from app.schema import BATCH_MODEL, RECORD_MODEL, RecordSchema, RequestError, day_pattern
 from orchestration.pipeline import TrainResult
 from tests.app.serving import records
 
 MAX_RECORDS = 5
+OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle-written-as-app-features"
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +168,72 @@ def test_a_date_is_a_string(schema: RecordSchema, metadata: Metadata) -> None:
     assert_refused(schema, {**metadata.example, name: 20230101}, name, "string_type")
 
 
-def test_any_real_day_is_accepted_beyond_the_training_range(schema: RecordSchema, metadata: Metadata) -> None:
+def test_a_date_within_its_limits_is_accepted_beyond_the_training_range(
+    schema: RecordSchema, metadata: Metadata
+) -> None:
     date_feature = feature(metadata, "date")
+    assert (date_feature.minimum, date_feature.maximum) == ("2019-01-01", "2030-12-31")  # params.yaml's bound
+    assert date_feature.observed_minimum is not None and date_feature.observed_maximum is not None
     index = schema.features.index(date_feature.name)
-    for day in (date_feature.minimum, date_feature.maximum, "1900-01-01", "2024-02-29", "2999-12-31"):
+    days = (date_feature.minimum, date_feature.maximum, "2019-01-02", "2024-02-29", "2030-12-30")
+    for day in (*days, date_feature.observed_minimum, date_feature.observed_maximum):
         assert schema.parse_record(body({**metadata.example, date_feature.name: day}))[index] == day
-    described = schema.record_model.model_json_schema()["properties"][date_feature.name]
-    assert described["format"] == "date" and str(date_feature.minimum) in described["description"]
+
+
+@pytest.mark.parametrize(
+    ("day", "error_type"),
+    [("2031-01-01", "less_than_equal"), ("9999-12-31", "less_than_equal"), ("2018-12-31", "greater_than_equal"),
+     ("0001-01-01", "greater_than_equal")],
+)  # fmt: skip
+def test_a_date_outside_its_limits_is_a_422_naming_the_field_and_the_range(
+    schema: RecordSchema, metadata: Metadata, day: str, error_type: str
+) -> None:
+    name = feature(metadata, "date").name
+    error = assert_refused(schema, {**metadata.example, name: day}, name, error_type)
+    assert error.errors[0]["msg"] == f"{name}: Input should be a day from 2019-01-01 to 2030-12-31"
+    with pytest.raises(RequestError) as batch:
+        schema.parse_batch(body({"records": [metadata.example, {**metadata.example, name: day}]}))
+    assert batch.value.errors[0]["loc"] == ["records", 1, name]
+
+
+def test_the_openapi_schema_states_the_limits_and_apart_the_range_seen_in_training(
+    schema: RecordSchema, metadata: Metadata
+) -> None:
+    properties = schema.record_model.model_json_schema()["properties"]
+    for item in metadata.features:
+        if item.kind == "categorical":
+            continue
+        described = properties[item.name]["description"]
+        limits, seen = described.split("; seen in training ")
+        assert limits.endswith(f"from {item.minimum} to {item.maximum}"), described
+        assert seen == f"from {item.observed_minimum} to {item.observed_maximum} (not a limit)", described
+    day = properties[feature(metadata, "date").name]
+    assert day["format"] == "date" and day["pattern"] == day_pattern("2019-01-01", "2030-12-31")
+    assert re.fullmatch(day["pattern"], "2030-12-31") and not re.fullmatch(day["pattern"], "9999-12-31")
+
+
+WINDOWS = [
+    ("2019-01-01", "2030-12-31"),
+    ("2019-09-26", "2023-07-24"),
+    ("2024-02-29", "2024-02-29"),
+    ("0001-01-01", "9999-12-31"),
+    ("1999-12-31", "2000-01-01"),
+    (None, "2000-06-15"),
+    ("1987-03-09", None),
+]
+
+
+@pytest.mark.parametrize(("first", "last"), WINDOWS)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(day=st.one_of(st.dates(), st.dates(date(1998, 1, 1), date(2032, 1, 1))))
+def test_the_day_pattern_matches_exactly_the_days_within_the_limits(
+    first: str | None, last: str | None, day: date
+) -> None:
+    text = day.isoformat()
+    within = (first is None or first <= text) and (last is None or text <= last)
+    assert bool(re.fullmatch(day_pattern(first, last), text)) is within
+    for edge in (first, last):  # the limits themselves are included
+        assert edge is None or re.fullmatch(day_pattern(first, last), edge)
 
 
 def test_malformed_json_is_a_400(schema: RecordSchema, metadata: Metadata) -> None:
@@ -290,3 +355,108 @@ def test_a_date_in_the_served_format_is_accepted(date_format: str | None) -> Non
     schema = RecordSchema.from_metadata(small_metadata(features, {"day": "2023-01-01"}), 10)
     assert schema.parse_record(b'{"day": "2023-01-01"}') == ("2023-01-01",)
     assert_refused(schema, b'{"day": "2023-02-30"}', "day")
+
+
+# --- limits and the range seen in training ---
+
+
+def test_an_unbounded_numeric_takes_any_finite_number_and_describes_the_training_range() -> None:
+    features = [Feature(name="x", kind="numeric", dtype="float", observed_minimum=1.5, observed_maximum=9.0)]
+    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 2.0}), 10)
+    for value in (-1e300, 0.0, 1.5, 9.0, 1e300):
+        assert schema.parse_record(body({"x": value})) == (value,)
+    described = schema.record_model.model_json_schema()["properties"]["x"]
+    assert "minimum" not in described and "maximum" not in described
+    assert described["description"] == "float, any finite number; seen in training from 1.5 to 9.0 (not a limit)"
+
+
+def test_limits_are_enforced_and_the_training_range_is_not() -> None:
+    features = [
+        Feature(name="x", kind="numeric", dtype="int", minimum=0, maximum=10, observed_minimum=2, observed_maximum=5),
+        Feature(
+            name="day", kind="date", dtype="date", format=DATE_FORMAT, minimum="2020-01-01", maximum="2020-12-31",
+            observed_minimum="2020-03-01", observed_maximum="2020-06-30",
+        ),
+    ]  # fmt: skip
+    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 3, "day": "2020-04-01"}), 10)
+    assert schema.parse_record(body({"x": 10, "day": "2020-12-31"})) == (10, "2020-12-31")
+    assert schema.parse_record(body({"x": 0, "day": "2020-01-01"})) == (0, "2020-01-01")
+    assert_refused(schema, {"x": 11, "day": "2020-04-01"}, "x", "less_than_equal")
+    assert_refused(schema, {"x": 3, "day": "2021-01-01"}, "day", "less_than_equal")
+    assert_refused(schema, {"x": 3, "day": "2019-12-31"}, "day", "greater_than_equal")
+    described = schema.record_model.model_json_schema()["properties"]
+    assert described["x"]["description"] == (
+        "int from 0 to 10; seen in training from 2 to 5 (not a limit) (a whole number: 3 or 3.0)"
+    )
+    assert described["day"]["description"] == (
+        "ISO date (YYYY-MM-DD) from 2020-01-01 to 2020-12-31; seen in training from 2020-03-01 to 2020-06-30 "
+        "(not a limit)"
+    )
+
+
+def test_a_date_without_limits_takes_any_real_day() -> None:
+    features = [
+        Feature(name="day", kind="date", dtype="date", observed_minimum="2020-03-01", observed_maximum="2020-06-30")
+    ]
+    schema = RecordSchema.from_metadata(small_metadata(features, {"day": "2020-04-01"}), 10)
+    for day in ("0001-01-01", "2020-02-29", "9999-12-31"):
+        assert schema.parse_record(body({"day": day})) == (day,)
+    described = schema.record_model.model_json_schema()["properties"]["day"]
+    assert described["pattern"] == r"^\d{4}-\d{2}-\d{2}$"
+    assert described["description"].startswith("ISO date (YYYY-MM-DD), any real day; seen in training from 2020-03-01")
+
+
+def test_a_date_limit_that_is_not_a_day_is_a_bundle_error() -> None:
+    features = [Feature(name="day", kind="date", dtype="date", minimum="2020-01-01", maximum=2020.0,
+                        observed_minimum="2020-03-01", observed_maximum="2020-06-30")]  # fmt: skip
+    with pytest.raises(BundleError, match=re.escape("'day' has limit 2020.0, not a YYYY-MM-DD day")):
+        RecordSchema.from_metadata(small_metadata(features, {"day": "2020-04-01"}), 10)
+
+
+def test_an_old_bundle_keeps_its_limits_and_its_dates_stay_unchecked() -> None:
+    """A bundle written before the observed range was recorded apart: numeric minimum/maximum were limits, a
+    date's were the range seen in training and never enforced."""
+    metadata = read_metadata(OLD_BUNDLE)
+    assert not any(f.records_observed for f in metadata.features)
+    schema = RecordSchema.from_metadata(metadata, 10)
+    example = metadata.example
+    assert schema.parse_record(body({**example, "time": 24.0, "distance": 1.0}))
+    assert_refused(schema, {**example, "time": 24.01}, "time", "less_than_equal")
+    assert_refused(schema, {**example, "distance": 0.5}, "distance", "greater_than_equal")
+    for day in ("1900-01-01", "9999-12-31"):  # as before: only a real day is required
+        assert schema.parse_record(body({**example, "date": day}))
+    properties = schema.record_model.model_json_schema()["properties"]
+    assert properties["time"]["description"] == "float from 0.1 to 24.0"  # whether it was seen or configured: unknown
+    assert properties["date"]["description"] == (
+        "ISO date (YYYY-MM-DD), any real day; seen in training from 2019-09-27 to 2023-07-24 (not a limit)"
+    )
+    rows = [schema.parse_record(body({**example, "date": day})) for day in ("2019-09-26", "2020-01-01", "2024-01-01")]
+    assert schema.outside_training(schema.columns(rows)) == {"date": 2}  # its numeric range is no training range
+
+
+def test_outside_training_counts_values_beyond_the_range_seen_in_training() -> None:
+    features = [
+        Feature(name="x", kind="numeric", dtype="float", observed_minimum=1.0, observed_maximum=2.0),
+        Feature(name="c", kind="categorical", dtype="str", categories=["a", "b"]),
+        Feature(name="d", kind="date", dtype="date", observed_minimum="2020-01-31", observed_maximum="2020-03-01"),
+        Feature(name="n", kind="numeric", dtype="int", minimum=0, maximum=9, observed_minimum=3, observed_maximum=3),
+        Feature(name="u", kind="numeric", dtype="float"),  # no range recorded: nothing to count against
+    ]
+    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 1.5, "c": "a", "d": "2020-02-01", "n": 3,
+                                                                  "u": 0.0}), 10)  # fmt: skip
+    rows = [
+        (1.0, "a", "2020-01-31", 3, 0.0),  # both ends of each range are inside
+        (2.0, "b", "2020-03-01", 3, 1e9),
+        (0.5, "a", "2020-01-30", 0, 0.0),  # below
+        (2.5, "a", "2020-03-02", 9, 0.0),  # above
+        (2.0000001, "b", "2021-01-01", 4, 0.0),
+    ]
+    assert schema.outside_training(schema.columns(rows)) == {"x": 3, "d": 3, "n": 3}
+    assert schema.outside_training(schema.columns(rows[:2])) == {"x": 0, "d": 0, "n": 0}
+    assert schema.outside_training(dict.fromkeys(schema.features, ())) == {"x": 0, "d": 0, "n": 0}
+
+
+def test_outside_training_takes_a_one_sided_range() -> None:
+    features = [Feature(name="x", kind="numeric", dtype="float", observed_maximum=2.0)]
+    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 1.0}), 10)
+    assert schema.outside_training({"x": [-1e300, 2.0, 2.5]}) == {"x": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,11 +14,12 @@ import yaml
 from sklearn.datasets import load_diabetes
 
 from app.contract.bundle import load_bundle
-from app.schema import RecordSchema
+from app.schema import RecordSchema, RequestError
 from orchestration.__main__ import main
 from orchestration.config import ConfigError, load_config
 from orchestration.evaluate import QualityGateError
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
+from orchestration.split import split
 
 
 def test_quality_gate_refuses_a_weak_model(flight_csv: Path, tmp_path: Path) -> None:
@@ -124,3 +126,69 @@ def test_the_example_record_is_built_from_the_schema_not_copied_from_a_row(
             assert counts[value] >= 0.95 * counts.max()  # the training split's most frequent, or near it
         else:
             assert abs(pd.Timestamp(value) - pd.Timestamp(column.sort_values().iloc[len(column) // 2])).days <= 31
+
+
+def unbounded_file(directory: Path) -> Path:
+    """A data set with a number and a date, no configured bounds, and validation and test rows beyond the range
+    of its train split (the split depends on the row count and the seed only)."""
+    rng = np.random.default_rng(8)
+    rows = 3000
+    frame = pd.DataFrame(
+        {
+            "x": rng.uniform(10, 20, rows).round(3),
+            "kind": rng.choice(["a", "b"], rows),
+            "day": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 300, rows), unit="D")).strftime(
+                "%Y-%m-%d"
+            ),
+        }
+    )
+    held_out = split(pd.DataFrame({"row": range(rows)}), load_config().split)
+    for row, x, day in [
+        (held_out.validation["row"].iloc[0], -5.0, "2020-02-29"),
+        (held_out.test["row"].iloc[0], 1e6, "2099-12-31"),
+    ]:
+        frame.loc[row, "x"] = x
+        frame.loc[row, "day"] = day
+    frame["y"] = frame["x"].clip(10, 20) * 3 + (frame["kind"] == "a") * 10 + rng.normal(0, 1, rows)
+    frame.to_csv(directory / "unbounded.csv", index=False)
+    return directory / "unbounded.csv"
+
+
+@pytest.mark.parametrize("enforce", [False, True])
+def test_observed_ranges_are_recorded_and_enforced_only_when_asked(tmp_path: Path, enforce: bool) -> None:
+    """Without bounds, every row of the training file is a valid request (a validation or test row beyond the
+    train split's range included): the range seen in training is recorded, not enforced, unless
+    ``enforce_observed_ranges`` asks for it."""
+    data = unbounded_file(tmp_path)
+    asked = {"enforce_observed_ranges": True} if enforce else {}  # the default: not enforced
+    params = {
+        "data": {"target": "y", "numeric": ["x"], "categorical": ["kind"], "dates": ["day"], **asked},
+        "evaluate": {"baseline_margin": 0.1},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["train", "--data", str(data), "--config", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "b")]
+    assert main(args) == 0
+    metadata = load_bundle(tmp_path / "b").metadata
+    schema = RecordSchema.from_metadata(metadata, 10)
+    records = pd.read_csv(data)[list(schema.features)].to_dict(orient="records")
+    if not enforce:  # every row of the training file is a valid request
+        assert [schema.parse_record(json.dumps(r).encode()) for r in records] == [tuple(r.values()) for r in records]
+    features = {f.name: f for f in metadata.features}
+    x, day = features["x"], features["day"]
+    assert isinstance(x.observed_minimum, float) and isinstance(x.observed_maximum, float)
+    assert 10 <= x.observed_minimum < x.observed_maximum <= 20  # the train split's, without the rows put beyond it
+    assert day.observed_minimum == "2024-01-01" and day.observed_maximum is not None
+    limits = (x.minimum, x.maximum, day.minimum, day.maximum)
+    observed = (x.observed_minimum, x.observed_maximum, day.observed_minimum, day.observed_maximum)
+    assert limits == (observed if enforce else (None, None, None, None))
+    seen: dict[str, tuple[Any, Any]] = {"x": observed[:2], "day": observed[2:]}
+    beyond = [{name for name, (low, high) in seen.items() if not low <= r[name] <= high} for r in records]
+    assert sum(bool(names) for names in beyond) >= 2  # the rows put there, and any other the split left out
+    for record, outside in zip(records, beyond, strict=True):
+        encoded = json.dumps(record).encode()
+        if enforce and outside:  # the old behaviour, asked for
+            with pytest.raises(RequestError) as caught:
+                schema.parse_record(encoded)
+            assert {e["field"] for e in caught.value.errors} == outside
+        else:
+            assert schema.parse_record(encoded) == tuple(record.values())

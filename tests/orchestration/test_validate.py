@@ -54,6 +54,9 @@ def test_missing_column_lists_the_columns_the_file_has(frame: pd.DataFrame) -> N
         ("from_location", None, "missing value"),
         ("date", "26/09/2019", "not a YYYY-MM-DD date"),
         ("date", None, "missing value"),
+        ("date", "2031-01-01", "outside"),
+        ("date", "9999-12-31", "outside"),
+        ("date", "2018-12-31", "outside"),
     ],
 )
 def test_bad_value_is_named(frame: pd.DataFrame, column: str, value: Any, rule: str) -> None:
@@ -67,6 +70,27 @@ def test_bad_value_is_named(frame: pd.DataFrame, column: str, value: Any, rule: 
     assert "row 0 is the first data row, line 2 of a CSV file" in str(error)  # how rows are counted
     if rule == "missing value":
         assert "drop or fill these rows" in str(error)  # what to do about it
+
+
+def test_a_date_bound_is_checked_like_a_numeric_one(frame: pd.DataFrame) -> None:
+    """Both ends included, the rule naming the configured window; the same for a numeric column."""
+    assert CONFIG.date_bound("date") == ("2019-01-01", "2030-12-31")
+    frame.loc[[3, 4], "date"] = ["2019-01-01", "2030-12-31"]
+    frame.loc[[3, 4], "time"] = [0.1, 24.0]
+    validate(frame, CONFIG)
+    frame.loc[[5, 9], "date"] = ["2018-12-31", "2031-01-01"]
+    frame.loc[[5], "time"] = 24.01
+    findings = {f.column: f for f in refused(frame).report.errors}
+    assert findings["date"].rule == "outside [2019-01-01, 2030-12-31]"
+    assert findings["date"].examples == [(5, "2018-12-31"), (9, "2031-01-01")]
+    assert findings["time"].rule == "outside [0.1, 24.0]" and findings["time"].examples == [(5, 24.01)]
+
+
+def test_without_a_date_bound_any_real_day_is_taken(frame: pd.DataFrame) -> None:
+    unbounded = CONFIG.model_copy(update={"bounds": {k: v for k, v in CONFIG.bounds.items() if k != "date"}})
+    frame.loc[[5, 9], "date"] = ["1900-01-01", "9999-12-31"]
+    clean, _ = validate(frame, unbounded)
+    assert list(clean.loc[[5, 9], "date"]) == ["1900-01-01", "9999-12-31"]
 
 
 def test_constant_target(frame: pd.DataFrame) -> None:
