@@ -3,26 +3,35 @@
 ``MODEL_DIR`` is a DVC work repository (``app.contract.store``) whose remote is configured from the
 environment on every start. The pull runs as a child process with a timeout, so a hung connection cannot
 outlive ``PULL_DEADLINE_S``; failures are classified (``app.delivery.failures``) and only the transient ones
-are retried.
+are retried. A full ``MODEL_DIR`` volume is told from structured errors (errno, SQLite's result code) where
+the error is ours, and from the volume's free space where DVC's words do not say (SQLite's "disk I/O error").
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from app.contract.connection import redact
 from app.contract.progress import Report, quiet
 from app.contract.store import BUNDLE_NAME, SITE_CACHE_ENV, prepare_work_repo, site_cache_dir, write_dvc_file
-from app.delivery.failures import DeliveryError, classify_pull_failure
+from app.delivery.failures import DeliveryError, classify_pull_failure, out_of_space
 from app.delivery.retry import retrying
 from app.settings import Settings
+
+# A volume with less free than this is full: a failed write into it explains a failed pull (a MiB is less than any
+# bundle, and more than the last partial page SQLite or DVC leaves when a write fails).
+FULL_BELOW_BYTES: Final = 1 << 20
+OUT_OF_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -48,11 +57,13 @@ def configure_remote(settings: Settings) -> Path:
             endpoint_url=settings.dvc_remote_endpoint_url,
             region=settings.dvc_remote_region,
         )
-    except OSError as exc:
-        raise DeliveryError(
-            "settings", f"MODEL_DIR={work} is not usable: {exc}", "that MODEL_DIR is a writable directory"
-        ) from None
     except Exception as exc:  # DVC's config errors do not share a public base class
+        if out_of_space_error(exc, work):
+            raise out_of_space(work, f"setting up the DVC work repository: {exc}") from None
+        if isinstance(exc, OSError):
+            raise DeliveryError(
+                "settings", f"MODEL_DIR={work} is not usable: {exc}", "that MODEL_DIR is a writable directory"
+            ) from None
         raise DeliveryError(
             "settings", f"DVC remote configuration refused: {redact(str(exc))}", "DVC_REMOTE_* settings"
         ) from None
@@ -63,11 +74,19 @@ def pull(settings: Settings, dvc_hash: str, report: Report = quiet, *, deadline:
     """``dvc pull`` the bundle into ``MODEL_DIR/bundle`` with retries and backoff, within ``deadline`` (the one
     delivery shares; default ``PULL_DEADLINE_S`` from now)."""
     work = configure_remote(settings)
-    dvc_file = write_dvc_file(work, dvc_hash)
+    try:
+        dvc_file = write_dvc_file(work, dvc_hash)
+    except OSError as exc:
+        if out_of_space_error(exc, work):
+            raise out_of_space(work, str(exc)) from None
+        raise DeliveryError(
+            "settings", f"MODEL_DIR={work} is not usable: {exc}", "that MODEL_DIR is a writable directory"
+        ) from None
     remote = _describe_remote(settings)
+    url = settings.dvc_remote_url
 
     def attempt(left: float) -> int:
-        return _pull_once(work, dvc_file, remote, timeout=left)
+        return _pull_once(work, dvc_file, remote, url, timeout=left)
 
     try:
         fetched, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
@@ -84,7 +103,7 @@ def _describe_remote(settings: Settings) -> str:
     return url
 
 
-def _pull_once(work: Path, dvc_file: Path, remote: str, *, timeout: float) -> int:
+def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, timeout: float) -> int:
     """One ``dvc pull`` child process, killed (with its process group) when ``timeout`` runs out."""
     if timeout <= 0:
         raise DeliveryError("unreachable", f"no time left to pull from {remote}", "PULL_DEADLINE_S")
@@ -111,12 +130,48 @@ def _pull_once(work: Path, dvc_file: Path, remote: str, *, timeout: float) -> in
         raise
     text = output.decode(errors="replace")
     if process.returncode != 0:
-        raise classify_pull_failure(text, remote)
+        raise explain_pull_failure(text, remote, url, work)
     fetched = re.search(r"(\d+) files? fetched", text)
     return int(fetched.group(1)) if fetched else 0
 
 
+def explain_pull_failure(output: str, remote: str, url: str | None, work: Path) -> DeliveryError:
+    """The failure a failed ``dvc pull`` into ``work`` is: its output's words, and where they are not specific,
+    whether ``work``'s volume is full (SQLite reports a failed write to its WAL as "disk I/O error")."""
+    error = classify_pull_failure(output, remote, url=url, model_dir=work)
+    left = free_bytes(work)
+    if error.failure == "pull" and left is not None and left < FULL_BELOW_BYTES:
+        return out_of_space(work, f"{left} bytes left on its volume; {error.what}")
+    return error
+
+
+def out_of_space_error(exc: BaseException, work: Path) -> bool:
+    """Whether ``exc`` (or an error it was raised from), raised writing into ``work``, means its volume is full:
+    ENOSPC / EDQUOT, SQLite's SQLITE_FULL, or another SQLite error with the volume full."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in OUT_OF_SPACE_ERRNOS:
+            return True
+        if isinstance(cause, sqlite3.Error):
+            left = free_bytes(work)
+            return cause.sqlite_errorcode == sqlite3.SQLITE_FULL or (left is not None and left < FULL_BELOW_BYTES)
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def free_bytes(work: Path) -> int | None:
+    """Bytes an unprivileged user may still write on ``work``'s volume (None if it cannot be told)."""
+    try:
+        stat = os.statvfs(work)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 def discard(work: Path) -> None:
-    """Drop the checked-out bundle and the local cache, so a bad or partial pull is never reused."""
-    for path in (work / BUNDLE_NAME, work / ".dvc" / "cache"):
+    """Drop the checked-out bundle, the local cache and DVC's index databases (a failed pull may have left
+    them large), so a bad or partial pull is never reused and a full volume gets its space back."""
+    for path in (work / BUNDLE_NAME, work / ".dvc" / "cache", site_cache_dir(work)):
         shutil.rmtree(path, ignore_errors=True)

@@ -3,18 +3,21 @@ secret) or ``app.delivery`` in-process where the test must act between attempts.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import socket
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from app.delivery.pull import pull
+from app.delivery.pull import explain_pull_failure, pull
 from app.delivery.verify import verify
 from app.settings import Settings
 from orchestration.publish import PublishTarget, publish_bundle, push_bundle
@@ -218,6 +221,115 @@ def test_tampered_blob_is_refused(bundle_dir: Path, s3: S3Server, bucket: str, t
     line = one_error_line(result)
     assert f"is not the requested {dvc_hash}" in line
     assert not (tmp_path / "bundle").exists() and not (tmp_path / ".dvc" / "cache").exists()
+
+
+def test_a_corrupt_listing_is_a_mismatch_at_once(bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """The bundle's listing (its ``.dir`` object) overwritten with garbage in the store: nothing to retry."""
+    target = target_for(s3, bucket, "unused", "unused", prefix="corrupt-listing")
+    dvc_hash, _ = push_bundle(bundle_dir, target)
+    s3.client().put_object(Bucket=bucket, Key=blob_key("corrupt-listing", dvc_hash), Body=b"\x00not a listing\xff")
+    env = entrypoint_env(
+        tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash, PULL_BACKOFF_S="1"
+    )
+    started = time.monotonic()
+    result = run_entrypoint(env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 8
+    line = one_error_line(result)
+    assert f"listing {dvc_hash}" in line and "corrupt" in line and "re-publish" in line
+    assert f"{target.remote_url}/files/md5/{dvc_hash[:2]}/{dvc_hash[2:]}" in line
+    assert "retrying" not in result.stderr
+    assert elapsed < 15  # five attempts would wait 1 + 2 + 4 + 8 s between them
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / ".dvc" / "cache").exists()
+
+
+def test_a_deleted_listing_is_named_as_missing(bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    target = target_for(s3, bucket, "unused", "unused", prefix="deleted-listing")
+    dvc_hash, _ = push_bundle(bundle_dir, target)
+    s3.client().delete_object(Bucket=bucket, Key=blob_key("deleted-listing", dvc_hash))
+    env = entrypoint_env(tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash)
+    result = run_entrypoint(env)
+    assert result.returncode == 7
+    line = one_error_line(result)
+    assert "missing from the remote" in line and f"listing {dvc_hash}" in line
+    assert f"{target.remote_url}/files/md5/{dvc_hash[:2]}/{dvc_hash[2:]}" in line
+    assert "retrying" not in result.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``mount(size)``: an empty tmpfs of ``size`` (``mount -t tmpfs``: root with CAP_SYS_ADMIN; skipped
+    elsewhere), unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"volume-{size}"
+        path.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a small tmpfs needs root")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", os.fspath(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", os.fspath(path)], check=True)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        # DVC's state database (SQLite) in MODEL_DIR/.dvc/site cannot be created: SQLITE_FULL, in-process
+        pytest.param("256k", id="full-while-setting-up-the-work-repo"),
+        # DVC's index database cannot grow its WAL: SQLite says only "disk I/O error", the free space tells
+        pytest.param("352k", id="full-while-indexing-disk-io-error"),
+        pytest.param("512k", id="full-while-indexing-database-full"),  # SQLite's "database or disk is full"
+        pytest.param("1m", id="full-while-downloading-the-model"),  # ENOSPC: the bundle is about 1 MB
+    ],
+)
+def test_a_full_model_dir_is_a_disk_failure_at_once(
+    published: tuple[PublishTarget, str], s3: S3Server, small_volume: Callable[[str], Path], size: str
+) -> None:
+    target, dvc_hash = published
+    model_dir = small_volume(size)
+    env = entrypoint_env(
+        model_dir, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash, PULL_BACKOFF_S="1"
+    )
+    started = time.monotonic()
+    result = run_entrypoint(env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 10, result.stderr
+    line = one_error_line(result)
+    assert f"MODEL_DIR={model_dir}" in line and "out of space" in line and "free space" in line
+    assert "DVC remote settings" not in line
+    assert "retrying" not in result.stderr
+    assert elapsed < 15  # five attempts would wait 1 + 2 + 4 + 8 s between them
+    assert not (model_dir / "bundle").exists() and not (model_dir / ".dvc" / "cache").exists()
+
+
+def test_an_unspecific_pull_failure_on_a_full_volume_is_a_disk_failure(
+    small_volume: Callable[[str], Path],
+) -> None:
+    """SQLite's "disk I/O error" names no cause: a full volume under MODEL_DIR is one, a volume with room is not."""
+    volume = small_volume("4m")
+    with pytest.raises(OSError, match="No space left on device") as full:
+        (volume / "filler").write_bytes(b"\0" * (5 << 20))
+    assert full.value.errno == errno.ENOSPC
+    words = "ERROR: unexpected error - disk I/O error\n"
+    error = explain_pull_failure(words, "s3://bucket/dvc", "s3://bucket/dvc", volume)
+    assert error.failure == "disk" and error.exit_code == 10 and f"MODEL_DIR={volume}" in str(error)
+    (volume / "filler").unlink()
+    assert explain_pull_failure(words, "s3://bucket/dvc", "s3://bucket/dvc", volume).failure == "pull"
 
 
 def _model_blob_md5(s3: S3Server, bucket: str, prefix: str, dvc_hash: str) -> str:
