@@ -27,11 +27,9 @@ from typing import Final, NoReturn
 from app.contract.bundle import BundleError, Metadata, read_metadata
 from app.contract.connection import S3_CREDENTIAL_VARIABLES, redact
 from app.delivery.failures import EXIT_CODES, DeliveryError
-from app.delivery.lock import model_dir_lock
-from app.delivery.pull import pull
+from app.delivery.fetch import fetch
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.retry import deadline_for
-from app.delivery.verify import verify
 from app.settings import Settings, SettingsError, load_settings
 
 APP: Final = "app.main:app"
@@ -142,21 +140,8 @@ def deliver(settings: Settings) -> Delivered:
     resolved: Resolved = resolve(settings, report=say, deadline=deadline)
     say(f"resolve done in {time.monotonic() - step:.2f}s: {resolved.source}, bundle {resolved.dvc_hash}")
 
-    with model_dir_lock(settings.model_dir, timeout_s=deadline - time.monotonic(), report=say):
-        step = time.monotonic()
-        pulled = pull(settings, resolved.dvc_hash, report=say, deadline=deadline)
-        say(
-            f"pull done in {time.monotonic() - step:.2f}s: {pulled.fetched} files fetched from "
-            f"{settings.dvc_remote_url} into {pulled.bundle_dir} ({pulled.attempts} attempt(s))"
-        )
-
-        step = time.monotonic()
-        metadata = verify(pulled.bundle_dir, resolved.dvc_hash, work=settings.model_dir)
-        say(
-            f"verify done in {time.monotonic() - step:.2f}s: dvc hash {resolved.dvc_hash} and content hash "
-            f"{metadata.content_hash[:12]} match"
-        )
-    return Delivered(pulled.bundle_dir, metadata, resolved.version)
+    fetched = fetch(settings, resolved.dvc_hash, deadline=deadline, report=say)
+    return Delivered(fetched.bundle_dir, fetched.metadata, resolved.version)
 
 
 def run(settings: Settings, started: float) -> NoReturn:
@@ -169,6 +154,8 @@ def run(settings: Settings, started: float) -> NoReturn:
     # The pull is done: the long-running server never needs the S3 credentials, so it does not get them.
     env = {name: value for name, value in os.environ.items() if name not in S3_CREDENTIAL_VARIABLES}
     env["BUNDLE_DIR"] = os.fspath(delivered.bundle_dir.resolve())
+    if settings.pinned:
+        env["MODEL_REFRESH_S"] = "0"  # a bundle named outright is served as is: no alias to follow
     if delivered.version is not None:
         env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start
     say(

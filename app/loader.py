@@ -33,6 +33,8 @@ async def load_until_ready(state: ServingState) -> None:
     delay = RETRY_FIRST_S
     model: ServedModel | None = None
     while model is None:
+        if state.model is not None:
+            return  # the alias refresh served a bundle meanwhile: this one is no longer wanted
         try:
             model = await asyncio.to_thread(
                 lambda: ServedModel.build(load_bundle(path), settings, state.metrics, state.admission)
@@ -51,6 +53,9 @@ async def load_until_ready(state: ServingState) -> None:
         log.info("registry view", extra={"registry": view.get("registry"), "reason": view.get("reason")})
         if (version := state.registry_view.version_of(view)) is not None:
             model = model.with_version(version)
+    if state.model is not None:  # the alias refresh was faster: its bundle is the newer one
+        await model.close()
+        return
     state.serve(model)
     if model.library_mismatch:
         log.warning(

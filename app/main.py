@@ -20,6 +20,7 @@ from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict
 from app.loader import load_until_ready
 from app.observability import RequestContextMiddleware, configure_logging, request_id_var
+from app.refresh import follow_alias
 from app.schema import RequestError
 from app.serving import ServingState
 from app.settings import Settings, get_settings
@@ -39,13 +40,16 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(settings.log_level, settings.log_format)
-        loading = asyncio.create_task(load_until_ready(state), name="bundle-load")
+        tasks = [asyncio.create_task(load_until_ready(state), name="bundle-load")]
+        if settings.follows_alias:
+            tasks.append(asyncio.create_task(follow_alias(state), name="follow-alias"))
         try:
             yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.close()
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, lifespan=lifespan, default_response_class=JSON)

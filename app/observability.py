@@ -150,6 +150,20 @@ class ServerMetrics:
             "model_ready", "1 when the bundle is loaded and verified.", registry=self.registry,
             multiprocess_mode="livemin",
         )  # fmt: skip
+        self.outside_training = Counter(
+            "prediction_values_outside_training_range",
+            "Values predicted for that lie outside the range the training split held, by feature (served, not "
+            "refused: drift to watch).",
+            ["feature"],
+            registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "model_swaps", "Models swapped in while serving (the alias moved).", registry=self.registry
+        )
+        self.candidates_refused = Counter(
+            "model_candidates_refused", "Candidate bundles refused while serving, by failure kind.", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
         self.queued_rows = Gauge(
             "prediction_queue_rows", "Rows queued for the model or being predicted (MAX_QUEUED_ROWS bounds it).",
             registry=self.registry, multiprocess_mode="livesum",
@@ -165,6 +179,11 @@ class ServerMetrics:
         labels = (route, method, str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+
+    def observe_outside_training(self, counts: dict[str, int]) -> None:
+        for feature, count in counts.items():
+            if count:
+                self.outside_training.labels(feature).inc(count)
 
     def set_model(self, version: str | None, bundle_hash: str) -> None:
         for labels in [sample.labels for metric in self.model_info.collect() for sample in metric.samples]:

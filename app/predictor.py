@@ -143,21 +143,24 @@ def _preprocessor(preprocessor: Any) -> Callable[[Matrix], Matrix] | None:
 
 
 def probe_columns(metadata: Metadata, rows: int, seed: int = 0) -> dict[str, list[Any]]:
-    """The bundle's example then ``rows - 1`` valid records drawn across every feature's range, as columns."""
+    """The bundle's example then ``rows - 1`` valid records drawn across every feature's range (its limits, else
+    the range seen in training), as columns."""
     rng = np.random.default_rng(seed)
     columns: dict[str, list[Any]] = {}
     for feature in metadata.features:
         first = metadata.example[feature.name]
+        seen_low, seen_high = feature.training_range()
+        lowest = next((v for v in (feature.minimum, seen_low, first) if v is not None), first)
+        highest = next((v for v in (feature.maximum, seen_high, first) if v is not None), first)
         drawn: list[Any]
         if feature.kind == "categorical":
             drawn = [str(c) for c in rng.choice(np.asarray(feature.categories or [first]), rows - 1)]
         elif feature.kind == "date":
-            first_day = date.fromisoformat(str(feature.minimum or first))
-            span = max((date.fromisoformat(str(feature.maximum or first)) - first_day).days, 1)
+            first_day = date.fromisoformat(str(lowest))
+            span = max((date.fromisoformat(str(highest)) - first_day).days, 1)
             drawn = [(first_day + timedelta(days=int(d))).isoformat() for d in rng.integers(0, span + 1, rows - 1)]
         else:
-            low = float(feature.minimum if isinstance(feature.minimum, int | float) else first)
-            high = float(feature.maximum if isinstance(feature.maximum, int | float) else first)
+            low, high = float(lowest), float(highest)
             values = rng.uniform(low, high, rows - 1)
             if feature.dtype == "int":
                 drawn = [min(max(round(v), math.ceil(low)), math.floor(high)) for v in values]

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from app.admission import Admission
 from app.batching import MicroBatcher, limit_threads
-from app.contract.bundle import Bundle, library_versions
+from app.contract.bundle import Bundle, library_differences
 from app.observability import ServerMetrics
 from app.predictor import Predictor
 from app.schema import RecordSchema
@@ -32,9 +32,21 @@ BATCH_WORKERS: Final = 2
 Row = tuple[Any, ...]
 
 
-def predict_rows(schema: RecordSchema, predictor: Predictor, rows: list[Row]) -> npt.NDArray[np.float64]:
-    """Validated rows -> predictions, with no DataFrame (runs on a worker thread)."""
-    return predictor.predict_columns(schema.columns(rows))
+def predict_rows(
+    schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Row]
+) -> npt.NDArray[np.float64]:
+    """Validated rows -> predictions, with no DataFrame (runs on a worker thread); the values outside the
+    training range are counted by ``observe``."""
+    columns = schema.columns(rows)
+    observe(schema.outside_training(columns))
+    return predictor.predict_columns(columns)
+
+
+@dataclass
+class Usage:
+    """Prediction requests using a model right now (event loop only): a retired model closes at 0."""
+
+    active: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class ServedModel:
     batcher: MicroBatcher[Row]
     batch_executor: ThreadPoolExecutor
     version: int | None  # the registry version, when known
+    usage: Usage = field(default_factory=Usage, compare=False)
 
     @classmethod
     def build(cls, bundle: Bundle, settings: Settings, metrics: ServerMetrics, admission: Admission) -> ServedModel:
@@ -55,7 +68,7 @@ class ServedModel:
         schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records)
         threads = settings.predict_threads
         predictor = Predictor(bundle, threads)
-        predict = admission.timed(functools.partial(predict_rows, schema, predictor))
+        predict = admission.timed(functools.partial(predict_rows, schema, predictor, metrics.observe_outside_training))
         batcher: MicroBatcher[Row] = MicroBatcher(
             predict,
             max_size=settings.microbatch_max_size,
@@ -72,14 +85,9 @@ class ServedModel:
 
     @functools.cached_property
     def library_mismatch(self) -> dict[str, dict[str, str]]:
-        """Libraries whose version differs between the bundle's training and this server: ``{name: {"bundle",
-        "server"}}``. Artifacts may load and predict differently across versions, so this is reported."""
-        here = library_versions()
-        return {
-            name: {"bundle": version, "server": here.get(name, "absent")}
-            for name, version in sorted(self.bundle.metadata.library_versions.items())
-            if here.get(name) != version
-        }
+        """Libraries whose version differs between the bundle's training and this server, within one release
+        series (another series is refused at load): reported, as artifacts may predict differently."""
+        return library_differences(self.bundle.metadata.library_versions)
 
     def with_version(self, version: int) -> ServedModel:
         """The same model, now known as registry version ``version``."""

@@ -1,19 +1,23 @@
 """What the running server holds: the settings, the metrics, the model being served (once it is) and
 the readiness status with its reason, the admission of prediction work, and the registry view for ``GET /model``.
 
-Only the loader (``app.loader``) changes the model and the status; the routes read them.
+Only the loader (``app.loader``) and the alias refresh (``app.refresh``) change the model, the status and the
+candidate; the routes read them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app.admission import Admission
 from app.observability import ServerMetrics
 from app.registry_view import RegistryView
 from app.served_model import ServedModel
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.refresh import Candidate
 
 Status = Literal["loading", "ready", "failed"]
 
@@ -29,6 +33,7 @@ class ServingState:
     status: Status = "loading"
     reason: str = "bundle not loaded yet"
     model: ServedModel | None = None
+    candidate: Candidate | None = None  # a bundle the alias moved to, being loaded or refused
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ServingState:

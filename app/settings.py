@@ -60,6 +60,14 @@ class Settings(ConnectionSettings):
     model_hash: str | None = Field(None, description="Pinned DVC hash of the bundle (skips the registry).")
     model_version: int | None = Field(None, ge=1, description="Registry version to serve instead of the alias.")
 
+    # Following the alias
+    model_refresh_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between registry checks of MODEL_ALIAS; a moved alias is pulled and swapped in (0: off).",
+    )
+
     # Pulling it
     pull_deadline_s: float = Field(
         120.0, gt=0, le=3600, description="Overall deadline for resolving and pulling the bundle."
@@ -88,6 +96,26 @@ class Settings(ConnectionSettings):
     @property
     def bundle_path(self) -> Path:
         return self.bundle_dir or self.model_dir / BUNDLE_NAME
+
+    @property
+    def pinned(self) -> bool:
+        """A bundle was named outright (``MODEL_HASH``, ``MODEL_VERSION``, ``BUNDLE_DIR``): no alias to follow."""
+        return self.model_hash is not None or self.model_version is not None or self.bundle_dir is not None
+
+    @property
+    def follows_alias(self) -> bool:
+        """The running server checks ``MODEL_ALIAS`` every ``MODEL_REFRESH_S`` and swaps in a moved alias's bundle.
+
+        The entrypoint passes the bundle it delivered (``BUNDLE_DIR``, ``MODEL_VERSION``) to the server and turns
+        refreshing off (``MODEL_REFRESH_S=0``) when the user pinned one, so here only the switch and the places
+        to follow from count.
+        """
+        return (
+            self.model_refresh_s > 0
+            and self.model_hash is None
+            and bool(self.mlflow_tracking_uri)
+            and bool(self.dvc_remote_url)
+        )
 
 
 def env_names() -> set[str]:

@@ -156,6 +156,33 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# How many leading version parts must match for a library's stored form to be the one this server reads:
+# scikit-learn's estimators and skops' file format change between minor releases, numpy's between majors.
+# A bundle from another series is refused; any other difference is only reported (``library_differences``).
+FORMAT_SERIES: Final[dict[str, int]] = {"scikit-learn": 2, "skops": 2, "numpy": 1}
+
+
+def library_differences(recorded: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Libraries whose version differs between a bundle's training (``recorded``) and this process:
+    ``{name: {"bundle": ..., "server": ...}}``."""
+    here = library_versions()
+    return {
+        name: {"bundle": version, "server": here.get(name, "absent")}
+        for name, version in sorted(recorded.items())
+        if here.get(name) != version
+    }
+
+
+def format_differences(recorded: dict[str, str]) -> list[str]:
+    """The differences that change a stored format (``FORMAT_SERIES``), each as "name bundle -> server"."""
+    found = []
+    for name, versions in library_differences(recorded).items():
+        parts = FORMAT_SERIES.get(name)
+        if parts and versions["bundle"].split(".")[:parts] != versions["server"].split(".")[:parts]:
+            found.append(f"{name} {versions['bundle']} (server {versions['server']})")
+    return found
+
+
 def content_hash(metadata: Metadata) -> str:
     """sha256 over the metadata (minus this field), which itself lists every artifact file's sha256."""
     body = metadata.model_dump(mode="json", exclude={"content_hash"})
@@ -286,6 +313,11 @@ def check_trees(model: Any) -> None:
 def load_bundle(path: Path) -> Bundle:
     """Verify and load a bundle; raises ``BundleError`` with what is wrong."""
     metadata = read_metadata(path)
+    if differences := format_differences(metadata.library_versions):
+        raise BundleError(
+            f"bundle {path} was trained with {', '.join(differences)}, whose stored format differs from this "
+            "server's: serve it from an image with the same release series, or retrain it"
+        )
     transformer = load_trusted(path / TRANSFORMER_FILE)
     from app.contract.features import FeatureTransformer
 

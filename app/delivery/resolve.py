@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from app.contract.connection import redact
 from app.contract.progress import Report, quiet
 from app.contract.registry import (
+    TAG_CONTENT_HASH,
     TAG_DVC_HASH,
     AccessDeniedError,
     ModelVersion,
@@ -28,6 +29,7 @@ class Resolved:
     dvc_hash: str
     source: str
     version: int | None = None
+    content_hash: str | None = None  # the version's content-hash tag, when it came from the registry
 
 
 def resolve(settings: Settings, report: Report = quiet, *, deadline: float | None = None) -> Resolved:
@@ -92,4 +94,6 @@ def resolve(settings: Settings, report: Report = quiet, *, deadline: float | Non
             f"{wanted} (version {version.version}) has no valid {TAG_DVC_HASH} tag (found {dvc_hash!r})",
             "that the version was registered by `python -m orchestration publish`, or pin MODEL_HASH",
         )
-    return Resolved(dvc_hash, f"{wanted} -> version {version.version}", version.version)
+    return Resolved(
+        dvc_hash, f"{wanted} -> version {version.version}", version.version, version.tags.get(TAG_CONTENT_HASH)
+    )

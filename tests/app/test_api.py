@@ -90,22 +90,45 @@ def test_a_bundle_that_fails_to_load_otherwise_is_reported_not_left_loading(bund
         assert "does not load" in ready["reason"] and "KeyError" in ready["reason"]
 
 
+def with_library_version(bundle_dir: Path, into: Path, library: str, version: str) -> Path:
+    """A copy of the bundle whose metadata says it was trained with ``library`` ``version`` (re-hashed)."""
+    shutil.copytree(bundle_dir, into)
+    metadata = read_metadata(into)
+    forged = metadata.model_copy(update={"library_versions": {**metadata.library_versions, library: version}})
+    forged = forged.model_copy(update={"content_hash": content_hash(forged)})
+    (into / METADATA_FILE).write_text(forged.model_dump_json())
+    return into
+
+
 def test_a_bundle_trained_with_other_library_versions_is_reported(
     bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = tmp_path / "other"
-    shutil.copytree(bundle_dir, other)
-    metadata = read_metadata(other)
-    versions = {**metadata.library_versions, "scikit-learn": "0.0.1"}
-    forged = metadata.model_copy(update={"library_versions": versions})
-    forged = forged.model_copy(update={"content_hash": content_hash(forged)})
-    (other / METADATA_FILE).write_text(forged.model_dump_json())
+    """Another patch release of the same series: served, and the difference reported."""
+    ours = read_metadata(bundle_dir).library_versions["scikit-learn"]
+    patch = ".".join([*ours.split(".")[:2], "999"])
+    other = with_library_version(bundle_dir, tmp_path / "other", "scikit-learn", patch)
     with caplog.at_level("WARNING", logger="app"), ready_client(settings_for(other)) as client:
         mismatch = client.get("/model").json()["library_mismatch"]
-    assert mismatch == {"scikit-learn": {"bundle": "0.0.1", "server": metadata.library_versions["scikit-learn"]}}
-    assert "scikit-learn 0.0.1 (server " in caplog.text
+    assert mismatch == {"scikit-learn": {"bundle": patch, "server": ours}}
+    assert f"scikit-learn {patch} (server " in caplog.text
     with ready_client(settings_for(bundle_dir)) as client:
         assert client.get("/model").json()["library_mismatch"] == {}
+
+
+@pytest.mark.parametrize(("library", "version"), [("scikit-learn", "0.24.2"), ("skops", "0.1.0"), ("numpy", "1.26.4")])
+def test_a_bundle_whose_stored_format_differs_is_refused(
+    bundle_dir: Path, tmp_path: Path, library: str, version: str
+) -> None:
+    """Another release series of a library whose stored form changes between them: refused with the reason."""
+    other = with_library_version(bundle_dir, tmp_path / "other", library, version)
+    with ready_client(settings_for(other), wait=False) as client:
+        deadline = time.monotonic() + 30
+        while (ready := client.get("/health/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert f"{library} {version} (server " in ready.json()["reason"]
+        assert "same release series, or retrain" in ready.json()["reason"]
+        assert client.post("/predict", json={}).status_code == 503
 
 
 # --- predictions ---

@@ -38,9 +38,13 @@ def client(bundle_dir: Path) -> Iterator[TestClient]:
 def valid_value(feature: Feature) -> st.SearchStrategy[Any]:
     if feature.kind == "categorical":
         return st.sampled_from(feature.categories or [])
-    if feature.kind == "date":
-        return st.dates(min_value=date(1, 1, 1)).map(date.isoformat)
-    low, high = float(feature.minimum or 0), float(feature.maximum or 0)
+    if feature.kind == "date":  # within the limits when the bundle sets them, any day otherwise
+        low_day = date.fromisoformat(str(feature.minimum)) if feature.minimum is not None else date(1, 1, 1)
+        high_day = date.fromisoformat(str(feature.maximum)) if feature.maximum is not None else date(9999, 12, 31)
+        return st.dates(min_value=low_day, max_value=high_day).map(date.isoformat)
+    # within the limits when set; an unbounded side takes any finite number within a wide span
+    low = float(feature.minimum) if feature.minimum is not None else -1e9
+    high = float(feature.maximum) if feature.maximum is not None else 1e9
     if feature.dtype == "int":
         return st.integers(math.ceil(low), math.floor(high))
     return st.floats(low, high, allow_nan=False, allow_infinity=False)

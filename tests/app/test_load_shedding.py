@@ -9,7 +9,7 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,11 @@ def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     free.set()
     real = app.served_model.predict_rows
 
-    def predict_rows(schema: RecordSchema, predictor: Predictor, rows: list[Any]) -> npt.NDArray[np.float64]:
+    def predict_rows(
+        schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Any]
+    ) -> npt.NDArray[np.float64]:
         free.wait(30)
-        return real(schema, predictor, rows)
+        return real(schema, predictor, observe, rows)
 
     monkeypatch.setattr(app.served_model, "predict_rows", predict_rows)
     yield free

@@ -56,3 +56,18 @@ def test_metrics_count_what_was_sent(bundle_dir: Path) -> None:
     # every single-record prediction went through the micro-batcher, in batches of at least one
     assert value(found, "microbatch_size_sum") == 5
     assert 1 <= value(found, "microbatch_size_count") <= 5
+
+
+def test_values_outside_the_training_range_are_served_and_counted(bundle_dir: Path) -> None:
+    """Beyond the training split's range but within the limits: answered, and counted by feature as drift."""
+    bundle = load_bundle(bundle_dir)
+    time_feature = next(f for f in bundle.metadata.features if f.name == "time")
+    assert time_feature.observed_maximum is not None and time_feature.maximum is not None
+    beyond = (float(time_feature.observed_maximum) + float(time_feature.maximum)) / 2  # within the configured bound
+    [row] = records(bundle.metadata, 1, seed=4)
+    with ready_client(settings_for(bundle_dir)) as client:
+        assert client.post("/predict", json={**row, "time": beyond}).status_code == 200
+        assert client.post("/predict/batch", json={"records": [{**row, "time": beyond}] * 3 + [row]}).status_code == 200
+        found = samples(client.get("/metrics").text)
+    assert value(found, "prediction_values_outside_training_range_total", feature="time") == 4
+    assert value(found, "prediction_values_outside_training_range_total", feature="distance") == 0

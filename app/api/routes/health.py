@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.api.deps import JSON, State
@@ -31,4 +33,7 @@ async def ready(state: State) -> JSON:
     if (stuck := state.admission.stuck_for()) is not None:
         reason = f"a model call has run for {stuck:.1f}s, past PREDICT_TIMEOUT_S={state.admission.timeout_s:g}s"
         return JSON({"status": "stuck", "reason": reason}, status_code=503)
-    return JSON({"status": "ready", "bundle_hash": served.content_hash, "model_version": served.version})
+    body: dict[str, Any] = {"status": "ready", "bundle_hash": served.content_hash, "model_version": served.version}
+    if state.candidate is not None:  # what the alias moved to, being loaded or refused (the model above serves)
+        body["candidate"] = state.candidate.as_dict()
+    return JSON(body)

@@ -93,14 +93,18 @@ def counting_failures(metrics: ServerMetrics, route: str) -> Iterator[None]:
 )
 async def predict_record(request: Request, state: State, served: Model) -> JSON:
     batcher, admission = served.batcher, state.admission
-    with counting_failures(state.metrics, RECORD_PATH):
-        batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
-        try:
-            row = served.schema.parse_record(await read_json_body(request, state.settings.max_body_bytes))
-        finally:
-            batcher.arrived()
-        with admission.admitted(1):
-            prediction = await admission.answer(batcher.submit(row))
+    served.usage.active += 1  # a model swapped out meanwhile is closed only after this request
+    try:
+        with counting_failures(state.metrics, RECORD_PATH):
+            batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
+            try:
+                row = served.schema.parse_record(await read_json_body(request, state.settings.max_body_bytes))
+            finally:
+                batcher.arrived()
+            with admission.admitted(1):
+                prediction = await admission.answer(batcher.submit(row))
+    finally:
+        served.usage.active -= 1
     state.metrics.predicted_rows.labels(RECORD_PATH).inc()
     return JSON({"prediction": prediction, "model_version": served.version, "bundle_hash": served.content_hash})
 
@@ -112,9 +116,13 @@ async def predict_record(request: Request, state: State, served: Model) -> JSON:
     openapi_extra={"requestBody": request_body(BATCH_MODEL)},
 )
 async def predict_batch(request: Request, state: State, served: Model) -> JSON:
-    with counting_failures(state.metrics, BATCH_PATH):
-        rows = served.schema.parse_batch(await read_json_body(request, state.settings.max_body_bytes))
-        with state.admission.admitted(len(rows)):
-            predictions = await state.admission.answer(served.run_batch(rows))
+    served.usage.active += 1
+    try:
+        with counting_failures(state.metrics, BATCH_PATH):
+            rows = served.schema.parse_batch(await read_json_body(request, state.settings.max_body_bytes))
+            with state.admission.admitted(len(rows)):
+                predictions = await state.admission.answer(served.run_batch(rows))
+    finally:
+        served.usage.active -= 1
     state.metrics.predicted_rows.labels(BATCH_PATH).inc(len(rows))
     return JSON({"predictions": predictions, "model_version": served.version, "bundle_hash": served.content_hash})

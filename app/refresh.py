@@ -1,0 +1,198 @@
+"""Following the registry alias while serving: promotion without a restart.
+
+Every ``MODEL_REFRESH_S`` the server asks the registry where ``MODEL_NAME@MODEL_ALIAS`` points. When it
+points at another bundle, the candidate goes through the entrypoint's own delivery path (resolve, ``dvc pull``
+with retries inside ``PULL_DEADLINE_S``, both hashes verified) into its own work repository under
+``MODEL_DIR/refresh/``, is loaded and built (the predictor's bit-identical probe included), warmed, and only
+then swapped in, in one assignment. A request captures the model at its start, so requests in flight finish on
+the model they started on, and each model has its own micro-batcher: a batch never mixes two models. The old
+model is closed once its last request has finished, and its files are removed from ``MODEL_DIR``.
+
+A candidate that fails at any step is refused with the reason (``/model``, ``/health/ready``, a counter by
+failure kind, a log line); the current model keeps serving and the next check tries again. Moving the alias
+back is a swap like any other. Workers sharing ``MODEL_DIR`` take turns on each candidate's directory (its
+file lock) and the second finds the first one's verified copy.
+
+The pull runs ``dvc pull`` as a child process, as at start-up; the S3 credentials it needs must come from
+where that child finds them (``AWS_SHARED_CREDENTIALS_FILE``, a pod role), since the server never holds the
+``AWS_*`` keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import orjson
+
+from app.contract.bundle import load_bundle
+from app.contract.connection import redact
+from app.contract.store import BUNDLE_NAME
+from app.delivery.failures import DeliveryError
+from app.delivery.fetch import fetch
+from app.delivery.lock import model_dir_lock
+from app.delivery.resolve import Resolved, resolve
+from app.delivery.retry import deadline_for
+from app.observability import LOGGER_NAME
+from app.served_model import ServedModel
+from app.serving import ServingState
+from app.settings import Settings
+
+log = logging.getLogger(LOGGER_NAME)
+
+REFRESH_DIR: Final = "refresh"  # MODEL_DIR/refresh/<md5>: one work repository per candidate bundle
+RETIRE_POLL_S: Final = 0.1
+WARM_ROWS: Final = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A bundle the alias points at that is not the one being served, and where it stands."""
+
+    version: int | None
+    dvc_hash: str
+    status: Literal["loading", "refused"]
+    reason: str = ""
+    since: float = 0.0  # wall-clock time of the status
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version,
+            "dvc_hash": self.dvc_hash,
+            "status": self.status,
+            "reason": self.reason or None,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
+        }
+
+
+def candidate_dir(settings: Settings, dvc_hash: str) -> Path:
+    """The work repository a candidate is pulled into."""
+    return settings.model_dir / REFRESH_DIR / dvc_hash.removesuffix(".dir")
+
+
+async def follow_alias(state: ServingState) -> None:
+    """Check the alias every ``MODEL_REFRESH_S`` until cancelled; swap in what it points at."""
+    settings = state.settings
+    started = asyncio.get_running_loop().time()
+    log.info(
+        "following %s@%s every %gs",
+        settings.model_name,
+        settings.model_alias,
+        settings.model_refresh_s,
+        extra={"model_refresh_s": settings.model_refresh_s},
+    )
+    loop = asyncio.get_running_loop()
+    while True:
+        # checks start every MODEL_REFRESH_S (not that long after the previous one ended), so a moved alias is
+        # seen within one interval
+        await asyncio.sleep(settings.model_refresh_s - (loop.time() - started) % settings.model_refresh_s)
+        try:
+            await check_once(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not end the loop silently: log it, keep serving, check again
+            log.exception("alias check failed unexpectedly; the current model keeps serving")
+
+
+async def check_once(state: ServingState) -> None:
+    """One check: resolve the alias and, if it moved, deliver, load, warm and swap in its bundle."""
+    if state.model is None and state.status == "loading":
+        return  # the start-up bundle is still loading: compare with it once it is served
+    settings = state.settings.model_copy(update={"model_version": None})  # the alias, not the version served
+    began = time.monotonic()
+    try:
+        resolved = await asyncio.to_thread(resolve, settings, deadline=deadline_for(settings))
+    except DeliveryError as exc:
+        # the registry is down or the alias is gone: nothing to swap, the current model keeps serving
+        log.warning("alias check: %s; the current model keeps serving", redact(str(exc)))
+        return
+    served = state.model
+    if served is not None and served.version == resolved.version:
+        return
+    if served is not None and resolved.content_hash == served.content_hash:
+        state.serve(served.with_version(resolved.version or 0))  # same bundle, registered under another version
+        return
+    await _take(state, settings, resolved, began)
+
+
+async def _take(state: ServingState, settings: Settings, resolved: Resolved, began: float) -> None:
+    version, dvc_hash = resolved.version, resolved.dvc_hash
+    state.candidate = Candidate(version, dvc_hash, "loading", since=time.time())
+    log.info("alias moved to version %s (bundle %s): delivering it", version, dvc_hash)
+    work = candidate_dir(settings, dvc_hash)
+    try:
+        fetched = await asyncio.to_thread(
+            fetch,
+            settings.model_copy(update={"model_dir": work}),
+            dvc_hash,
+            deadline=deadline_for(settings),
+            report=lambda line: log.info("candidate version %s: %s", version, line),
+        )
+        model = await asyncio.to_thread(
+            lambda: ServedModel.build(load_bundle(fetched.bundle_dir), settings, state.metrics, state.admission)
+        )
+        model = model.with_version(version) if version is not None else model
+        await _warm(model)
+    except Exception as exc:  # any failure refuses the candidate; the current model keeps serving
+        kind = exc.failure if isinstance(exc, DeliveryError) else "load"
+        reason = redact(str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}")
+        state.candidate = Candidate(version, dvc_hash, "refused", reason, since=time.time())
+        state.metrics.candidates_refused.labels(kind).inc()
+        log.error("candidate version %s refused (%s): %s; the current model keeps serving", version, kind, reason)
+        return
+    previous = state.model
+    state.serve(model)  # the swap: new requests get the new model from here on
+    state.candidate = None
+    state.metrics.model_swaps.inc()
+    log.info(
+        "swapped in version %s (bundle %s) %.2fs after the alias check began; was version %s",
+        version,
+        model.content_hash[:12],
+        time.monotonic() - began,
+        None if previous is None else previous.version,
+        extra={"fetched": fetched.fetched, "reused": fetched.reused},
+    )
+    if previous is not None:
+        asyncio.get_running_loop().create_task(_retire(state, previous), name="retire-model")
+
+
+async def _warm(model: ServedModel) -> None:
+    """Run the new model's request paths once (micro-batcher and batch threads) before it takes traffic."""
+    row = model.schema.parse_record(orjson.dumps(model.bundle.metadata.example))
+    await model.batcher.submit(row)
+    await model.run_batch([row] * WARM_ROWS)
+
+
+async def _retire(state: ServingState, old: ServedModel) -> None:
+    """Close ``old`` once no request uses it (bounded by ``DRAIN_TIMEOUT_S``), then remove its files."""
+    deadline = time.monotonic() + state.settings.drain_timeout_s
+    while old.usage.active and time.monotonic() < deadline:
+        await asyncio.sleep(RETIRE_POLL_S)
+    await old.close()
+    current = state.model
+    if current is not None and current.bundle.path == old.bundle.path:
+        return  # rolled back to the very same files meanwhile
+    await asyncio.to_thread(_remove_bundle_files, state.settings, old.bundle.path)
+
+
+def _remove_bundle_files(settings: Settings, bundle_dir: Path) -> None:
+    """Remove a retired bundle's checkout (and, for a candidate, its whole work repository) from ``MODEL_DIR``;
+    never anything outside it (a ``BUNDLE_DIR`` of the user's own)."""
+    model_dir = settings.model_dir.resolve()
+    bundle_dir = bundle_dir.resolve()
+    work = bundle_dir.parent
+    if work not in (model_dir, *(model_dir / REFRESH_DIR).glob("*")) or bundle_dir.name != BUNDLE_NAME:
+        return
+    # another worker may be delivering into the same work repository: take its turn
+    with model_dir_lock(work, timeout_s=settings.pull_deadline_s):
+        if work == model_dir:  # the start-up pull's copy and its cache; the work repository stays
+            for path in (bundle_dir, model_dir / ".dvc" / "cache"):
+                shutil.rmtree(path, ignore_errors=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    log.info("removed the retired bundle's files", extra={"bundle_path": str(bundle_dir)})
