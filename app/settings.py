@@ -43,7 +43,7 @@ class Settings(ConnectionSettings):
         2.0, ge=0, le=100, description="Longest a record waits for others to join its batch (0 disables)."
     )
     max_queued_rows: int = Field(
-        4000, ge=1, le=1_000_000, description="Most rows queued for the model; past it a request is shed (503)."
+        32_000, ge=1, le=1_000_000, description="Most rows queued for the model; past it a request is shed (503)."
     )
     predict_timeout_s: float = Field(
         10.0, gt=0, le=600, description="Longest a request waits for its prediction before a 503 (and readiness 503)."

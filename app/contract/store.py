@@ -9,6 +9,7 @@ a DVC config: DVC's S3 client reads the standard ``AWS_*`` variables itself.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import re
@@ -30,9 +31,21 @@ def site_cache_dir(work: Path) -> Path:
     return work / ".dvc" / "site"
 
 
+def ensure_user_name() -> None:
+    """Give the process a user name if its uid has none: DVC names its per-repository cache after
+    ``getpass.getuser()``, which fails for a uid without a passwd entry (platforms that run containers under
+    arbitrary uids). ``USER`` reaches ``dvc pull`` children too."""
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        os.environ["USER"] = f"uid-{os.getuid()}"
+
+
 def prepare_work_repo(work: Path, url: str, *, endpoint_url: str | None = None, region: str | None = None) -> None:
     """Make ``work`` a DVC work repository (``dvc init --no-scm``) whose default remote is ``url``."""
     from dvc.repo import Repo
+
+    ensure_user_name()
 
     work.mkdir(parents=True, exist_ok=True)
     dvc_logger = logging.getLogger("dvc")

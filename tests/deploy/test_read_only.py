@@ -149,7 +149,7 @@ def image_root(image_tree: ImageTree, tmp_path_factory: pytest.TempPathFactory) 
     """The tree as the image's root: mode 755 as any /, mount points, the usual symlinks, the two writable paths
     as emptyDirs are (mode 777, group 10001), and the credentials file the Deployment names."""
     if reason := mount_namespaces_work():
-        pytest.skip(reason)
+        pytest.fail(reason)
     credentials_file = Manifests(render()[0]).environment()["AWS_SHARED_CREDENTIALS_FILE"]
     assert credentials_file is not None
     secret_dir, _, file_name = credentials_file.rpartition("/")
