@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from app.admission import RETRY_AFTER_S, OverloadedError
 from app.api.deps import JSON, NotReadyError
 from app.api.openapi import openapi_document
-from app.api.routes import health, metrics, model, predict
+from app.api.routes import health, metrics, model, predict, v2
 from app.loader import load_until_ready
 from app.observability import RequestContextMiddleware, configure_logging, request_id_var
 from app.refresh import follow_alias
@@ -55,7 +55,7 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
     app = FastAPI(title=TITLE, description=DESCRIPTION, lifespan=lifespan, default_response_class=JSON)
     app.state.serving = state
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
-    for router in (predict.router, health.router, model.router, metrics.router):
+    for router in (predict.router, health.router, model.router, metrics.router, v2.router):
         app.include_router(router)
 
     @app.exception_handler(RequestError)

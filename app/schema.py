@@ -257,6 +257,40 @@ class RecordSchema:
             raise _request_error(exc, self.max_records) from None
         return [tuple(record.__dict__.values()) for record in batch.records]
 
+    def parse_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Columns of decoded JSON values, one per feature and one value per row (the Open Inference Protocol's
+        tensors) -> each row's values in feature order.
+
+        The values are validated by the batch model, as records, so they meet exactly the rules ``parse_batch``
+        applies. An unknown or missing column, columns of different lengths, no row or more than ``max_records``
+        rows are a 422 before any value is looked at; a refused value's error has ``loc`` ``[column, row]`` and a
+        message naming both."""
+        unknown = [name for name in columns if name not in self.features]
+        missing = [name for name in self.features if name not in columns]
+        errors = [_column_refused(name, "not a feature of this model", "unknown_column") for name in unknown] + [
+            _column_refused(name, "missing (every feature is required)", "missing") for name in missing
+        ]
+        if errors:
+            raise RequestError(422, errors)
+        lengths = {name: len(columns[name]) for name in self.features}
+        rows = lengths[self.features[0]]
+        if any(length != rows for length in lengths.values()):
+            shown = ", ".join(f"{name} {length}" for name, length in lengths.items())
+            message = f"columns: of different lengths ({shown}); each holds one value per row"
+            raise RequestError(422, [{"loc": [], "msg": message, "type": "lengths_differ"}])
+        if rows == 0:
+            raise RequestError(422, [{"loc": [], "msg": "columns: no rows", "type": "too_short"}])
+        if rows > self.max_records:
+            message = f"columns: at most {self.max_records} rows per request (MAX_BATCH_RECORDS), not {rows}"
+            raise RequestError(422, [{"loc": [], "msg": message, "type": "too_many_records"}])
+        values = zip(*(columns[name] for name in self.features), strict=True)
+        records = [dict(zip(self.features, row, strict=True)) for row in values]
+        try:
+            batch = self.batch_model.__pydantic_validator__.validate_python({"records": records})
+        except ValidationError as exc:
+            raise _column_error(exc) from None
+        return [tuple(record.__dict__.values()) for record in batch.records]
+
     def columns(self, rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         """Rows of values -> the column mapping the transformer takes (no DataFrame)."""
         return {name: list(values) for name, values in zip(self.features, zip(*rows, strict=True), strict=True)}
@@ -284,6 +318,24 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
+
+
+def _column_refused(name: str, why: str, kind: str) -> dict[str, Any]:
+    return {"loc": [name], "field": name, "msg": f"{name}: {why}", "type": kind}
+
+
+def _column_error(exc: ValidationError) -> RequestError:
+    """The batch model's errors on records built from columns, located by column and row."""
+    errors = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = tuple(error["loc"])
+        if len(loc) >= 3 and isinstance(loc[1], int):  # ("records", row, column, ...)
+            row, column = loc[1], str(loc[2])
+            msg = f"{column}, row {row}: {error['msg']}"
+            errors.append({"loc": [column, row], "field": column, "row": row, "msg": msg, "type": error["type"]})
+        else:
+            errors.append({"loc": list(loc), "msg": f"{_location(loc)}: {error['msg']}", "type": error["type"]})
+    return RequestError(422, errors)
 
 
 def _request_error(exc: ValidationError, max_records: int) -> RequestError:

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.api.routes.predict import request_bodies
+from app.api.routes.v2 import document_v2
 from app.schema import BATCH_MODEL, RECORD_MODEL
 from app.served_model import ServedModel
 
@@ -17,6 +18,7 @@ NOT_LOADED: dict[str, Any] = {"type": "object", "description": "Known once the b
 def openapi_document(app: FastAPI, model: ServedModel | None) -> dict[str, Any]:
     """The document for ``model``'s request schema and example (placeholders until a bundle is loaded)."""
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    document_v2(document, model, app.state.serving.settings.model_name)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     if model is None:
         schemas.update({RECORD_MODEL: NOT_LOADED, BATCH_MODEL: NOT_LOADED})

@@ -1,0 +1,541 @@
+"""The Open Inference Protocol (KServe V2) endpoints: metadata, readiness, predictions bit-identical to
+``Bundle.predict``, every refusal as ``{"error": ...}`` naming the input and the row, the OpenAPI document, and a
+real V2 client (Triton's ``tritonclient.http``) against a real uvicorn process."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked environment
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import app.served_model
+from app.contract.bundle import Bundle, Feature, Metadata, Target, load_bundle
+from app.schema import RecordSchema, RequestError
+from tests.app.serving import ready_client, records, settings_for
+from tests.services import BIN, LOOPBACK, free_port, running
+
+NAME = "flight-price"  # MODEL_NAME's default
+VERSION = 7
+MAX_ROWS = 500
+MAX_BODY = 200_000
+MODEL = f"/v2/models/{NAME}"
+INFER = f"{MODEL}/infer"
+INFER_ROUTE = "/v2/models/{name}/infer"
+Request = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir: Path) -> Iterator[TestClient]:
+    settings = settings_for(bundle_dir, model_version=VERSION, max_batch_records=MAX_ROWS, max_body_bytes=MAX_BODY)
+    with ready_client(settings) as client:
+        yield client
+
+
+def datatype(feature: Feature) -> str:
+    if feature.kind != "numeric":
+        return "BYTES"
+    return "INT64" if feature.dtype == "int" else "FP64"
+
+
+def infer_request(metadata: Metadata, rows: list[dict[str, Any]], *, nested: bool = False) -> Request:
+    """The V2 request for ``rows``: one input per feature, shape [n] (or [n, 1] with one [value] per row)."""
+    n = len(rows)
+    inputs = []
+    for feature in metadata.features:
+        values = [row[feature.name] for row in rows]
+        inputs.append(
+            {
+                "name": feature.name,
+                "shape": [n, 1] if nested else [n],
+                "datatype": datatype(feature),
+                "data": [[v] for v in values] if nested else values,
+            }
+        )
+    return {"inputs": inputs}
+
+
+def column_values(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def bits(values: Any) -> bytes:
+    return np.asarray(values, dtype=np.float64).tobytes()
+
+
+def input_named(request: Request, name: str) -> dict[str, Any]:
+    return next(tensor for tensor in request["inputs"] if tensor["name"] == name)
+
+
+def metric(client: TestClient, line_start: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# --- health and metadata ---
+
+
+def test_health_and_server_metadata(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    ready = client.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    assert client.get("/v2").json() == {"name": "prediction-server", "version": client.app.version, "extensions": []}  # type: ignore[attr-defined]
+
+
+def test_model_metadata_has_one_input_per_feature_and_one_output(client: TestClient, bundle: Bundle) -> None:
+    answer = client.get(MODEL)
+    assert answer.status_code == 200
+    expected_inputs = [{"name": f.name, "datatype": datatype(f), "shape": [-1]} for f in bundle.metadata.features]
+    assert answer.json() == {
+        "name": NAME,
+        "versions": [str(VERSION)],
+        "platform": "sklearn",
+        "inputs": expected_inputs,
+        "outputs": [{"name": "predict", "datatype": "FP64", "shape": [-1]}],
+    }
+    assert {i["datatype"] for i in expected_inputs} == {"FP64", "BYTES"}  # numbers, categories and a date
+    assert client.get(f"{MODEL}/versions/{VERSION}").json() == answer.json()
+
+
+def test_model_readiness_and_other_names_or_versions(client: TestClient) -> None:
+    assert client.get(f"{MODEL}/ready").json() == {"name": NAME, "ready": True}
+    assert client.get(f"{MODEL}/versions/{VERSION}/ready").json() == {"name": NAME, "ready": True}
+    for path in (
+        "/v2/models/other",
+        "/v2/models/other/ready",
+        f"{MODEL}/versions/{VERSION + 1}",
+        f"{MODEL}/versions/{VERSION + 1}/ready",
+    ):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert set(answer.json()) == {"error"} and "not served here" in answer.json()["error"]
+
+
+def test_before_the_bundle_loads_v2_says_not_ready_with_the_reason(tmp_path: Path) -> None:
+    with ready_client(settings_for(tmp_path / "later"), wait=False) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        reason = client.get("/health/ready").json()["reason"]
+        ready = client.get("/v2/health/ready")
+        assert ready.status_code == 503 and ready.json() == {"ready": False, "reason": reason}
+        assert ready.headers["Retry-After"] == "1"
+        model_ready = client.get(f"{MODEL}/ready")
+        assert model_ready.status_code == 503 and model_ready.json() == {"name": NAME, "ready": False, "reason": reason}
+        for answer in (client.get(MODEL), client.post(INFER, json={"inputs": []})):
+            assert answer.status_code == 503 and answer.json() == {"error": f"not ready: {reason}"}
+            assert answer.headers["Retry-After"] == "1"
+        assert client.get("/v2/models/other").status_code == 404  # the name is known before the bundle
+        document = client.get("/openapi.json").json()
+        assert "Known once the bundle is loaded" in document["components"]["schemas"]["V2InferRequest"]["description"]
+
+
+# --- predictions ---
+
+
+@pytest.mark.parametrize("n", [1, MAX_ROWS])
+@pytest.mark.parametrize("layout", ["flat", "nested", "column-flat"])
+def test_predictions_are_bundle_predict_bit_for_bit(client: TestClient, bundle: Bundle, n: int, layout: str) -> None:
+    rows = records(bundle.metadata, n, seed=n)
+    request = infer_request(bundle.metadata, rows, nested=layout == "nested")
+    if layout == "column-flat":  # shape [n, 1] with the data flat, as the protocol allows
+        for tensor in request["inputs"]:
+            tensor["shape"] = [n, 1]
+    request["inputs"].reverse()  # any order
+    request["id"] = f"request-{n}"
+    before = metric(client, f'predicted_rows_total{{route="{INFER_ROUTE}"}}')
+    answer = client.post(INFER, json=request)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_name"] == NAME and body["model_version"] == str(VERSION) and body["id"] == f"request-{n}"
+    assert body["parameters"] == {"bundle_hash": bundle.content_hash}
+    [output] = body["outputs"]
+    assert output["name"] == "predict" and output["datatype"] == "FP64" and output["shape"] == [n]
+    assert bits(output["data"]) == bits(bundle.predict(column_values(rows)))
+    assert metric(client, f'predicted_rows_total{{route="{INFER_ROUTE}"}}') == before + n
+    assert client.app.state.serving.model.usage.active == 0  # type: ignore[attr-defined]
+
+
+def test_the_versioned_path_and_requested_outputs(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 3, seed=5)
+    request = {
+        **infer_request(bundle.metadata, rows),
+        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+    }
+    answer = client.post(f"{MODEL}/versions/{VERSION}/infer", json=request)
+    assert answer.status_code == 200, answer.text
+    assert "id" not in answer.json()
+    assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(column_values(rows)))
+    other = client.post(f"{MODEL}/versions/{VERSION + 1}/infer", json=request)
+    assert other.status_code == 404 and "version '8'" in other.json()["error"]
+
+
+def test_fp32_and_int_datatypes_are_numbers_validated_as_the_records_api_does(
+    client: TestClient, bundle: Bundle
+) -> None:
+    rows = records(bundle.metadata, 4, seed=6)
+    request = infer_request(bundle.metadata, rows)
+    numeric = [f.name for f in bundle.metadata.features if f.kind == "numeric"]
+    input_named(request, numeric[0])["datatype"] = "FP32"
+    input_named(request, numeric[1])["datatype"] = "INT64"
+    input_named(request, numeric[1])["data"] = [round(v) for v in input_named(request, numeric[1])["data"]]
+    answer = client.post(INFER, json=request)
+    assert answer.status_code == 200, answer.text
+    expected = column_values(rows) | {numeric[1]: input_named(request, numeric[1])["data"]}
+    assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(expected))
+
+
+def test_a_stuck_model_sheds_v2_requests_and_fails_v2_readiness(
+    bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = threading.Event()
+    real = app.served_model.predict_rows
+
+    def stuck(*args: Any) -> Any:
+        free.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(app.served_model, "predict_rows", stuck)
+    rows = records(bundle.metadata, 2, seed=7)
+    with ready_client(settings_for(bundle_dir, predict_timeout_s=0.5)) as client:
+        try:
+            shed = client.post(INFER, json=infer_request(bundle.metadata, rows))
+            assert shed.status_code == 503 and shed.headers["Retry-After"] == "1"
+            assert shed.json() == {"error": "the prediction did not finish within PREDICT_TIMEOUT_S=0.5s"}
+            assert metric(client, f'prediction_errors_total{{reason="overloaded",route="{INFER_ROUTE}"}}') == 1
+            assert client.app.state.serving.model.usage.active == 0  # type: ignore[attr-defined]
+            time.sleep(0.1)  # the model call has now run past PREDICT_TIMEOUT_S: stuck
+            reason = client.get("/health/ready").json()["reason"]
+            assert "PREDICT_TIMEOUT_S" in reason
+            ready = client.get("/v2/health/ready")
+            assert (
+                ready.status_code == 503
+                and ready.json()["ready"] is False
+                and "PREDICT_TIMEOUT_S" in ready.json()["reason"]
+            )
+            assert client.get(f"{MODEL}/ready").status_code == 503
+        finally:
+            free.set()
+        deadline = time.monotonic() + 5
+        while client.get("/v2/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get(f"{MODEL}/ready").json() == {"name": NAME, "ready": True}
+        answer = client.post(INFER, json=infer_request(bundle.metadata, rows))
+        assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(column_values(rows)))
+
+
+# --- refusals ---
+
+
+def features(bundle: Bundle, kind: str) -> list[Feature]:
+    return [f for f in bundle.metadata.features if f.kind == kind]
+
+
+def limited(bundle: Bundle) -> Feature:
+    return next(f for f in features(bundle, "numeric") if f.maximum is not None)
+
+
+def mutations(bundle: Bundle) -> dict[str, tuple[Callable[[Request], Any], str]]:
+    """Each refused request: how it differs from a valid 3-row request, and what its error says."""
+    number, category, day = features(bundle, "numeric")[0].name, features(bundle, "categorical")[0].name, "date"
+    bounded = limited(bundle)
+
+    def set_value(name: str, row: int, value: Any) -> Callable[[Request], None]:
+        return lambda r: input_named(r, name)["data"].__setitem__(row, value)
+
+    def set_key(name: str, key: str, value: Any) -> Callable[[Request], None]:
+        return lambda r: input_named(r, name).__setitem__(key, value)
+
+    def extra_input(r: Request) -> None:
+        r["inputs"].append({"name": "seats", "shape": [3], "datatype": "FP64", "data": [1.0, 2.0, 3.0]})
+
+    def shorter(r: Request) -> None:
+        tensor = input_named(r, number)
+        tensor["data"], tensor["shape"] = tensor["data"][:2], [2]
+
+    return {
+        "unknown input": (extra_input, "input seats: not a feature of this model"),
+        "missing input": (lambda r: r["inputs"].remove(input_named(r, category)), f"input {category}: missing"),
+        "repeated input": (lambda r: r["inputs"].append(copy.deepcopy(r["inputs"][0])), "given more than once"),
+        "lengths differ": (shorter, f"of different lengths ({number} 2, "),
+        "shape and data differ": (set_key(number, "shape", [4]), "shape [4] holds 4 values, data has 3"),
+        "shape of a matrix": (set_key(number, "shape", [3, 2]), "is not [n] or [n, 1]"),
+        "category as a number": (set_key(category, "datatype", "FP64"), "datatype FP64 does not fit its categorical"),
+        "number as text": (set_key(number, "datatype", "BYTES"), "datatype BYTES does not fit its numeric"),
+        "unknown datatype": (set_key(number, "datatype", "UINT8"), "use FP64 or FP32 or INT64 or INT32"),
+        "out of limits": (
+            set_value(bounded.name, 1, float(bounded.maximum or 0) + 1),
+            f"input {bounded.name}, row 1: Input should be less than or equal to",
+        ),
+        "a string for a number": (
+            set_value(number, 2, "1.5"),
+            f"input {number}, row 2: Input should be a valid number",
+        ),
+        "unknown category": (set_value(category, 0, "Atlantis"), f"input {category}, row 0: Input should be"),
+        "impossible date": (set_value(day, 2, "2021-02-30"), f"input {day}, row 2: Value error"),
+        "malformed date": (set_value(day, 1, "2021/02/03"), f"input {day}, row 1: String should match pattern"),
+        "date out of limits": (set_value(day, 0, "2031-01-01"), f"input {day}, row 0: Input should be a day from"),
+        "nested data, two per row": (
+            lambda r: input_named(r, number).update(shape=[3, 1], data=[[1.0, 2.0], [1.0], [1.0]]),
+            "nested data holds one [value] per row",
+        ),
+        "nested data for shape [n]": (
+            set_key(number, "data", [[1.0], [1.0], [1.0]]),
+            f"input {number}, row 0: Input should be a valid number",
+        ),
+        "unknown output": (lambda r: r.__setitem__("outputs", [{"name": "proba"}]), "output 'proba': not an output"),
+        "unknown envelope key": (lambda r: r.__setitem__("model", "x"), "model: Extra inputs are not permitted"),
+        "no inputs key": (lambda r: r.pop("inputs"), "inputs: Field required"),
+        "shape of strings": (set_key(number, "shape", ["3"]), "inputs.0.shape.0: Input should be a valid integer"),
+        "no rows": (
+            lambda r: [t.update(shape=[0], data=[]) for t in r["inputs"]],
+            "input columns: no rows",
+        ),
+    }
+
+
+MUTATIONS = [
+    "unknown input", "missing input", "repeated input", "lengths differ", "shape and data differ", "shape of a matrix",
+    "category as a number", "number as text", "unknown datatype", "out of limits", "a string for a number",
+    "unknown category", "impossible date", "malformed date", "date out of limits", "nested data, two per row",
+    "nested data for shape [n]", "unknown output", "unknown envelope key", "no inputs key", "shape of strings",
+    "no rows",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MUTATIONS)
+def test_every_refusal_is_a_400_naming_the_input_and_row(client: TestClient, bundle: Bundle, case: str) -> None:
+    request = infer_request(bundle.metadata, records(bundle.metadata, 3, seed=1))
+    mutate, message = mutations(bundle)[case]
+    mutate(request)
+    route_errors = f'prediction_errors_total{{reason="invalid",route="{INFER_ROUTE}"}}'
+    before = metric(client, route_errors)
+    answer = client.post(INFER, json=request)
+    assert answer.status_code == 400, answer.text
+    assert set(answer.json()) == {"error"}
+    assert message in answer.json()["error"], answer.json()["error"]
+    assert metric(client, route_errors) == before + 1
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_nan_and_infinities_are_refused(client: TestClient, bundle: Bundle, literal: str) -> None:
+    number = features(bundle, "numeric")[0].name
+    request = infer_request(bundle.metadata, records(bundle.metadata, 3, seed=2))
+    input_named(request, number)["data"][1] = "__LITERAL__"
+    body = json.dumps(request).replace('"__LITERAL__"', literal)
+    answer = client.post(INFER, content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == f"input {number}, row 1: Input should be a finite number"
+
+
+def test_every_refused_value_is_named_and_the_message_stays_short(client: TestClient, bundle: Bundle) -> None:
+    number = features(bundle, "numeric")[0].name
+    request = infer_request(bundle.metadata, records(bundle.metadata, 30, seed=3))
+    input_named(request, number)["data"] = ["x"] * 30
+    error = client.post(INFER, json=request).json()["error"]
+    assert error.count(f"input {number}, row ") == 10 and error.endswith("; and 20 more")
+
+
+def test_more_than_max_batch_records_rows(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 3, seed=4)
+    request = infer_request(bundle.metadata, rows * ((MAX_ROWS + 3) // 3))
+    answer = client.post(INFER, json=request)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": f"input columns: at most {MAX_ROWS} rows per request (MAX_BATCH_RECORDS), not 501"
+    }
+
+
+def test_protocol_errors_of_the_body(client: TestClient, bundle: Bundle) -> None:
+    request = infer_request(bundle.metadata, records(bundle.metadata, 2, seed=5))
+    cases = [
+        (client.post("/v2/models/other/infer", json=request), 404, "model 'other' is not served here"),
+        (client.post(INFER, content=json.dumps(request), headers={"Content-Type": "text/plain"}), 415, "content-type"),
+        (client.post(INFER, content=b"{", headers={"Content-Type": "application/json"}), 400, "malformed JSON"),
+        (
+            client.post(INFER, content=b"x" * (MAX_BODY + 1), headers={"Content-Type": "application/json"}),
+            413,
+            "larger",
+        ),
+        (client.post(INFER, json=request, headers={"Inference-Header-Content-Length": "10"}), 400, "binary tensor"),
+    ]
+    for answer, status, message in cases:
+        assert answer.status_code == status, (status, answer.text)
+        assert set(answer.json()) == {"error"} and message in answer.json()["error"]
+
+
+# --- the columnar validation shares the records API's rules ---
+
+
+def tricky_metadata() -> Metadata:
+    features = [
+        Feature(name="x", kind="numeric", dtype="float", minimum=0.0, maximum=10.0),
+        Feature(name="k", kind="numeric", dtype="int", minimum=0, maximum=5),
+        Feature(name="c", kind="categorical", dtype="str", categories=["a", "b"]),
+        Feature(name="d", kind="date", dtype="date", minimum="2020-01-01", maximum="2021-01-01",
+                observed_minimum="2020-01-01", observed_maximum="2020-06-01"),
+    ]  # fmt: skip
+    return Metadata(
+        created_at="2024-01-01T00:00:00+00:00",
+        features=features,
+        target=Target(name="price", minimum=1.0, maximum=2.0, mean=1.5),
+        metrics={},
+        baseline_metrics={},
+        data_hash="0" * 64,
+        library_versions={},
+        example={"x": 1.0, "k": 1, "c": "a", "d": "2020-02-02"},
+        files={},
+    )
+
+
+TRICKY = {
+    "x": [1, 1.5, -0.0, 10, 11, -1e-300, True, "1", None, [1], {"a": 1}, 10**30, math.nan, math.inf],
+    "k": [1, 1.0, 5.0, 1.5, True, "1", 2**70, 3.0000000001, None],
+    "c": ["a", "A", "a ", 1, None, True],
+    "d": ["2020-02-02", "2020-02-30", "2019-12-31", "2021-01-02", 20200202, "2020-2-2", " 2020-02-02"],
+}
+
+
+@pytest.mark.parametrize(("name", "value"), [(name, v) for name, values in TRICKY.items() for v in values])
+def test_parse_columns_accepts_and_refuses_what_parse_batch_does(name: str, value: Any) -> None:
+    metadata = tricky_metadata()
+    schema = RecordSchema.from_metadata(metadata, 5)
+    record = {**metadata.example, name: value}
+    outcome = columnar(schema, {k: [metadata.example[k], v] for k, v in record.items()})
+    assert outcome == batched(schema, [metadata.example, record])
+    if isinstance(outcome[0], tuple) and not isinstance(outcome[0][0], str):  # accepted: the same values and types
+        assert [tuple(map(type, row)) for row in outcome] == [
+            tuple(map(type, row)) for row in batched(schema, [metadata.example, record])
+        ]
+
+
+def batched(schema: RecordSchema, records: list[dict[str, Any]]) -> list[Any]:
+    """The rows ``parse_batch`` makes of ``records``, or its refusals as (field, type)."""
+    try:
+        return schema.parse_batch(json.dumps({"records": records}).encode())
+    except RequestError as exc:
+        return [(e["loc"][-1], e["type"]) for e in exc.errors]
+
+
+def columnar(schema: RecordSchema, columns: dict[str, list[Any]]) -> list[Any]:
+    """The rows ``parse_columns`` makes of ``columns``, or its refusals as (column, type), each naming its row."""
+    try:
+        return schema.parse_columns(columns)
+    except RequestError as exc:
+        errors = exc.errors
+    assert all(e["row"] == 1 and e["msg"].startswith(f"{e['field']}, row 1: ") for e in errors), errors
+    return [(e["loc"][0], e["type"]) for e in errors]
+
+
+# --- the OpenAPI document ---
+
+
+def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle: Bundle) -> None:
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"):
+        assert "get" in paths[path], path
+    assert "get" in paths["/v2/models/{name}/versions/{version}/ready"]
+    for path in (INFER_ROUTE, "/v2/models/{name}/versions/{version}/infer"):
+        operation = paths[path]["post"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/V2InferRequest"}
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("InferResponse")
+        for status in ("400", "404", "413", "415", "503"):
+            assert operation["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "ErrorResponse"
+            )
+        [name] = [p for p in operation["parameters"] if p["name"] == "name"]
+        assert name["schema"]["enum"] == [NAME]
+    [version] = [
+        p for p in paths["/v2/models/{name}/versions/{version}/infer"]["post"]["parameters"] if p["name"] == "version"
+    ]
+    assert version["schema"]["enum"] == [str(VERSION)]
+    schema = document["components"]["schemas"]["V2InferRequest"]
+    inputs = schema["properties"]["inputs"]["prefixItems"]
+    assert [i["properties"]["name"]["const"] for i in inputs] == [f.name for f in bundle.metadata.features]
+    [example] = schema["examples"]
+    jsonschema.Draft202012Validator(schema).validate(example)
+    answer = client.post(INFER, json=example)
+    assert answer.status_code == 200
+    expected = bundle.predict({k: [v] for k, v in bundle.metadata.example.items()})
+    assert bits(answer.json()["outputs"][0]["data"]) == bits(expected)
+    bad = copy.deepcopy(example)
+    input_named(bad, limited(bundle).name)["data"] = [float(limited(bundle).maximum or 0) + 1]
+    with pytest.raises(jsonschema.ValidationError):  # the limits are in the document as in the records API's
+        jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+# --- a real V2 client against a real server ---
+
+
+@pytest.mark.integration
+def test_tritonclient_against_a_real_uvicorn_process(bundle_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
+    import tritonclient.http as triton  # type: ignore[import-untyped]  # no stubs or py.typed
+    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+    port = free_port()
+    args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port)]
+    env = {"BUNDLE_DIR": str(bundle_dir), "MODEL_VERSION": str(VERSION)}
+    url = f"{LOOPBACK}:{port}"
+    with running(args, f"http://{url}/v2/health/ready", env=env, timeout=60, log=tmp_path / "server.log"):
+        client = triton.InferenceServerClient(url)
+        try:
+            assert client.is_server_live() and client.is_server_ready()
+            assert client.get_server_metadata()["extensions"] == []
+            assert client.is_model_ready(NAME) and client.is_model_ready(NAME, str(VERSION))
+            metadata = client.get_model_metadata(NAME)
+            assert [i["name"] for i in metadata["inputs"]] == [f.name for f in bundle.metadata.features]
+
+            rows = records(bundle.metadata, 64, seed=8)
+            columns = column_values(rows)
+
+            def inputs(values: dict[str, list[Any]]) -> list[triton.InferInput]:
+                tensors = []
+                for item in metadata["inputs"]:
+                    numbers = item["datatype"] != "BYTES"
+                    array = np.asarray(values[item["name"]], dtype=np.float64 if numbers else np.object_)
+                    tensor = triton.InferInput(item["name"], list(array.shape), item["datatype"])
+                    tensor.set_data_from_numpy(array, binary_data=False)  # JSON tensor data
+                    tensors.append(tensor)
+                return tensors
+
+            json_body = {"Content-Type": "application/json"}  # tritonclient sends none; the server wants JSON
+            result = client.infer(
+                NAME,
+                inputs(columns),
+                model_version=str(VERSION),
+                request_id="triton-1",
+                outputs=[triton.InferRequestedOutput("predict", binary_data=False)],
+                headers=json_body,
+            )
+            assert result.get_response()["id"] == "triton-1"
+            assert bits(result.as_numpy("predict")) == bits(bundle.predict(columns))
+            default_outputs = client.infer(NAME, inputs(columns), headers=json_body)  # asks for binary outputs
+            assert bits(default_outputs.as_numpy("predict")) == bits(bundle.predict(columns))
+
+            bounded = limited(bundle)
+            bad = {**columns, bounded.name: [*columns[bounded.name][:5], float(bounded.maximum or 0) + 1]}
+            bad[bounded.name] += columns[bounded.name][6:]
+            with pytest.raises(InferenceServerException, match=f"input {bounded.name}, row 5: Input should be less"):
+                client.infer(NAME, inputs(bad), headers=json_body)
+            with pytest.raises(InferenceServerException, match="content-type: must be application/json"):
+                client.infer(NAME, inputs(columns))
+            with pytest.raises(InferenceServerException, match="not served here"):
+                client.infer("other", inputs(columns), headers=json_body)
+        finally:
+            client.close()
