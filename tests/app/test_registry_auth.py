@@ -38,6 +38,8 @@ from app.settings import Settings
 from tests.services import LOOPBACK, RegistryAdmin, S3Server, mlflow_server
 
 READER = "serving-reader"
+# Each basic-auth request checks a PBKDF2 hash: generous on a loaded 2-core machine (the default is 5 s).
+TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def _post(uri: str, path: str, body: dict[str, str], user: RegistryAdmin) -> Non
         headers={**access.headers(), "Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10):
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S):
         pass
 
 
@@ -90,17 +92,17 @@ def _access(user: RegistryAdmin) -> RegistryAccess:
 
 def test_anonymous_is_refused_with_what_to_set(auth_registry: AuthRegistry) -> None:
     with pytest.raises(AccessDeniedError, match=r"requires authentication \(401\) and no credentials are set"):
-        RestRegistry(auth_registry.uri).version_by_alias(auth_registry.model, "champion")
+        RestRegistry(auth_registry.uri, TIMEOUT_S).version_by_alias(auth_registry.model, "champion")
 
 
 def test_a_wrong_password_is_refused_as_such(auth_registry: AuthRegistry) -> None:
     wrong = RegistryAccess(username=READER, password="not-the-password")
     with pytest.raises(AccessDeniedError, match=r"refused the credentials \(401\)"):
-        RestRegistry(auth_registry.uri, access=wrong).version_by_alias(auth_registry.model, "champion")
+        RestRegistry(auth_registry.uri, TIMEOUT_S, access=wrong).version_by_alias(auth_registry.model, "champion")
 
 
 def test_a_read_only_user_reads_every_call_serving_makes(auth_registry: AuthRegistry) -> None:
-    registry = RestRegistry(auth_registry.uri, access=_access(auth_registry.reader))
+    registry = RestRegistry(auth_registry.uri, TIMEOUT_S, access=_access(auth_registry.reader))
     champion = registry.version_by_alias(auth_registry.model, "champion")
     assert champion.version == 1 and champion.dvc_hash == "ab" * 16 + ".dir"
     assert registry.version(auth_registry.model, 1).aliases == ["champion"]
@@ -122,7 +124,12 @@ def test_a_read_only_user_cannot_move_the_alias(auth_registry: AuthRegistry) -> 
 
 def test_entrypoint_resolution_refuses_at_once_without_credentials(auth_registry: AuthRegistry) -> None:
     """A 401 is a configuration error: exit code of "credentials", no retries, the variables to set."""
-    base = {"mlflow_tracking_uri": auth_registry.uri, "model_name": auth_registry.model, "pull_retries": 5}
+    base = {
+        "mlflow_tracking_uri": auth_registry.uri,
+        "model_name": auth_registry.model,
+        "pull_retries": 5,
+        "registry_timeout_s": TIMEOUT_S,
+    }
     with pytest.raises(DeliveryError) as denied:
         resolve(Settings(**base))  # type: ignore[arg-type]
     assert denied.value.failure == "credentials" and denied.value.exit_code == 6
@@ -138,10 +145,12 @@ def test_model_view_reads_the_registry_with_the_servers_credentials(auth_registr
         mlflow_tracking_username=READER,
         mlflow_tracking_password=auth_registry.reader.password,
     )
-    view = RegistryView(auth_registry.uri, auth_registry.model, 5.0, settings.registry_access)
+    view = RegistryView(auth_registry.uri, auth_registry.model, TIMEOUT_S, settings.registry_access)
     found = asyncio.run(view.of(auth_registry.content_hash))
     assert found["registry"]["version"] == 1 and found["registry"]["aliases"] == ["champion"]
-    anonymous = asyncio.run(RegistryView(auth_registry.uri, auth_registry.model, 5.0).of(auth_registry.content_hash))
+    anonymous = asyncio.run(
+        RegistryView(auth_registry.uri, auth_registry.model, TIMEOUT_S).of(auth_registry.content_hash)
+    )
     assert anonymous["registry"] == "unavailable" and "401" in anonymous["reason"]
 
 
@@ -222,7 +231,7 @@ def https_front(auth_registry: AuthRegistry, tmp_path_factory: pytest.TempPathFa
             headers = {"Authorization": authorization} if authorization else {}
             request = urllib.request.Request(upstream + self.path, headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=10) as answer:
+                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:
                     status, body = answer.status, answer.read()
             except urllib.error.HTTPError as refused:
                 status, body = refused.code, refused.read()
@@ -252,12 +261,17 @@ def https_front(auth_registry: AuthRegistry, tmp_path_factory: pytest.TempPathFa
 def test_tls_is_checked_against_the_configured_authority(auth_registry: AuthRegistry, https_front: HttpsFront) -> None:
     reader = auth_registry.reader
     trusted = RegistryAccess(username=reader.username, password=reader.password, server_cert_path=https_front.ca)
-    assert RestRegistry(https_front.url, access=trusted).version_by_alias(auth_registry.model, "champion").version == 1
+    assert (
+        RestRegistry(https_front.url, TIMEOUT_S, access=trusted)
+        .version_by_alias(auth_registry.model, "champion")
+        .version
+        == 1
+    )
     untrusted = RegistryAccess(username=reader.username, password=reader.password)
     with pytest.raises(RegistryError, match="CERTIFICATE_VERIFY_FAILED"):
-        RestRegistry(https_front.url, access=untrusted).version_by_alias(auth_registry.model, "champion")
+        RestRegistry(https_front.url, TIMEOUT_S, access=untrusted).version_by_alias(auth_registry.model, "champion")
     insecure = RegistryAccess(username=reader.username, password=reader.password, insecure_tls=True)
-    assert RestRegistry(https_front.url, access=insecure).version(auth_registry.model, 1).version == 1
+    assert RestRegistry(https_front.url, TIMEOUT_S, access=insecure).version(auth_registry.model, 1).version == 1
 
 
 def test_a_token_is_sent_as_bearer(auth_registry: AuthRegistry, https_front: HttpsFront) -> None:
@@ -265,7 +279,7 @@ def test_a_token_is_sent_as_bearer(auth_registry: AuthRegistry, https_front: Htt
     refuses; the header that reached the server is MLflow's client's ``Bearer <token>``."""
     access = RegistryAccess(token="tok-0f3a9c", server_cert_path=https_front.ca)
     with pytest.raises(AccessDeniedError, match="refused the credentials"):
-        RestRegistry(https_front.url, access=access).version_by_alias(auth_registry.model, "champion")
+        RestRegistry(https_front.url, TIMEOUT_S, access=access).version_by_alias(auth_registry.model, "champion")
     assert https_front.authorizations[-1] == "Bearer tok-0f3a9c"
 
 
