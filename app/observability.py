@@ -39,7 +39,7 @@ request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes are logged at debug level, so they do not drown the request log (a probe's 503 says what
 # the loader already logged).
-QUIET_ROUTES: Final = frozenset({"/health/live", "/health/ready", "/metrics"})
+QUIET_ROUTES: Final = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 _log = logging.getLogger(LOGGER_NAME)
 
 METRICS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
