@@ -1,0 +1,324 @@
+"""The peers ``bench.serve`` measures this server against, each started on the same bundle, on 127.0.0.1, with
+one worker process serving.
+
+- BentoML (pinned), adaptive batching on its single-record endpoint, and MLServer's scikit-learn runtime
+  (pinned, run with ``parallel_workers=0`` and with its default): each in its own virtual environment under
+  ``bench/.venvs/``, made with uv from the package index (not from the project's lock), holding the
+  scikit-learn, skops and numpy versions the project's ``uv.lock`` pins, so the bundle loads as it does here.
+  The repository root is on their ``PYTHONPATH``: the bundle's transformer is ``app.contract.features``.
+- The floor (``bench.floor``): a minimal FastAPI endpoint in the project's own environment.
+
+The peers' service files import packages the project does not have, so they are kept here as text and
+written into the benchmark's working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from app.contract.bundle import Bundle, Metadata
+from tests.services import BIN, LOOPBACK, free_port, running
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+VENVS: Final = ROOT / "bench" / ".venvs"
+V2_MODEL: Final = "flight-price"  # the model's name in MLServer's repository (the project's MODEL_NAME default)
+# What the peers' environments must share with the project's lock for the bundle to load identically.
+BUNDLE_LIBRARIES: Final = ("scikit-learn", "skops", "numpy")
+# Telemetry off wherever a server has it: the machine reaches nothing but the package index.
+NO_TELEMETRY: Final = {"DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+Answers = Callable[[bytes], list[float]]
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under load: where to send which bodies, and how to read its predictions."""
+
+    key: str  # the name ``--servers`` takes
+    name: str
+    url: str  # base URL
+    pid: int
+    log: Path
+    start_s: float  # launch to its ready URL's first 2xx
+    single_path: str
+    batch_path: str
+    single_bodies: list[bytes]
+    batch_bodies: list[bytes]
+    single_answers: Answers  # response body -> predictions
+    batch_answers: Answers
+    predicts: bool = True  # False for the floor: its constant answer is not checked
+    extra: dict[str, tuple[str, list[bytes], Answers]] = field(default_factory=dict)  # scenario -> path, bodies
+
+
+@dataclass(frozen=True)
+class Peer:
+    key: str
+    name: str
+    venv: str  # directory under bench/.venvs/
+    requirements: tuple[str, ...]
+
+
+BENTOML: Final = Peer("bentoml", "BentoML 1.4.40", "bentoml-1.4.40", ("bentoml==1.4.40",))
+# MLServer 1.7.1's inference worker dies under uvloop 0.23 ("There is no current event loop").
+MLSERVER: Final = Peer(
+    "mlserver",
+    "MLServer 1.7.1",
+    "mlserver-1.7.1",
+    ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0"),
+)
+
+
+class PeerUnavailable(Exception):
+    """A peer's environment could not be made (the message says why)."""
+
+
+def lock_versions(names: tuple[str, ...] = BUNDLE_LIBRARIES) -> dict[str, str]:
+    """The versions ``uv.lock`` resolves for this interpreter (the entry whose resolution markers hold here)."""
+    from packaging.markers import Marker
+
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    found: dict[str, str] = {}
+    for package in lock["package"]:
+        markers = package.get("resolution-markers")
+        if package["name"] in names and (not markers or any(Marker(m).evaluate() for m in markers)):
+            found[package["name"]] = package["version"]
+    if missing := sorted(set(names) - set(found)):
+        raise PeerUnavailable(f"uv.lock pins no version of {', '.join(missing)} for this interpreter")
+    return found
+
+
+def _uv() -> list[str]:
+    uv = shutil.which("uv")
+    return [uv] if uv else [sys.executable, "-m", "uv"]
+
+
+def install(peer: Peer, log: Callable[[str], None]) -> Path:
+    """The peer's venv (made if missing) with its pinned requirements and the lock's bundle libraries; returns
+    its ``bin`` directory. Raises ``PeerUnavailable`` with uv's last lines when it cannot be made."""
+    venv = VENVS / peer.venv
+    python = venv / "bin" / "python"
+    pins = [f"{name}=={version}" for name, version in lock_versions().items()]
+    interpreter = f"{sys.version_info.major}.{sys.version_info.minor}"
+    started = time.perf_counter()
+    steps = [] if python.exists() else [[*_uv(), "venv", str(venv), "--python", interpreter, "--quiet"]]
+    steps.append([*_uv(), "pip", "install", "--quiet", "--python", str(python), *peer.requirements, *pins])
+    for args in steps:
+        try:
+            completed = subprocess.run(args, capture_output=True, text=True, timeout=1200, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PeerUnavailable(f"{' '.join(args[:3])}: {exc}") from None
+        if completed.returncode != 0:
+            tail = " | ".join((completed.stderr or completed.stdout).strip().splitlines()[-6:])
+            raise PeerUnavailable(f"uv exited {completed.returncode}: {tail}")
+    log(f"{peer.name}: {venv.relative_to(ROOT)} ready with {', '.join([*peer.requirements, *pins])} "
+        f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+    return venv / "bin"
+
+
+def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What every server gets: the repository on PYTHONPATH (the bundle's transformer), telemetry off."""
+    return {"PYTHONPATH": str(ROOT), **NO_TELEMETRY, **(extra or {})}
+
+
+@contextmanager
+def started(
+    args: list[str], ready_url: str, env: dict[str, str], log: Path, timeout: float = 180
+) -> Iterator[tuple[int, float]]:
+    """``tests.services.running``, yielding the process id and the seconds from launch to the ready URL's 2xx."""
+    begun = time.perf_counter()
+    with running(args, ready_url, env=env, timeout=timeout, log=log) as process:
+        yield process.pid, time.perf_counter() - begun
+
+
+def _json(body: bytes) -> Any:
+    return json.loads(body)
+
+
+# --- the floor ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def floor_server(bundle_dir: Path, workdir: Path, singles: list[bytes], batches: list[bytes]) -> Iterator[Server]:
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    args = [
+        str(BIN / "uvicorn"), "bench.floor:app", "--host", LOOPBACK, "--port", str(port), "--workers", "1",
+        "--no-access-log",
+    ]  # fmt: skip
+    log = workdir / "floor.log"
+    with started(args, f"{url}/health/ready", peer_env({"BUNDLE_DIR": str(bundle_dir)}), log) as (pid, start_s):
+        yield Server(
+            "floor", "floor (FastAPI, validate only)", url, pid, log, start_s,
+            "/predict", "/predict/batch", singles, batches, lambda b: [], lambda b: [], predicts=False,
+        )  # fmt: skip
+
+
+# --- BentoML --------------------------------------------------------------------------------------------------
+
+# BentoML's batching parameters: its own defaults. Tried alone on a 20k-row bundle, max_latency_ms 1,000, 100
+# and 20 changed nothing beyond the run-to-run spread (c1 81-95 req/s, c8 387-437, c32 447-529), and 20 made it
+# refuse requests (503) at c32.
+BENTOML_MAX_BATCH_SIZE: Final = 100
+BENTOML_MAX_LATENCY_MS: Final = 60_000
+# The service file, written into the benchmark's working directory (it imports bentoml, which the project lacks).
+BENTOML_SERVICE: Final = '''"""BentoML service for bench.serve: the bundle (BENCH_BUNDLE_DIR) loaded with the
+project's own load_bundle, records validated with the project's pydantic record model, predictions from
+Bundle.predict."""
+import os
+from pathlib import Path
+
+import bentoml
+
+from app.contract.bundle import load_bundle, read_metadata
+from app.schema import RecordSchema
+
+BUNDLE_DIR = Path(os.environ["BENCH_BUNDLE_DIR"])
+SCHEMA = RecordSchema.from_metadata(read_metadata(BUNDLE_DIR), max_records=10_000)
+Record = SCHEMA.record_model
+MAX_BATCH_SIZE = int(os.environ["BENCH_BENTOML_MAX_BATCH_SIZE"])
+MAX_LATENCY_MS = int(os.environ["BENCH_BENTOML_MAX_LATENCY_MS"])
+
+
+@bentoml.service(workers=1)
+class FlightPrice:
+    def __init__(self) -> None:
+        self.bundle = load_bundle(BUNDLE_DIR)
+
+    def _predict(self, records):
+        return self.bundle.predict(SCHEMA.columns([tuple(r.__dict__.values()) for r in records])).tolist()
+
+    # adaptive batching: one record per request, batched by BentoML's dispatcher
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def predict(self, records: list[Record]) -> list[float]:
+        return self._predict(records)
+
+    @bentoml.api
+    def predict_batch(self, records: list[Record]) -> list[float]:
+        return self._predict(records)
+'''
+
+
+@contextmanager
+def bentoml_server(
+    bin_dir: Path, bundle_dir: Path, workdir: Path, records: tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]
+) -> Iterator[Server]:
+    service_dir = workdir / "bentoml"
+    service_dir.mkdir(exist_ok=True)
+    (service_dir / "bench_bentoml_service.py").write_text(BENTOML_SERVICE)
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    args = [
+        str(bin_dir / "bentoml"), "serve", "bench_bentoml_service:FlightPrice", "--working-dir", str(service_dir),
+        "--host", LOOPBACK, "--port", str(port),
+    ]  # fmt: skip
+    env = peer_env(
+        {
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{service_dir}",
+            "BENCH_BUNDLE_DIR": str(bundle_dir),
+            "BENCH_BENTOML_MAX_BATCH_SIZE": str(BENTOML_MAX_BATCH_SIZE),
+            "BENCH_BENTOML_MAX_LATENCY_MS": str(BENTOML_MAX_LATENCY_MS),
+            "BENTOML_HOME": str(workdir / "bentoml-home"),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        }
+    )
+    log = workdir / "bentoml.log"
+    singles, batches = records
+    with started(args, f"{url}/readyz", env, log) as (pid, start_s):
+        yield Server(
+            "bentoml", "BentoML 1.4.40 (adaptive batching)", url, pid, log, start_s,
+            "/predict", "/predict_batch",
+            [_encode({"records": [r]}) for r in singles], [_encode({"records": b}) for b in batches],
+            _json, _json,
+        )  # fmt: skip
+
+
+# --- MLServer -------------------------------------------------------------------------------------------------
+
+
+def v2_request(metadata: Metadata, rows: list[dict[str, Any]], content_types: bool = True) -> bytes:
+    """An Open Inference Protocol (V2) request: one input tensor per feature, ``rows`` long. Numbers as FP64,
+    categories and dates as BYTES; with ``content_types``, MLServer's hints (the request as a pandas frame,
+    BYTES as str) that its scikit-learn runtime needs to see the columns as the transformer does."""
+    inputs: list[dict[str, Any]] = []
+    for feature in metadata.features:
+        values = [row[feature.name] for row in rows]
+        if feature.kind == "numeric":
+            inputs.append({"name": feature.name, "shape": [len(rows)], "datatype": "FP64", "data": values})
+        else:
+            tensor = {"name": feature.name, "shape": [len(rows)], "datatype": "BYTES", "data": [str(v) for v in values]}
+            inputs.append({**tensor, "parameters": {"content_type": "str"}} if content_types else tensor)
+    return _encode({"parameters": {"content_type": "pd"}, "inputs": inputs} if content_types else {"inputs": inputs})
+
+
+def v2_answers(body: bytes) -> list[float]:
+    """The first output tensor's data, flattened (MLServer answers shape [n, 1])."""
+    data = json.loads(body)["outputs"][0]["data"]
+    return [float(x[0]) if isinstance(x, list) else float(x) for x in data]
+
+
+def write_mlserver_model(bundle: Bundle, repository: Path) -> None:
+    """The bundle's full pipeline (transformer + model) as the joblib file MLServer's scikit-learn runtime loads:
+    ``Pipeline.predict`` is ``model.predict(transformer.transform(X))``, what ``Bundle.predict`` does."""
+    import joblib  # type: ignore[import-untyped]
+    from sklearn.pipeline import Pipeline
+
+    model_dir = repository / V2_MODEL
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(Pipeline([("transformer", bundle.transformer), ("model", bundle.model)]), model_dir / "model.joblib")
+    settings = {
+        "name": V2_MODEL,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib"},
+    }
+    (model_dir / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+@contextmanager
+def mlserver_server(
+    bin_dir: Path,
+    bundle: Bundle,
+    workdir: Path,
+    records: tuple[list[dict[str, Any]], list[list[dict[str, Any]]]],
+    parallel_workers: int | None,
+) -> Iterator[Server]:
+    """MLServer with ``parallel_workers`` (None: its default, left out of settings.json)."""
+    variant = "default" if parallel_workers is None else f"p{parallel_workers}"
+    repository = workdir / f"mlserver-{variant}"
+    write_mlserver_model(bundle, repository)
+    port = free_port()
+    settings: dict[str, Any] = {
+        "host": LOOPBACK, "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        # by default in the working directory
+        "environments_dir": str(repository / ".envs"), "metrics_dir": str(repository / ".metrics"),
+    }  # fmt: skip
+    if parallel_workers is not None:
+        settings["parallel_workers"] = parallel_workers
+    (repository / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    url = f"http://{LOOPBACK}:{port}"
+    env = peer_env({"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    log = workdir / f"mlserver-{variant}.log"
+    singles, batches = records
+    workers = "default parallel_workers" if parallel_workers is None else f"parallel_workers={parallel_workers}"
+    args = [str(bin_dir / "mlserver"), "start", str(repository)]
+    with started(args, f"{url}/v2/models/{V2_MODEL}/ready", env, log) as (pid, start_s):
+        yield Server(
+            f"mlserver-{variant}", f"MLServer 1.7.1 ({workers})", url, pid, log, start_s,
+            f"/v2/models/{V2_MODEL}/infer", f"/v2/models/{V2_MODEL}/infer",
+            [v2_request(bundle.metadata, [r]) for r in singles], [v2_request(bundle.metadata, b) for b in batches],
+            v2_answers, v2_answers,
+        )  # fmt: skip
+
+
+def _encode(x: Any) -> bytes:
+    return json.dumps(x, separators=(",", ":")).encode()
