@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.contract.bundle import Metadata
+from app.contract.bundle import Feature, Metadata, Target
 from app.main import create_app
 from app.predictor import probe_columns
 from app.settings import Settings
@@ -44,3 +44,18 @@ def records(metadata: Metadata, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` valid records (the bundle's example first) drawn across every feature's range."""
     columns = probe_columns(metadata, n, seed=seed)
     return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def metadata_for(features: list[Feature], example: dict[str, Any]) -> Metadata:
+    """Metadata for a made-up bundle: only the feature schema and the example matter to the request models."""
+    return Metadata(
+        created_at="2024-01-01T00:00:00+00:00",
+        features=features,
+        target=Target(name="price", minimum=1.0, maximum=2.0, mean=1.5),
+        metrics={},
+        baseline_metrics={},
+        data_hash="0" * 64,
+        library_versions={},
+        example=example,
+        files={},
+    )

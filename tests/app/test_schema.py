@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata, Target, read_metadata
+from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata, read_metadata
 from app.predictor import probe_columns
 from app.schema import BATCH_MODEL, RECORD_MODEL, RecordSchema, RequestError, day_pattern
 from orchestration.pipeline import TrainResult
-from tests.app.serving import records
+from tests.app.serving import metadata_for, records
 
 MAX_RECORDS = 5
 OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle-written-as-app-features"
@@ -31,21 +31,6 @@ def metadata(trained: TrainResult) -> Metadata:
 @pytest.fixture(scope="module")
 def schema(metadata: Metadata) -> RecordSchema:
     return RecordSchema.from_metadata(metadata, MAX_RECORDS)
-
-
-def small_metadata(features: list[Feature], example: dict[str, Any]) -> Metadata:
-    """Metadata for a made-up bundle: only the feature schema and the example matter to the request models."""
-    return Metadata(
-        created_at="2024-01-01T00:00:00+00:00",
-        features=features,
-        target=Target(name="price", minimum=1.0, maximum=2.0, mean=1.5),
-        metrics={},
-        baseline_metrics={},
-        data_hash="0" * 64,
-        library_versions={},
-        example=example,
-        files={},
-    )
 
 
 def body(value: Any) -> bytes:
@@ -297,7 +282,7 @@ def test_columns_keep_row_order_and_feature_names() -> None:
         Feature(name="b", kind="numeric", dtype="float"),
         Feature(name="a", kind="categorical", dtype="str", categories=["x", "y"]),
     ]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"b": 1.0, "a": "x"}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"b": 1.0, "a": "x"}), 10)
     assert schema.columns([(1.0, "x"), (2.0, "y"), (3.0, "x")]) == {"b": [1.0, 2.0, 3.0], "a": ["x", "y", "x"]}
     assert list(schema.columns([(1.0, "x")])) == ["b", "a"]
 
@@ -307,7 +292,7 @@ def test_columns_keep_row_order_and_feature_names() -> None:
 
 def test_an_integral_feature_takes_only_whole_numbers() -> None:
     features = [Feature(name="stops", kind="numeric", dtype="int", minimum=0, maximum=3)]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"stops": 1}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"stops": 1}), 10)
     assert schema.parse_record(b'{"stops": 3}') == (3,)
     assert type(schema.parse_record(b'{"stops": 0}')[0]) is int
     # a whole-number float (as pandas writes integers) is the integer it is
@@ -320,7 +305,7 @@ def test_any_column_name_works() -> None:
     names = ["f1", "with space", "_private", "f0", "records"]
     features = [Feature(name=name, kind="numeric", dtype="float", minimum=0.0, maximum=10.0) for name in names]
     example = {name: float(i) for i, name in enumerate(names)}
-    schema = RecordSchema.from_metadata(small_metadata(features, example), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, example), 10)
     assert schema.parse_record(body(example)) == (0.0, 1.0, 2.0, 3.0, 4.0)
     assert schema.parse_batch(body({"records": [example]})) == [(0.0, 1.0, 2.0, 3.0, 4.0)]
     assert_refused(schema, {**example, "with space": 11.0}, "with space")
@@ -328,7 +313,7 @@ def test_any_column_name_works() -> None:
 
 def test_unbounded_numerics_still_refuse_non_finite_values() -> None:
     features = [Feature(name="x", kind="numeric", dtype="float")]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 0.0}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"x": 0.0}), 10)
     assert schema.parse_record(b'{"x": -1e300}') == (-1e300,)
     for literal in (b"NaN", b"Infinity", b"-Infinity"):
         assert_refused(schema, b'{"x": ' + literal + b"}", "x", "finite_number")
@@ -338,21 +323,21 @@ def test_unbounded_numerics_still_refuse_non_finite_values() -> None:
 def test_a_categorical_feature_without_categories_is_a_bundle_error(categories: list[str] | None) -> None:
     features = [Feature(name="agency", kind="categorical", dtype="str", categories=categories)]
     with pytest.raises(BundleError, match="agency"):
-        RecordSchema.from_metadata(small_metadata(features, {"agency": "x"}), 10)
+        RecordSchema.from_metadata(metadata_for(features, {"agency": "x"}), 10)
 
 
 @pytest.mark.parametrize("date_format", ["%d/%m/%Y", "%Y%m%d", "%Y-%m-%dT%H:%M:%S"])
 def test_a_date_in_another_format_is_a_bundle_error(date_format: str) -> None:
     features = [Feature(name="day", kind="date", dtype="date", format=date_format)]
     with pytest.raises(BundleError, match="day") as caught:
-        RecordSchema.from_metadata(small_metadata(features, {"day": "01/01/2023"}), 10)
+        RecordSchema.from_metadata(metadata_for(features, {"day": "01/01/2023"}), 10)
     assert date_format in str(caught.value)
 
 
 @pytest.mark.parametrize("date_format", [None, DATE_FORMAT])
 def test_a_date_in_the_served_format_is_accepted(date_format: str | None) -> None:
     features = [Feature(name="day", kind="date", dtype="date", format=date_format)]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"day": "2023-01-01"}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"day": "2023-01-01"}), 10)
     assert schema.parse_record(b'{"day": "2023-01-01"}') == ("2023-01-01",)
     assert_refused(schema, b'{"day": "2023-02-30"}', "day")
 
@@ -362,7 +347,7 @@ def test_a_date_in_the_served_format_is_accepted(date_format: str | None) -> Non
 
 def test_an_unbounded_numeric_takes_any_finite_number_and_describes_the_training_range() -> None:
     features = [Feature(name="x", kind="numeric", dtype="float", observed_minimum=1.5, observed_maximum=9.0)]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 2.0}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"x": 2.0}), 10)
     for value in (-1e300, 0.0, 1.5, 9.0, 1e300):
         assert schema.parse_record(body({"x": value})) == (value,)
     described = schema.record_model.model_json_schema()["properties"]["x"]
@@ -378,7 +363,7 @@ def test_limits_are_enforced_and_the_training_range_is_not() -> None:
             observed_minimum="2020-03-01", observed_maximum="2020-06-30",
         ),
     ]  # fmt: skip
-    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 3, "day": "2020-04-01"}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"x": 3, "day": "2020-04-01"}), 10)
     assert schema.parse_record(body({"x": 10, "day": "2020-12-31"})) == (10, "2020-12-31")
     assert schema.parse_record(body({"x": 0, "day": "2020-01-01"})) == (0, "2020-01-01")
     assert_refused(schema, {"x": 11, "day": "2020-04-01"}, "x", "less_than_equal")
@@ -398,7 +383,7 @@ def test_a_date_without_limits_takes_any_real_day() -> None:
     features = [
         Feature(name="day", kind="date", dtype="date", observed_minimum="2020-03-01", observed_maximum="2020-06-30")
     ]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"day": "2020-04-01"}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"day": "2020-04-01"}), 10)
     for day in ("0001-01-01", "2020-02-29", "9999-12-31"):
         assert schema.parse_record(body({"day": day})) == (day,)
     described = schema.record_model.model_json_schema()["properties"]["day"]
@@ -410,7 +395,7 @@ def test_a_date_limit_that_is_not_a_day_is_a_bundle_error() -> None:
     features = [Feature(name="day", kind="date", dtype="date", minimum="2020-01-01", maximum=2020.0,
                         observed_minimum="2020-03-01", observed_maximum="2020-06-30")]  # fmt: skip
     with pytest.raises(BundleError, match=re.escape("'day' has limit 2020.0, not a YYYY-MM-DD day")):
-        RecordSchema.from_metadata(small_metadata(features, {"day": "2020-04-01"}), 10)
+        RecordSchema.from_metadata(metadata_for(features, {"day": "2020-04-01"}), 10)
 
 
 def test_an_old_bundle_keeps_its_limits_and_its_dates_stay_unchecked() -> None:
@@ -442,7 +427,7 @@ def test_outside_training_counts_values_beyond_the_range_seen_in_training() -> N
         Feature(name="n", kind="numeric", dtype="int", minimum=0, maximum=9, observed_minimum=3, observed_maximum=3),
         Feature(name="u", kind="numeric", dtype="float"),  # no range recorded: nothing to count against
     ]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 1.5, "c": "a", "d": "2020-02-01", "n": 3,
+    schema = RecordSchema.from_metadata(metadata_for(features, {"x": 1.5, "c": "a", "d": "2020-02-01", "n": 3,
                                                                   "u": 0.0}), 10)  # fmt: skip
     rows = [
         (1.0, "a", "2020-01-31", 3, 0.0),  # both ends of each range are inside
@@ -458,5 +443,5 @@ def test_outside_training_counts_values_beyond_the_range_seen_in_training() -> N
 
 def test_outside_training_takes_a_one_sided_range() -> None:
     features = [Feature(name="x", kind="numeric", dtype="float", observed_maximum=2.0)]
-    schema = RecordSchema.from_metadata(small_metadata(features, {"x": 1.0}), 10)
+    schema = RecordSchema.from_metadata(metadata_for(features, {"x": 1.0}), 10)
     assert schema.outside_training({"x": [-1e300, 2.0, 2.5]}) == {"x": 1}

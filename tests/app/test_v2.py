@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.served_model
-from app.contract.bundle import Bundle, Feature, Metadata, Target, load_bundle
+from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
 from app.schema import RecordSchema, RequestError
-from tests.app.serving import ready_client, records, settings_for
+from tests.app.serving import metadata_for, ready_client, records, settings_for
 from tests.services import BIN, LOOPBACK, free_port, running
 
 NAME = "flight-price"  # MODEL_NAME's default
@@ -389,17 +389,7 @@ def tricky_metadata() -> Metadata:
         Feature(name="d", kind="date", dtype="date", minimum="2020-01-01", maximum="2021-01-01",
                 observed_minimum="2020-01-01", observed_maximum="2020-06-01"),
     ]  # fmt: skip
-    return Metadata(
-        created_at="2024-01-01T00:00:00+00:00",
-        features=features,
-        target=Target(name="price", minimum=1.0, maximum=2.0, mean=1.5),
-        metrics={},
-        baseline_metrics={},
-        data_hash="0" * 64,
-        library_versions={},
-        example={"x": 1.0, "k": 1, "c": "a", "d": "2020-02-02"},
-        files={},
-    )
+    return metadata_for(features, {"x": 1.0, "k": 1, "c": "a", "d": "2020-02-02"})
 
 
 TRICKY = {

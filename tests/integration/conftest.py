@@ -19,7 +19,7 @@ import pytest
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
-from orchestration.publish import PublishTarget
+from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.services import S3_ENV, S3Server, running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +122,9 @@ def fresh_target(s3: S3Server, mlflow_uri: str, name: str) -> PublishTarget:
     bucket = unique(name)
     s3.create_bucket(bucket)
     return target_for(s3, bucket, mlflow_uri, unique("model"))
+
+
+def champion_and_challenger(bundle: Path, other: Path, target: PublishTarget) -> tuple[Published, Published]:
+    """``bundle`` published as version 1 (``champion``) and ``other``, a different bundle, as version 2 (no
+    alias yet)."""
+    return publish_bundle(bundle, target), publish_bundle(other, target, alias=None)

@@ -21,9 +21,9 @@ import pytest
 from app.contract.bundle import Bundle, load_bundle
 from app.contract.connection import DEFAULT_ALIAS, S3_CREDENTIAL_VARIABLES
 from app.contract.registry import mlflow_client
-from orchestration.publish import Published, PublishTarget, publish_bundle
+from orchestration.publish import Published, PublishTarget
 from tests.app.serving import records
-from tests.integration.conftest import SECRET, entrypoint_env, fresh_target, serving
+from tests.integration.conftest import SECRET, champion_and_challenger, entrypoint_env, fresh_target, serving
 from tests.services import LOOPBACK, S3_ENV, S3Server, free_port, stop, wait_http
 
 
@@ -34,8 +34,7 @@ def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget
 
 @pytest.fixture(scope="module")
 def versions(bundle_dir: Path, second_bundle_dir: Path, target: PublishTarget) -> tuple[Published, Published]:
-    """The session bundle as version 1 (``champion``) and a different bundle as version 2 (no alias yet)."""
-    return publish_bundle(bundle_dir, target), publish_bundle(second_bundle_dir, target, alias=None)
+    return champion_and_challenger(bundle_dir, second_bundle_dir, target)
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from app.contract.bundle import MODEL_FILE, load_bundle
 from app.contract.hashing import file_digest
 from app.contract.registry import mlflow_client
 from app.contract.store import DVC_HASH
-from orchestration.publish import Published, PublishTarget, publish_bundle
+from orchestration.publish import Published, PublishTarget
 from tests.app.serving import records
-from tests.integration.conftest import SECRET, entrypoint_env, fresh_target, serving
+from tests.integration.conftest import SECRET, champion_and_challenger, entrypoint_env, fresh_target, serving
 from tests.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_port
 
 REFRESH_S = 1.0
@@ -40,8 +40,7 @@ def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget
 
 @pytest.fixture(scope="module")
 def versions(bundle_dir: Path, second_bundle_dir: Path, target: PublishTarget) -> tuple[Published, Published]:
-    """Version 1 (``champion``) and version 2 (no alias yet)."""
-    return publish_bundle(bundle_dir, target), publish_bundle(second_bundle_dir, target, alias=None)
+    return champion_and_challenger(bundle_dir, second_bundle_dir, target)
 
 
 def credentials_file(directory: Path) -> Path:

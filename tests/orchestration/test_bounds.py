@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from app.contract.bundle import Feature, Metadata, Target
+from app.contract.bundle import Feature
 from app.schema import RecordSchema, RequestError
 from orchestration.config import ConfigError, DataConfig, load_config
 from orchestration.data import generate
 from orchestration.split import split
 from orchestration.transform import feature_schema, fit_transformer
 from orchestration.validate import validate
+from tests.app.serving import metadata_for
 
 FLIGHTS = load_config().data
 SPLIT = load_config().split
@@ -49,17 +50,7 @@ def schema_of(config: DataConfig, frame: pd.DataFrame) -> tuple[list[Feature], p
 
 
 def served(features: list[Feature]) -> RecordSchema:
-    metadata = Metadata(
-        created_at="2024-01-01T00:00:00+00:00",
-        features=features,
-        target=Target(name="price", minimum=1.0, maximum=2.0, mean=1.5),
-        metrics={},
-        baseline_metrics={},
-        data_hash="0" * 64,
-        library_versions={},
-        example={},
-        files={},
-    )
+    metadata = metadata_for(features, {})
     return RecordSchema.from_metadata(metadata, 10_000)
 
 
