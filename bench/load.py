@@ -3,6 +3,8 @@ else a small asyncio client over raw keep-alive sockets.
 
 Both send POST requests with JSON bodies taken in turn from a list, keep ``concurrency`` connections busy,
 and stop at ``max_requests`` or after ``duration_s``, whichever comes first. Both report the same figures.
+wrk times the whole ``duration_s`` even when its threads stop early at ``max_requests``, so a run that reached
+the bound is marked ``capped``: its rate is understated (size the bound above what the server can do).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    capped: bool = False  # stopped at max_requests: with wrk, the rate is understated
 
     @property
     def rps(self) -> float:
@@ -112,6 +115,7 @@ def _wrk(url: str, bodies: list[bytes], concurrency: int, max_requests: int, dur
     summary = json.loads(line.removeprefix("RESULT "))
     errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
     return LoadResult(
+        capped=summary["requests"] >= max_requests - concurrency,
         generator="wrk",
         concurrency=concurrency,
         requests=summary["requests"],

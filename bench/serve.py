@@ -6,8 +6,9 @@ Starts, on 127.0.0.1 with one worker process each, on the same fitted bundle:
 - ``floor``: ``bench.floor``, a minimal FastAPI endpoint validating the same record with the same pydantic
   models and answering a constant (batches: parse and validate only);
 - ``bentoml``: BentoML 1.4.40, adaptive batching on the single-record endpoint (``bench.peers``);
-- ``mlserver-p0`` and ``mlserver-default``: MLServer 1.7.1's scikit-learn runtime with ``parallel_workers=0``
-  and with its default, fed V2 (Open Inference Protocol) requests, one input tensor per column;
+- ``mlserver-p0``, ``mlserver-default`` and ``mlserver-p0-batch``: MLServer 1.7.1's scikit-learn runtime with
+  ``parallel_workers=0``, with its default, and with ``parallel_workers=0`` plus its adaptive batching (32
+  requests / 1 ms), fed V2 (Open Inference Protocol) requests, one input tensor per column;
 - ``mlflow``: the same transformer + model as one scikit-learn Pipeline logged with ``mlflow.sklearn.log_model``
   (in a temporary tracking store) and served by ``mlflow models serve --env-manager local``.
 
@@ -73,9 +74,10 @@ CHECKED_RECORDS: Final = 32  # single records sent one by one to check each serv
 TOLERANCE: Final = 1e-12
 
 THIS, FLOOR, MLFLOW = "this", "floor", "mlflow"
-SERVER_KEYS: Final = (THIS, FLOOR, "bentoml", "mlserver-p0", "mlserver-default", MLFLOW)
-PEER_KEYS: Final = ("bentoml", "mlserver-p0", "mlserver-default", MLFLOW)
-ALIASES: Final = {"mlserver": ("mlserver-p0", "mlserver-default"), "peers": PEER_KEYS, "all": SERVER_KEYS}
+MLSERVERS: Final = ("mlserver-p0", "mlserver-default", "mlserver-p0-batch")
+SERVER_KEYS: Final = (THIS, FLOOR, "bentoml", *MLSERVERS, MLFLOW)
+PEER_KEYS: Final = ("bentoml", *MLSERVERS, MLFLOW)
+ALIASES: Final = {"mlserver": MLSERVERS, "peers": PEER_KEYS, "all": SERVER_KEYS}
 V2_SCENARIO: Final = "v2batch1000 c4"
 
 # What a reader needs to judge the comparison; processes, threads and log lines are measured on top of it.
@@ -105,6 +107,11 @@ DIFFERENCES: Final[dict[str, tuple[str, str, str]]] = {
         "V2 structure and datatypes only (no limits or categories)",
         "inference in a worker process fed over a queue; uvicorn access log on",
     ),
+    "mlserver-p0-batch": (
+        "V2: one input tensor per column, shape [1] / [1000]",
+        "V2 structure and datatypes only (no limits or categories)",
+        "as mlserver-p0, requests merged by MLServer's adaptive batching (32 / 1 ms); uvicorn access log on",
+    ),
     MLFLOW: (
         "{dataframe_records: [record]}; batch the same with 1,000",
         "MLflow signature from the input example: columns and types",
@@ -122,11 +129,12 @@ class Scenario:
 
 
 SCENARIOS: Final = (
-    Scenario("single c1", 1, batch=False, max_requests=20_000),
-    Scenario("single c8", 8, batch=False, max_requests=60_000),
-    Scenario("single c32", 32, batch=False, max_requests=60_000),
-    Scenario("batch1000 c4", 4, batch=True, max_requests=3_000),
-    Scenario(V2_SCENARIO, 4, batch=True, max_requests=3_000),  # only servers with ``extra[V2_SCENARIO]``
+    # bounds well above the floor's rate for 8 s (about 6k, 12k and 12k req/s, 400 batches/s here)
+    Scenario("single c1", 1, batch=False, max_requests=100_000),
+    Scenario("single c8", 8, batch=False, max_requests=200_000),
+    Scenario("single c32", 32, batch=False, max_requests=200_000),
+    Scenario("batch1000 c4", 4, batch=True, max_requests=10_000),
+    Scenario(V2_SCENARIO, 4, batch=True, max_requests=10_000),  # only servers with ``extra[V2_SCENARIO]``
 )
 
 
@@ -449,100 +457,106 @@ def main() -> None:
         figures = in_process(bundle)
         print("in-process: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), flush=True)
 
-        installed: dict[str, Path | PeerUnavailable] = {}
+        with ExitStack() as running_servers:
+            installed: dict[str, Path | PeerUnavailable] = {}
 
-        def venv(peer: Peer) -> Path:
-            if peer.key not in installed:
-                print(f"{peer.name}: preparing its venv ...", flush=True)
-                try:
-                    installed[peer.key] = install(peer, lambda line: print(line, flush=True))
-                except PeerUnavailable as exc:
-                    installed[peer.key] = exc
-            found = installed[peer.key]
-            if isinstance(found, PeerUnavailable):
-                raise found
-            return found
+            def venv(peer: Peer) -> Path:
+                if peer.key not in installed:
+                    print(f"{peer.name}: preparing its venv ...", flush=True)
+                    try:
+                        installed[peer.key] = install(peer, lambda line: print(line, flush=True))
+                    except PeerUnavailable as exc:
+                        installed[peer.key] = exc
+                found = installed[peer.key]
+                if isinstance(found, PeerUnavailable):
+                    raise found
+                return found
 
-        starters: dict[str, Callable[[], AbstractContextManager[Server]]] = {
-            THIS: lambda: our_server(bundle.path, workdir, ours),
-            FLOOR: lambda: floor_server(bundle.path, workdir, *ours),
-            "bentoml": lambda: bentoml_server(venv(BENTOML), bundle.path, workdir, (singles, batches)),
-            "mlserver-p0": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), 0),
-            "mlserver-default": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), None),
-            MLFLOW: lambda: mlflow_server(
-                bundle,
-                workdir,
-                (
-                    [encode({"dataframe_records": [r]}) for r in singles],
-                    [encode({"dataframe_records": b}) for b in batches],
+            starters: dict[str, Callable[[], AbstractContextManager[Server]]] = {
+                THIS: lambda: our_server(bundle.path, workdir, ours),
+                FLOOR: lambda: floor_server(bundle.path, workdir, *ours),
+                "bentoml": lambda: bentoml_server(venv(BENTOML), bundle.path, workdir, (singles, batches)),
+                "mlserver-p0": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), 0),
+                "mlserver-default": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), None),
+                "mlserver-p0-batch": lambda: mlserver_server(
+                    venv(MLSERVER), bundle, workdir, (singles, batches), 0, True
                 ),
-            ),
-        }
-        servers: list[Server] = []
-        for key in args.servers:
-            try:
-                server = stack.enter_context(starters[key]())
-            except PeerUnavailable as exc:
-                status[key] = {"status": "not installed", "reason": str(exc)}
-                print(f"{key}: NOT INSTALLED: {exc}", flush=True)
-                continue
-            except (RuntimeError, TimeoutError, OSError) as exc:
-                status[key] = {"status": "did not start", "reason": str(exc)}
-                print(f"{key}: DID NOT START: {exc}", flush=True)
-                continue
-            entry: dict[str, Any] = {"name": server.name, "start_s": round(server.start_s, 2)}
-            if server.predicts:
-                entry["check"] = check_answers(server, bundle, singles, batches[0])
-            if key == THIS:
-                entry["v2"] = v2_scenario(server, bundle, batches, args.v2_model)
-            checked = entry.get("check", {"ok": True})
-            entry["status"] = "measured" if checked["ok"] else "answers differ"
-            status[key] = entry
-            print(
-                f"{server.name}: up in {server.start_s:.1f}s; answers {describe_check(entry.get('check'))}", flush=True
-            )
-            if key == THIS:
-                v2 = entry["v2"]
-                print(f"{server.name}: {V2_SCENARIO} " + (
-                    f"measured ({v2['path']}, {describe_check(v2['check'])})" if v2["available"]
-                    else f"not available ({v2['reason']})"), flush=True)  # fmt: skip
-            if checked["ok"]:
-                servers.append(server)
-
-        idle = idle_cpu(servers)
-        print(f"idle CPU (% of a core, {5.0:.0f} s with no load): {json.dumps(idle)}", flush=True)
-        for server in servers:
-            print(f"{server.key}: warmed up with {warm_up(server, generator)}", flush=True)
-        lines_before = {s.key: request_log_lines(s) for s in servers}
-        sent = {s.key: 0 for s in servers}
-        load = {"before": load_now()}
-        results: dict[str, dict[str, LoadResult]] = {}
-        for i, scenario in enumerate(SCENARIOS):
-            taking_part = [s for s in order(servers, i) if runs(s, scenario)]
-            if not taking_part:
-                continue
-            results[scenario.name] = {}
-            print(f"-- {scenario.name}: {', '.join(s.key for s in taking_part)} (load {load_now()})", flush=True)
-            for server in taking_part:
-                result, requests = drive(server, scenario, args.duration, generator)
-                sent[server.key] += requests
-                results[scenario.name][server.key] = result
-                rows = BATCH_ROWS if scenario.batch else 1
+                MLFLOW: lambda: mlflow_server(
+                    bundle,
+                    workdir,
+                    (
+                        [encode({"dataframe_records": [r]}) for r in singles],
+                        [encode({"dataframe_records": b}) for b in batches],
+                    ),
+                ),
+            }
+            servers: list[Server] = []
+            for key in args.servers:
+                try:
+                    server = running_servers.enter_context(starters[key]())
+                except PeerUnavailable as exc:
+                    status[key] = {"status": "not installed", "reason": str(exc)}
+                    print(f"{key}: NOT INSTALLED: {exc}", flush=True)
+                    continue
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    status[key] = {"status": "did not start", "reason": str(exc)}
+                    print(f"{key}: DID NOT START: {exc}", flush=True)
+                    continue
+                entry: dict[str, Any] = {"name": server.name, "start_s": round(server.start_s, 2)}
+                if server.predicts:
+                    entry["check"] = check_answers(server, bundle, singles, batches[0])
+                if key == THIS:
+                    entry["v2"] = v2_scenario(server, bundle, batches, args.v2_model)
+                checked = entry.get("check", {"ok": True})
+                entry["status"] = "measured" if checked["ok"] else "answers differ"
+                status[key] = entry
                 print(
-                    f"{scenario.name:<14} {server.key:<16} {result.rps:9.1f} req/s {result.rps * rows:10.0f} rows/s"
-                    f"  p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms  errors {result.errors}"
-                    f"  ({result.requests} requests in {result.seconds:.1f}s)",
+                    f"{server.name}: up in {server.start_s:.1f}s; answers {describe_check(entry.get('check'))}",
                     flush=True,
                 )
-        load["after"] = load_now()
-        memory = {server.key: processes(server.pid) for server in servers}
-    # the servers are stopped: their logs are flushed
-    for server in servers:
-        lines = request_log_lines(server) - lines_before[server.key]
-        memory[server.key]["request_log_lines_per_request"] = (
-            round(lines / sent[server.key], 2) if sent[server.key] else 0.0
-        )
-        memory[server.key]["idle_cpu_pct"] = idle[server.key]
+                if key == THIS:
+                    v2 = entry["v2"]
+                    print(f"{server.name}: {V2_SCENARIO} " + (
+                        f"measured ({v2['path']}, {describe_check(v2['check'])})" if v2["available"]
+                        else f"not available ({v2['reason']})"), flush=True)  # fmt: skip
+                if checked["ok"]:
+                    servers.append(server)
+
+            idle = idle_cpu(servers)
+            print(f"idle CPU (% of a core, {5.0:.0f} s with no load): {json.dumps(idle)}", flush=True)
+            for server in servers:
+                print(f"{server.key}: warmed up with {warm_up(server, generator)}", flush=True)
+            lines_before = {s.key: request_log_lines(s) for s in servers}
+            sent = {s.key: 0 for s in servers}
+            load = {"before": load_now()}
+            results: dict[str, dict[str, LoadResult]] = {}
+            for i, scenario in enumerate(SCENARIOS):
+                taking_part = [s for s in order(servers, i) if runs(s, scenario)]
+                if not taking_part:
+                    continue
+                results[scenario.name] = {}
+                print(f"-- {scenario.name}: {', '.join(s.key for s in taking_part)} (load {load_now()})", flush=True)
+                for server in taking_part:
+                    result, requests = drive(server, scenario, args.duration, generator)
+                    sent[server.key] += requests
+                    results[scenario.name][server.key] = result
+                    rows = BATCH_ROWS if scenario.batch else 1
+                    print(
+                        f"{scenario.name:<14} {server.key:<16} {result.rps:9.1f} req/s {result.rps * rows:10.0f} rows/s"
+                        f"  p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms  errors {result.errors}"
+                        f"  ({result.requests} requests in {result.seconds:.1f}s)"
+                        + ("  CAPPED at max_requests: rate understated" if result.capped else ""),
+                        flush=True,
+                    )
+            load["after"] = load_now()
+            memory = {server.key: processes(server.pid) for server in servers}
+        # the servers are stopped (their logs flushed), the working directory is still there
+        for server in servers:
+            lines = request_log_lines(server) - lines_before[server.key]
+            memory[server.key]["request_log_lines_per_request"] = (
+                round(lines / sent[server.key], 2) if sent[server.key] else 0.0
+            )
+            memory[server.key]["idle_cpu_pct"] = idle[server.key]
     report = summarise(results, memory, status, figures, generator, args, bundle, load)
     for line in report["summary"]:
         print(line)
