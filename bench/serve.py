@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -360,6 +361,29 @@ def idle_cpu(servers: list[Server], seconds: float = 5.0) -> dict[str, float]:
     return {s.key: round(100 * (cpu_seconds(s.pid) - before[s.key]) / seconds, 1) for s in servers}
 
 
+class ForeignCpu:
+    """CPU the machine spent during a measurement on anything but the servers, the load generator and this
+    script: another job on the same 2 cores, which would skew the figures. In % of one core."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+        ours = sum(cpu_seconds(s.pid) for s in self.servers)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):  # this script; wrk once it has exited
+            usage = resource.getrusage(who)
+            ours += usage.ru_utime + usage.ru_stime
+        return time.perf_counter(), busy, ours
+
+    def percent(self) -> float:
+        (t0, busy0, ours0), (t1, busy1, ours1) = self.start, self._sample()
+        return round(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0) * 100, 1)
+
+
 def drive(server: Server, scenario: Scenario, duration_s: float, generator: Any) -> tuple[LoadResult, int]:
     """A 2 s warm-up, then the measured run; returns the run and every request sent (for the log count)."""
     if scenario.name in server.extra:
@@ -529,6 +553,7 @@ def main() -> None:
             lines_before = {s.key: request_log_lines(s) for s in servers}
             sent = {s.key: 0 for s in servers}
             load = {"before": load_now()}
+            foreign_cpu: dict[str, dict[str, float]] = {}
             results: dict[str, dict[str, LoadResult]] = {}
             for i, scenario in enumerate(SCENARIOS):
                 taking_part = [s for s in order(servers, i) if runs(s, scenario)]
@@ -537,14 +562,17 @@ def main() -> None:
                 results[scenario.name] = {}
                 print(f"-- {scenario.name}: {', '.join(s.key for s in taking_part)} (load {load_now()})", flush=True)
                 for server in taking_part:
+                    foreign = ForeignCpu(servers)
                     result, requests = drive(server, scenario, args.duration, generator)
+                    other = foreign.percent()
+                    foreign_cpu.setdefault(scenario.name, {})[server.key] = other
                     sent[server.key] += requests
                     results[scenario.name][server.key] = result
                     rows = BATCH_ROWS if scenario.batch else 1
                     print(
-                        f"{scenario.name:<14} {server.key:<16} {result.rps:9.1f} req/s {result.rps * rows:10.0f} rows/s"
-                        f"  p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms  errors {result.errors}"
-                        f"  ({result.requests} requests in {result.seconds:.1f}s)"
+                        f"{scenario.name:<14} {server.key:<17} {result.rps:9.1f} req/s {result.rps * rows:9.0f} rows/s"
+                        f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                        f"  ({result.requests} in {result.seconds:.1f}s; other CPU {other:.0f}%)"
                         + ("  CAPPED at max_requests: rate understated" if result.capped else ""),
                         flush=True,
                     )
@@ -557,7 +585,7 @@ def main() -> None:
                 round(lines / sent[server.key], 2) if sent[server.key] else 0.0
             )
             memory[server.key]["idle_cpu_pct"] = idle[server.key]
-    report = summarise(results, memory, status, figures, generator, args, bundle, load)
+    report = summarise(results, memory, status, figures, generator, args, bundle, load, foreign_cpu)
     for line in report["summary"]:
         print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -584,6 +612,7 @@ def summarise(
     args: argparse.Namespace,
     bundle: Bundle,
     load: dict[str, list[float]],
+    foreign_cpu: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     peers = [k for k in PEER_KEYS if k in memory]
 
@@ -660,6 +689,7 @@ def summarise(
             "worker RSS below mlflow's": memory[THIS]["worker_rss_mb"] < memory[MLFLOW]["worker_rss_mb"],
         }
 
+    worst = max((x for by in foreign_cpu.values() for x in by.values()), default=0.0)
     summary = ["", "== figures (req/s; rows/s for batches; p50 / p99 ms) =="]
     keys = [k for k in SERVER_KEYS if k in memory]
     summary.append(f"{'scenario':<15}" + "".join(f"{k:>22}" for k in keys))
@@ -701,7 +731,9 @@ def summarise(
         f"ratios to mlflow (this server / mlflow): {json.dumps(to_mlflow)}" if to_mlflow else "ratios to mlflow: n/a",
         f"c1 p50 bound: in-process predictor + 2x floor p50 = {c1_bound:.2f} ms" if c1_bound is not None else "",
         f"RSS: {json.dumps(memory)}",
-        f"machine load average (1/5/15 min) before {load['before']}, after {load['after']}",
+        f"machine load average (1/5/15 min) before {load['before']}, after {load['after']}; CPU spent by other "
+        f"processes during the measured runs: at most {worst:.0f}% of a core"
+        + (" (above 10%: the figures may be skewed, run it again on a quiet machine)" if worst > 10 else ""),
         *(f"target {_verdict(ok)} {name}" for name, ok in mlflow_targets.items()),
         *(f"target {_verdict(ok)} (issue 14) {name}" for name, ok in targets.items()),
     ]
@@ -716,6 +748,7 @@ def summarise(
         "bundle_libraries": lock_versions(),
         "wrk": shutil.which("wrk"),
         "load_average": load,
+        "other_cpu_pct_during_runs": foreign_cpu,
         "tolerance_rel": TOLERANCE,
         "in_process": figures,
         "servers": status,
