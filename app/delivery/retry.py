@@ -61,10 +61,14 @@ def retrying(
             left = deadline - time.monotonic()
             delay = backoff_s * 2 ** (tries - 1)
             if not exc.retryable or tries > retries or left <= delay:
-                if exc.retryable and tries > 1:
-                    raise DeliveryError(
-                        exc.failure, f"{exc.what} (gave up after {tries} attempts)", exc.check
-                    ) from None
-                raise
+                if not exc.retryable:
+                    raise
+                # say why it stopped: out of retries, or no time left for another attempt (a slow first one)
+                why = (
+                    f"PULL_RETRIES={retries} used" if tries > retries else "PULL_DEADLINE_S leaves no time for another"
+                )
+                raise DeliveryError(
+                    exc.failure, f"{exc.what} (gave up after {tries} attempt(s): {why})", exc.check
+                ) from None
             report(f"{step} attempt {tries} failed ({exc.what}); retrying in {delay:.1f}s")
             time.sleep(delay)

@@ -4,11 +4,12 @@ against a moto S3 server), never from digits that happen to stand in a port or a
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from app.delivery.failures import EXIT_CODES, RETRYABLE, Failure, classify_pull_failure
+from app.delivery.failures import EXIT_CODES, RETRYABLE, DeliveryError, Failure, classify_pull_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE = "s3://bucket-one/dvc at http://127.0.0.1:14035"
@@ -128,3 +129,21 @@ def test_readme_exit_code_table_is_exit_codes() -> None:
     assert {failure: int(code) for code, failure, _ in rows} == EXIT_CODES
     assert len(rows) == len(EXIT_CODES)  # one table, each failure once
     assert {failure for _, failure, retried in rows if retried == "yes"} == RETRYABLE
+
+
+def test_a_retry_loop_that_stops_says_why() -> None:
+    """Out of time after a slow first attempt (a loaded machine) or out of retries: the line says which."""
+    from app.contract.progress import quiet
+    from app.delivery.retry import retrying
+    from app.settings import Settings
+
+    def unreachable(_: float) -> None:
+        raise DeliveryError("unreachable", "the remote is unreachable", "the network")
+
+    no_time = time.monotonic() + 0.1  # less than the first back-off
+    with pytest.raises(DeliveryError, match=r"gave up after 1 attempt\(s\): PULL_DEADLINE_S leaves no time"):
+        retrying(
+            unreachable, Settings(pull_retries=20, pull_backoff_s=0.5), report=quiet, step="pull", deadline=no_time
+        )
+    with pytest.raises(DeliveryError, match=r"gave up after 1 attempt\(s\): PULL_RETRIES=0 used"):
+        retrying(unreachable, Settings(pull_retries=0), report=quiet, step="pull")
