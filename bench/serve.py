@@ -16,7 +16,8 @@ BentoML and MLServer run from their own virtual environments under ``bench/.venv
 run (a peer that cannot be installed or started is reported as such). Every server's answers are checked against
 ``Bundle.predict`` before it is measured. Then the same bounded load (wrk): single records at concurrency 1, 8
 and 32; 1,000-record batches at concurrency 4 (and V2 columnar 1,000-record batches for this server, when it
-answers ``GET /v2/models/{name}``), the server order rotated and reversed between scenarios. Prints
+answers ``GET /v2/models/{name}``), the server order rotated and reversed between scenarios; a run during
+which other processes on the machine took more than 10% of a core is measured again (at most 4 times). Prints
 requests/s, p50, p99, errors, worker RSS, what differs between the servers, the ratios to the best peer and to
 MLflow, and the targets as MET/MISS. The in-process figures are ``Bundle.predict`` and the server's predictor.
 
@@ -71,6 +72,11 @@ from tests.services import BIN, LOOPBACK, free_port
 BATCH_ROWS: Final = 1000
 DISTINCT_RECORDS: Final = 256
 CHECKED_RECORDS: Final = 32  # single records sent one by one to check each server's answers
+# A measured run during which other processes took more than this (% of one core) is measured again, at most
+# ATTEMPTS times in all: the machine may be shared.
+OTHER_CPU_LIMIT: Final = 10.0
+ATTEMPTS: Final = 4
+RETRY_AFTER_S: Final = 30.0
 # Answers must equal Bundle.predict's: bit-identical is reported; beyond this relative difference a server fails.
 TOLERANCE: Final = 1e-12
 
@@ -562,11 +568,20 @@ def main() -> None:
                 results[scenario.name] = {}
                 print(f"-- {scenario.name}: {', '.join(s.key for s in taking_part)} (load {load_now()})", flush=True)
                 for server in taking_part:
-                    foreign = ForeignCpu(servers)
-                    result, requests = drive(server, scenario, args.duration, generator)
-                    other = foreign.percent()
+                    for attempt in range(1, ATTEMPTS + 1):
+                        foreign = ForeignCpu(servers)
+                        result, requests = drive(server, scenario, args.duration, generator)
+                        other = foreign.percent()
+                        sent[server.key] += requests
+                        if other <= OTHER_CPU_LIMIT or attempt == ATTEMPTS:
+                            break
+                        print(
+                            f"{scenario.name:<14} {server.key:<17} other processes took {other:.0f}% of a core: "
+                            f"measuring again in {RETRY_AFTER_S:.0f}s",
+                            flush=True,
+                        )
+                        time.sleep(RETRY_AFTER_S)
                     foreign_cpu.setdefault(scenario.name, {})[server.key] = other
-                    sent[server.key] += requests
                     results[scenario.name][server.key] = result
                     rows = BATCH_ROWS if scenario.batch else 1
                     print(
@@ -733,7 +748,12 @@ def summarise(
         f"RSS: {json.dumps(memory)}",
         f"machine load average (1/5/15 min) before {load['before']}, after {load['after']}; CPU spent by other "
         f"processes during the measured runs: at most {worst:.0f}% of a core"
-        + (" (above 10%: the figures may be skewed, run it again on a quiet machine)" if worst > 10 else ""),
+        + (
+            f" (above {OTHER_CPU_LIMIT:.0f}% after {ATTEMPTS} attempts: the figures may be skewed, run it again on a "
+            "quiet machine)"
+            if worst > OTHER_CPU_LIMIT
+            else ""
+        ),
         *(f"target {_verdict(ok)} {name}" for name, ok in mlflow_targets.items()),
         *(f"target {_verdict(ok)} (issue 14) {name}" for name, ok in targets.items()),
     ]
