@@ -50,8 +50,11 @@ def test_source_is_an_allowlist_from_the_repository_root() -> None:
     ignore = next(m for m in metadata if isinstance(m, Ignore))
     assert ignore.patterns[0] == "*"
     included = {p.removeprefix("!").rstrip("/") for p in ignore.patterns if p.startswith("!")}
-    assert included == {"app", "orchestration", "tests", "bench", "ci/src", "pyproject.toml", "uv.lock"}
-    assert {"**/.env", "app/prediction.env"} <= set(ignore.patterns)
+    assert included == {
+        *("app", "orchestration", "tests", "bench", "ci/src", "deploy", "docs"),
+        *("pyproject.toml", "uv.lock", "README.md", "dagger.json"),
+    }
+    assert {"**/.env", "app/prediction.env", "bench/.venvs/"} <= set(ignore.patterns)
 
 
 def test_final_stage_holds_only_the_venv_and_app(flight_price: FlightPrice) -> None:
@@ -71,7 +74,9 @@ def test_final_stage_holds_only_the_venv_and_app(flight_price: FlightPrice) -> N
     assert env(image)["MODEL_DIR"] == module.MODEL_DIR and "MODEL_DIR" in env_names()
     # nothing else enters: no files, mounts or caches; the only command creates the user
     assert not {"withFile", "withMountedCache", "withMountedDirectory", "withMountedFile"} & set(names(image))
-    assert execs(image) == [["useradd", "--system", "--uid", module.APP_UID, "--user-group", "--create-home", "app"]]
+    assert execs(image) == [list(command) for command in module.CREATE_APP_USER]
+    group, user_add = module.CREATE_APP_USER
+    assert group[group.index("--gid") + 1] == user_add[user_add.index("--gid") + 1] == module.APP_UID
     assert not any("uv" in arg for command in execs(image) for arg in command)
 
 
@@ -141,7 +146,7 @@ def test_smoke_and_test_run_the_checks_then_the_checker(
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
         ["mypy"],
-        ["pytest", "-q", "-p", "no:cacheprovider"],
+        list(module.UNIT_TESTS),
     ]
     assert execs(container_of(second))[-1][:3] == ["python", "-m", "tests.smoke.checker"]
     # the checks run in a container built from the same lock, with every group

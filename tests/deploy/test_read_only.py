@@ -109,8 +109,8 @@ def listing(root: Path, skip: set[Path]) -> dict[str, tuple[int, int, int]]:
 
 
 def image_users(directory: Path) -> Path:
-    """/etc/passwd and /etc/group with the user the image adds (``useradd --system --uid 10001 --user-group
-    --create-home app``): DVC asks for the user's name (``getpass.getuser``), which a uid without an entry has not.
+    """/etc/passwd and /etc/group with the user and group the image adds (``module.CREATE_APP_USER``): DVC asks
+    for the user's name (``getpass.getuser``), which a uid without an entry has not.
     """
     directory.mkdir()
     user = module.APP_USER

@@ -26,6 +26,11 @@ MODEL_DIR: Final = "/models"
 PORT: Final = 9000
 APP_USER: Final = "app"
 APP_UID: Final = "10001"  # numeric, so a cluster can verify runAsNonRoot
+# The user's group gets the same id: `useradd --system --user-group` would take the next free system gid (999).
+CREATE_APP_USER: Final = (
+    ("groupadd", "--system", "--gid", APP_UID, APP_USER),
+    ("useradd", "--system", "--uid", APP_UID, "--gid", APP_UID, "--create-home", APP_USER),
+)
 ENTRYPOINT: Final = ("python", "-m", "app.entrypoint")
 READY_PROBE: Final = (
     "python",
@@ -124,6 +129,7 @@ def checker_command(url: str, seed_dir: str) -> list[str]:
 
 
 # Only what some stage needs enters the engine: caches stay warm and nothing stray reaches an image.
+# Dagger 0.21 applies no .gitignore to it: what git ignores inside an included directory is excluded here.
 SOURCE_IGNORE: Final = [
     "*",
     "!app/",
@@ -131,22 +137,29 @@ SOURCE_IGNORE: Final = [
     "!tests/",
     "!bench/",
     "!ci/src/",
+    "!deploy/",
+    "!docs/",
     "!pyproject.toml",
     "!uv.lock",
+    "!README.md",  # the unit tests check the README's tables and the pins in dagger.json
+    "!dagger.json",
     "**/__pycache__",
     "**/*.pyc",
     "**/.env",
     "app/prediction.env",
     "bench/results/",
+    "bench/.venvs/",  # the peers' venvs bench/serve.py creates: gigabytes
 ]
+# The unit tests: the integration ones start services, a container engine or Airflow, which the smoke stage covers.
+UNIT_TESTS: Final = ("pytest", "-q", "-p", "no:cacheprovider", "-m", "not integration")
 
 
-def uv_tool(platform: dagger.Platform | None = None) -> Callable[[dagger.Container], dagger.Container]:
-    """A step adding uv (for ``platform``) with its cache on a cache volume."""
+def uv_tool(image: str, platform: dagger.Platform | None = None) -> Callable[[dagger.Container], dagger.Container]:
+    """A step adding uv from ``image`` (for ``platform``) with its cache on a cache volume."""
 
     def add_uv(container: dagger.Container) -> dagger.Container:
         return (
-            container.with_file("/usr/local/bin/uv", dag.container(platform=platform).from_(UV_IMAGE).file("/uv"))
+            container.with_file("/usr/local/bin/uv", dag.container(platform=platform).from_(image).file("/uv"))
             .with_mounted_cache(UV_CACHE_DIR, dag.cache_volume("uv-cache"))
             .with_env_variable("UV_CACHE_DIR", UV_CACHE_DIR)
         )
@@ -195,6 +208,9 @@ class FlightPrice:
     airflow_image: Annotated[str, Doc("Official Apache Airflow image the orchestration image extends")] = field(
         default=AIRFLOW_IMAGE
     )
+    uv_image: Annotated[str, Doc("Image holding the uv binary at /uv (the lock's uv version)")] = field(
+        default=UV_IMAGE
+    )
     source_url: Annotated[str, Doc("Repository URL for the images' OCI source label")] = field(default=SOURCE_URL)
 
     def _locked(self, container: dagger.Container) -> dagger.Container:
@@ -210,7 +226,7 @@ class FlightPrice:
         return (
             dag.container(platform=platform)
             .from_(self.python_image)
-            .with_(uv_tool(platform))
+            .with_(uv_tool(self.uv_image, platform))
             .with_(with_env(BUILDER_ENV))
             .with_(self._locked)
             .with_exec(list(SERVE_VENV_SYNC))
@@ -229,7 +245,8 @@ class FlightPrice:
         return (
             dag.container(platform=platform)
             .from_(self.python_image)
-            .with_exec(["useradd", "--system", "--uid", APP_UID, "--user-group", "--create-home", APP_USER])
+            .with_exec(list(CREATE_APP_USER[0]))
+            .with_exec(list(CREATE_APP_USER[1]))
             .with_directory(VENV, self.runtime_venv(platform))
             .with_directory(f"{APP_ROOT}/app", self.source.directory("app"))
             .with_directory(MODEL_DIR, dag.directory(), owner=f"{APP_UID}:{APP_UID}")
@@ -256,7 +273,7 @@ class FlightPrice:
         requirements = (
             dag.container()
             .from_(self.python_image)
-            .with_(uv_tool())
+            .with_(uv_tool(self.uv_image))
             .with_(self._locked)
             .with_exec([*TRAIN_REQUIREMENTS_EXPORT, "--output-file", "requirements.txt"])
             .file("requirements.txt")
@@ -279,7 +296,7 @@ class FlightPrice:
         return (
             dag.container()
             .from_(self.python_image)
-            .with_(uv_tool())
+            .with_(uv_tool(self.uv_image))
             .with_(with_env(UV_ENV))
             .with_(self._locked)
             .with_exec(["uv", "sync", "--frozen", "--no-install-project"])
@@ -321,13 +338,13 @@ class FlightPrice:
         return await self.smoke_check(self.build()).stdout()
 
     def checks(self) -> dagger.Container:
-        """ruff, mypy (strict) and pytest in the tools container, built from the same lock."""
+        """ruff, mypy (strict) and the unit tests in the tools container, built from the same lock."""
         return (
             self.tools()
             .with_exec(["ruff", "check", "."])
             .with_exec(["ruff", "format", "--check", "."])
             .with_exec(["mypy"])
-            .with_exec(["pytest", "-q", "-p", "no:cacheprovider"])
+            .with_exec(list(UNIT_TESTS))
         )
 
     async def run_tests(self) -> str:

@@ -1,0 +1,761 @@
+"""Replaying the Dagger module's lazy pipelines on a Docker engine, step by step, with Dagger's semantics.
+
+The Python SDK builds every object lazily: a ``Container`` holds its query as a list of field selections
+(``tests/ci/plan.py`` reads them). ``Replay`` walks the same selections and performs each one on dockerd:
+
+- ``from``: a local image (nothing can be pulled here: the tests pass stand-ins, ``tests/containers/standins.py``);
+  its configuration (env, workdir, user, entrypoint, cmd, ports, labels, healthcheck) is inherited.
+- ``withExec``: ``docker run`` as the container's user, in its workdir, with its environment and its cache
+  volumes mounted (Docker named volumes), then ``docker commit``; a non-zero exit fails with the output.
+  As in Dagger, the entrypoint is not used and the stdout is kept for ``stdout()``.
+- ``withDirectory``/``withFile``: a tar stream into the container (``docker cp``), keeping the source's
+  ownership and modes unless ``owner`` is given; directories from the host are filtered as Dagger uploads
+  them (``tests/containers/context.py``) and arrive owned by root.
+- configuration steps (``withEnvVariable``, ``withWorkdir``, ``withUser``, ``withExposedPort``,
+  ``withEntrypoint``, ``withLabel``, ``withDockerHealthcheck``) are tracked and written into the image when
+  one is needed (a legacy ``docker build`` of a generated Dockerfile).
+- services (``asService``, ``withServiceBinding``): containers on a user-defined network made for each
+  client, with the binding alias as network alias; a service is ready when its healthcheck says healthy,
+  else when every ``withExposedPort`` port accepts a connection (checked through a port published on
+  127.0.0.1), as Dagger waits before running the client.
+- secrets (``setSecret``, ``withSecretVariable``): runtime environment of a service container, from a file
+  readable only by root that is deleted once the container starts; never in an image. A secret on an exec
+  step is refused (``docker commit`` would keep it in the image's configuration).
+
+Any selection or argument it does not know raises ``ReplayError``: a step is never skipped. What dockerd
+20.10 cannot express (a healthcheck's ``start_interval``) is listed in ``Replay.differences``.
+
+Steps are cached across runs as Dagger caches them: each committed image is tagged with a digest of the
+steps that made it (host directories by their content), and a later run reuses it; ``close()`` removes the
+cached steps this run did not use, with every container and network it started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+from dagger.client._core import Field
+from dagger.client.base import Type
+
+from tests.containers.context import uploaded
+from tests.containers.engine import DOCKER, Engine, engine_dir
+from tests.services import LOOPBACK
+
+STEP_REPOSITORY: Final = "flight-price-replay/step"
+CACHE_VOLUME_PREFIX: Final = "flight-price-cache-"
+SERVICE_TIMEOUT_S: Final = 240.0
+LABEL: Final = "dev.flight-price.replay"
+
+
+class ReplayError(RuntimeError):
+    """A selection the replay does not know, or a step that failed on the engine."""
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: tuple[str, ...]  # ("CMD", *args) or ("CMD-SHELL", command)
+    interval: str | None
+    timeout: str | None
+    start_period: str | None
+    start_interval: str | None
+    retries: int | None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The image configuration a container carries (what ``docker image inspect`` shows of it)."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""
+    user: str = ""
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    exposed: tuple[int, ...] = ()  # TCP ports
+    checked_ports: tuple[int, ...] = ()  # withExposedPort: what Dagger dials before a client runs
+    labels: tuple[tuple[str, str], ...] = ()
+    healthcheck: Healthcheck | None = None
+
+    def with_env(self, name: str, value: str) -> Config:
+        env = dict(self.env)
+        env[name] = value
+        return replace(self, env=tuple(env.items()))
+
+    def expand(self, value: str) -> str:
+        """Go's ``os.Expand`` against the container's env (unset is empty), as Dagger's ``expand``."""
+        env = dict(self.env)
+        out, i = [], 0
+        while i < len(value):
+            if value[i] == "$" and i + 1 < len(value):
+                if value[i + 1] == "{" and "}" in value[i:]:
+                    end = value.index("}", i)
+                    out.append(env.get(value[i + 2 : end], ""))
+                    i = end + 1
+                    continue
+                j = i + 1
+                while j < len(value) and (value[j].isalnum() or value[j] == "_"):
+                    j += 1
+                if j > i + 1:
+                    out.append(env.get(value[i + 1 : j], ""))
+                    i = j
+                    continue
+            out.append(value[i])
+            i += 1
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A container to run as a service: ``command`` is what it runs (``asService``)."""
+
+    state: State
+    command: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return digest("service", self.state.key, self.command)
+
+
+@dataclass(frozen=True)
+class State:
+    """A container: its file system (an image on the engine) and what the steps so far set."""
+
+    image: str
+    key: str  # digest of the steps that made ``image``
+    config: Config = field(default_factory=Config)
+    caches: tuple[tuple[str, str], ...] = ()  # mount path, cache volume key
+    services: tuple[tuple[str, Service], ...] = ()  # alias, service
+    secrets: tuple[tuple[str, str], ...] = ()  # variable, secret name
+    stdout: str = ""
+
+
+@dataclass(frozen=True)
+class HostTree:
+    root: Path
+    exclude: tuple[str, ...]
+    digest: str
+
+
+@dataclass(frozen=True)
+class ImageTree:
+    image: str
+    path: str  # absolute, in the image
+    digest: str
+
+
+@dataclass(frozen=True)
+class EmptyTree:
+    digest: str = "empty"
+
+
+Tree = HostTree | ImageTree | EmptyTree
+
+
+@dataclass(frozen=True)
+class SubTree:
+    """A directory inside a tree (``Directory.directory``) or one file of it (``Directory.file``)."""
+
+    tree: Tree
+    path: str  # relative to the tree's root, "" for the root itself
+    digest: str
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()
+
+
+def describe(step: Field) -> str:
+    """A selection for messages: its name and arguments, secret values left out."""
+    args = {k: ("<secret>" if k == "plaintext" else v) for k, v in step.args.items()}
+    return f"{step.type_name}.{step.name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+
+
+def allowed(step: Field, *names: str) -> None:
+    unknown = set(step.args) - set(names)
+    if unknown:
+        raise ReplayError(f"{describe(step)}: the replay does not know the argument(s) {sorted(unknown)}")
+
+
+class Replay:
+    """Performs a module's lazy pipelines on ``engine``; use as a context manager (``close`` cleans up)."""
+
+    def __init__(self, engine: Engine, *, log: Any = sys.stderr) -> None:
+        self.engine = engine
+        self.log = log
+        self.secrets: dict[str, str] = {}
+        self.memo: dict[str, Any] = {}
+        self.used_steps: set[str] = set()
+        self.containers: list[str] = []
+        self.networks: list[str] = []
+        self.differences: set[str] = set()
+        self.stdout_dir = engine_dir() / "replay-stdout"
+        self.stdout_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- the engine ---------------------------------------------------------------------------------------
+
+    def docker(self, *args: str, stdin: bytes | None = None, check: bool = True) -> str:
+        result = subprocess.run([DOCKER, *args], env=self.engine.env(), input=stdin, capture_output=True, check=False)
+        if check and result.returncode != 0:
+            raise ReplayError(
+                f"docker {shlex.join(args[:4])} failed:\n{result.stderr.decode(errors='replace')[-3000:]}"
+            )
+        return result.stdout.decode(errors="replace").strip()
+
+    def inspect(self, image: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(self.docker("image", "inspect", image))
+        return data[0]
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove this run's containers and networks, and the cached steps it did not use."""
+        if self.containers:
+            self.docker("rm", "--force", "--volumes", *self.containers, check=False)
+        for network in reversed(self.networks):
+            self.docker("network", "rm", network, check=False)
+        self.containers.clear()
+        self.networks.clear()
+        stale = [
+            line.split()[1]
+            for line in self.docker("images", STEP_REPOSITORY, "--format", "{{.Tag}} {{.ID}}").splitlines()
+            if line and line.split()[0] not in self.used_steps
+        ]
+        if stale and self.used_steps:
+            self.docker("rmi", "--force", *stale, check=False)
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+
+    def evaluate(self, obj: Type) -> Any:
+        """The value of a lazy object: a ``State``, ``Service``, tree, file, cache key or secret name."""
+        value: Any = None
+        key = ""
+        for step in obj._ctx.selections:
+            key = digest(key, self.step_key(step))
+            if key in self.memo:
+                value = self.memo[key]
+                key = getattr(value, "key", None) or getattr(value, "digest", None) or key
+                continue
+            value = self.apply(value, step, key)
+            self.memo[key] = value
+            key = getattr(value, "key", None) or getattr(value, "digest", None) or key
+        return value
+
+    def step_key(self, step: Field) -> Any:
+        def arg(value: Any) -> Any:
+            if isinstance(value, Type):
+                resolved = self.evaluate(value)
+                return getattr(resolved, "key", None) or getattr(resolved, "digest", None) or repr(resolved)
+            if isinstance(value, list | tuple):
+                return [arg(v) for v in value]
+            if step.name == "setSecret":
+                return digest(value)  # the plaintext never enters a key or a message
+            return str(value)
+
+        return [step.type_name, step.name, sorted((k, arg(v)) for k, v in step.args.items())]
+
+    def apply(self, value: Any, step: Field, key: str) -> Any:
+        name = f"{step.type_name}.{step.name}"
+        a = step.args
+        if name == "Query.container":
+            allowed(step, "platform")
+            if a.get("platform") not in (None, self.platform()):
+                raise ReplayError(f"{describe(step)}: the engine builds {self.platform()} only")
+            return None
+        if name == "Query.host":
+            allowed(step)
+            return "host"
+        if name == "Host.directory":
+            allowed(step, "path", "exclude")
+            root = Path(a["path"])
+            exclude = tuple(a.get("exclude", ()))
+            return HostTree(root, exclude, self.host_digest(root, exclude))
+        if name == "Query.directory":
+            allowed(step)
+            return EmptyTree()
+        if name == "Query.cacheVolume":
+            allowed(step, "key")
+            return str(a["key"])
+        if name == "Query.setSecret":
+            allowed(step, "name", "plaintext")
+            self.secrets[a["name"]] = a["plaintext"]
+            return str(a["name"])
+        if name in ("Directory.directory", "Directory.file"):
+            allowed(step, "path")
+            base: Tree | SubTree = value
+            tree, prefix = (base.tree, base.path) if isinstance(base, SubTree) else (base, "")
+            path = str(PurePosixPath(prefix, a["path"])) if prefix else a["path"]
+            return SubTree(tree, path, digest(base.digest, a["path"]))
+        if step.type_name != "Container":
+            raise ReplayError(f"{describe(step)}: the replay does not know this selection")
+        state: State | None = value
+        if name == "Container.from":
+            allowed(step, "address")
+            return self.from_image(a["address"])
+        if state is None:
+            raise ReplayError(f"{describe(step)} before from(): the replay builds only from an image")
+        config = state.config
+        if name == "Container.withExec":
+            allowed(step, "args")
+            return self.exec(state, list(a["args"]), key)
+        if name == "Container.withFile":
+            allowed(step, "path", "source", "permissions", "owner")
+            source = self.evaluate(a["source"])
+            return self.copy(state, self.absolute(config, a["path"]), source, a.get("owner"), key, a.get("permissions"))
+        if name == "Container.withDirectory":
+            allowed(step, "path", "source", "owner")
+            source = self.evaluate(a["source"])
+            return self.copy(state, self.absolute(config, a["path"]), source, a.get("owner"), key)
+        if name == "Container.withMountedCache":
+            allowed(step, "path", "cache")
+            cache = self.evaluate(a["cache"])
+            return replace(state, caches=(*state.caches, (self.absolute(config, a["path"]), cache)), key=key)
+        if name == "Container.withEnvVariable":
+            allowed(step, "name", "value", "expand")
+            value_ = config.expand(a["value"]) if a.get("expand") else a["value"]
+            return replace(state, config=config.with_env(a["name"], value_), key=key)
+        if name == "Container.withWorkdir":
+            allowed(step, "path")
+            return replace(state, config=replace(config, workdir=self.absolute(config, a["path"])), key=key)
+        if name == "Container.withUser":
+            allowed(step, "name")
+            return replace(state, config=replace(config, user=a["name"]), key=key)
+        if name == "Container.withExposedPort":
+            allowed(step, "port")
+            port = int(a["port"])
+            exposed = tuple(sorted({*config.exposed, port}))
+            checked = tuple(sorted({*config.checked_ports, port}))
+            return replace(state, config=replace(config, exposed=exposed, checked_ports=checked), key=key)
+        if name == "Container.withEntrypoint":
+            allowed(step, "args")
+            return replace(state, config=replace(config, entrypoint=tuple(a["args"]), cmd=()), key=key)
+        if name == "Container.withLabel":
+            allowed(step, "name", "value")
+            labels = dict(config.labels)
+            labels[a["name"]] = a["value"]
+            return replace(state, config=replace(config, labels=tuple(labels.items())), key=key)
+        if name == "Container.withDockerHealthcheck":
+            allowed(step, "args", "interval", "timeout", "startPeriod", "startInterval", "retries")
+            check = Healthcheck(
+                ("CMD", *a["args"]),
+                a.get("interval"),
+                a.get("timeout"),
+                a.get("startPeriod"),
+                a.get("startInterval"),
+                a.get("retries"),
+            )
+            return replace(state, config=replace(config, healthcheck=check), key=key)
+        if name == "Container.withServiceBinding":
+            allowed(step, "alias", "service")
+            service = self.evaluate(a["service"])
+            return replace(state, services=(*state.services, (a["alias"], service)), key=key)
+        if name == "Container.withSecretVariable":
+            allowed(step, "name", "secret")
+            secret = self.evaluate(a["secret"])
+            return replace(state, secrets=(*state.secrets, (a["name"], secret)), key=key)
+        if name == "Container.asService":
+            allowed(step, "args", "useEntrypoint")
+            command = tuple(a.get("args", ())) or config.cmd
+            if a.get("useEntrypoint") or not a.get("args"):
+                command = (*config.entrypoint, *command)
+            return Service(state, command)
+        if name == "Container.directory":
+            allowed(step, "path")
+            path = self.absolute(config, a["path"])
+            return ImageTree(state.image, path, digest(state.key, path))
+        if name == "Container.file":
+            allowed(step, "path")
+            path = PurePosixPath(self.absolute(config, a["path"]))
+            tree = ImageTree(state.image, str(path.parent), digest(state.key, str(path.parent)))
+            return SubTree(tree, path.name, digest(state.key, str(path)))
+        raise ReplayError(f"{describe(step)}: the replay does not know this selection")
+
+    # -- steps ------------------------------------------------------------------------------------------------
+
+    def platform(self) -> str:
+        info = json.loads(self.docker("version", "--format", "{{json .Server}}"))
+        return f"{info['Os']}/{info['Arch']}"
+
+    @staticmethod
+    def absolute(config: Config, path: str) -> str:
+        return path if path.startswith("/") else str(PurePosixPath(config.workdir or "/", path))
+
+    def host_digest(self, root: Path, exclude: Sequence[str]) -> str:
+        hasher = hashlib.sha256(json.dumps(list(exclude)).encode())
+        for relative in uploaded(root, exclude):
+            path = root / relative
+            stat = path.lstat()
+            hasher.update(f"{relative}\0{stat.st_mode}\0".encode())
+            if path.is_symlink():
+                hasher.update(os.readlink(path).encode())
+            elif path.is_file():
+                hasher.update(path.read_bytes())
+        return hasher.hexdigest()
+
+    def from_image(self, address: str) -> State:
+        found = subprocess.run(
+            [DOCKER, "image", "inspect", address], env=self.engine.env(), capture_output=True, check=False
+        )
+        if found.returncode != 0:
+            raise ReplayError(f"from({address!r}): no such image on the engine, and nothing can be pulled here")
+        info = json.loads(found.stdout)[0]
+        c = info["Config"] or {}
+        check = c.get("Healthcheck")
+        healthcheck = None
+        if check and check.get("Test") and check["Test"][0] != "NONE":
+            healthcheck = Healthcheck(tuple(check["Test"]), None, None, None, None, check.get("Retries"))
+        config = Config(
+            env=tuple((item.split("=", 1)[0], item.split("=", 1)[1]) for item in c.get("Env") or ()),
+            workdir=c.get("WorkingDir") or "",
+            user=c.get("User") or "",
+            entrypoint=tuple(c.get("Entrypoint") or ()),
+            cmd=tuple(c.get("Cmd") or ()),
+            exposed=tuple(sorted(int(p.split("/")[0]) for p in c.get("ExposedPorts") or {})),
+            labels=tuple((c.get("Labels") or {}).items()),
+            healthcheck=healthcheck,
+        )
+        return State(image=info["Id"], key=digest("from", info["Id"]), config=config)
+
+    def cached(self, key: str) -> tuple[str, str] | None:
+        """The image and stdout of a step this engine already performed."""
+        tag = f"{STEP_REPOSITORY}:{key[:40]}"
+        found = subprocess.run(
+            [DOCKER, "image", "inspect", tag], env=self.engine.env(), capture_output=True, check=False
+        )
+        if found.returncode != 0:
+            return None
+        self.used_steps.add(key[:40])
+        stdout = self.stdout_dir / key[:40]
+        return json.loads(found.stdout)[0]["Id"], stdout.read_text() if stdout.exists() else ""
+
+    def keep(self, container: str, key: str, stdout: str = "") -> str:
+        """Commit ``container`` as the cached image of step ``key``; its image id."""
+        tag = f"{STEP_REPOSITORY}:{key[:40]}"
+        image = self.docker("commit", container, tag)
+        self.docker("rm", "--force", container, check=False)
+        (self.stdout_dir / key[:40]).write_text(stdout)
+        self.used_steps.add(key[:40])
+        return image
+
+    def exec(self, state: State, args: list[str], key: str) -> State:
+        if state.secrets:
+            raise ReplayError(f"withExec({args}) with secret variables: docker commit would keep them in the image")
+        hit = self.cached(key)
+        label = shlex.join(args)[:100]
+        if hit is not None:
+            print(f"replay: withExec {label} (cached)", file=self.log, flush=True)
+            return replace(state, image=hit[0], key=key, stdout=hit[1])
+        started = time.monotonic()
+        name = f"replay-exec-{uuid.uuid4().hex[:12]}"
+        with ExitStack() as stack:
+            network = stack.enter_context(self.bindings(state.services))
+            command = [
+                "run", "--name", name, "--init", *self.runtime_flags(state.config),
+                *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(cache)}:{path}" for path, cache in state.caches),
+                *(["--network", network] if network else []),
+                "--entrypoint", args[0], state.image, *args[1:],
+            ]  # fmt: skip
+            self.containers.append(name)
+            result = subprocess.run([DOCKER, *command], env=self.engine.env(), capture_output=True, check=False)
+        stdout, stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+        if result.returncode != 0:
+            self.docker("rm", "--force", name, check=False)
+            output = f"--- stdout\n{stdout[-6000:]}\n--- stderr\n{stderr[-4000:]}"
+            raise ReplayError(f"withExec {label} exited with {result.returncode}:\n{output}")
+        image = self.keep(name, key, stdout)
+        self.containers.remove(name)
+        print(f"replay: withExec {label} ({time.monotonic() - started:.0f} s)", file=self.log, flush=True)
+        return replace(state, image=image, key=key, stdout=stdout)
+
+    @staticmethod
+    def volume_name(cache: str) -> str:
+        return "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in cache)
+
+    @staticmethod
+    def runtime_flags(config: Config) -> list[str]:
+        flags = [f"--env={k}={v}" for k, v in config.env]
+        if config.user:
+            flags.append(f"--user={config.user}")
+        flags.append(f"--workdir={config.workdir or '/'}")
+        return flags
+
+    def copy(
+        self, state: State, dest: str, source: Any, owner: str | None, key: str, permissions: int | None = None
+    ) -> State:
+        """``source`` (a tree, or one file of one) written at ``dest`` in a new layer over ``state``."""
+        hit = self.cached(key)
+        if hit is not None:
+            return replace(state, image=hit[0], key=key)
+        uid_gid = self.ownership(owner)
+        name = f"replay-copy-{uuid.uuid4().hex[:12]}"
+        self.docker("create", "--name", name, "--entrypoint", "", state.image, "replay-placeholder")
+        self.containers.append(name)
+        with tempfile.TemporaryFile() as archive:
+            with tarfile.open(fileobj=archive, mode="w") as out:
+                for info, data in self.entries(source, dest.lstrip("/"), uid_gid, permissions):
+                    out.addfile(info, data)
+            archive.seek(0)
+            result = subprocess.run(
+                [DOCKER, "cp", "-", f"{name}:/"], env=self.engine.env(), stdin=archive, capture_output=True, check=False
+            )
+        if result.returncode != 0:
+            raise ReplayError(f"copy into {dest} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+        image = self.keep(name, key)
+        self.containers.remove(name)
+        return replace(state, image=image, key=key)
+
+    @staticmethod
+    def ownership(owner: str | None) -> tuple[int, int] | None:
+        if not owner:
+            return None
+        user, _, group = owner.partition(":")
+        if not user.isdigit() or (group and not group.isdigit()):
+            raise ReplayError(f"owner {owner!r}: the replay takes numeric ids only")
+        return int(user), int(group or user)
+
+    def entries(
+        self, source: Any, dest: str, owner: tuple[int, int] | None, permissions: int | None
+    ) -> Iterator[tuple[tarfile.TarInfo, io.BufferedIOBase | None]]:
+        """Tar entries for ``source`` placed at ``dest`` (relative to /), with Dagger's ownership rules."""
+        tree, sub = (source.tree, source.path) if isinstance(source, SubTree) else (source, "")
+
+        def placed(info: tarfile.TarInfo, relative: str) -> tarfile.TarInfo:
+            info.name = str(PurePosixPath(dest, relative)) if relative else dest
+            if owner is not None:
+                info.uid, info.gid = owner
+                info.uname = info.gname = ""
+            if permissions is not None and info.isfile():
+                info.mode = permissions
+            return info
+
+        if isinstance(tree, EmptyTree):
+            if sub:
+                raise ReplayError(f"{sub!r} of an empty directory")
+            info = tarfile.TarInfo()
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            yield placed(info, ""), None
+        elif isinstance(tree, HostTree):
+            listed = uploaded(tree.root, tree.exclude)
+            if sub and sub not in listed:
+                raise ReplayError(f"{sub!r} is not in the uploaded directory {tree.root} (its exclude patterns)")
+            for relative in listed:
+                if sub and relative != sub and not relative.startswith(sub + "/"):
+                    continue
+                path = tree.root / relative
+                info = tarfile.TarInfo()
+                stat = path.lstat()
+                info.mode, info.mtime, info.uid, info.gid = stat.st_mode & 0o7777, int(stat.st_mtime), 0, 0
+                inner = relative[len(sub) :].lstrip("/") if sub else relative
+                if path.is_symlink():
+                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                    yield placed(info, inner), None
+                elif path.is_dir():
+                    info.type = tarfile.DIRTYPE
+                    yield placed(info, inner), None
+                else:
+                    info.size = stat.st_size
+                    with path.open("rb") as data:
+                        yield placed(info, inner), data
+        else:
+            yield from self.image_entries(tree, sub, placed)
+
+    def image_entries(self, tree: ImageTree, sub: str, placed: Any) -> Iterator[tuple[tarfile.TarInfo, Any]]:
+        path = str(PurePosixPath(tree.path, sub)) if sub else tree.path
+        name = f"replay-read-{uuid.uuid4().hex[:12]}"
+        self.docker("create", "--name", name, "--entrypoint", "", tree.image, "replay-placeholder")
+        self.containers.append(name)
+        process = subprocess.Popen([DOCKER, "cp", f"{name}:{path}", "-"], env=self.engine.env(), stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        top = PurePosixPath(path).name
+        with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
+            for info in archive:
+                relative = info.name[len(top) :].lstrip("/") if info.name != top else ""
+                if info.islnk():
+                    link = placed(tarfile.TarInfo(), info.linkname[len(top) :].lstrip("/")).name
+                    info = placed(info, relative)
+                    info.linkname = link
+                    yield info, None
+                    continue
+                data = archive.extractfile(info) if info.isfile() else None
+                yield placed(info, relative), data
+        if process.wait() != 0:
+            raise ReplayError(f"reading {path} from a container of {tree.image[:19]} failed")
+        self.docker("rm", "--force", name, check=False)
+        self.containers.remove(name)
+
+    # -- images and services ------------------------------------------------------------------------------
+
+    def image(self, container: Type) -> str:
+        """The image of ``container`` with its configuration written in; its id."""
+        state = self.evaluate(container)
+        if not isinstance(state, State):
+            raise ReplayError(f"{container!r} is not a container")
+        return self.finish(state)
+
+    def finish(self, state: State) -> str:
+        key = digest("image", state.key, state.config)
+        hit = self.cached(key)
+        if hit is not None:
+            return hit[0]
+        c = state.config
+
+        def quoted(value: str) -> str:
+            return json.dumps(value).replace("$", "\\$")
+
+        lines = [f"FROM {state.image}"]
+        if c.env:
+            lines.append("ENV " + " ".join(f"{k}={quoted(v)}" for k, v in c.env))
+        lines.append(f"WORKDIR {quoted(c.workdir or '/')}")
+        if c.user:
+            lines.append(f"USER {c.user}")
+        lines.extend(f"EXPOSE {port}/tcp" for port in c.exposed)
+        if c.labels:
+            lines.append("LABEL " + " ".join(f"{quoted(k)}={quoted(v)}" for k, v in c.labels))
+        lines.append(f"ENTRYPOINT {json.dumps(list(c.entrypoint))}")
+        lines.append(f"CMD {json.dumps(list(c.cmd))}")
+        if c.healthcheck is None:
+            lines.append("HEALTHCHECK NONE")
+        else:
+            h = c.healthcheck
+            flags = [
+                f"--{flag}={v}"
+                for flag, v in (("interval", h.interval), ("timeout", h.timeout), ("start-period", h.start_period))
+                if v
+            ]
+            if h.retries is not None:
+                flags.append(f"--retries={h.retries}")
+            if h.start_interval:
+                self.differences.add(
+                    f"HEALTHCHECK start_interval={h.start_interval} left out: dockerd 20.10 has no --start-interval"
+                )
+            kind, *test = h.test
+            body = json.dumps(test) if kind == "CMD" else test[0]
+            lines.append(f"HEALTHCHECK {' '.join(flags)} CMD {body}")
+        tag = f"{STEP_REPOSITORY}:{key[:40]}"
+        self.docker("build", "--quiet", "--tag", tag, "-", stdin="\n".join(lines).encode())
+        self.used_steps.add(key[:40])
+        return str(self.inspect(tag)["Id"])
+
+    def stdout(self, container: Type) -> str:
+        """The last exec's stdout of ``container`` (running every step it needs)."""
+        state = self.evaluate(container)
+        if not isinstance(state, State):
+            raise ReplayError(f"{container!r} is not a container")
+        return state.stdout
+
+    @contextmanager
+    def bindings(self, services: tuple[tuple[str, Service], ...]) -> Iterator[str | None]:
+        """A network on which every service of ``services`` runs under its alias; None when there are none."""
+        if not services:
+            yield None
+            return
+        network = f"replay-net-{uuid.uuid4().hex[:12]}"
+        self.docker("network", "create", network)
+        self.networks.append(network)
+        started = [self.start(service, network, alias) for alias, service in services]
+        try:
+            yield network
+        finally:
+            for container in started:
+                self.docker("rm", "--force", container, check=False)
+                self.containers.remove(container)
+            self.docker("network", "rm", network, check=False)
+            self.networks.remove(network)
+
+    @contextmanager
+    def running(self, service_obj: Type, publish: int) -> Iterator[tuple[str, int]]:
+        """Run a service (``asService``) with its bindings; yields its container and the host port for ``publish``."""
+        service = self.evaluate(service_obj)
+        if not isinstance(service, Service):
+            raise ReplayError(f"{service_obj!r} is not a service")
+        network = f"replay-net-{uuid.uuid4().hex[:12]}"
+        self.docker("network", "create", network)
+        self.networks.append(network)
+        container = self.start(service, network, "service", publish=publish)
+        try:
+            port = self.docker("port", container, f"{publish}/tcp").splitlines()[0].rsplit(":", 1)[1]
+            yield container, int(port)
+        finally:
+            self.docker("rm", "--force", container, check=False)
+            self.containers.remove(container)
+
+    def start(self, service: Service, network: str, alias: str, publish: int | None = None) -> str:
+        """Start ``service`` on ``network`` as ``alias`` (its own bindings on a network of its own) and wait."""
+        state = service.state
+        inner = self.bindings(state.services)
+        own_network = inner.__enter__()  # the service's own bindings live until close()
+        image = self.finish(state)
+        name = f"replay-svc-{alias}-{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory() as private:
+            env_file = Path(private) / "secrets.env"
+            env_file.touch(mode=0o600)
+            env_file.write_text("".join(f"{var}={self.secrets[secret]}\n" for var, secret in state.secrets))
+            command = [
+                "create", "--name", name, "--init", "--network", own_network or network,
+                *([] if own_network else ["--network-alias", alias]),
+                *self.runtime_flags(state.config), f"--env-file={env_file}",
+                *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(cache)}:{path}" for path, cache in state.caches),
+                *([f"--publish={LOOPBACK}::{publish}"] if publish else []),
+                "--entrypoint", service.command[0], image, *service.command[1:],
+            ]  # fmt: skip
+            self.containers.append(name)
+            self.docker(*command)
+        if own_network:
+            self.docker("network", "connect", "--alias", alias, network, name)
+        self.docker("start", name)
+        self.wait_ready(name, state.config)
+        print(f"replay: service {alias} ready ({shlex.join(service.command)[:80]})", file=self.log, flush=True)
+        return name
+
+    def wait_ready(self, name: str, config: Config) -> None:
+        """Dagger's readiness: the healthcheck when the image has one, else every checked port accepting."""
+        deadline = time.monotonic() + SERVICE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = json.loads(self.docker("inspect", "--format", "{{json .State}}", name))
+            if not state["Running"]:
+                raise ReplayError(f"service {name} exited with {state['ExitCode']}:\n{self.logs(name)}")
+            if config.healthcheck is not None:
+                if (state.get("Health") or {}).get("Status") == "healthy":
+                    return
+            elif all(self.accepts(name, port) for port in config.checked_ports):
+                return
+            time.sleep(0.5)
+        raise ReplayError(f"service {name} not ready within {SERVICE_TIMEOUT_S:.0f}s:\n{self.logs(name)}")
+
+    def accepts(self, name: str, port: int) -> bool:
+        """Whether ``port`` accepts a connection inside the service's container (Dagger dials it there)."""
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).close()"
+        result = subprocess.run(
+            [DOCKER, "exec", name, "python3", "-c", probe], env=self.engine.env(), capture_output=True, check=False
+        )
+        if result.returncode == 126 or b"executable file not found" in result.stderr:
+            raise ReplayError(f"service {name}: no python3 in the image to check port {port} with")
+        return result.returncode == 0
+
+    def logs(self, name: str) -> str:
+        result = subprocess.run(
+            [DOCKER, "logs", "--tail", "60", name], env=self.engine.env(), capture_output=True, check=False
+        )
+        return (result.stdout + result.stderr).decode(errors="replace")
+
+
+def env_of(inspected: Mapping[str, Any]) -> dict[str, str]:
+    """An inspected image's environment as a mapping."""
+    return dict(item.split("=", 1) for item in inspected["Config"].get("Env") or ())
