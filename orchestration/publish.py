@@ -6,6 +6,8 @@ data hash as tags (``app.contract.registry.TAG_*``): the entrypoint goes from ``
 and from there to the blobs. Publishing is idempotent: DVC skips blobs the remote already has, and a bundle
 whose content hash is already registered gets its existing version back instead of a new one.
 
+``pull_bundle`` fetches a published bundle back by its DVC hash (the promotion gate's champion).
+
 Called by the Airflow DAG, the Dagger smoke seed, the quickstart and ``python -m orchestration publish``.
 """
 
@@ -15,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +33,7 @@ from app.contract.bundle import Metadata, read_metadata
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, ConnectionSettings, redact
 from app.contract.progress import Report, quiet
 from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, mlflow_client
-from app.contract.store import BUNDLE_NAME, prepare_work_repo
+from app.contract.store import BUNDLE_NAME, dir_hash, prepare_work_repo, write_dvc_file
 from orchestration import bundle_model
 
 MODEL_ARTIFACT: Final = "model"  # the pyfunc model's path inside the run
@@ -39,6 +42,10 @@ COLUMN_TYPES: Final = {"float": "double", "int": "long", "str": "string", "date"
 
 class PublishError(RuntimeError):
     """The bundle could not be pushed or registered; the message says which and why."""
+
+
+class PullError(RuntimeError):
+    """A bundle could not be pulled from the DVC remote, or what arrived is not the bundle asked for."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,32 @@ def push_bundle(bundle_dir: Path, target: PublishTarget) -> tuple[str, int]:
     return dvc_hash, uploaded
 
 
+def pull_bundle(dvc_hash: str, target: PublishTarget, work: Path, *, report: Report = quiet) -> Path:
+    """``dvc pull`` the bundle ``dvc_hash`` from ``target.remote_url`` into ``work/bundle`` (a DVC work repository
+    set up as the serving entrypoint's), and check that what arrived is that hash: DVC trusts the remote.
+
+    The promotion gate fetches the champion this way; ``read_metadata``/``load_bundle`` then check its content.
+    """
+    from dvc.repo import Repo
+
+    bundle = work / BUNDLE_NAME
+    try:
+        prepare_work_repo(work, target.remote_url, endpoint_url=target.endpoint_url, region=target.region)
+        write_dvc_file(work, dvc_hash)
+        repo = Repo(os.fspath(work))
+        try:
+            stats = repo.pull(force=True)
+        finally:
+            repo.close()
+    except Exception as exc:  # DVC's errors share no public base class worth naming
+        raise PullError(f"dvc pull of {dvc_hash} from {target.remote_url} failed: {redact(str(exc))}") from exc
+    actual = dir_hash(bundle) if bundle.is_dir() else "nothing"
+    if actual != dvc_hash:
+        raise PullError(f"the bundle pulled from {target.remote_url} hashes to {actual}, not {dvc_hash}: altered")
+    report(f"dvc pull: {stats.get('fetched', 0)} files fetched from {target.remote_url}, DVC hash {dvc_hash} checked")
+    return bundle
+
+
 # --- MLflow ---
 
 
@@ -145,9 +178,17 @@ def registered_version(client: Any, model_name: str, content_hash: str) -> tuple
 
 
 def _register(
-    client: Any, bundle_dir: Path, metadata: Metadata, dvc_hash: str, target: PublishTarget
+    client: Any,
+    bundle_dir: Path,
+    metadata: Metadata,
+    dvc_hash: str,
+    target: PublishTarget,
+    run_metrics: Mapping[str, float],
+    run_tags: Mapping[str, str],
 ) -> tuple[int, str]:
     """A run (params, metrics, tags, the pyfunc model with the bundle inside) and a registered version.
+
+    ``run_metrics`` and ``run_tags`` are logged on the run as well (the promotion gate's numbers and decision).
 
     Everything goes through ``client``, never MLflow's process-global tracking URI, so publishing leaves the
     caller's MLflow configuration (an Airflow task's, a test's) as it found it.
@@ -156,12 +197,16 @@ def _register(
     run = client.create_run(
         _experiment_id(client, target),
         run_name=f"bundle-{metadata.content_hash[:12]}",
-        tags={**tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}},
+        tags={**run_tags, **tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}},
     )
     run_id = run.info.run_id
     try:
         params = {**metadata.params, **{f"rows_{k}": v for k, v in metadata.rows.items()}}
-        metrics = {**metadata.metrics, **{f"baseline_{k}": v for k, v in metadata.baseline_metrics.items()}}
+        metrics = {
+            **run_metrics,
+            **metadata.metrics,
+            **{f"baseline_{k}": v for k, v in metadata.baseline_metrics.items()},
+        }
         client.log_batch(
             run_id,
             params=[Param(k, str(v)) for k, v in params.items()],
@@ -201,11 +246,19 @@ def _register(
 
 
 def publish_bundle(
-    bundle_dir: Path, target: PublishTarget, *, alias: str | None = DEFAULT_ALIAS, report: Report = quiet
+    bundle_dir: Path,
+    target: PublishTarget,
+    *,
+    alias: str | None = DEFAULT_ALIAS,
+    report: Report = quiet,
+    run_metrics: Mapping[str, float] | None = None,
+    run_tags: Mapping[str, str] | None = None,
 ) -> Published:
     """Push the bundle with DVC, register it in MLflow (once per content hash), and point ``alias`` at it.
 
     Blobs are pushed before anything is registered, so a registered version never names missing blobs.
+    ``run_metrics`` and ``run_tags`` (the gate's record) go on the run registered with the version; a bundle
+    already registered keeps the record of the run that registered it.
     """
     metadata = read_metadata(bundle_dir)
     dvc_hash, uploaded = push_bundle(bundle_dir, target)
@@ -217,7 +270,9 @@ def publish_bundle(
         client = mlflow_client(target.tracking_uri)
         existing = registered_version(client, target.model_name, metadata.content_hash)
         if existing is None:
-            version, run_id = _register(client, bundle_dir, metadata, dvc_hash, target)
+            version, run_id = _register(
+                client, bundle_dir, metadata, dvc_hash, target, run_metrics or {}, run_tags or {}
+            )
             report(f"registry: registered {target.model_name} version {version} (run {run_id})")
         else:
             version, run_id = existing

@@ -248,34 +248,41 @@ def evaluate_task(
     return _checkpoint(work_dir, "evaluate", run)
 
 
-def gate_task(bundle_dir: str, settings: ConnectionSettings, margin: float) -> Result:
-    """Decide whether the new bundle replaces the registry's current champion; log and return why."""
-    if not settings.mlflow_tracking_uri:
-        raise ValueError("MLFLOW_TRACKING_URI is not set: the gate needs the registry to compare with")
+def gate_task(bundle_dir: str, test_path: str, settings: ConnectionSettings, margin: float) -> Result:
+    """Decide whether the new bundle replaces the registry's current champion, both scored on this run's test
+    split (``test_path``); log and return why."""
     metadata = read_metadata(Path(bundle_dir))
     decision: GateDecision = decide_promotion(
         metadata,
-        tracking_uri=settings.mlflow_tracking_uri,
-        model_name=settings.model_name,
-        alias=settings.model_alias,
+        pd.read_parquet(test_path),
+        settings,
         margin=margin,
-        access=settings.registry_access,
+        report=lambda line: log.info("gate: champion: %s", line),
     )
     log.info("gate: %s", decision.reason)
     return decision.as_dict()
 
 
 def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], settings: ConnectionSettings) -> Result:
-    """Push the bundle to the DVC remote and register it; move the alias only if the gate said so.
+    """Push the bundle to the DVC remote and register it; move the alias only if the gate said so. The gate's
+    numbers and decision are recorded on the new version's run.
 
     Publishing is idempotent (the same bundle yields the same version), so a rerun changes nothing.
     """
     from orchestration.publish import PublishTarget, publish_bundle
 
     target = PublishTarget.from_settings(settings)
-    alias = settings.model_alias if decision["promote"] else None
-    published = publish_bundle(Path(bundle_dir), target, alias=alias, report=lambda line: log.info("publish: %s", line))
-    result = {**asdict(published), "promoted": bool(decision["promote"]), "reason": decision["reason"]}
+    gated = GateDecision(**decision)
+    alias = settings.model_alias if gated.promote else None
+    published = publish_bundle(
+        Path(bundle_dir),
+        target,
+        alias=alias,
+        report=lambda line: log.info("publish: %s", line),
+        run_metrics=gated.run_metrics(),
+        run_tags=gated.run_tags(),
+    )
+    result = {**asdict(published), "promoted": gated.promote, "reason": gated.reason}
     log.info(
         "publish: %s version %d (%s), DVC hash %s, %s",
         target.model_name,

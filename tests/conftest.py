@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
-from tests.services import S3Server, mlflow_server, moto_server
+from tests.services import S3_ENV, S3Server, mlflow_server, moto_server
 
 SMALL_ROWS = 20_000
 # Fixtures that start a real service: a test using one (directly or through another fixture) is "integration".
@@ -56,3 +57,16 @@ def mlflow_uri(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     workdir = tmp_path_factory.mktemp("mlflow")
     with mlflow_server(workdir, s3, log=workdir / "server.log") as uri:
         yield uri
+
+
+@pytest.fixture(scope="module")
+def s3_credentials() -> Iterator[None]:
+    """The fake credentials in this process's environment, for DVC and boto used in-process."""
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -136,7 +136,8 @@ class Run:
             type="number",
             minimum=0,
             exclusiveMaximum=1,
-            description="Relative RMSE improvement over the champion needed to move the alias.",
+            description="Relative RMSE improvement over the champion, both on this run's test split, needed to "
+            "move the alias.",
         ),
     },
 )
@@ -202,11 +203,13 @@ def train_flight_price_model() -> None:
         )
 
     @remote_training_task
-    def gate(evaluated: dict[str, Any]) -> dict[str, Any]:
+    def gate(evaluated: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.gate_task(evaluated["bundle_dir"], run.connection, float(run.params["promotion_margin"]))
+        return tasks.gate_task(
+            evaluated["bundle_dir"], splits["test_path"], run.connection, float(run.params["promotion_margin"])
+        )
 
     @remote_training_task
     def publish(evaluated: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +223,7 @@ def train_flight_price_model() -> None:
     fitted = fit_transformer(splits)
     trained = train(splits, fitted)
     evaluated = evaluate(ingested, splits, fitted, trained)
-    publish(evaluated, gate(evaluated))
+    publish(evaluated, gate(evaluated, splits))
 
 
 train_flight_price_model()

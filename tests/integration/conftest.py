@@ -99,19 +99,6 @@ def target_for(s3: S3Server, bucket: str, mlflow_uri: str, model_name: str, pref
     )
 
 
-@pytest.fixture(scope="module")
-def s3_credentials() -> Iterator[None]:
-    """The fake credentials in this process's environment, for DVC and boto used in-process."""
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 @pytest.fixture(scope="session")
 def second_bundle_dir(second_bundle: TrainResult) -> Path:
     return second_bundle.bundle_dir

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from app.contract.registry import TAG_DVC_HASH, RestRegistry
 from orchestration.data import generate, write_csv
+from orchestration.gate import CANDIDATE_METRIC, CHAMPION_METRIC, PROMOTED_TAG, REASON_TAG
 from orchestration.tasks import WORK_ROOT_ENV, training_config, work_dir_for
 from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT
 from tests.services import BIN, S3_ENV, S3Server, blob_key
@@ -116,6 +117,7 @@ def test_dag_imports_with_the_expected_graph_and_retries(airflow_env: dict[str, 
     for before, after in itertools.pairwise(TASKS):  # the pipeline's stages, in order
         assert before in upstream[after], f"{after} does not follow {before}"
     assert upstream["evaluate"] == {"ingest", "split", "fit_transformer", "train"}
+    assert upstream["gate"] == {"evaluate", "split"}  # the champion is scored on this run's test split
     assert upstream["publish"] == {"evaluate", "gate"}
     for task_id in REMOTE_TASKS:
         spec = tasks[task_id]
@@ -240,9 +242,24 @@ def test_worse_model_is_registered_without_moving_the_alias(stack: Stack) -> Non
     assert worse.result["state"] == "success", worse.log[-8000:]
     decision, published = worse.xcom["gate"], worse.xcom["publish"]
     assert decision["promote"] is False
-    assert decision["candidate"] > decision["champion"] == first.xcom["evaluate"]["metrics"]["rmse"]
+    # The champion's bundle, fetched by its DVC hash, scored on this run's test split (the same rows as its own
+    # here: same data and split seed) scores what its run logged.
+    champion_rmse = first.xcom["evaluate"]["metrics"]["rmse"]
+    assert decision["candidate"] > decision["champion"] == pytest.approx(champion_rmse, rel=1e-9)
+    assert decision["champion_logged"] == pytest.approx(champion_rmse)
+    assert decision["champion_dvc_hash"] == first.xcom["publish"]["dvc_hash"]
     assert "does not beat" in decision["reason"] and decision["reason"] in worse.log  # said in the task log
+    assert "gate: champion: dvc pull: " in worse.log
     assert published["created"] is True and published["alias"] is None and published["promoted"] is False
+
+    # Both numbers and the decision are recorded on the candidate's run.
+    client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    recorded = client.get_run(published["run_id"]).data
+    assert recorded.metrics[CANDIDATE_METRIC] == decision["candidate"] == recorded.metrics["rmse"]
+    assert recorded.metrics[CHAMPION_METRIC] == decision["champion"]
+    assert recorded.tags[PROMOTED_TAG] == "false" and recorded.tags[REASON_TAG] == decision["reason"]
+    first_run = client.get_run(first.xcom["publish"]["run_id"]).data  # a first model: nothing to compare with
+    assert CHAMPION_METRIC not in first_run.metrics and first_run.tags[PROMOTED_TAG] == "true"
 
     registry = RestRegistry(stack.mlflow_uri)
     assert registry.version_by_alias(stack.model_name, "champion").version == first.xcom["publish"]["version"]
