@@ -1,11 +1,15 @@
-"""orchestration/docker-compose.yaml and its .env.example, checked without a container engine: valid per the
-Compose specification's JSON schema, health-checked, gated on airflow-init, speaking the settings model's
-variable names, and holding its credentials tight: the MinIO root account in minio and the bucket job only, a
-scoped key with a bucket-only policy for everyone else, no secret with a default, MLflow on postgres with basic
-auth.
+"""orchestration/docker-compose.yaml and its .env.example, checked without a container engine: accepted by a real
+Compose implementation, health-checked, gated on airflow-init, speaking the settings model's variable names, and
+holding its credentials tight: the MinIO root account in minio and the bucket job only, a scoped key with a
+bucket-only policy for everyone else, no secret with a default, MLflow on postgres with basic auth.
 
-The schema is vendored (``compose-spec.json``, see ``compose-spec.README.md``), so nothing is downloaded. The
-one-shot jobs' scripts are run here with stand-ins for ``mc``, ``mlflow server`` and MLflow's auth client (no
+The implementation is Debian's ``docker-compose`` (1.29): its ``config`` command validates the file against its
+own schema and interpolates the variables from an env file without a Docker daemon, and its own template class
+lists the variable references. It predates the specification's top-level ``name``, so the file reaches it
+without that one line, which is checked here against the specification's rule for project names. Without
+``docker-compose`` installed the tests fail, saying how to install it.
+
+The one-shot jobs' scripts are run here with stand-ins for ``mc``, ``mlflow server`` and MLflow's auth client (no
 MinIO, postgres or MLflow server is started): what they would create and start is recorded and checked.
 """
 
@@ -15,13 +19,15 @@ import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked environment
 import pytest
 import yaml
 
@@ -32,7 +38,11 @@ from orchestration.tasks import WORK_ROOT_ENV
 REPO: Final = Path(__file__).resolve().parents[2]
 COMPOSE: Final = REPO / "orchestration" / "docker-compose.yaml"
 ENV_EXAMPLE: Final = REPO / "orchestration" / ".env.example"
-SCHEMA: Final = Path(__file__).with_name("compose-spec.json")
+DOCKER_COMPOSE: Final = "docker-compose"
+INSTALL: Final = "apt-get install -y docker-compose"
+# The Compose specification's project name: lower-case letters, digits, '-' and '_', starting with a letter or digit.
+PROJECT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+TOP_LEVEL_NAME: Final = re.compile(r"^name:[^\n]*\n", re.MULTILINE)
 INIT: Final = "airflow-init"
 BUCKET_JOB: Final = "minio-buckets"
 ONE_SHOT: Final = {INIT, BUCKET_JOB, "mlflow-database", "mlflow-users"}
@@ -58,10 +68,6 @@ DAG_SETTINGS: Final = {
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 }
-# Compose's interpolation: $$ (a literal $), ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $VAR.
-REFERENCE: Final = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<named>[A-Za-z_]\w*))"
-)
 # A variable holding a password, secret or key (an access key *ID* names an account and is not secret).
 SECRET_NAME: Final = re.compile(r"PASSWORD|SECRET|FERNET|KEY(?!_ID$)")
 # A URL with a literal password in it (user:password@host); a ${VAR} in the password part does not match.
@@ -75,29 +81,68 @@ SCOPED_ACTIONS: Final = {
     "s3:ListBucket",
     "s3:GetBucketLocation",
 }
+# Run by docker-compose's own interpreter: every variable reference in the file's values, as docker-compose's
+# template class (the one its interpolation substitutes with) parses it; escaped ``$$`` ones belong to the shell.
+REFERENCES_SCRIPT: Final = """
+import json, sys
+from compose.config.config import load_yaml
+from compose.config.interpolation import TemplateWithDefaults
+
+def strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+found = []
+for text in strings(load_yaml(sys.argv[1])):
+    for match in TemplateWithDefaults.pattern.finditer(text):
+        if match.group("escaped") is not None:
+            continue
+        braced, operator = match.group("braced"), match.group("sep") or ""
+        name, _, argument = braced.partition(operator) if operator else (match.group("named") or braced, "", "")
+        found.append({"text": match.group(0), "name": name, "operator": operator, "argument": argument, "in": text})
+json.dump(found, sys.stdout)
+"""
 
 
-def interpolate(text: str, values: dict[str, str]) -> str:
-    """Substitute variables the way ``docker compose`` does (the subset this file uses)."""
-
-    def substitute(match: re.Match[str]) -> str:
-        if match["escaped"]:
-            return "$"
-        name = match["braced"] or match["named"]
-        value = values.get(name)
-        op, arg = match["op"], match["arg"] or ""
-        if (op in (":-", ":?") and not value) or (op in ("-", "?") and value is None):
-            if op.endswith("?"):
-                raise KeyError(f"{name}: {arg}")
-            return arg
-        return value or ""
-
-    return REFERENCE.sub(substitute, text)
+def docker_compose() -> str:
+    """The ``docker-compose`` executable; the test fails (not skips) without it, saying how to install it."""
+    found = shutil.which(DOCKER_COMPOSE)
+    if found is None:
+        pytest.fail(
+            f"{DOCKER_COMPOSE} is not installed: the compose file is checked by Debian's docker-compose (`{INSTALL}`)",
+            pytrace=False,
+        )
+    return found
 
 
-def referenced(text: str) -> set[str]:
-    """Every variable the compose file interpolates (escaped ``$$`` ones belong to the container's shell)."""
-    return {m["braced"] or m["named"] for m in REFERENCE.finditer(text) if not m["escaped"]}
+def without_name(text: str) -> str:
+    """The file without its top-level ``name`` (docker-compose 1.29 predates it; checked on its own)."""
+    stripped, count = TOP_LEVEL_NAME.subn("", text)
+    assert count == 1, "the compose file names its project once, at the top level"
+    return stripped
+
+
+def compose_config(values: dict[str, str], work: Path, *, text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` of the file (or ``text``) with ``values`` as its env file, nothing else from the
+    environment; relative paths resolve from orchestration/, as for ``docker compose -f orchestration/...``."""
+    env_file = work / f"{uuid.uuid4().hex}.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    return subprocess.run(
+        [docker_compose(), "-f", "-", "--env-file", str(env_file), "config"],
+        input=without_name(COMPOSE.read_text() if text is None else text),
+        cwd=COMPOSE.parent,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -107,6 +152,11 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def is_secret(name: str) -> bool:
     return SECRET_NAME.search(name) is not None
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compose")
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +171,44 @@ def dot_env(example_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def compose(dot_env: dict[str, str]) -> dict[str, Any]:
-    """The compose file as ``docker compose config`` would see it with that .env."""
-    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), dot_env))
+def rendered(dot_env: dict[str, str], work: Path) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with that .env."""
+    return compose_config(dot_env, work)
+
+
+@pytest.fixture(scope="module")
+def compose(rendered: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it with that .env."""
+    assert rendered.returncode == 0, f"docker-compose config refused the file:\n{rendered.stderr}"
+    loaded: dict[str, Any] = unescaped(yaml.safe_load(rendered.stdout))
     return loaded
+
+
+@pytest.fixture(scope="module")
+def references() -> list[dict[str, str]]:
+    """Every variable reference in the file, as docker-compose parses it: text, name, operator, argument, and
+    the whole value it is in."""
+    interpreter = Path(docker_compose()).read_text().splitlines()[0].removeprefix("#!").split()
+    listed = subprocess.run(
+        [*interpreter, "-c", REFERENCES_SCRIPT, str(COMPOSE)], capture_output=True, text=True, timeout=60, check=True
+    )
+    found: list[dict[str, str]] = json.loads(listed.stdout)
+    return found
+
+
+def unescaped(node: Any) -> Any:
+    """``config``'s output as the containers get it: docker-compose writes every ``$`` of a resolved value as
+    ``$$``, so its output is itself a compose file (``compose.config.serialize``)."""
+    if isinstance(node, dict):
+        return {key: unescaped(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [unescaped(value) for value in node]
+    return node.replace("$$", "$") if isinstance(node, str) else node
+
+
+def parsed(references: list[dict[str, str]], value: str) -> set[tuple[str, str, str]]:
+    """(name, operator, argument) of each reference that is the whole of ``value``."""
+    return {(r["name"], r["operator"], r["argument"]) for r in references if r["in"] == r["text"] == value}
 
 
 @pytest.fixture(scope="module")
@@ -199,18 +283,18 @@ def bucket_of(url: str) -> str:
     return urlsplit(url).netloc
 
 
-def test_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
-    schema = json.loads(SCHEMA.read_text())
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
-    validator = validator_class(schema)
-    raw = yaml.safe_load(COMPOSE.read_text())  # as written, before interpolation, too
-    for document in (raw, compose):
-        errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
-        assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
-    # The schema really constrains: a misspelt key is refused.
-    broken = {**compose, "services": {**compose["services"], "postgres": {"image": "x", "helthcheck": {}}}}
-    assert not validator.is_valid(broken)
+def test_docker_compose_accepts_the_file(
+    rendered: subprocess.CompletedProcess[str], dot_env: dict[str, str], work: Path
+) -> None:
+    assert rendered.returncode == 0, f"docker-compose config refused the file:\n{rendered.stderr}"
+    # Every variable the file uses is set by the .env (docker-compose warns about each one it defaults to "").
+    assert "variable is not set" not in rendered.stderr, rendered.stderr
+    name = yaml.safe_load(COMPOSE.read_text())["name"]
+    assert isinstance(name, str) and PROJECT_NAME.match(name), f"{name!r} is no Compose project name"
+    # The check really constrains: a misspelt key is refused, naming it.
+    misspelt = re.sub(r"^(  postgres:\n)", r"\1    helthcheck: {}\n", COMPOSE.read_text(), count=1, flags=re.M)
+    refused = compose_config(dot_env, work, text=misspelt)
+    assert refused.returncode != 0 and "helthcheck" in refused.stderr, refused.stderr
 
 
 def test_the_stack_has_every_component(services: dict[str, dict[str, Any]]) -> None:
@@ -298,8 +382,8 @@ def test_environment_names_are_the_settings_models(
     assert settings.dvc_remote_url is not None and settings.dvc_remote_url.startswith("s3://")
 
 
-def test_env_example_documents_every_variable(example_env: dict[str, str]) -> None:
-    used = referenced(COMPOSE.read_text())
+def test_env_example_documents_every_variable(example_env: dict[str, str], references: list[dict[str, str]]) -> None:
+    used = {reference["name"] for reference in references}
     assert used == set(example_env), (
         f"used but not in .env.example: {sorted(used - set(example_env))}; "
         f"in .env.example but unused: {sorted(set(example_env) - used)}"
@@ -319,7 +403,7 @@ def test_env_example_documents_every_variable(example_env: dict[str, str]) -> No
 
 
 def test_airflow_image_is_the_one_the_dagger_module_builds(
-    services: dict[str, dict[str, Any]], example_env: dict[str, str]
+    services: dict[str, dict[str, Any]], example_env: dict[str, str], references: list[dict[str, str]]
 ) -> None:
     module_source = str(REPO / "ci" / "src")  # the Dagger module's source directory, as tests/ci uses it
     if module_source not in sys.path:
@@ -327,24 +411,27 @@ def test_airflow_image_is_the_one_the_dagger_module_builds(
     from flight_price.main import AIRFLOW_IMAGE_NAME
 
     raw = yaml.safe_load(COMPOSE.read_text())
-    default = re.fullmatch(r"\$\{AIRFLOW_IMAGE:-(?P<image>[^}]+)\}", raw["x-airflow-common"]["image"])
-    assert default is not None and default["image"] == f"{AIRFLOW_IMAGE_NAME}:latest"
-    assert example_env["AIRFLOW_IMAGE"] == default["image"]
-    assert services["mlflow"]["image"] == services["airflow-scheduler"]["image"] == default["image"]
+    ((name, operator, image),) = parsed(references, raw["x-airflow-common"]["image"])
+    assert (name, operator) == ("AIRFLOW_IMAGE", ":-")
+    assert image == f"{AIRFLOW_IMAGE_NAME}:latest" == example_env["AIRFLOW_IMAGE"]
+    assert services["mlflow"]["image"] == services["airflow-scheduler"]["image"] == image
 
 
 def test_secrets_are_required_variables_without_defaults(
-    compose: dict[str, Any], dot_env: dict[str, str], example_env: dict[str, str]
+    compose: dict[str, Any],
+    dot_env: dict[str, str],
+    example_env: dict[str, str],
+    references: list[dict[str, str]],
+    work: Path,
 ) -> None:
     text = COMPOSE.read_text()
-    references = [m for m in REFERENCE.finditer(text) if not m["escaped"]]
-    for m in references:
-        name = m["braced"] or m["named"]
-        if m["op"] and m["op"].endswith("?"):  # every error message says what to set and where
-            assert name in m["arg"] and "orchestration/.env" in m["arg"], f"{m[0]}: a message naming the variable"
+    for reference in references:
+        name, operator = reference["name"], reference["operator"]
+        if operator.endswith("?"):  # every error message says what to set and where
+            assert name in reference["argument"] and "orchestration/.env" in reference["argument"], reference["text"]
         if is_secret(name):  # each reference of a secret is ${NAME:?...}: never a default, never empty
-            assert m["op"] == ":?", f"{m[0]}: a secret must be required (${{{name}:?...}})"
-    secret_names = {m["braced"] or m["named"] for m in references if is_secret(m["braced"] or m["named"])}
+            assert operator == ":?", f"{reference['text']}: a secret must be required (${{{name}:?...}})"
+    secret_names = {reference["name"] for reference in references if is_secret(reference["name"])}
     assert secret_names >= {
         "POSTGRES_PASSWORD",
         "MLFLOW_DB_PASSWORD",
@@ -356,16 +443,20 @@ def test_secrets_are_required_variables_without_defaults(
         "MLFLOW_AIRFLOW_PASSWORD",
         "MLFLOW_FLASK_SERVER_SECRET_KEY",
     }
-    # Without any one of them, the file does not resolve, and the message names it.
-    for name in secret_names:
-        with pytest.raises(KeyError, match=re.escape(name)):
-            interpolate(text, {**dot_env, name: ""})
+    # Without any one of them, docker-compose refuses the file, and its message names the variable.
+    names = sorted(secret_names)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = dict(zip(names, pool.map(lambda n: compose_config({**dot_env, n: ""}, work), names), strict=True))
+    for name, run in runs.items():
+        assert run.returncode != 0 and f"set {name} in orchestration/.env" in run.stderr, (name, run.stderr)
     # Environment entries with a secret's name hold exactly one required variable, no literal.
+    required = {reference["in"] for reference in references if reference["operator"] == ":?"}
+    whole = {reference["in"] for reference in references if reference["in"] == reference["text"]}
     raw = yaml.safe_load(text)
     for service_name, service in raw["services"].items():
         for variable, value in environment(service).items():
             if is_secret(variable):
-                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", value), f"{service_name}: {variable}={value!r}"
+                assert value in required & whole, f"{service_name}: {variable}={value!r}"
     # No password written into a URL (postgresql://airflow:airflow@...).
     assert not LITERAL_PASSWORD_URL.search(text), LITERAL_PASSWORD_URL.search(text)
     assert "airflow:airflow@" not in text
@@ -406,16 +497,20 @@ def test_minio_root_account_stays_with_minio_and_the_bucket_job(
     ],
 )
 def test_bucket_job_grants_the_scoped_user_its_buckets_only(
-    services: dict[str, dict[str, Any]], tmp_path: Path, overrides: dict[str, str], expected: set[str] | None
+    services: dict[str, dict[str, Any]],
+    references: list[dict[str, str]],
+    tmp_path: Path,
+    overrides: dict[str, str],
+    expected: set[str] | None,
 ) -> None:
     job = services[BUCKET_JOB]
     if expected is None:
         # The policy follows the same defaults the DAG and MLflow use.
         raw_env = yaml.safe_load(COMPOSE.read_text())["x-airflow-common"]["environment"]
-        default = re.fullmatch(r"\$\{DVC_REMOTE_URL:-(?P<url>[^}]+)\}", raw_env["DVC_REMOTE_URL"])
-        assert default is not None
+        (default,) = parsed(references, raw_env["DVC_REMOTE_URL"])
+        assert default[:2] == ("DVC_REMOTE_URL", ":-")
         dvc_url = environment(job)["DVC_REMOTE_URL"]
-        assert dvc_url == default["url"] == environment(services["airflow-scheduler"])["DVC_REMOTE_URL"]
+        assert dvc_url == default[2] == environment(services["airflow-scheduler"])["DVC_REMOTE_URL"]
         artifacts = environment(job)["MLFLOW_ARTIFACTS_DESTINATION"]
         assert artifacts == environment(services["mlflow"])["MLFLOW_ARTIFACTS_DESTINATION"]
         expected = {bucket_of(dvc_url), bucket_of(artifacts)}
