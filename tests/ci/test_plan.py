@@ -97,7 +97,11 @@ def test_builder_creates_the_venv_from_the_lock_with_the_serving_group_only(flig
     venv = flight_price.runtime_venv()
     builder = container_of(steps(venv))  # the container whose /opt/venv is taken
     assert one(builder, "from")["address"] == module.PYTHON_IMAGE
-    assert execs(builder) == [list(module.SERVE_VENV_SYNC), module.prune_test_suites(module.VENV)]
+    assert execs(builder) == [
+        list(module.SERVE_VENV_SYNC),
+        module.prune_test_suites(module.VENV),
+        module.remove_uv_lock(module.VENV),
+    ]
     sync = module.SERVE_VENV_SYNC
     assert {"--frozen", "--no-dev"} <= set(sync) and sync[sync.index("--only-group") + 1] == "serve"
     assert env(builder)["UV_PROJECT_ENVIRONMENT"] == module.VENV

@@ -77,6 +77,7 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> ImageTree:
     env |= module.BUILDER_ENV | {"UV_PROJECT_ENVIRONMENT": str(tree.venv), "UV_PYTHON": BASE_PYTHON}
     subprocess.run([str(UV), *module.SERVE_VENV_SYNC[1:]], cwd=build, env=env, check=True, capture_output=True)
     subprocess.run(module.prune_test_suites(str(tree.venv)), check=True)
+    subprocess.run(module.remove_uv_lock(str(tree.venv)), check=True)
     shutil.copytree(REPO / "app", tree.app_root / "app", ignore=shutil.ignore_patterns("__pycache__", "*.env"))
     tree.model_dir.mkdir()
     return tree

@@ -202,6 +202,8 @@ class Replay:
         self.containers: list[str] = []
         self.networks: list[str] = []
         self.differences: set[str] = set()
+        self.fresh: set[str] = set()  # step keys to perform even when cached
+        self.ready: list[tuple[str, str]] = []  # (alias, "healthy" or "ports"): how each service became ready
         self.stdout_dir = engine_dir() / "replay-stdout"
         self.stdout_dir.mkdir(parents=True, exist_ok=True)
 
@@ -243,13 +245,19 @@ class Replay:
 
     # -- evaluation -----------------------------------------------------------------------------------------
 
-    def evaluate(self, obj: Type) -> Any:
-        """The value of a lazy object: a ``State``, ``Service``, tree, file, cache key or secret name."""
+    def evaluate(self, obj: Type, *, fresh: bool = False) -> Any:
+        """The value of a lazy object: a ``State``, ``Service``, tree, file, cache key or secret name.
+
+        With ``fresh``, its last step is performed again even if cached (a check that must run now).
+        """
         value: Any = None
         key = ""
-        for step in obj._ctx.selections:
+        selections = list(obj._ctx.selections)
+        for position, step in enumerate(selections):
             key = digest(key, self.step_key(step))
-            if key in self.memo:
+            if fresh and position == len(selections) - 1:
+                self.fresh.add(key)
+            elif key in self.memo:
                 value = self.memo[key]
                 key = getattr(value, "key", None) or getattr(value, "digest", None) or key
                 continue
@@ -302,6 +310,8 @@ class Replay:
             base: Tree | SubTree = value
             tree, prefix = (base.tree, base.path) if isinstance(base, SubTree) else (base, "")
             path = str(PurePosixPath(prefix, a["path"])) if prefix else a["path"]
+            if isinstance(tree, HostTree):  # content-addressed: only what lies under ``path`` counts
+                return SubTree(tree, path, self.host_digest(tree.root, tree.exclude, under=path))
             return SubTree(tree, path, digest(base.digest, a["path"]))
         if step.type_name != "Container":
             raise ReplayError(f"{describe(step)}: the replay does not know this selection")
@@ -397,9 +407,12 @@ class Replay:
     def absolute(config: Config, path: str) -> str:
         return path if path.startswith("/") else str(PurePosixPath(config.workdir or "/", path))
 
-    def host_digest(self, root: Path, exclude: Sequence[str]) -> str:
-        hasher = hashlib.sha256(json.dumps(list(exclude)).encode())
+    def host_digest(self, root: Path, exclude: Sequence[str], under: str = "") -> str:
+        """A digest of what Dagger uploads from ``root`` (only what lies under ``under``, if given)."""
+        hasher = hashlib.sha256(json.dumps(list(exclude) if not under else [under]).encode())
         for relative in uploaded(root, exclude):
+            if under and relative != under and not relative.startswith(under + "/"):
+                continue
             path = root / relative
             stat = path.lstat()
             hasher.update(f"{relative}\0{stat.st_mode}\0".encode())
@@ -435,6 +448,8 @@ class Replay:
 
     def cached(self, key: str) -> tuple[str, str] | None:
         """The image and stdout of a step this engine already performed."""
+        if key in self.fresh:
+            return None
         tag = f"{STEP_REPOSITORY}:{key[:40]}"
         found = subprocess.run(
             [DOCKER, "image", "inspect", tag], env=self.engine.env(), capture_output=True, check=False
@@ -653,29 +668,31 @@ class Replay:
         self.used_steps.add(key[:40])
         return str(self.inspect(tag)["Id"])
 
-    def stdout(self, container: Type) -> str:
-        """The last exec's stdout of ``container`` (running every step it needs)."""
-        state = self.evaluate(container)
+    def stdout(self, container: Type, *, fresh: bool = False) -> str:
+        """The last exec's stdout of ``container`` (running every step it needs; the last one again if ``fresh``)."""
+        state = self.evaluate(container, fresh=fresh)
         if not isinstance(state, State):
             raise ReplayError(f"{container!r} is not a container")
         return state.stdout
 
     @contextmanager
     def bindings(self, services: tuple[tuple[str, Service], ...]) -> Iterator[str | None]:
-        """A network on which every service of ``services`` runs under its alias; None when there are none."""
+        """A network on which every service of ``services`` runs under its alias; None when there are none.
+
+        The services (and theirs) stop when the block ends, as Dagger stops a client's services with it.
+        """
         if not services:
             yield None
             return
         network = f"replay-net-{uuid.uuid4().hex[:12]}"
         self.docker("network", "create", network)
         self.networks.append(network)
-        started = [self.start(service, network, alias) for alias, service in services]
         try:
-            yield network
+            with ExitStack() as started:
+                for alias, service in services:
+                    started.enter_context(self.service(service, network, alias))
+                yield network
         finally:
-            for container in started:
-                self.docker("rm", "--force", container, check=False)
-                self.containers.remove(container)
             self.docker("network", "rm", network, check=False)
             self.networks.remove(network)
 
@@ -688,43 +705,50 @@ class Replay:
         network = f"replay-net-{uuid.uuid4().hex[:12]}"
         self.docker("network", "create", network)
         self.networks.append(network)
-        container = self.start(service, network, "service", publish=publish)
         try:
-            port = self.docker("port", container, f"{publish}/tcp").splitlines()[0].rsplit(":", 1)[1]
-            yield container, int(port)
+            with self.service(service, network, "service") as container:
+                port = self.docker("port", container, f"{publish}/tcp").splitlines()[0].rsplit(":", 1)[1]
+                yield container, int(port)
         finally:
-            self.docker("rm", "--force", container, check=False)
-            self.containers.remove(container)
+            self.docker("network", "rm", network, check=False)
+            self.networks.remove(network)
 
-    def start(self, service: Service, network: str, alias: str, publish: int | None = None) -> str:
-        """Start ``service`` on ``network`` as ``alias`` (its own bindings on a network of its own) and wait."""
+    @contextmanager
+    def service(self, service: Service, network: str, alias: str) -> Iterator[str]:
+        """``service`` running on ``network`` as ``alias`` (its own bindings on a network of its own), once ready.
+
+        Every port it exposes is also published on 127.0.0.1, for tests on the host.
+        """
         state = service.state
-        inner = self.bindings(state.services)
-        own_network = inner.__enter__()  # the service's own bindings live until close()
-        image = self.finish(state)
-        name = f"replay-svc-{alias}-{uuid.uuid4().hex[:8]}"
-        with tempfile.TemporaryDirectory() as private:
-            env_file = Path(private) / "secrets.env"
-            env_file.touch(mode=0o600)
-            env_file.write_text("".join(f"{var}={self.secrets[secret]}\n" for var, secret in state.secrets))
-            command = [
-                "create", "--name", name, "--init", "--network", own_network or network,
-                *([] if own_network else ["--network-alias", alias]),
-                *self.runtime_flags(state.config), f"--env-file={env_file}",
-                *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(cache)}:{path}" for path, cache in state.caches),
-                *([f"--publish={LOOPBACK}::{publish}"] if publish else []),
-                "--entrypoint", service.command[0], image, *service.command[1:],
-            ]  # fmt: skip
-            self.containers.append(name)
-            self.docker(*command)
-        if own_network:
-            self.docker("network", "connect", "--alias", alias, network, name)
-        self.docker("start", name)
-        self.wait_ready(name, state.config)
-        print(f"replay: service {alias} ready ({shlex.join(service.command)[:80]})", file=self.log, flush=True)
-        return name
+        with self.bindings(state.services) as own_network:
+            image = self.finish(state)
+            name = f"replay-svc-{alias}-{uuid.uuid4().hex[:8]}"
+            with tempfile.TemporaryDirectory() as private:
+                env_file = Path(private) / "secrets.env"
+                env_file.touch(mode=0o600)
+                env_file.write_text("".join(f"{var}={self.secrets[secret]}\n" for var, secret in state.secrets))
+                command = [
+                    "create", "--name", name, "--init", "--network", own_network or network,
+                    *([] if own_network else ["--network-alias", alias]),
+                    *self.runtime_flags(state.config), f"--env-file={env_file}",
+                    *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(c)}:{path}" for path, c in state.caches),
+                    *(f"--publish={LOOPBACK}::{port}" for port in state.config.exposed),
+                    "--entrypoint", service.command[0], image, *service.command[1:],
+                ]  # fmt: skip
+                self.containers.append(name)
+                self.docker(*command)
+            try:
+                if own_network:
+                    self.docker("network", "connect", "--alias", alias, network, name)
+                self.docker("start", name)
+                self.wait_ready(name, alias, state.config)
+                print(f"replay: service {alias} ready ({shlex.join(service.command)[:80]})", file=self.log, flush=True)
+                yield name
+            finally:
+                self.docker("rm", "--force", name, check=False)
+                self.containers.remove(name)
 
-    def wait_ready(self, name: str, config: Config) -> None:
+    def wait_ready(self, name: str, alias: str, config: Config) -> None:
         """Dagger's readiness: the healthcheck when the image has one, else every checked port accepting."""
         deadline = time.monotonic() + SERVICE_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -733,8 +757,10 @@ class Replay:
                 raise ReplayError(f"service {name} exited with {state['ExitCode']}:\n{self.logs(name)}")
             if config.healthcheck is not None:
                 if (state.get("Health") or {}).get("Status") == "healthy":
+                    self.ready.append((alias, "healthy"))
                     return
             elif all(self.accepts(name, port) for port in config.checked_ports):
+                self.ready.append((alias, "ports"))
                 return
             time.sleep(0.5)
         raise ReplayError(f"service {name} not ready within {SERVICE_TIMEOUT_S:.0f}s:\n{self.logs(name)}")

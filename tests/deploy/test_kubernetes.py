@@ -543,6 +543,7 @@ def test_every_check_has_a_breakage() -> None:
 # --- The rendering and the files ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # runs the real kustomize (kubectl's), absent from the tools image
 def test_the_emulated_rendering_is_what_kustomize_renders() -> None:
     if kustomize_command() is None:
         pytest.fail(

@@ -35,6 +35,8 @@ from app.contract.connection import load_connection_settings, variable_names
 from app.settings import env_names
 from orchestration.tasks import WORK_ROOT_ENV
 
+pytestmark = pytest.mark.integration  # runs Debian's docker-compose (a real process, absent from the tools image)
+
 REPO: Final = Path(__file__).resolve().parents[2]
 COMPOSE: Final = REPO / "orchestration" / "docker-compose.yaml"
 ENV_EXAMPLE: Final = REPO / "orchestration" / ".env.example"

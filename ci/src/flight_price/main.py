@@ -66,6 +66,11 @@ TRAIN_REQUIREMENTS_EXPORT: Final = (
 )  # fmt: skip
 
 
+def remove_uv_lock(venv: str) -> list[str]:
+    """The command deleting uv's lock file from the venv: uv creates it writable by every user."""
+    return ["rm", "-f", f"{venv}/.lock"]
+
+
 def prune_test_suites(venv: str) -> list[str]:
     """The command deleting the installed packages' own test suites (~100 MB with their bytecode)."""
     site_packages = f"{venv}/lib"
@@ -231,6 +236,7 @@ class FlightPrice:
             .with_(self._locked)
             .with_exec(list(SERVE_VENV_SYNC))
             .with_exec(prune_test_suites(VENV))
+            .with_exec(remove_uv_lock(VENV))
             .directory(VENV)
         )
 

@@ -1,11 +1,17 @@
-"""The environment contract is named the same everywhere: settings model, example env file, README."""
+"""The environment contract is named the same everywhere: settings model, example env file, README.
+
+Unit tests (they read repository files only), so they run in the Dagger module's checks too.
+"""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Final
 
 from app.settings import env_names
-from tests.integration.conftest import ROOT
+
+ROOT: Final = Path(__file__).resolve().parents[1]
 
 
 def test_env_example_documents_exactly_the_settings() -> None:

@@ -1,0 +1,123 @@
+"""The serving image, built by replaying the module's own ``build()`` chain on dockerd, checked in a container."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any, Final
+
+import pytest
+from flight_price import main as module
+from flight_price.main import FlightPrice
+
+from tests.ci.plan import one
+from tests.containers.engine import DOCKER
+from tests.containers.replay import Replay, env_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.containers]
+
+NS_PER_S: Final = 1_000_000_000
+
+
+def in_image(replay: Replay, image: str, script: str, *, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``sh -c script`` in a throwaway container of ``image`` (as the image's user unless ``user``)."""
+    command = [DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "sh"]
+    if user is not None:
+        command += ["--user", user]
+    return subprocess.run(
+        [*command, image, "-c", script], env=replay.engine.env(), capture_output=True, text=True, check=False
+    )
+
+
+def seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, f"the module declares {duration!r}: only whole seconds are compared here"
+    return int(match.group(1)) * NS_PER_S
+
+
+@pytest.fixture(scope="module")
+def built(replay: Replay, flight_price: FlightPrice) -> tuple[str, dict[str, Any]]:
+    image = replay.image(flight_price.build(revision="abc123", version="1.2.3"))
+    inspected = replay.inspect(image)
+    print(f"\nserving image {image[:19]}: {inspected['Size'] / 1e6:.0f} MB on disk (stand-in base included)")
+    return image, inspected
+
+
+def test_the_user_and_its_group_are_10001(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:
+    image, inspected = built
+    assert inspected["Config"]["User"] == f"{module.APP_UID}:{module.APP_UID}"
+    ran = in_image(replay, image, "id; grep '^[^:]*:[^:]*:10001:' /etc/group")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [
+        f"uid={module.APP_UID}({module.APP_USER}) gid={module.APP_UID}({module.APP_USER}) "
+        f"groups={module.APP_UID}({module.APP_USER})",
+        f"{module.APP_USER}:x:{module.APP_UID}:",
+    ]
+
+
+def test_only_the_venv_and_app_enter_no_build_tools(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:
+    image, _ = built
+    ran = in_image(
+        replay,
+        image,
+        "ls -A /srv; echo --; ls -A /srv/app | grep -c .; echo --; "
+        "find / -xdev \\( -name uv -o -name 'gcc*' -o -name cc -o -name 'clang*' \\) -type f -perm -u+x -print; "
+        "find / -xdev -name .git -print; "
+        "find /srv \\( -name orchestration -o -name tests -o -name __pycache__ -o -name '.*' \\) -print",
+    )
+    assert ran.returncode == 0, ran.stderr
+    top, app_entries, found = ran.stdout.split("--\n")
+    assert top.split() == ["app"]
+    assert int(app_entries) > 5
+    # no uv or compiler executable and no .git anywhere; under /srv no orchestration/, tests/, bytecode or dotfiles
+    assert found.split() == []
+
+
+def test_the_venv_is_read_only_and_models_writable_for_the_app_user(
+    replay: Replay, built: tuple[str, dict[str, Any]]
+) -> None:
+    image, _ = built
+    ran = in_image(
+        replay,
+        image,
+        f"find {module.VENV} -writable | head -3; echo --; touch {module.MODEL_DIR}/probe && stat -c '%u:%g' "
+        f"{module.MODEL_DIR}; touch {module.VENV}/probe 2>&1",
+    )
+    writable, models = ran.stdout.split("--\n")
+    assert writable == ""
+    assert models.splitlines()[0] == f"{module.APP_UID}:{module.APP_UID}"
+    assert "Permission denied" in models
+    imports = in_image(replay, image, "python -c 'import app.entrypoint, app.main, sklearn, dvc; print(\"ok\")'")
+    assert imports.stdout.strip() == "ok", imports.stderr
+
+
+def test_entrypoint_port_labels_env_and_healthcheck_are_what_the_module_declares(
+    replay: Replay, flight_price: FlightPrice, built: tuple[str, dict[str, Any]]
+) -> None:
+    _, inspected = built
+    config = inspected["Config"]
+    assert config["Entrypoint"] == list(module.ENTRYPOINT)
+    assert not config["Cmd"]
+    assert set(config["ExposedPorts"]) == {f"{module.PORT}/tcp"}
+    assert config["WorkingDir"] == module.APP_ROOT
+    env = env_of(inspected)
+    assert {k: env[k] for k in module.RUNTIME_ENV} == module.RUNTIME_ENV
+    assert env["PATH"].startswith(f"{module.VENV}/bin:")
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "UV_CACHE_DIR"} & set(env)
+    assert config["Labels"] == {
+        "org.opencontainers.image.title": module.SERVING_IMAGE_NAME,
+        "org.opencontainers.image.source": module.SOURCE_URL,
+        "org.opencontainers.image.revision": "abc123",
+        "org.opencontainers.image.version": "1.2.3",
+    }
+    declared = one(flight_price.build(), "withDockerHealthcheck")
+    check = config["Healthcheck"]
+    assert check["Test"] == ["CMD", *declared["args"]] == ["CMD", *module.READY_PROBE]
+    assert check["Interval"] == seconds(declared["interval"])
+    assert check["Timeout"] == seconds(declared["timeout"])
+    assert check["StartPeriod"] == seconds(declared["startPeriod"])
+    assert check["Retries"] == declared["retries"]
+    # dockerd 20.10 has no start interval (API 1.44); the replay says so instead of dropping it silently
+    assert replay.differences == {
+        f"HEALTHCHECK start_interval={declared['startInterval']} left out: dockerd 20.10 has no --start-interval"
+    }
