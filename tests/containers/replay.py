@@ -193,8 +193,9 @@ def allowed(step: Field, *names: str) -> None:
 class Replay:
     """Performs a module's lazy pipelines on ``engine``; use as a context manager (``close`` cleans up)."""
 
-    def __init__(self, engine: Engine, *, log: Any = sys.stderr) -> None:
+    def __init__(self, engine: Engine, *, log: Any = sys.stderr, prune: bool = True) -> None:
         self.engine = engine
+        self.prune = prune
         self.log = log
         self.secrets: dict[str, str] = {}
         self.memo: dict[str, Any] = {}
@@ -228,7 +229,7 @@ class Replay:
         self.close()
 
     def close(self) -> None:
-        """Remove this run's containers and networks, and the cached steps it did not use."""
+        """Remove this run's containers and networks, and (with ``prune``) the cached steps it did not use."""
         if self.containers:
             self.docker("rm", "--force", "--volumes", *self.containers, check=False)
         for network in reversed(self.networks):
@@ -240,7 +241,7 @@ class Replay:
             for line in self.docker("images", STEP_REPOSITORY, "--format", "{{.Tag}} {{.ID}}").splitlines()
             if line and line.split()[0] not in self.used_steps
         ]
-        if stale and self.used_steps:
+        if stale and self.used_steps and self.prune:
             self.docker("rmi", "--force", *stale, check=False)
 
     # -- evaluation -----------------------------------------------------------------------------------------

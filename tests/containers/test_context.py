@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.containers.conftest import REPO, source_ignore
 from tests.containers.context import uploaded
+from tests.containers.warm import REPO, source_ignore
 
 
 def tree(root: Path, *files: str) -> Path:

@@ -13,9 +13,9 @@ import sys
 import pytest
 from flight_price.main import FlightPrice
 
-from tests.containers.conftest import REPO, source_ignore
 from tests.containers.context import uploaded
 from tests.containers.replay import Replay
+from tests.containers.warm import REPO, source_ignore
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
