@@ -2,9 +2,9 @@
 
     python -m tests.containers.warm
 
-Makes the stand-in bases, then replays the serving image (``build()``), the seed step (the tools container and
-its bundle) and ``checks()`` on the engine. The replay caches the steps that succeed, so the container tests
-later find them done; the smoke checker they always run themselves, and a step that failed here runs again there.
+Makes the stand-in bases, then replays the serving image (``build()``) and the seed step (the tools container
+and its bundle) on the engine. The replay caches the steps that succeed, so the container tests later find them
+done; they run every check themselves (the smoke checker and ``checks()`` among them).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> int:
         with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
             replay.image(flight_price.build())
             replay.evaluate(flight_price.seed())
-            replay.evaluate(flight_price.checks())  # a failure here is left for the test to run and report
+            # not checks(): its unit tests would run beside the host's, and timing-sensitive ones fail under that load
     except (EngineError, ReplayError) as error:
         print(f"warm: {error}", file=sys.stderr)
         return 1
