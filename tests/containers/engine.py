@@ -16,6 +16,7 @@ stand-in base images and the uv cache volume survive between runs on one machine
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 # Debian's client, the same release as its dockerd (a newer client elsewhere on PATH would want BuildKit).
 DOCKER: Final = "/usr/bin/docker"
@@ -53,6 +54,16 @@ class Engine:
     def env(self) -> dict[str, str]:
         """The environment for ``docker`` commands against this engine."""
         return {**os.environ, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "0"}
+
+    def image(self, reference: str) -> dict[str, Any] | None:
+        """``docker image inspect`` of ``reference``, or None when the engine has no such image."""
+        found = subprocess.run(
+            [DOCKER, "image", "inspect", reference], env=self.env(), capture_output=True, check=False
+        )
+        if found.returncode != 0:
+            return None
+        inspected: dict[str, Any] = json.loads(found.stdout)[0]
+        return inspected
 
 
 def own_socket() -> str:

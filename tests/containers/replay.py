@@ -219,8 +219,10 @@ class Replay:
         return result.stdout.decode(errors="replace").strip()
 
     def inspect(self, image: str) -> dict[str, Any]:
-        data: list[dict[str, Any]] = json.loads(self.docker("image", "inspect", image))
-        return data[0]
+        found = self.engine.image(image)
+        if found is None:
+            raise ReplayError(f"no image {image} on the engine")
+        return found
 
     def __enter__(self) -> Replay:
         return self
@@ -424,12 +426,9 @@ class Replay:
         return hasher.hexdigest()
 
     def from_image(self, address: str) -> State:
-        found = subprocess.run(
-            [DOCKER, "image", "inspect", address], env=self.engine.env(), capture_output=True, check=False
-        )
-        if found.returncode != 0:
+        info = self.engine.image(address)
+        if info is None:
             raise ReplayError(f"from({address!r}): no such image on the engine, and nothing can be pulled here")
-        info = json.loads(found.stdout)[0]
         c = info["Config"] or {}
         check = c.get("Healthcheck")
         healthcheck = None
@@ -452,14 +451,12 @@ class Replay:
         if key in self.fresh:
             return None
         tag = f"{STEP_REPOSITORY}:{key[:40]}"
-        found = subprocess.run(
-            [DOCKER, "image", "inspect", tag], env=self.engine.env(), capture_output=True, check=False
-        )
-        if found.returncode != 0:
+        found = self.engine.image(tag)
+        if found is None:
             return None
         self.used_steps.add(key[:40])
         stdout = self.stdout_dir / key[:40]
-        return json.loads(found.stdout)[0]["Id"], stdout.read_text() if stdout.exists() else ""
+        return found["Id"], stdout.read_text() if stdout.exists() else ""
 
     def keep(self, container: str, key: str, stdout: str = "") -> str:
         """Commit ``container`` as the cached image of step ``key``; its image id."""

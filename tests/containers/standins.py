@@ -86,11 +86,6 @@ def docker(engine: Engine, *args: str, stdin: bytes | None = None) -> str:
     return result.stdout.decode().strip()
 
 
-def has_image(engine: Engine, tag: str) -> bool:
-    result = subprocess.run([DOCKER, "image", "inspect", tag], env=engine.env(), capture_output=True, check=False)
-    return result.returncode == 0
-
-
 def import_tree(engine: Engine, root: Path, tag: str, env: dict[str, str], cmd: list[str] | None) -> None:
     """``docker import`` the tree under ``root`` as ``tag``, with its environment and command."""
     changes = [f'ENV {name}="{value}"' for name, value in env.items()]
@@ -118,7 +113,7 @@ def python_standin(engine: Engine) -> str:
         + ca_bundle.read_bytes()
     ).hexdigest()[:12]
     tag = f"{PYTHON_STANDIN}:{recipe}"
-    if has_image(engine, tag):
+    if engine.image(tag) is not None:
         return tag
     if shutil.which("debootstrap") is None:
         raise EngineError("debootstrap is missing: `python -m tests.containers.engine start` installs it")
@@ -154,7 +149,7 @@ def uv_standin(engine: Engine) -> str:
         raise EngineError(f"{binary} is uv {version}, the lock has {locked_uv_version()}: run `uv sync --frozen`")
     data = binary.read_bytes()
     tag = f"{UV_STANDIN}:{version}-{hashlib.sha256(data).hexdigest()[:12]}"
-    if has_image(engine, tag):
+    if engine.image(tag) is not None:
         return tag
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
