@@ -623,11 +623,17 @@ class Replay:
         return self.finish(state)
 
     def finish(self, state: State) -> str:
+        c = state.config
+        if c.healthcheck is not None and c.healthcheck.start_interval:
+            # said on every run, the cached ones too
+            interval = c.healthcheck.start_interval
+            self.differences.add(
+                f"HEALTHCHECK start_interval={interval} left out: dockerd 20.10 has no --start-interval"
+            )
         key = digest("image", state.key, state.config)
         hit = self.cached(key)
         if hit is not None:
             return hit[0]
-        c = state.config
 
         def quoted(value: str) -> str:
             return json.dumps(value).replace("$", "\\$")
@@ -654,10 +660,6 @@ class Replay:
             ]
             if h.retries is not None:
                 flags.append(f"--retries={h.retries}")
-            if h.start_interval:
-                self.differences.add(
-                    f"HEALTHCHECK start_interval={h.start_interval} left out: dockerd 20.10 has no --start-interval"
-                )
             kind, *test = h.test
             body = json.dumps(test) if kind == "CMD" else test[0]
             lines.append(f"HEALTHCHECK {' '.join(flags)} CMD {body}")
