@@ -1,29 +1,26 @@
-"""The training DAG's task bodies: plain functions over files in one run's work directory.
+"""The training DAG's task bodies: plain functions over the files of one run's work area.
 
-Each task reads its inputs from files an earlier task wrote, writes its outputs next to them, and returns
-only paths, hashes and small dicts (what Airflow passes through XCom), never data frames. The stage logic
-is the pipeline's own (``orchestration.validate``, ``split``, ``transform``, ``train``, ``evaluate``); this
-module only moves it onto files so each stage can run as its own task, in its own process.
+Each task reads its inputs from files an earlier task stored in the run's area (``orchestration.work_area``:
+a prefix on the S3 store, or a local directory), writes its outputs into its own scratch directory, stores
+them in the area, and returns only URIs, hashes and small dicts (what Airflow passes through XCom), never data
+frames. So any worker can run any task: they share the store, not a disk. The stage logic is the pipeline's
+own (``orchestration.validate``, ``split``, ``transform``, ``train``, ``evaluate``); this module only moves
+it onto stored files so each stage can run as its own task, in its own process.
 
-A rerun of the same DAG run is idempotent: the work directory is keyed by the run id, and a stage whose
-result is already recorded there (``<stage>.json``, written last) returns that result instead of computing
-it again. That matters most for the bundle: its content hash covers a creation time, so re-creating it
-would register a second model version for the same run.
+A rerun of the same DAG run is idempotent: the area is keyed by the run id, and a stage whose result is
+already recorded there (``<stage>.json``, written last) returns that result instead of computing it again.
+That matters most for the bundle: its content hash covers a creation time, so re-creating it would register
+a second model version for the same run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import pandas as pd
 import skops.io as sio
@@ -40,32 +37,9 @@ from orchestration.split import Splits, split
 from orchestration.train import train_model
 from orchestration.transform import fit_transformer
 from orchestration.validate import DataValidationError, validate
+from orchestration.work_area import Result, WorkArea
 
 log = logging.getLogger(__name__)
-
-# Where run work directories live (one sub-directory per DAG run); compose points it at a shared volume.
-WORK_ROOT_ENV: Final = "TRAINING_WORK_DIR"
-DEFAULT_WORK_ROOT: Final = Path(tempfile.gettempdir()) / "flight-price-training"
-
-Result = dict[str, Any]
-
-
-def work_root() -> Path:
-    """The directory under which each DAG run gets its work directory."""
-    return Path(os.environ.get(WORK_ROOT_ENV) or DEFAULT_WORK_ROOT)
-
-
-def work_dir_for(run_id: str, root: Path | None = None) -> Path:
-    """The run's own work directory: the same run id always maps to the same directory.
-
-    Run ids hold characters unsafe in paths (``manual__2025-01-01T00:00:00+00:00``); a short hash of the
-    exact id keeps two ids that sanitise alike apart.
-    """
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._")[:80]
-    digest = hashlib.sha256(run_id.encode()).hexdigest()[:10]
-    path = (root or work_root()) / f"{readable}-{digest}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def training_config(hyperparameters: Mapping[str, Any] | None = None, params: Path = DEFAULT_PARAMS) -> PipelineConfig:
@@ -80,154 +54,133 @@ def training_config(hyperparameters: Mapping[str, Any] | None = None, params: Pa
     return config.model_copy(update={"model": model})
 
 
-def _checkpoint(work_dir: Path, stage: str, compute: Callable[[], Result]) -> Result:
-    """Return the stage's recorded result if this run already produced it, else compute and record it.
+def ingest(area: WorkArea, *, data_path: str | None = None, rows: int, seed: int) -> Result:
+    """Snapshot the raw data into the run's area and record its sha256.
 
-    The record is written after the stage's files, atomically, so a stage that died half-way is redone.
-    """
-    record = work_dir / f"{stage}.json"
-    if record.is_file():
-        result: Result = json.loads(record.read_text())
-        if all(Path(p).exists() for p in _paths(result)):
-            log.info("%s: reusing this run's earlier result (%s)", stage, record)
-            return result
-    result = compute()
-    partial = record.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    partial.replace(record)
-    return result
-
-
-def _paths(result: Result) -> list[str]:
-    found: list[str] = []
-    for key, value in result.items():
-        if isinstance(value, dict):
-            found += _paths(value)
-        elif isinstance(value, str) and (key.endswith("_path") or key.endswith("_dir")):
-            found.append(value)
-    return found
-
-
-def ingest(work_dir: Path, *, data_path: str | None = None, rows: int, seed: int) -> Result:
-    """Snapshot the raw data into the work directory and record its sha256.
-
-    The source is ``data_path`` (CSV or Parquet) when given, else the generated flight data set with
-    ``rows`` rows. Later stages read the snapshot only, so the hash names exactly what was trained on.
+    The source is ``data_path`` (a CSV or Parquet file: a path on the worker, or an ``s3://`` URI on the work
+    area's store) when given, else the generated flight data set with ``rows`` rows. Later stages read the
+    snapshot only, so the hash names exactly what was trained on.
     """
 
     def snapshot() -> Result:
-        raw_dir = work_dir / "raw"
+        raw_dir = area.scratch / "raw"
         raw_dir.mkdir(parents=True, exist_ok=True)
         if data_path:
-            source = Path(data_path)
+            source = area.local(data_path)
             target = raw_dir / f"data{source.suffix.lower()}"
             shutil.copyfile(source, target.with_name(target.name + ".partial"))
-            described = str(source)
+            described = data_path
         else:
             target = raw_dir / "flights.csv"
             write_csv(generate(rows, seed), target.with_name(target.name + ".partial"))
             described = f"generated flight data set ({rows} rows, seed {seed})"
         target.with_name(target.name + ".partial").replace(target)
         digest = file_digest(target)
-        log.info("ingest: %s -> %s (sha256 %s)", described, target, digest)
-        return {"data_path": str(target), "data_hash": digest, "source": described}
+        stored = area.put(target)
+        log.info("ingest: %s -> %s (sha256 %s)", described, stored, digest)
+        return {"data_uri": stored, "data_hash": digest, "source": described}
 
-    return _checkpoint(work_dir, "ingest", snapshot)
+    return area.checkpoint("ingest", snapshot)
 
 
-def validate_data(work_dir: Path, data_path: str, config: PipelineConfig) -> Result:
-    """Validate the snapshot; write the clean data as Parquet.
+def validate_data(area: WorkArea, data_uri: str, config: PipelineConfig) -> Result:
+    """Validate the snapshot; store the clean data as Parquet and the validation report.
 
-    On bad data the full validation report goes to the log and ``DataValidationError`` fails the task.
+    On bad data the full validation report goes to the log and the area, and ``DataValidationError`` fails the
+    task.
     """
 
     def run() -> Result:
-        raw = read_data(Path(data_path), config.data)
+        raw = read_data(area.local(data_uri), config.data)
         try:
             clean, report = validate(raw, config.data)
         except DataValidationError as exc:
             log.error("validate: the data was refused\n%s", exc.report.format())
-            (work_dir / "validation_report.json").write_text(json.dumps(exc.report.as_dict(), indent=2) + "\n")
+            area.write_json("validation_report.json", exc.report.as_dict())
             raise
         log.info("validate: %s", report.format())
-        clean_path = work_dir / "clean.parquet"
+        clean_path = area.scratch / "clean.parquet"
         clean.to_parquet(clean_path, index=False)
-        (work_dir / "validation_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        area.write_json("validation_report.json", report.as_dict())
         return {
-            "clean_path": str(clean_path),
+            "clean_uri": area.put(clean_path),
             "rows_in": report.rows_in,
             "rows_out": report.rows_out,
             "rows_dropped": sum(f.count for f in report.dropped),
         }
 
-    return _checkpoint(work_dir, "validate", run)
+    return area.checkpoint("validate", run)
 
 
-def split_data(work_dir: Path, clean_path: str, config: PipelineConfig) -> Result:
+def split_data(area: WorkArea, clean_uri: str, config: PipelineConfig) -> Result:
     """Cut the clean data into train/validation/test Parquet files with the configured seed."""
 
     def run() -> Result:
-        splits = split(pd.read_parquet(clean_path), config.split)
-        paths: dict[str, str] = {}
+        splits = split(pd.read_parquet(area.local(clean_uri)), config.split)
+        uris: dict[str, str] = {}
         for name, frame in splits._asdict().items():
-            path = work_dir / f"{name}.parquet"
+            path = area.scratch / f"{name}.parquet"
             frame.to_parquet(path, index=False)
-            paths[f"{name}_path"] = str(path)
+            uris[f"{name}_uri"] = area.put(path)
         log.info("split: %s", ", ".join(f"{name} {len(frame)}" for name, frame in splits._asdict().items()))
-        return paths
+        return uris
 
-    return _checkpoint(work_dir, "split", run)
+    return area.checkpoint("split", run)
 
 
-def fit_transformer_task(work_dir: Path, train_path: str, config: PipelineConfig) -> Result:
-    """Fit the feature transformer on the training split and save it (skops)."""
+def fit_transformer_task(area: WorkArea, train_uri: str, config: PipelineConfig) -> Result:
+    """Fit the feature transformer on the training split and store it (skops)."""
 
     def run() -> Result:
-        transformer = fit_transformer(pd.read_parquet(train_path), config.data)
-        path = work_dir / "transformer.skops"
+        transformer = fit_transformer(pd.read_parquet(area.local(train_uri)), config.data)
+        path = area.scratch / "transformer.skops"
         sio.dump(transformer, path)
         log.info("fit transformer: %d model features", len(transformer.feature_names_out_))
-        return {"transformer_path": str(path)}
+        return {"transformer_uri": area.put(path)}
 
-    return _checkpoint(work_dir, "fit_transformer", run)
+    return area.checkpoint("fit_transformer", run)
 
 
 def train_task(
-    work_dir: Path, *, transformer_path: str, train_path: str, validation_path: str, config: PipelineConfig
+    area: WorkArea, *, transformer_uri: str, train_uri: str, validation_uri: str, config: PipelineConfig
 ) -> Result:
-    """Train the regressor with the config's hyperparameters and save it (skops)."""
+    """Train the regressor with the config's hyperparameters and store it (skops)."""
 
     def run() -> Result:
-        transformer = _load_transformer(transformer_path)
+        transformer = _load_transformer(area.local(transformer_uri))
         model = train_model(
-            transformer, pd.read_parquet(train_path), pd.read_parquet(validation_path), config.data, config.model
+            transformer,
+            pd.read_parquet(area.local(train_uri)),
+            pd.read_parquet(area.local(validation_uri)),
+            config.data,
+            config.model,
         )
-        path = work_dir / "model.skops"
+        path = area.scratch / "model.skops"
         sio.dump(model, path)
         log.info("train: %d boosting iterations with %s", model.n_iter_, config.model.model_dump())
-        return {"model_path": str(path), "n_iter": int(model.n_iter_)}
+        return {"model_uri": area.put(path), "n_iter": int(model.n_iter_)}
 
-    return _checkpoint(work_dir, "train", run)
+    return area.checkpoint("train", run)
 
 
 def evaluate_task(
-    work_dir: Path,
+    area: WorkArea,
     *,
     data_hash: str,
-    transformer_path: str,
-    model_path: str,
-    split_paths: Mapping[str, str],
+    transformer_uri: str,
+    model_uri: str,
+    split_uris: Mapping[str, str],
     config: PipelineConfig,
 ) -> Result:
     """The pipeline's ``evaluate_and_bundle`` on this run's files: a model that does not beat the naive
-    baseline by ``evaluate.baseline_margin`` fails the task (``QualityGateError``) and no bundle is written.
+    baseline by ``evaluate.baseline_margin`` fails the task (``QualityGateError``) and no bundle is stored.
     """
 
     def run() -> Result:
-        transformer = _load_transformer(transformer_path)
-        model = load_trusted(Path(model_path))
-        splits = Splits(*(pd.read_parquet(split_paths[f"{n}_path"]) for n in ("train", "validation", "test")))
-        bundle_dir = work_dir / "bundle"
+        transformer = _load_transformer(area.local(transformer_uri))
+        model = load_trusted(area.local(model_uri))
+        splits = Splits(*(pd.read_parquet(area.local(split_uris[f"{n}_uri"])) for n in ("train", "validation", "test")))
+        bundle_dir = area.scratch / "bundle"
         shutil.rmtree(bundle_dir, ignore_errors=True)  # leftovers of an attempt that died before recording
         metadata = evaluate_and_bundle(
             bundle_dir,
@@ -239,22 +192,22 @@ def evaluate_task(
             report=lambda line: log.info("evaluate: %s", line),
         )
         return {
-            "bundle_dir": str(bundle_dir),
+            "bundle_uri": area.put(bundle_dir),
             "content_hash": metadata.content_hash,
             "metrics": metadata.metrics,
             "baseline_metrics": metadata.baseline_metrics,
         }
 
-    return _checkpoint(work_dir, "evaluate", run)
+    return area.checkpoint("evaluate", run)
 
 
-def gate_task(bundle_dir: str, test_path: str, settings: ConnectionSettings, margin: float) -> Result:
+def gate_task(area: WorkArea, bundle_uri: str, test_uri: str, settings: ConnectionSettings, margin: float) -> Result:
     """Decide whether the new bundle replaces the registry's current champion, both scored on this run's test
-    split (``test_path``); log and return why."""
-    metadata = read_metadata(Path(bundle_dir))
+    split (``test_uri``); log and return why."""
+    metadata = read_metadata(area.local(bundle_uri))
     decision: GateDecision = decide_promotion(
         metadata,
-        pd.read_parquet(test_path),
+        pd.read_parquet(area.local(test_uri)),
         settings,
         margin=margin,
         report=lambda line: log.info("gate: champion: %s", line),
@@ -263,7 +216,7 @@ def gate_task(bundle_dir: str, test_path: str, settings: ConnectionSettings, mar
     return decision.as_dict()
 
 
-def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], settings: ConnectionSettings) -> Result:
+def publish_task(area: WorkArea, bundle_uri: str, decision: Mapping[str, Any], settings: ConnectionSettings) -> Result:
     """Push the bundle to the DVC remote and register it; move the alias only if the gate said so. The gate's
     numbers and decision are recorded on the new version's run.
 
@@ -275,7 +228,7 @@ def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], s
     gated = GateDecision(**decision)
     alias = settings.model_alias if gated.promote else None
     published = publish_bundle(
-        Path(bundle_dir),
+        area.local(bundle_uri),
         target,
         alias=alias,
         report=lambda line: log.info("publish: %s", line),
@@ -291,12 +244,12 @@ def publish_task(work_dir: Path, bundle_dir: str, decision: Mapping[str, Any], s
         published.dvc_hash,
         f"alias {alias!r} set" if alias else f"alias {settings.model_alias!r} left where it was",
     )
-    (work_dir / "published.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    area.write_json("published.json", result)
     return result
 
 
-def _load_transformer(path: str) -> FeatureTransformer:
-    transformer = load_trusted(Path(path))
+def _load_transformer(path: Path) -> FeatureTransformer:
+    transformer = load_trusted(path)
     if not isinstance(transformer, FeatureTransformer):
         raise BundleError(f"{path} holds {type(transformer).__name__}, not a FeatureTransformer")
     return transformer

@@ -1,8 +1,9 @@
 """Train the flight-price model and publish it: ingest -> validate -> split -> fit transformer -> train ->
 evaluate -> gate -> publish.
 
-Each task is a thin call into ``orchestration.tasks``; tasks hand each other paths and small dicts through
-XCom, never data. Connection settings (``DVC_REMOTE_URL``, ``MLFLOW_TRACKING_URI``, ``MODEL_NAME``, ...)
+Each task is a thin call into ``orchestration.tasks``; tasks hand each other URIs in the run's work area
+(``TRAINING_WORK_URL``: a prefix on the S3 store, so workers need share no disk) and small dicts through XCom,
+never data. Connection settings (``DVC_REMOTE_URL``, ``MLFLOW_TRACKING_URI``, ``MODEL_NAME``, ...)
 are read from the environment by the connection settings model training and serving share
 (``app.contract.connection``); S3 credentials come from the standard ``AWS_*`` variables and are never logged.
 
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from app.contract.connection import ConnectionSettings
     from orchestration.config import PipelineConfig
+    from orchestration.work_area import WorkArea
 
 DAG_ID = "train_flight_price_model"
 
@@ -86,17 +88,23 @@ def remote_training_task(body: Callable[P, R]) -> Task[P, R]:
 
 @dataclass(frozen=True)
 class Run:
-    """What every task of one DAG run starts from: its work directory (keyed by run id) and its params."""
+    """What every task of one DAG run starts from: its run id (which keys its work area) and its params."""
 
-    work_dir: Path
+    run_id: str
     params: dict[str, Any]
 
     @classmethod
     def current(cls) -> Run:
-        from orchestration.tasks import work_dir_for
-
         context = get_current_context()
-        return cls(work_dir_for(str(context["run_id"])), dict(context["params"]))
+        return cls(str(context["run_id"]), dict(context["params"]))
+
+    @contextmanager
+    def area(self) -> Iterator[WorkArea]:
+        """The run's work area on the store every worker reaches (``TRAINING_WORK_URL``)."""
+        from orchestration.work_area import open_area
+
+        with open_area(self.run_id) as area:
+            yield area
 
     @property
     def connection(self) -> ConnectionSettings:
@@ -126,7 +134,10 @@ class Run:
         "rows": Param(DEFAULT_ROWS, type="integer", minimum=100, description="Rows to generate (no data_path)."),
         "seed": Param(DEFAULT_SEED, type="integer", description="Seed of the generated data set."),
         "data_path": Param(
-            None, type=["null", "string"], description="CSV or Parquet file to train on instead of generating."
+            None,
+            type=["null", "string"],
+            description="CSV or Parquet file to train on instead of generating: a path on the workers, or an s3:// "
+            "URI on the work area's store.",
         ),
         "hyperparameters": Param(
             {}, type="object", description='Overrides of params.yaml\'s model section, e.g. {"max_iter": 100}.'
@@ -148,43 +159,48 @@ def train_flight_price_model() -> None:
 
         run = Run.current()
         _ = run.config  # a misspelt hyperparameter fails here, before any work
-        return tasks.ingest(
-            run.work_dir, data_path=run.params["data_path"], rows=run.params["rows"], seed=run.params["seed"]
-        )
+        with run.area() as area:
+            return tasks.ingest(
+                area, data_path=run.params["data_path"], rows=run.params["rows"], seed=run.params["seed"]
+            )
 
     @training_task
     def validate(ingested: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.validate_data(run.work_dir, ingested["data_path"], run.config)
+        with run.area() as area:
+            return tasks.validate_data(area, ingested["data_uri"], run.config)
 
     @training_task
     def split(validated: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.split_data(run.work_dir, validated["clean_path"], run.config)
+        with run.area() as area:
+            return tasks.split_data(area, validated["clean_uri"], run.config)
 
     @training_task
     def fit_transformer(splits: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.fit_transformer_task(run.work_dir, splits["train_path"], run.config)
+        with run.area() as area:
+            return tasks.fit_transformer_task(area, splits["train_uri"], run.config)
 
     @training_task
     def train(splits: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.train_task(
-            run.work_dir,
-            transformer_path=fitted["transformer_path"],
-            train_path=splits["train_path"],
-            validation_path=splits["validation_path"],
-            config=run.config,
-        )
+        with run.area() as area:
+            return tasks.train_task(
+                area,
+                transformer_uri=fitted["transformer_uri"],
+                train_uri=splits["train_uri"],
+                validation_uri=splits["validation_uri"],
+                config=run.config,
+            )
 
     @training_task
     def evaluate(
@@ -193,30 +209,37 @@ def train_flight_price_model() -> None:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.evaluate_task(
-            run.work_dir,
-            data_hash=ingested["data_hash"],
-            transformer_path=fitted["transformer_path"],
-            model_path=trained["model_path"],
-            split_paths=splits,
-            config=run.config,
-        )
+        with run.area() as area:
+            return tasks.evaluate_task(
+                area,
+                data_hash=ingested["data_hash"],
+                transformer_uri=fitted["transformer_uri"],
+                model_uri=trained["model_uri"],
+                split_uris=splits,
+                config=run.config,
+            )
 
     @remote_training_task
     def gate(evaluated: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.gate_task(
-            evaluated["bundle_dir"], splits["test_path"], run.connection, float(run.params["promotion_margin"])
-        )
+        with run.area() as area:
+            return tasks.gate_task(
+                area,
+                evaluated["bundle_uri"],
+                splits["test_uri"],
+                run.connection,
+                float(run.params["promotion_margin"]),
+            )
 
     @remote_training_task
     def publish(evaluated: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
         from orchestration import tasks
 
         run = Run.current()
-        return tasks.publish_task(run.work_dir, evaluated["bundle_dir"], decision, run.connection)
+        with run.area() as area:
+            return tasks.publish_task(area, evaluated["bundle_uri"], decision, run.connection)
 
     ingested = ingest()
     splits = split(validate(ingested))

@@ -33,7 +33,7 @@ import yaml
 
 from app.contract.connection import load_connection_settings, variable_names
 from app.settings import env_names
-from orchestration.tasks import WORK_ROOT_ENV
+from orchestration.work_area import WORK_URL_ENV
 
 pytestmark = pytest.mark.integration  # runs Debian's docker-compose (a real process, absent from the tools image)
 
@@ -55,7 +55,7 @@ TOOL_VARIABLE: Final = re.compile(
     r"^(AIRFLOW__\w+|AIRFLOW_CONFIG|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|PG(HOST|USER|DATABASE|PASSWORD)"
     r"|MINIO_ROOT_\w+|MINIO_SCOPED_\w+|MLFLOW_S3_ENDPOINT_URL|MLFLOW_ARTIFACTS_DESTINATION|MLFLOW_DB_PASSWORD"
     r"|MLFLOW_AUTH_ADMIN_(USERNAME|PASSWORD)|MLFLOW_FLASK_SERVER_SECRET_KEY|MLFLOW_AIRFLOW_(USERNAME|PASSWORD)"
-    rf"|DUMB_INIT_SETSID|{WORK_ROOT_ENV})$"
+    rf"|DUMB_INIT_SETSID|{WORK_URL_ENV})$"
 )
 # What the DAG's tasks read: the connection settings (app.contract.connection.ConnectionSettings).
 DAG_SETTINGS: Final = {

@@ -30,7 +30,8 @@ from pydantic import ValidationError
 from app.contract.registry import TAG_DVC_HASH, RestRegistry
 from orchestration.data import generate, write_csv
 from orchestration.gate import CANDIDATE_METRIC, CHAMPION_METRIC, PROMOTED_TAG, REASON_TAG
-from orchestration.tasks import WORK_ROOT_ENV, training_config, work_dir_for
+from orchestration.tasks import training_config
+from orchestration.work_area import WORK_URL_ENV
 from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT
 from tests.services import BIN, S3_ENV, S3Server, blob_key
 
@@ -167,7 +168,7 @@ def stack(
         "DVC_REMOTE_REGION": S3_ENV["AWS_DEFAULT_REGION"],
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "MODEL_NAME": model_name,
-        WORK_ROOT_ENV: str(tmp_path_factory.mktemp("work")),
+        WORK_URL_ENV: f"s3://{BUCKET}/{model_name}-work",
     }
     first = datetime(2025, 1, 1, tzinfo=UTC).isoformat()
     scenarios = [
@@ -202,13 +203,18 @@ def test_first_run_publishes_and_promotes(stack: Stack) -> None:
 
     # Every file of the bundle, and DVC's listing of the directory, is in the bucket under its md5.
     keys = stack.bucket_keys()
-    files = sorted(p for p in Path(first.xcom["evaluate"]["bundle_dir"]).iterdir() if p.is_file())
+    bundle = first.xcom["evaluate"]["bundle_uri"]
+    assert bundle.startswith(f"s3://{BUCKET}/{stack.model_name}-work/")  # in the run's work area, not on a disk
+    client = stack.s3.client()
+    prefix = bundle.removeprefix(f"s3://{BUCKET}/") + "/"
+    files = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
     assert len(files) == 3
-    for path in files:
-        assert stack.blob_key(hashlib.md5(path.read_bytes()).hexdigest()) in keys, path.name  # noqa: S324
+    for key in files:
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert stack.blob_key(hashlib.md5(body).hexdigest()) in keys, key  # noqa: S324
     assert stack.blob_key(published["dvc_hash"]) in keys
 
-    # XCom carries paths and small dicts only.
+    # XCom carries URIs and small dicts only.
     assert all(len(json.dumps(value)) < 2000 for value in first.xcom.values())
 
 
@@ -276,13 +282,6 @@ def test_invalid_data_fails_at_validate_with_the_report_in_the_log(stack: Stack)
     assert "validate: the data was refused" in failed.log
     assert "price: outside [1.0, 20000.0] (2 rows) e.g. row 4" in failed.log
     assert "agency: unknown category" in failed.log and "NoSuchAir" in failed.log
-
-
-def test_work_dir_is_one_per_run_id(tmp_path: Path) -> None:
-    run_id = "manual__2025-01-01T00:00:00+00:00"
-    assert work_dir_for(run_id, tmp_path) == work_dir_for(run_id, tmp_path)
-    assert work_dir_for(run_id, tmp_path) != work_dir_for(run_id.replace(":", ";"), tmp_path)  # alike once sanitised
-    assert work_dir_for(run_id, tmp_path).parent == tmp_path
 
 
 def test_hyperparameters_override_params_yaml_and_typos_are_refused() -> None:

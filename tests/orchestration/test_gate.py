@@ -30,6 +30,7 @@ from orchestration.pipeline import Progress, TrainResult, run_pipeline
 from orchestration.publish import PublishTarget, publish_bundle
 from orchestration.split import split
 from orchestration.validate import validate
+from orchestration.work_area import open_area
 from tests.integration.conftest import fresh_target
 from tests.services import S3Server
 
@@ -142,7 +143,8 @@ def test_an_easier_data_set_no_longer_wins_promotion(
     assert "does not beat" in decision.reason and f"{decision.champion:.4f}" in decision.reason
 
     # The DAG's publish task records both numbers and the decision on the candidate's run; the alias stays.
-    published = tasks.publish_task(tmp_path, str(candidate.bundle_dir), decision.as_dict(), champion)
+    with open_area("manual__gate", str(tmp_path)) as area:
+        published = tasks.publish_task(area, str(candidate.bundle_dir), decision.as_dict(), champion)
     assert published["alias"] is None and published["promoted"] is False and published["version"] == 2
     client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
     run = client.get_run(published["run_id"])
