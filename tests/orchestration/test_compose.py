@@ -52,7 +52,7 @@ AIRFLOW_COMPONENTS: Final = {"airflow-apiserver", "airflow-scheduler", "airflow-
 # Variables of the tools in the stack (Airflow, postgres, MinIO, MLflow's server, the Airflow image) and the
 # DAG's work directory; every other variable a service receives must be one the settings model reads.
 TOOL_VARIABLE: Final = re.compile(
-    r"^(AIRFLOW__\w+|AIRFLOW_CONFIG|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|PG(HOST|USER|DATABASE|PASSWORD)"
+    r"^(AIRFLOW__\w+|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|PG(HOST|USER|DATABASE|PASSWORD)"
     r"|MINIO_ROOT_\w+|MINIO_SCOPED_\w+|MLFLOW_S3_ENDPOINT_URL|MLFLOW_ARTIFACTS_DESTINATION|MLFLOW_DB_PASSWORD"
     r"|MLFLOW_AUTH_ADMIN_(USERNAME|PASSWORD)|MLFLOW_FLASK_SERVER_SECRET_KEY|MLFLOW_AIRFLOW_(USERNAME|PASSWORD)"
     rf"|DUMB_INIT_SETSID|{WORK_URL_ENV})$"
@@ -312,6 +312,22 @@ def test_the_stack_has_every_component(services: dict[str, dict[str, Any]]) -> N
     assert celery == {"redis", "airflow-worker", "flower"}
     executor = environment(services["airflow-scheduler"])["AIRFLOW__CORE__EXECUTOR"]
     assert executor == "LocalExecutor"
+
+
+def test_celery_workers_share_no_disk(services: dict[str, dict[str, Any]]) -> None:
+    """Two workers with no volume at all: what a task needs comes from the object store (TRAINING_WORK_URL)."""
+    worker = services["airflow-worker"]
+    assert worker["command"] == "celery worker"
+    assert worker["deploy"]["replicas"] == 2
+    assert not worker.get("volumes")
+    assert environment(worker)[WORK_URL_ENV].startswith("s3://")
+    # and no other Airflow component holds a volume the tasks' files could go through: only the logs
+    for name in (*AIRFLOW_COMPONENTS, INIT):
+        targets = {
+            volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+            for volume in services[name].get("volumes", [])
+        }
+        assert targets <= {"/opt/airflow/logs", "/opt/airflow/project/app", "/opt/airflow/project/orchestration"}
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
