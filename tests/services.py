@@ -1,17 +1,20 @@
-"""Real services for tests and benchmarks: a moto S3 server and an ``mlflow server``, on 127.0.0.1 only.
+"""Real services for tests and benchmarks: a moto S3 server, an ``mlflow server``, Debian's PostgreSQL 15 and
+redis-server, on 127.0.0.1 only.
 
-Each is started as a subprocess on a free port and stopped by whoever started it.
+Each is started as a subprocess (its own process group) on a free port and stopped by whoever started it.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 BIN: Final = Path(sys.executable).parent
 LOOPBACK: Final = "127.0.0.1"
@@ -53,11 +57,11 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None 
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """SIGTERM the process group, then SIGKILL if it lingers."""
+def stop(process: subprocess.Popen[bytes], timeout: float = 10, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal the process group (SIGTERM unless ``sig`` says otherwise), then SIGKILL if it lingers."""
     if process.poll() is None:
         try:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, sig)
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
@@ -153,24 +157,38 @@ def mlflow_server(
     bucket: str = "mlflow",
     log: Path | None = None,
     admin: RegistryAdmin | None = None,
+    backend_store_uri: str | None = None,
+    auth_database_uri: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """A real ``mlflow server``: sqlite backend in ``workdir``, artifacts in ``bucket`` on the moto server; with
-    ``admin``, MLflow's basic-auth app (every request authenticated; other users get read access)."""
+    """A real ``mlflow server``: artifacts in ``bucket`` on the moto server; tracking and registry in
+    ``backend_store_uri`` (e.g. a postgres URL), else in a sqlite file in ``workdir``. With ``admin``, MLflow's
+    basic-auth app (every request authenticated; other users get read access), its users in
+    ``auth_database_uri``, else in a sqlite file in ``workdir``. ``extra_env``: more of the server's variables.
+
+    A database URL holds a password: it reaches the server through its environment and the auth config file
+    (mode 0600), never its command line.
+    """
     s3.create_bucket(bucket)
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     mlflow = shutil.which("mlflow", path=str(BIN)) or "mlflow"
     args = [
         mlflow, "server", "--host", LOOPBACK, "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", f"s3://{bucket}/artifacts",
     ]  # fmt: skip
     env = s3.env()
+    if backend_store_uri is None:
+        args += ["--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
+    else:
+        env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri
     if admin is not None:
         config = workdir / "basic_auth.ini"
+        database = auth_database_uri or f"sqlite:///{workdir / 'basic_auth.db'}"
+        config.touch(mode=0o600)
         config.write_text(
             "[mlflow]\ndefault_permission = READ\n"
-            f"database_uri = sqlite:///{workdir / 'basic_auth.db'}\n"
+            f"database_uri = {database.replace('%', '%%')}\n"
             f"admin_username = {admin.username}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
@@ -180,6 +198,175 @@ def mlflow_server(
             "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
         }
+    env |= extra_env or {}
     url = f"http://{LOOPBACK}:{port}"
     with running(args, f"{url}/health", env=env, timeout=120, log=log):
         yield url
+
+
+# --- PostgreSQL (Debian's) -------------------------------------------------------------------------------------
+
+POSTGRES_BIN: Final = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_USER: Final = "postgres"  # the Debian system user: initdb and postgres refuse to run as root
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A database and the role owning it (a throwaway password), on a :class:`PostgresServer`."""
+
+    name: str
+    user: str
+    password: str
+    host: str
+    port: int
+
+    def url(self, scheme: str = "postgresql") -> str:
+        """A SQLAlchemy-style URL (``postgresql+psycopg2``, ``db+postgresql`` for Celery, ...) with the password."""
+        return f"{scheme}://{self.user}:{quote(self.password, safe='')}@{self.host}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A running postgres: TCP on ``host:port`` (password authentication), its unix socket in ``socket_dir``
+    (trust, reachable by root and the ``postgres`` user only: the directory is theirs, mode 0700)."""
+
+    host: str
+    port: int
+    socket_dir: Path
+
+    def _superuser(self) -> Any:
+        connection = _psycopg2().connect(
+            host=os.fspath(self.socket_dir), port=self.port, user=POSTGRES_USER, dbname="postgres"
+        )
+        connection.autocommit = True
+        return connection
+
+    def create_database(self, name: str) -> PostgresDatabase:
+        """A new role ``name`` with a generated password, owning a new database ``name``."""
+        sql = _psycopg2().sql
+        password = secrets.token_urlsafe(24)
+        connection = self._superuser()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(name)), [password])
+                cursor.execute(sql.SQL("CREATE DATABASE {0} OWNER {0}").format(sql.Identifier(name)))
+        finally:
+            connection.close()
+        return PostgresDatabase(name, name, password, self.host, self.port)
+
+
+def _psycopg2() -> Any:
+    """psycopg2 (a dependency of Airflow's postgres provider), imported when a postgres is used."""
+    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2.sql  # type: ignore[import-untyped]
+
+    return psycopg2
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """``args`` run as the ``postgres`` user when this process is root (setpriv execs: no intermediate process)."""
+    if os.geteuid() != 0:
+        return args
+    return ["setpriv", f"--reuid={POSTGRES_USER}", f"--regid={POSTGRES_USER}", "--init-groups", "--", *args]
+
+
+@contextmanager
+def postgres_server(log: Path | None = None, timeout: float = 60) -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL 15 in a fresh temporary cluster, listening on 127.0.0.1 only (a free port).
+
+    The cluster lives in its own temporary directory (pytest's are root's, mode 0700: the ``postgres`` user could
+    not enter them), removed afterwards. Tuned for tests: no fsync, no statement echo of failed commands (a
+    ``CREATE ROLE ... PASSWORD`` must not reach the log).
+    """
+    base = Path(tempfile.mkdtemp(prefix="test-postgres-"))
+    try:
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(POSTGRES_USER)
+            os.chown(base, account.pw_uid, account.pw_gid)
+        os.chmod(base, 0o700)
+        data, sockets = base / "data", base / "sockets"
+        out = log.open("ab") if log else subprocess.DEVNULL
+        try:
+            subprocess.run(_as_postgres(["mkdir", "-m", "0700", os.fspath(data), os.fspath(sockets)]), check=True)
+            subprocess.run(
+                _as_postgres([
+                    os.fspath(POSTGRES_BIN / "initdb"), "-D", os.fspath(data), "-U", POSTGRES_USER, "-E", "UTF8",
+                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "--no-instructions",
+                ]),
+                stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120, cwd=base,
+            )  # fmt: skip
+            port = free_port()
+            process = subprocess.Popen(
+                _as_postgres([
+                    os.fspath(POSTGRES_BIN / "postgres"), "-D", os.fspath(data), "-p", str(port),
+                    "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={sockets}",
+                    "-c", "max_connections=300", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                    "-c", "full_page_writes=off", "-c", "log_min_error_statement=panic",
+                ]),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+            )  # fmt: skip
+            try:
+                server = PostgresServer(LOOPBACK, port, sockets)
+                _wait_postgres(server, process, timeout)
+                yield server
+            finally:
+                stop(process, timeout=30, sig=signal.SIGINT)  # SIGINT: postgres's fast shutdown
+        finally:
+            if log:
+                out.close()  # type: ignore[union-attr]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_postgres(server: PostgresServer, process: subprocess.Popen[bytes], timeout: float) -> None:
+    psycopg2 = _psycopg2()
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"postgres exited with {process.returncode} before accepting connections")
+        try:
+            server._superuser().close()
+            return
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"postgres did not accept connections within {timeout}s") from None
+            time.sleep(0.2)
+
+
+# --- Redis (Debian's) ------------------------------------------------------------------------------------------
+
+REDIS_SERVER: Final = Path("/usr/bin/redis-server")
+
+
+@contextmanager
+def redis_server(log: Path | None = None, timeout: float = 30) -> Iterator[str]:
+    """Debian's redis-server on 127.0.0.1 (a free port), no config file and no persistence; yields its URL."""
+    port = free_port()
+    out = log.open("ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [os.fspath(REDIS_SERVER), "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not _redis_pong(port):
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode} before answering PING")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server did not answer PING within {timeout}s")
+            time.sleep(0.1)
+        yield f"redis://{LOOPBACK}:{port}/0"
+    finally:
+        stop(process)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def _redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
