@@ -205,6 +205,12 @@ class Replay:
         self.differences: set[str] = set()
         self.fresh: set[str] = set()  # step keys to perform even when cached
         self.ready: list[tuple[str, str]] = []  # (alias, "healthy" or "ports"): how each service became ready
+        # What a test adds to the ``docker create`` of the services bound under an alias, to run one as a pod spec
+        # would (a read-only root, no capabilities, mounts): not Dagger's, and so never set by the module's runs.
+        self.pod_flags: dict[str, list[str]] = {}
+        # alias -> the whole output and the exit code of its last container, kept when it stopped
+        self.service_logs: dict[str, str] = {}
+        self.service_exits: dict[str, int] = {}
         self.stdout_dir = engine_dir() / "replay-stdout"
         self.stdout_dir.mkdir(parents=True, exist_ok=True)
 
@@ -730,7 +736,7 @@ class Replay:
                 command = [
                     "create", "--name", name, "--init", "--network", own_network or network,
                     *([] if own_network else ["--network-alias", alias]),
-                    *self.runtime_flags(state.config), f"--env-file={env_file}",
+                    *self.runtime_flags(state.config), f"--env-file={env_file}", *self.pod_flags.get(alias, ()),
                     *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(c)}:{path}" for path, c in state.caches),
                     *(f"--publish={LOOPBACK}::{port}" for port in state.config.exposed),
                     "--entrypoint", service.command[0], image, *service.command[1:],
@@ -745,6 +751,10 @@ class Replay:
                 print(f"replay: service {alias} ready ({shlex.join(service.command)[:80]})", file=self.log, flush=True)
                 yield name
             finally:
+                self.docker("stop", "--time", "30", name, check=False)  # SIGTERM, as Dagger stops a service
+                self.service_logs[alias] = self.logs(name, tail="all")
+                exit_code = self.docker("inspect", "--format", "{{.State.ExitCode}}", name, check=False).strip()
+                self.service_exits[alias] = int(exit_code) if exit_code.lstrip("-").isdigit() else -1
                 self.docker("rm", "--force", name, check=False)
                 self.containers.remove(name)
 
@@ -775,9 +785,21 @@ class Replay:
             raise ReplayError(f"service {name}: no python3 in the image to check port {port} with")
         return result.returncode == 0
 
-    def logs(self, name: str) -> str:
+    def run_in(
+        self, image: str, script: str, *, user: str | None = None, flags: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """``sh -c script`` in a throwaway container of ``image``, with no network (as the image's user unless
+        ``user``; ``flags`` go to ``docker run``)."""
+        command = [DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "sh", *flags]
+        if user is not None:
+            command += ["--user", user]
+        return subprocess.run(
+            [*command, image, "-c", script], env=self.engine.env(), capture_output=True, text=True, check=False
+        )
+
+    def logs(self, name: str, tail: str = "60") -> str:
         result = subprocess.run(
-            [DOCKER, "logs", "--tail", "60", name], env=self.engine.env(), capture_output=True, check=False
+            [DOCKER, "logs", "--tail", tail, name], env=self.engine.env(), capture_output=True, check=False
         )
         return (result.stdout + result.stderr).decode(errors="replace")
 

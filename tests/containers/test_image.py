@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from typing import Any, Final
 
 import pytest
@@ -11,22 +10,12 @@ from flight_price import main as module
 from flight_price.main import FlightPrice
 
 from tests.ci.plan import one
-from tests.containers.engine import DOCKER
 from tests.containers.replay import Replay, env_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
 NS_PER_S: Final = 1_000_000_000
-
-
-def in_image(replay: Replay, image: str, script: str, *, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``sh -c script`` in a throwaway container of ``image`` (as the image's user unless ``user``)."""
-    command = [DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "sh"]
-    if user is not None:
-        command += ["--user", user]
-    return subprocess.run(
-        [*command, image, "-c", script], env=replay.engine.env(), capture_output=True, text=True, check=False
-    )
+MAX_VENV_MB: Final = 450  # the serving group's venv; about 400 MB (printed by the test)
 
 
 def seconds(duration: str) -> int:
@@ -46,7 +35,7 @@ def built(replay: Replay, flight_price: FlightPrice) -> tuple[str, dict[str, Any
 def test_the_user_and_its_group_are_10001(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:
     image, inspected = built
     assert inspected["Config"]["User"] == f"{module.APP_UID}:{module.APP_UID}"
-    ran = in_image(replay, image, "id; grep '^[^:]*:[^:]*:10001:' /etc/group")
+    ran = replay.run_in(image, "id; grep '^[^:]*:[^:]*:10001:' /etc/group")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == [
         f"uid={module.APP_UID}({module.APP_USER}) gid={module.APP_UID}({module.APP_USER}) "
@@ -57,8 +46,7 @@ def test_the_user_and_its_group_are_10001(replay: Replay, built: tuple[str, dict
 
 def test_only_the_venv_and_app_enter_no_build_tools(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:
     image, _ = built
-    ran = in_image(
-        replay,
+    ran = replay.run_in(
         image,
         "ls -A /srv; echo --; ls -A /srv/app | grep -c .; echo --; "
         "find / -xdev \\( -name uv -o -name 'gcc*' -o -name cc -o -name 'clang*' \\) -type f -perm -u+x -print; "
@@ -73,12 +61,31 @@ def test_only_the_venv_and_app_enter_no_build_tools(replay: Replay, built: tuple
     assert found.split() == []
 
 
+def test_the_venv_holds_the_serving_group_only(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:
+    image, _ = built
+    ran = replay.run_in(
+        image,
+        f"du -sm {module.VENV} | cut -f1; echo --; ls {module.VENV}/lib/python3*/site-packages | grep 'dist-info$'; "
+        f"echo --; find {module.VENV}/lib -path '*/site-packages/*/tests' -type d | head -3; echo --; "
+        f"ls {module.VENV}/lib/python3*/site-packages/sklearn/__pycache__ | grep -c 'pyc$'",
+    )
+    assert ran.returncode == 0, ran.stderr
+    size, listing, tests, compiled = ran.stdout.split("--\n")
+    print(f"\nruntime venv in the image: {size.strip()} MB")
+    assert int(size) < MAX_VENV_MB
+    installed = {line.split("-")[0].lower() for line in listing.split()}
+    assert {"fastapi", "uvicorn", "scikit_learn", "skops", "dvc", "dvc_s3"} <= installed
+    assert not {"apache_airflow", "mlflow", "pandas", "pytest", "mypy", "ruff", "moto", "uv", "dagger_io"} & installed
+    assert tests.split() == []
+    # compiled at build time, so a read-only root does not recompile on every start
+    assert int(compiled) > 10
+
+
 def test_the_venv_is_read_only_and_models_writable_for_the_app_user(
     replay: Replay, built: tuple[str, dict[str, Any]]
 ) -> None:
     image, _ = built
-    ran = in_image(
-        replay,
+    ran = replay.run_in(
         image,
         f"find {module.VENV} -writable | head -3; echo --; touch {module.MODEL_DIR}/probe && stat -c '%u:%g' "
         f"{module.MODEL_DIR}; touch {module.VENV}/probe 2>&1",
@@ -87,7 +94,7 @@ def test_the_venv_is_read_only_and_models_writable_for_the_app_user(
     assert writable == ""
     assert models.splitlines()[0] == f"{module.APP_UID}:{module.APP_UID}"
     assert "Permission denied" in models
-    imports = in_image(replay, image, "python -c 'import app.entrypoint, app.main, sklearn, dvc; print(\"ok\")'")
+    imports = replay.run_in(image, "python -c 'import app.entrypoint, app.main, sklearn, dvc; print(\"ok\")'")
     assert imports.stdout.strip() == "ok", imports.stderr
 
 

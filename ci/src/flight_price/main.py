@@ -1,7 +1,8 @@
 """The Dagger module: it wires containers, and every command a stage runs is a project command or script.
 
-The same commands are proven on the host by ``tests/ci/test_recipe.py`` (it imports the constants below), and
-the wiring by ``tests/ci/test_plan.py``, which inspects the lazily built pipeline without an engine.
+The wiring is read back by ``tests/ci/test_plan.py``, which inspects the lazily built pipelines without an engine,
+and the pipelines themselves run in real containers in ``tests/containers/`` (on Docker, through a replay of
+the same lazy pipelines), which import the constants below.
 """
 
 from collections.abc import Callable
@@ -315,13 +316,16 @@ class FlightPrice:
         """A small bundle trained by tests/smoke/seed, with its DVC hash (the seed step's output)."""
         return self.tools().with_exec(seed_command(SEED_DIR)).directory(SEED_DIR)
 
-    def stack(self, image: dagger.Container, seeded: dagger.Directory) -> dagger.Service:
-        """``image`` as a service bound to a moto S3 store seeded with ``seeded`` and the MLflow mock."""
-        tools = self.tools()
-        with_seed = tools.with_directory(SEED_DIR, seeded).with_exposed_port(MOCK_PORT)
+    def with_mocks(self, image: dagger.Container, seeded: dagger.Directory) -> dagger.Container:
+        """``image`` bound to a moto S3 store seeded with ``seeded`` (as ``s3``) and the MLflow mock (``mlflow``)."""
+        with_seed = self.tools().with_directory(SEED_DIR, seeded).with_exposed_port(MOCK_PORT)
         s3 = with_seed.as_service(args=seed_command(SEED_DIR, serve=f"0.0.0.0:{MOCK_PORT}"))
         mlflow = with_seed.as_service(args=mock_mlflow_command(SEED_DIR, "0.0.0.0", MOCK_PORT))
-        serving = image.with_service_binding("s3", s3).with_service_binding("mlflow", mlflow)
+        return image.with_service_binding("s3", s3).with_service_binding("mlflow", mlflow)
+
+    def stack(self, image: dagger.Container, seeded: dagger.Directory) -> dagger.Service:
+        """``image`` as a service bound to its mocks, with the smoke environment and the S3 keys as secrets."""
+        serving = self.with_mocks(image, seeded)
         for name, value in smoke_env(f"http://s3:{MOCK_PORT}", f"http://mlflow:{MOCK_PORT}").items():
             serving = serving.with_env_variable(name, value)
         for name, value in SMOKE_CREDENTIALS.items():
