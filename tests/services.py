@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -33,6 +33,21 @@ S3_ENV: Final[dict[str, str]] = {
     "AWS_SECRET_ACCESS_KEY": "testing-secret-key-do-not-print",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+class Hidden(str):
+    """A string whose ``repr`` hides it (a password, a URL holding one): pytest prints the arguments of every frame
+    of a failure's traceback."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class Environment(dict[str, str]):
+    """Environment variables whose ``repr`` names them without their values (some hold secrets)."""
+
+    def __repr__(self) -> str:
+        return f"Environment({sorted(self)})"
 
 
 def free_port() -> int:
@@ -82,7 +97,11 @@ def running(
     """Start ``args`` in its own process group, wait for ``ready_url``, and always stop it."""
     out = log.open("wb") if log else subprocess.DEVNULL
     process = subprocess.Popen(
-        args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        args,
+        env=Environment({**os.environ, **(env or {})}),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_http(ready_url, timeout, process)
@@ -143,11 +162,11 @@ class RegistryAdmin:
     """The admin account of an ``mlflow server --app-name basic-auth`` (a throwaway password per server)."""
 
     username: str
-    password: str
+    password: str = field(repr=False)
 
     def env(self) -> dict[str, str]:
         """MLflow's client variables for this account."""
-        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
+        return Environment({"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password})
 
 
 @contextmanager
@@ -177,7 +196,7 @@ def mlflow_server(
         mlflow, "server", "--host", LOOPBACK, "--port", str(port), "--workers", "1",
         "--artifacts-destination", f"s3://{bucket}/artifacts",
     ]  # fmt: skip
-    env = s3.env()
+    env = Environment(s3.env())
     if backend_store_uri is None:
         args += ["--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
     else:
@@ -216,13 +235,13 @@ class PostgresDatabase:
 
     name: str
     user: str
-    password: str
-    host: str
-    port: int
+    password: str = field(repr=False)
+    host: str = LOOPBACK
+    port: int = 5432
 
     def url(self, scheme: str = "postgresql") -> str:
         """A SQLAlchemy-style URL (``postgresql+psycopg2``, ``db+postgresql`` for Celery, ...) with the password."""
-        return f"{scheme}://{self.user}:{quote(self.password, safe='')}@{self.host}:{self.port}/{self.name}"
+        return Hidden(f"{scheme}://{self.user}:{quote(self.password, safe='')}@{self.host}:{self.port}/{self.name}")
 
 
 @dataclass(frozen=True)
