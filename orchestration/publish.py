@@ -29,10 +29,16 @@ from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from app.contract.bundle import Metadata, read_metadata
+from app.contract.bundle import Metadata, read_metadata, training_fingerprint
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, ConnectionSettings, redact
 from app.contract.progress import Report, quiet
-from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, mlflow_client
+from app.contract.registry import (
+    TAG_CONTENT_HASH,
+    TAG_DATA_HASH,
+    TAG_DVC_HASH,
+    TAG_TRAINING_FINGERPRINT,
+    mlflow_client,
+)
 from app.contract.store import BUNDLE_NAME, dir_hash, prepare_work_repo, write_dvc_file
 from orchestration import bundle_model
 
@@ -168,13 +174,24 @@ def _experiment_id(client: Any, target: PublishTarget) -> str:
     return str(client.create_experiment(target.model_name, artifact_location=location))
 
 
-def registered_version(client: Any, model_name: str, content_hash: str) -> tuple[int, str] | None:
-    """(version, run id) of ``model_name``'s version tagged with this content hash, if any."""
-    found = client.search_model_versions(f"name = '{model_name}' and tags.{TAG_CONTENT_HASH} = '{content_hash}'")
+@dataclass(frozen=True)
+class RegisteredVersion:
+    version: int
+    run_id: str
+    dvc_hash: str
+    content_hash: str
+
+
+def registered_version(client: Any, model_name: str, tag: str, value: str) -> RegisteredVersion | None:
+    """The oldest of ``model_name``'s versions tagged ``tag`` = ``value``, if any."""
+    found = client.search_model_versions(f"name = '{model_name}' and tags.{tag} = '{value}'")
     if not found:
         return None
     oldest = min(found, key=lambda mv: int(mv.version))
-    return int(oldest.version), str(oldest.run_id)
+    tags = oldest.tags or {}
+    return RegisteredVersion(
+        int(oldest.version), str(oldest.run_id), str(tags.get(TAG_DVC_HASH, "")), str(tags.get(TAG_CONTENT_HASH, ""))
+    )
 
 
 def _register(
@@ -193,7 +210,12 @@ def _register(
     Everything goes through ``client``, never MLflow's process-global tracking URI, so publishing leaves the
     caller's MLflow configuration (an Airflow task's, a test's) as it found it.
     """
-    tags = {TAG_DVC_HASH: dvc_hash, TAG_CONTENT_HASH: metadata.content_hash, TAG_DATA_HASH: metadata.data_hash}
+    tags = {
+        TAG_DVC_HASH: dvc_hash,
+        TAG_CONTENT_HASH: metadata.content_hash,
+        TAG_DATA_HASH: metadata.data_hash,
+        TAG_TRAINING_FINGERPRINT: training_fingerprint(metadata),
+    }
     run = client.create_run(
         _experiment_id(client, target),
         run_name=f"bundle-{metadata.content_hash[:12]}",
@@ -254,32 +276,49 @@ def publish_bundle(
     run_metrics: Mapping[str, float] | None = None,
     run_tags: Mapping[str, str] | None = None,
 ) -> Published:
-    """Push the bundle with DVC, register it in MLflow (once per content hash), and point ``alias`` at it.
+    """Push the bundle with DVC, register it in MLflow (once per model), and point ``alias`` at it.
 
-    Blobs are pushed before anything is registered, so a registered version never names missing blobs.
-    ``run_metrics`` and ``run_tags`` (the gate's record) go on the run registered with the version; a bundle
-    already registered keeps the record of the run that registered it.
+    A model is registered once: a bundle already registered (its content hash), or trained the same way as a
+    registered one (its training fingerprint: the same data, parameters, library versions and metrics; only
+    the creation time and the archives' timestamps differ), returns that version and registers nothing; the
+    twin's blobs are not even pushed. Blobs are pushed before anything is registered, so a registered version
+    never names missing blobs. ``run_metrics`` and ``run_tags`` (the gate's record) go on the run registered
+    with the version; a model already registered keeps the record of the run that registered it.
     """
     metadata = read_metadata(bundle_dir)
-    dvc_hash, uploaded = push_bundle(bundle_dir, target)
-    if uploaded:
-        report(f"dvc push: {uploaded} files uploaded to {target.remote_url} (bundle {dvc_hash})")
-    else:
-        report(f"dvc push: {target.remote_url} already holds every file of bundle {dvc_hash}; nothing uploaded")
+    fingerprint = training_fingerprint(metadata)
     try:
         client = mlflow_client(target.tracking_uri)
-        existing = registered_version(client, target.model_name, metadata.content_hash)
+        twin = registered_version(client, target.model_name, TAG_TRAINING_FINGERPRINT, fingerprint)
+        if twin is not None and twin.content_hash == metadata.content_hash:
+            twin = None  # this very bundle: pushed again below (restoring any blob gone from the remote)
+        uploaded = 0
+        existing: RegisteredVersion | None = twin
+        if twin is not None:
+            dvc_hash = twin.dvc_hash
+            report(
+                f"registry: {target.model_name} version {twin.version} was trained the same way (training "
+                f"fingerprint {fingerprint[:12]}: same data, parameters, libraries and metrics); no new version"
+            )
+        else:
+            dvc_hash, uploaded = push_bundle(bundle_dir, target)
+            if uploaded:
+                report(f"dvc push: {uploaded} files uploaded to {target.remote_url} (bundle {dvc_hash})")
+            else:
+                report(f"dvc push: {target.remote_url} already holds every file of bundle {dvc_hash}; nothing uploaded")
+            existing = registered_version(client, target.model_name, TAG_CONTENT_HASH, metadata.content_hash)
+            if existing is not None:
+                report(
+                    f"registry: this bundle (content hash {metadata.content_hash[:12]}) is already "
+                    f"{target.model_name} version {existing.version}; no new version"
+                )
         if existing is None:
             version, run_id = _register(
                 client, bundle_dir, metadata, dvc_hash, target, run_metrics or {}, run_tags or {}
             )
             report(f"registry: registered {target.model_name} version {version} (run {run_id})")
         else:
-            version, run_id = existing
-            report(
-                f"registry: this bundle (content hash {metadata.content_hash[:12]}) is already "
-                f"{target.model_name} version {version}; no new version"
-            )
+            version, run_id = existing.version, existing.run_id
         if alias:
             client.set_registered_model_alias(target.model_name, alias, str(version))
             report(f"registry: {target.model_name}@{alias} -> version {version}")

@@ -189,6 +189,15 @@ def content_hash(metadata: Metadata) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def training_fingerprint(metadata: Metadata) -> str:
+    """sha256 over what a model was trained from and how it scored: the metadata without its creation time, its
+    artifact files' hashes (skops archives hold timestamps, so retraining changes them) and the content hash.
+    Two bundles trained on the same data with the same parameters and library versions, scoring the very same
+    metrics, share it: retraining the same way is not a new model."""
+    body = metadata.model_dump(mode="json", exclude={"content_hash", "created_at", "files"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle."""

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 TAG_DVC_HASH: Final = "bundle_dvc_hash"
 TAG_CONTENT_HASH: Final = "bundle_content_hash"
 TAG_DATA_HASH: Final = "data_hash"
+TAG_TRAINING_FINGERPRINT: Final = "training_fingerprint"  # app.contract.bundle.training_fingerprint
 
 
 class RegistryError(RuntimeError):
@@ -38,6 +39,10 @@ class NotFoundError(RegistryError):
 
 class AccessDeniedError(RegistryError):
     """The registry refused the credentials (401) or their permissions (403): retrying cannot help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ class RestRegistry:
         except urllib.error.HTTPError as exc:
             detail = _error_message(exc)
             if exc.code in (401, 403):
-                raise AccessDeniedError(_denied(exc.code, bool(self._headers), detail)) from None
+                raise AccessDeniedError(_denied(exc.code, bool(self._headers), detail), exc.code) from None
             if exc.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail or "not found" in detail.lower():
                 raise NotFoundError(detail) from None
             raise RegistryError(f"MLflow answered {exc.code}: {detail}") from None
@@ -158,7 +163,16 @@ class RestRegistry:
             ) from None
 
     def version_by_alias(self, name: str, alias: str) -> ModelVersion:
-        return ModelVersion.from_rest(self._get("registered-models/alias", name=name, alias=alias)["model_version"])
+        try:
+            found = self._get("registered-models/alias", name=name, alias=alias)
+        except AccessDeniedError as denied:
+            # MLflow's basic-auth app answers 403, not 404, to an alias of a model that does not exist yet (it
+            # cannot check the permission of a missing model): ask for the model itself, which says 404 then.
+            if denied.status != 403:
+                raise
+            self._get("registered-models/get", name=name)  # NotFoundError when the model does not exist
+            raise
+        return ModelVersion.from_rest(found["model_version"])
 
     def version(self, name: str, version: int) -> ModelVersion:
         return ModelVersion.from_rest(self._get("model-versions/get", name=name, version=str(version))["model_version"])

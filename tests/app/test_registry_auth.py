@@ -27,6 +27,7 @@ from app.contract.registry import (
     TAG_CONTENT_HASH,
     TAG_DVC_HASH,
     AccessDeniedError,
+    NotFoundError,
     RegistryAccess,
     RegistryError,
     RestRegistry,
@@ -108,6 +109,17 @@ def test_a_read_only_user_reads_every_call_serving_makes(auth_registry: AuthRegi
     assert registry.version(auth_registry.model, 1).aliases == ["champion"]
     [found] = registry.versions_tagged(TAG_CONTENT_HASH, auth_registry.content_hash)
     assert found.name == auth_registry.model
+
+
+def test_an_ordinary_user_asking_for_a_model_not_registered_yet_is_told_so(auth_registry: AuthRegistry) -> None:
+    """MLflow's basic-auth app answers 403 to the alias of a model that does not exist (it has no permission to
+    check); the registry asks for the model, which answers 404: a first training run's gate finds no champion
+    instead of failing on a permission it cannot be given."""
+    registry = RestRegistry(auth_registry.uri, TIMEOUT_S, access=_access(auth_registry.reader))
+    with pytest.raises(NotFoundError):
+        registry.version_by_alias("never-registered", "champion")
+    with pytest.raises(NotFoundError):  # an alias the existing model does not have is a 404 anyway
+        registry.version_by_alias(auth_registry.model, "no-such-alias")
 
 
 def test_a_read_only_user_cannot_move_the_alias(auth_registry: AuthRegistry) -> None:

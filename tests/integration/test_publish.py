@@ -9,10 +9,18 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from app.contract.bundle import load_bundle, read_metadata
-from app.contract.registry import TAG_CONTENT_HASH, TAG_DATA_HASH, TAG_DVC_HASH, RestRegistry
+from app.contract.bundle import load_bundle, read_metadata, training_fingerprint
+from app.contract.registry import (
+    TAG_CONTENT_HASH,
+    TAG_DATA_HASH,
+    TAG_DVC_HASH,
+    TAG_TRAINING_FINGERPRINT,
+    RestRegistry,
+)
 from app.contract.store import dir_hash
 from orchestration.__main__ import main
+from orchestration.config import load_config
+from orchestration.pipeline import Progress, run_pipeline
 from orchestration.publish import Published, PublishTarget, publish_bundle, push_bundle
 from tests.app.serving import records
 from tests.integration.conftest import fresh_target
@@ -87,6 +95,32 @@ def test_publishing_again_uploads_nothing_and_creates_no_version(
     assert push_bundle(bundle_dir, target) == (published.dvc_hash, 0)
     versions = MlflowClient(target.tracking_uri).search_model_versions(f"name = '{target.model_name}'")
     assert len(versions) == 1
+
+
+def test_retraining_the_same_way_registers_no_new_version(
+    flight_csv: Path, bundle_dir: Path, target: PublishTarget, published: Published, tmp_path: Path, s3: S3Server
+) -> None:
+    """The same data, parameters and libraries again: another bundle (its creation time and the archives'
+    timestamps differ, so its content hash does), the same training fingerprint: the registered version comes
+    back, and nothing is pushed or registered."""
+    retrained = run_pipeline(flight_csv, load_config(), tmp_path / "bundle", Progress(stream=None))
+    first = read_metadata(bundle_dir)
+    assert retrained.metadata.content_hash != first.content_hash
+    assert training_fingerprint(retrained.metadata) == training_fingerprint(first)
+    keys_before = {
+        o["Key"] for o in s3.client().list_objects_v2(Bucket=target.remote_url[5:].split("/")[0])["Contents"]
+    }
+    again = publish_bundle(retrained.bundle_dir, target)
+    assert (again.version, again.created, again.uploaded, again.dvc_hash) == (
+        published.version,
+        False,
+        0,
+        published.dvc_hash,
+    )
+    keys_after = {o["Key"] for o in s3.client().list_objects_v2(Bucket=target.remote_url[5:].split("/")[0])["Contents"]}
+    assert keys_after == keys_before
+    version = RestRegistry(target.tracking_uri).version(target.model_name, published.version)
+    assert version.tags[TAG_TRAINING_FINGERPRINT] == training_fingerprint(first)
 
 
 def test_a_second_bundle_is_a_new_version_and_the_alias_moves_only_when_asked(

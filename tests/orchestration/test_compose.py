@@ -34,6 +34,7 @@ import yaml
 from app.contract.connection import load_connection_settings, variable_names
 from app.settings import env_names
 from orchestration.work_area import WORK_URL_ENV
+from tests.orchestration.airflow_stack import COMMON_ENV_NAMES
 
 pytestmark = pytest.mark.integration  # runs Debian's docker-compose (a real process, absent from the tools image)
 
@@ -312,6 +313,21 @@ def test_the_stack_has_every_component(services: dict[str, dict[str, Any]]) -> N
     assert celery == {"redis", "airflow-worker", "flower"}
     executor = environment(services["airflow-scheduler"])["AIRFLOW__CORE__EXECUTOR"]
     assert executor == "LocalExecutor"
+
+
+def test_airflow_environment_is_the_production_test_stacks(services: dict[str, dict[str, Any]]) -> None:
+    """Every Airflow service's environment holds exactly the variables the production-shape test stack gives its
+    components (``tests/orchestration/airflow_stack.py``, which runs the DAG on them), plus what one service
+    needs for itself: airflow-init's first-start settings, the Celery worker's warm shutdown."""
+    own = {
+        INIT: {"AIRFLOW_UID", "_AIRFLOW_DB_MIGRATE", "_AIRFLOW_WWW_USER_CREATE", "_AIRFLOW_WWW_USER_USERNAME",
+               "_AIRFLOW_WWW_USER_PASSWORD"},
+        "airflow-worker": {"DUMB_INIT_SETSID"},
+    }  # fmt: skip
+    for name in (*AIRFLOW_COMPONENTS, INIT, "airflow-worker", "flower"):
+        variables = set(environment(services[name]))
+        assert variables - own.get(name, set()) == set(COMMON_ENV_NAMES), name
+        assert own.get(name, set()) <= variables, name
 
 
 def test_celery_workers_share_no_disk(services: dict[str, dict[str, Any]]) -> None:
