@@ -58,19 +58,9 @@ TOOL_VARIABLE: Final = re.compile(
     r"|MLFLOW_AUTH_ADMIN_(USERNAME|PASSWORD)|MLFLOW_FLASK_SERVER_SECRET_KEY|MLFLOW_AIRFLOW_(USERNAME|PASSWORD)"
     rf"|DUMB_INIT_SETSID|{WORK_URL_ENV})$"
 )
-# What the DAG's tasks read: the connection settings (app.contract.connection.ConnectionSettings).
-DAG_SETTINGS: Final = {
-    "DVC_REMOTE_URL",
-    "DVC_REMOTE_ENDPOINT_URL",
-    "DVC_REMOTE_REGION",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MODEL_NAME",
-    "MODEL_ALIAS",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-}
+# What the DAG's tasks read: the connection settings (app.contract.connection.ConnectionSettings), the Airflow
+# environment's names other than Airflow's own and the work area's.
+DAG_SETTINGS: Final = {name for name in COMMON_ENV_NAMES if not name.startswith("AIRFLOW__")} - {WORK_URL_ENV}
 # A variable holding a password, secret or key (an access key *ID* names an account and is not secret).
 SECRET_NAME: Final = re.compile(r"PASSWORD|SECRET|FERNET|KEY(?!_ID$)")
 # A URL with a literal password in it (user:password@host); a ${VAR} in the password part does not match.
