@@ -11,6 +11,13 @@ that kind this module does the same arithmetic directly:
   ``TreePredictor.predict`` calls), summed in the same order, starting from the same baseline, through
   the same inverse link.
 
+For a few rows (up to ``SMALL_BATCH_ROWS``, what single-record requests and their micro-batches are) one call
+per tree costs more than the walk itself (each call acquires its arrays anew, about 4-8 us), so there every tree
+is walked at once: the trees' nodes are packed into flat arrays and all (row, tree) pairs step down one level
+per numpy operation, with the same comparisons as scikit-learn's ``_predict_one_from_raw_data`` (NaN and
+negative or unknown categories follow ``missing_go_to_left``); the leaf values are then added in tree order,
+starting from the baseline, by a sequential ``np.add.accumulate``.
+
 So the predictions are the same floats, not approximately equal ones. That is checked when the predictor
 is built: it predicts a probe set (the bundle's example and rows drawn across every feature's range) both
 ways and keeps the direct path only if every value is bit-identical; any other model, or any difference,
@@ -35,6 +42,8 @@ from app.observability import LOGGER_NAME
 log = logging.getLogger(LOGGER_NAME)
 
 PROBE_ROWS: Final = 512
+# Up to this many rows every tree is walked at once (``_Forest``); above it, one compiled call per tree is faster.
+SMALL_BATCH_ROWS: Final = 24
 Matrix = npt.NDArray[np.float64]
 
 
@@ -61,7 +70,7 @@ class Predictor:
 
     def _agrees(self, columns: dict[str, list[Any]]) -> bool:
         expected = self.bundle.predict(columns)
-        for rows in (slice(None), slice(0, 1), slice(1, 33)):  # the vectorised and the small-batch shapes
+        for rows in (slice(None), slice(0, 1), slice(1, 1 + SMALL_BATCH_ROWS)):  # every walk, every shape
             part = {name: values[rows] for name, values in columns.items()}
             if not np.array_equal(self.predict_columns(part), expected[rows], equal_nan=True):
                 return False
@@ -88,10 +97,15 @@ def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
     ]
     baseline = model._baseline_prediction
     inverse_link = model._loss.link.inverse
+    forest: _Forest | None = _Forest(model._predictors, known_cat_bitsets, f_idx_map, float(baseline[0, 0]))
+    if forest is not None and not forest.usable():
+        forest = None
 
     def predict(features: Matrix) -> Matrix:
         data = reorder(features)
         n_rows = data.shape[0]
+        if forest is not None and n_rows <= SMALL_BATCH_ROWS:
+            return np.asarray(inverse_link(forest.raw(data)), dtype=np.float64)
         raw = np.zeros((n_rows, 1), dtype=baseline.dtype, order="F")
         raw += baseline
         column = raw[:, 0]
@@ -102,6 +116,90 @@ def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
         return np.asarray(inverse_link(raw.ravel()), dtype=np.float64)
 
     return predict
+
+
+class _Forest:
+    """Every tree of a HistGradientBoostingRegressor in flat arrays, walked all at once for a few rows.
+
+    Node ``i`` of tree ``t`` is entry ``offsets[t] + i``; a leaf is its own child on both sides, so a walk that
+    reached it stays there while deeper trees go on. Each row is laid out three times: NaN as -inf, NaN as
+    +inf and as is. A numeric split reads the first copy if missing values go left, else the second, so one
+    comparison ``value > threshold`` decides it; a categorical split reads the raw code and looks its turn up in
+    a table of the 256 codes plus one column for NaN and negative codes (which turn as missing values do).
+    """
+
+    def __init__(self, predictors: Any, known_cat_bitsets: Any, f_idx_map: Any, baseline: float) -> None:
+        trees = [predictor for predictors_of_iteration in predictors for predictor in predictors_of_iteration]
+        sizes = [len(tree.nodes) for tree in trees]
+        offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
+        nodes = np.concatenate([tree.nodes for tree in trees])
+        shift = np.repeat(offsets, sizes)
+        leaf = nodes["is_leaf"].astype(bool)
+        own = np.arange(len(nodes), dtype=np.intp)
+        self.roots = offsets
+        self.children = np.empty(2 * len(nodes), dtype=np.intp)  # left of node i at 2i, right at 2i + 1
+        self.children[0::2] = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
+        self.children[1::2] = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
+        self.threshold = np.where(leaf, np.inf, nodes["num_threshold"]).astype(np.float64)
+        self.value = nodes["value"].astype(np.float64)
+        missing_left = nodes["missing_go_to_left"].astype(bool)
+        categorical = nodes["is_categorical"].astype(bool) & ~leaf
+        feature = np.where(leaf, 0, nodes["feature_idx"]).astype(np.intp)
+        self.copy = np.where(categorical, 2, np.where(missing_left, 0, 1)).astype(np.intp)  # which copy of the row
+        self.feature = feature
+        depth = nodes["depth"].astype(np.intp)
+        self.depth = int(depth.max())
+        self.categorical_depths = frozenset(int(d) for d in depth[categorical])
+        # categorical splits: node -> row of the turn table (right = True), columns the codes and "missing"
+        at = np.flatnonzero(categorical)
+        self.categorical = categorical
+        self.turn_row = np.zeros(len(nodes), dtype=np.intp)
+        self.turn_row[at] = np.arange(len(at))
+        bitset_shift = np.cumsum([0, *[len(tree.raw_left_cat_bitsets) for tree in trees[:-1]]]).astype(np.intp)
+        left_bitsets = np.concatenate([np.asarray(tree.raw_left_cat_bitsets) for tree in trees]).astype(np.uint32)
+        known_bitsets = np.asarray(known_cat_bitsets, dtype=np.uint32)
+        codes = np.arange(256)
+        word, bit = codes // 32, (codes % 32).astype(np.uint32)
+        bitset = nodes["bitset_idx"].astype(np.intp)[at] + np.repeat(bitset_shift, sizes)[at]
+        in_left = (left_bitsets[bitset][:, word] >> bit) & 1 == 1
+        known = (known_bitsets[np.asarray(f_idx_map, dtype=np.intp)[feature[at]]][:, word] >> bit) & 1 == 1
+        goes_left_missing = missing_left[at][:, None]
+        self.turn_right = np.empty((len(at), 257), dtype=bool)
+        self.turn_right[:, :256] = ~np.where(in_left, True, np.where(known, False, goes_left_missing))
+        self.turn_right[:, 256] = ~missing_left[at]
+        self.baseline = baseline
+
+    def usable(self) -> bool:
+        """Whether ``value > threshold`` decides every numeric split: a +inf threshold would send +inf right."""
+        leaf = self.children[0::2] == np.arange(len(self.threshold))
+        return not bool(np.any(np.isposinf(self.threshold[~leaf & ~self.categorical])))
+
+    def raw(self, data: Matrix) -> Matrix:
+        """The raw predictions (before the inverse link) of the rows of ``data`` (the model's column order)."""
+        n_rows, width = data.shape
+        n_trees = len(self.roots)
+        rows = np.empty((n_rows, 3, width), dtype=np.float64)
+        rows[:, 2] = data
+        rows[:, 0] = np.where(np.isnan(data), -np.inf, data)
+        rows[:, 1] = np.where(np.isnan(data), np.inf, data)
+        flat = rows.ravel()
+        column = self.copy * width + self.feature  # per node, its value's place within a row's three copies
+        row_start = np.repeat(np.arange(n_rows, dtype=np.intp) * (3 * width), n_trees)
+        node = np.tile(self.roots, n_rows)
+        for level in range(self.depth):
+            values = flat[row_start + column[node]]
+            right = values > self.threshold[node]
+            if level in self.categorical_depths:
+                at = np.flatnonzero(self.categorical[node])
+                code = values[at]
+                code = np.where(code >= 0, code, 256.0).astype(np.intp)  # NaN and negative codes: as missing
+                right[at] = self.turn_right[self.turn_row[node[at]], code]
+            node = self.children[2 * node + right]
+        leaves = np.empty((n_rows, n_trees + 1), dtype=np.float64)
+        leaves[:, 0] = self.baseline
+        leaves[:, 1:] = self.value[node].reshape(n_rows, n_trees)
+        # tree by tree, in order, as scikit-learn adds them: a sequential sum, not numpy's pairwise one
+        return np.ascontiguousarray(np.add.accumulate(leaves, axis=1)[:, -1])
 
 
 def _preprocessor(preprocessor: Any) -> Callable[[Matrix], Matrix] | None:

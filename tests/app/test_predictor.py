@@ -21,7 +21,7 @@ from sklearn.linear_model import LinearRegression
 
 import app.predictor as predictor_module
 from app.contract.bundle import Bundle, Metadata, load_bundle
-from app.predictor import PROBE_ROWS, Predictor, probe_columns
+from app.predictor import PROBE_ROWS, SMALL_BATCH_ROWS, Predictor, probe_columns
 from orchestration.config import load_config
 from orchestration.data import read_data
 from orchestration.pipeline import TrainResult
@@ -161,10 +161,51 @@ def test_a_thousand_probe_rows(predictor: Predictor, bundle: Bundle, seed: int) 
 
 
 def test_a_thousand_rows_with_unknowns(predictor: Predictor, bundle: Bundle) -> None:
-    columns = probe_columns(bundle.metadata, 1000, seed=7)
-    for offset, name in enumerate(kinds(bundle.metadata, "categorical")):
+    assert_identical(predictor, rows_with_unknowns(bundle.metadata, 1000, seed=7))
+
+
+def assert_identical_in_chunks(predictor: Predictor, columns: dict[str, list[Any]], size: int) -> None:
+    n_rows = len(next(iter(columns.values())))
+    for start in range(0, n_rows, size):
+        assert_identical(predictor, {name: values[start : start + size] for name, values in columns.items()})
+
+
+def rows_with_unknowns(metadata: Metadata, n_rows: int, seed: int) -> dict[str, list[Any]]:
+    columns = probe_columns(metadata, n_rows, seed=seed)
+    for offset, name in enumerate(kinds(metadata, "categorical")):
         columns[name][offset::5] = [UNKNOWN] * len(columns[name][offset::5])
-    assert_identical(predictor, columns)
+    return columns
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1])
+def test_small_batches_walk_every_tree_at_once_and_agree(predictor: Predictor, bundle: Bundle, size: int) -> None:
+    """Up to SMALL_BATCH_ROWS rows all trees are walked at once (not one compiled call per tree): the same floats."""
+    assert_identical_in_chunks(predictor, as_columns(edge_rows(bundle.metadata)), size)
+    assert_identical_in_chunks(predictor, rows_with_unknowns(bundle.metadata, 300, seed=11), size)
+
+
+def test_the_walk_of_every_tree_at_once_is_what_serves_small_batches(
+    predictor: Predictor, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.ensemble._hist_gradient_boosting import _predictor as compiled
+
+    calls = 0
+    real = compiled._predict_from_raw_data
+
+    def counted(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        real(*args)
+
+    monkeypatch.setattr(compiled, "_predict_from_raw_data", counted)
+    fresh = Predictor(bundle)  # built while the compiled walk is counted (its probe calls it)
+    assert fresh.direct
+    calls = 0
+    columns = probe_columns(bundle.metadata, SMALL_BATCH_ROWS, seed=12)
+    assert_identical(fresh, columns)
+    small = calls
+    assert_identical(fresh, probe_columns(bundle.metadata, SMALL_BATCH_ROWS + 1, seed=12))
+    assert small == 0 and calls > 0  # the per-tree compiled calls serve larger batches only
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -241,3 +282,5 @@ def test_other_gradient_boosting_models_stay_identical(
     assert other.direct
     assert_identical(other, probe_columns(bundle.metadata, 1000, seed=10))
     assert_identical(other, as_columns(edge_rows(bundle.metadata)))
+    assert_identical_in_chunks(other, rows_with_unknowns(bundle.metadata, 200, seed=13), SMALL_BATCH_ROWS)
+    assert_identical_in_chunks(other, as_columns(edge_rows(bundle.metadata)), 1)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from app.admission import OverloadedError
-from app.api.deps import JSON, Model, State, read_json_body
+from app.api.deps import JSON, read_json_body, served_model, serving_state
 from app.observability import ServerMetrics
 from app.schema import BATCH_MODEL, RECORD_MODEL, RequestError
 
@@ -91,7 +91,9 @@ def counting_failures(metrics: ServerMetrics, route: str) -> Iterator[None]:
     responses={200: {"model": PredictResponse}, **ERRORS},  # type: ignore[dict-item]
     openapi_extra={"requestBody": request_body(RECORD_MODEL)},
 )
-async def predict_record(request: Request, state: State, served: Model) -> JSON:
+async def predict_record(request: Request) -> JSON:
+    state = serving_state(request)
+    served = served_model(state)
     batcher, admission = served.batcher, state.admission
     served.usage.active += 1  # a model swapped out meanwhile is closed only after this request
     try:
@@ -115,7 +117,9 @@ async def predict_record(request: Request, state: State, served: Model) -> JSON:
     responses={200: {"model": PredictBatchResponse}, **ERRORS},  # type: ignore[dict-item]
     openapi_extra={"requestBody": request_body(BATCH_MODEL)},
 )
-async def predict_batch(request: Request, state: State, served: Model) -> JSON:
+async def predict_batch(request: Request) -> JSON:
+    state = serving_state(request)
+    served = served_model(state)
     served.usage.active += 1
     try:
         with counting_failures(state.metrics, BATCH_PATH):

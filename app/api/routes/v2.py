@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.admission import RETRY_AFTER_S, OverloadedError
-from app.api.deps import JSON, NotReadyError, State, read_json_body
+from app.api.deps import JSON, NotReadyError, State, read_json_body, serving_state
 from app.api.routes import health
 from app.api.routes.predict import counting_failures, request_body
 from app.contract.bundle import Feature
@@ -401,13 +401,13 @@ INFER_ROUTE = {
 
 
 @router.post("/models/{name}/infer", **INFER_ROUTE)  # type: ignore[arg-type]
-async def infer_model(request: Request, state: State, name: Name) -> JSON:
-    return await infer(request, state, name, None)
+async def infer_model(request: Request, name: Name) -> JSON:
+    return await infer(request, serving_state(request), name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER_ROUTE)  # type: ignore[arg-type]
-async def infer_version(request: Request, state: State, name: Name, version: Version) -> JSON:
-    return await infer(request, state, name, version)
+async def infer_version(request: Request, name: Name, version: Version) -> JSON:
+    return await infer(request, serving_state(request), name, version)
 
 
 # --- the OpenAPI document ---
