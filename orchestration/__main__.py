@@ -14,7 +14,8 @@ from app.contract.connection import (
     load_connection_settings,
 )
 from orchestration.config import DEFAULT_PARAMS, ConfigError, load_config
-from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED, DataError, generate, write_csv
+from orchestration.data import DataError, generate, write_csv
+from orchestration.defaults import DEFAULT_ROWS, DEFAULT_SEED
 from orchestration.evaluate import QualityGateError
 from orchestration.pipeline import metrics_table, run_pipeline
 from orchestration.validate import DataValidationError

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from orchestration.config import DataConfig
+from orchestration.defaults import DEFAULT_ROWS as DEFAULT_ROWS  # re-exported: callers name it from here too
+from orchestration.defaults import DEFAULT_SEED as DEFAULT_SEED
 
-DEFAULT_ROWS: Final = 271_888
-DEFAULT_SEED: Final = 7
 FIRST_DAY: Final = np.datetime64("2019-09-26")
 LAST_DAY: Final = np.datetime64("2023-07-24")
 

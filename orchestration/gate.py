@@ -26,15 +26,14 @@ from app.contract.connection import ConnectionSettings
 from app.contract.progress import Report, quiet
 from app.contract.registry import TAG_CONTENT_HASH, TAG_DVC_HASH, ModelVersion, NotFoundError, registry_for
 from app.contract.store import DVC_HASH
+from orchestration.defaults import DEFAULT_MARGIN
 from orchestration.evaluate import regression_metrics
 
-if TYPE_CHECKING:  # the DAG file imports this module when parsed: keep that cheap
+if TYPE_CHECKING:  # annotations only: the callers hand in the frames
     import pandas as pd
 
 # The metric the gate compares (as logged on the registered version's run and stored in the bundle).
 GATE_METRIC: Final = "rmse"
-# Relative improvement in RMSE a new model needs over the champion: 1% by default.
-DEFAULT_MARGIN: Final = 0.01
 # What the candidate's MLflow run records of the decision: metric and tag names.
 CANDIDATE_METRIC: Final = f"gate_candidate_{GATE_METRIC}"  # the candidate on its own test split
 CHAMPION_METRIC: Final = f"gate_champion_{GATE_METRIC}"  # the champion on the candidate's test split

@@ -26,7 +26,8 @@ from typing import Any, Final
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_SERVING_PORT
 from app.contract.registry import NotFoundError, registry_for
 from orchestration.config import DEFAULT_PARAMS, load_config
-from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED, generate, write_csv
+from orchestration.data import generate, write_csv
+from orchestration.defaults import DEFAULT_ROWS, DEFAULT_SEED
 from orchestration.pipeline import metrics_table, run_pipeline
 from orchestration.publish import PublishTarget, publish_bundle
 

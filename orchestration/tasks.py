@@ -11,6 +11,11 @@ A rerun of the same DAG run is idempotent: the area is keyed by the run id, and 
 already recorded there (``<stage>.json``, written last) returns that result instead of computing it again.
 That matters most for the bundle: its content hash covers a creation time, so re-creating it would register
 a second model version for the same run.
+
+Each task runs in a process of its own, so each stage function imports what its stage needs when it runs, not
+this module at import: the data stages (ingest, validate, split) need no scikit-learn, and only the stages that
+read or write a skops file pay for skops (whose import walks every scikit-learn estimator). Importing this
+module costs the config and the work area only.
 """
 
 from __future__ import annotations
@@ -20,24 +25,14 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import skops.io as sio
-
-from app.contract.bundle import BundleError, load_trusted, read_metadata
-from app.contract.connection import ConnectionSettings
-from app.contract.features import FeatureTransformer
-from app.contract.hashing import file_digest
 from orchestration.config import DEFAULT_PARAMS, ModelConfig, PipelineConfig, load_config
-from orchestration.data import generate, read_data, write_csv
-from orchestration.gate import GateDecision, decide_promotion
-from orchestration.pipeline import evaluate_and_bundle
-from orchestration.split import Splits, split
-from orchestration.train import train_model
-from orchestration.transform import fit_transformer
-from orchestration.validate import DataValidationError, validate
 from orchestration.work_area import Result, WorkArea
+
+if TYPE_CHECKING:
+    from app.contract.connection import ConnectionSettings
+    from app.contract.features import FeatureTransformer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +56,8 @@ def ingest(area: WorkArea, *, data_path: str | None = None, rows: int, seed: int
     area's store) when given, else the generated flight data set with ``rows`` rows. Later stages read the
     snapshot only, so the hash names exactly what was trained on.
     """
+    from app.contract.hashing import file_digest
+    from orchestration.data import generate, write_csv
 
     def snapshot() -> Result:
         raw_dir = area.scratch / "raw"
@@ -89,6 +86,8 @@ def validate_data(area: WorkArea, data_uri: str, config: PipelineConfig) -> Resu
     On bad data the full validation report goes to the log and the area, and ``DataValidationError`` fails the
     task.
     """
+    from orchestration.data import read_data
+    from orchestration.validate import DataValidationError, validate
 
     def run() -> Result:
         raw = read_data(area.local(data_uri), config.data)
@@ -114,6 +113,9 @@ def validate_data(area: WorkArea, data_uri: str, config: PipelineConfig) -> Resu
 
 def split_data(area: WorkArea, clean_uri: str, config: PipelineConfig) -> Result:
     """Cut the clean data into train/validation/test Parquet files with the configured seed."""
+    import pandas as pd
+
+    from orchestration.split import split
 
     def run() -> Result:
         splits = split(pd.read_parquet(area.local(clean_uri)), config.split)
@@ -130,6 +132,10 @@ def split_data(area: WorkArea, clean_uri: str, config: PipelineConfig) -> Result
 
 def fit_transformer_task(area: WorkArea, train_uri: str, config: PipelineConfig) -> Result:
     """Fit the feature transformer on the training split and store it (skops)."""
+    import pandas as pd
+    import skops.io as sio
+
+    from orchestration.transform import fit_transformer
 
     def run() -> Result:
         transformer = fit_transformer(pd.read_parquet(area.local(train_uri)), config.data)
@@ -145,6 +151,10 @@ def train_task(
     area: WorkArea, *, transformer_uri: str, train_uri: str, validation_uri: str, config: PipelineConfig
 ) -> Result:
     """Train the regressor with the config's hyperparameters and store it (skops)."""
+    import pandas as pd
+    import skops.io as sio
+
+    from orchestration.train import train_model
 
     def run() -> Result:
         transformer = _load_transformer(area.local(transformer_uri))
@@ -175,6 +185,11 @@ def evaluate_task(
     """The pipeline's ``evaluate_and_bundle`` on this run's files: a model that does not beat the naive
     baseline by ``evaluate.baseline_margin`` fails the task (``QualityGateError``) and no bundle is stored.
     """
+    import pandas as pd
+
+    from app.contract.bundle import load_trusted
+    from orchestration.pipeline import evaluate_and_bundle
+    from orchestration.split import Splits
 
     def run() -> Result:
         transformer = _load_transformer(area.local(transformer_uri))
@@ -204,6 +219,11 @@ def evaluate_task(
 def gate_task(area: WorkArea, bundle_uri: str, test_uri: str, settings: ConnectionSettings, margin: float) -> Result:
     """Decide whether the new bundle replaces the registry's current champion, both scored on this run's test
     split (``test_uri``); log and return why."""
+    import pandas as pd
+
+    from app.contract.bundle import read_metadata
+    from orchestration.gate import GateDecision, decide_promotion
+
     metadata = read_metadata(area.local(bundle_uri))
     decision: GateDecision = decide_promotion(
         metadata,
@@ -222,6 +242,7 @@ def publish_task(area: WorkArea, bundle_uri: str, decision: Mapping[str, Any], s
 
     Publishing is idempotent (the same bundle yields the same version), so a rerun changes nothing.
     """
+    from orchestration.gate import GateDecision
     from orchestration.publish import PublishTarget, publish_bundle
 
     target = PublishTarget.from_settings(settings)
@@ -249,6 +270,9 @@ def publish_task(area: WorkArea, bundle_uri: str, decision: Mapping[str, Any], s
 
 
 def _load_transformer(path: Path) -> FeatureTransformer:
+    from app.contract.bundle import BundleError, load_trusted
+    from app.contract.features import FeatureTransformer
+
     transformer = load_trusted(path)
     if not isinstance(transformer, FeatureTransformer):
         raise BundleError(f"{path} holds {type(transformer).__name__}, not a FeatureTransformer")

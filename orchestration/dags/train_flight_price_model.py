@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from orchestration.data import DEFAULT_ROWS, DEFAULT_SEED
-from orchestration.gate import DEFAULT_MARGIN
+from orchestration.defaults import DEFAULT_MARGIN, DEFAULT_ROWS, DEFAULT_SEED
 
 if TYPE_CHECKING:
     from airflow.sdk.bases.decorator import Task
