@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, lifespan=lifespan, default_response_class=JSON)
     app.state.serving = state
+    app.add_middleware(predict.DirectRoutes, fastapi=app)  # inside the request context: added first
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     for router in (predict.router, health.router, model.router, metrics.router, v2.router):
         app.include_router(router)

@@ -120,7 +120,7 @@ def configure_logging(level: str, log_format: str) -> None:
     The formats print no source location, thread or process, so records skip collecting them (the logging
     module's documented switches): finding the caller's frame alone costs more than formatting the line.
     """
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.config.dictConfig(log_config(level, log_format))
 

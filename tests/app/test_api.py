@@ -305,6 +305,39 @@ def test_unexpected_failure_is_500_with_request_id_and_no_internals(
         assert client.post("/predict", json=bundle.metadata.example).status_code == 200  # the batcher carries on
 
 
+def test_prediction_routes_are_served_directly_and_answer_as_the_app_does(
+    bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /predict`` and ``/predict/batch`` skip the router (``DirectRoutes``): the same answers, the app's
+    error handlers, the request's route in the metrics; other methods on those paths still reach the router."""
+    with ready_client(settings_for(bundle_dir, max_batch_records=5)) as client:
+        router = client.app.router  # type: ignore[attr-defined]
+        routed: list[str] = []
+        inner = router.middleware_stack
+
+        async def counting(scope: Scope, receive: Any, send: Any) -> None:
+            routed.append(f"{scope['method']} {scope['path']}")
+            await inner(scope, receive, send)
+
+        monkeypatch.setattr(router, "middleware_stack", counting)
+        example = bundle.metadata.example
+        assert (
+            client.post("/predict", json=example).json()["prediction"]
+            == bundle.predict({k: [v] for k, v in example.items()})[0]
+        )
+        assert client.post("/predict/batch", json={"records": [example] * 2}).status_code == 200
+        assert client.post("/predict", json={**example, "unexpected": 1}).status_code == 422  # RequestError's handler
+        assert client.post("/predict/batch", json={"records": [example] * 6}).status_code == 422
+        assert routed == []
+        assert client.get("/predict").status_code == 405  # not a direct route: the router answers
+        assert client.get("/health/live").status_code == 200
+        assert routed == ["GET /predict", "GET /health/live"]
+        metrics = client.get("/metrics").text
+        assert 'http_requests_total{method="POST",route="/predict",status="200"} 1.0' in metrics
+        assert 'http_requests_total{method="POST",route="/predict",status="422"} 1.0' in metrics
+        assert 'http_requests_total{method="POST",route="/predict/batch",status="422"} 1.0' in metrics
+
+
 # --- model and registry view ---
 
 
