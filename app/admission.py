@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, ParamSpec, TypeVar
 
@@ -61,15 +61,27 @@ class Admission:
             self.queued_rows -= rows
             self._observe_depth(self.queued_rows)
 
-    async def answer(self, prediction: Awaitable[T]) -> T:
-        """``prediction``'s result, or shed the request once it has waited ``timeout_s``."""
+    async def answer(self, prediction: asyncio.Future[T]) -> T:
+        """``prediction``'s result, or shed the request once it has waited ``timeout_s`` (``prediction`` is
+        cancelled then). One timer per request, not an ``asyncio.timeout`` scope: this runs on every prediction."""
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            prediction.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await prediction
-        except TimeoutError:
+            return await prediction
+        except asyncio.CancelledError:
+            if not expired:  # the request itself was cancelled
+                raise
             raise OverloadedError(
                 f"the prediction did not finish within PREDICT_TIMEOUT_S={self.timeout_s:g}s"
             ) from None
+        finally:
+            timer.cancel()
 
     def timed(self, call: Callable[P, T]) -> Callable[P, T]:
         """``call`` recording its start while it runs (on a worker thread), for ``stuck_for``."""

@@ -71,8 +71,8 @@ class MicroBatcher(Generic[Row]):
         """The request that called ``expect`` has its row (or failed): the dispatcher need not wait for it."""
         self._arriving -= 1
 
-    async def submit(self, row: Row) -> float:
-        """This row's prediction, computed in a batch with whatever else is waiting."""
+    def submit(self, row: Row) -> asyncio.Future[float]:
+        """This row's prediction, to come from a batch with whatever else is waiting (cancel it to give up)."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
@@ -81,7 +81,7 @@ class MicroBatcher(Generic[Row]):
         self._pending.append((row, future))
         assert self._wakeup is not None
         self._wakeup.set()
-        return await future
+        return future
 
     # --- dispatcher (event loop task) ---
 

@@ -93,10 +93,10 @@ class ServedModel:
         """The same model, now known as registry version ``version``."""
         return dataclasses.replace(self, version=version)
 
-    async def run_batch(self, rows: list[Row]) -> npt.NDArray[np.float64]:
+    def run_batch(self, rows: list[Row]) -> asyncio.Future[npt.NDArray[np.float64]]:
         """A whole batch request's rows in one vectorised call, on a batch worker thread."""
         call = functools.partial(self.predict, rows)
-        return await asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
+        return asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
 
     async def close(self) -> None:
         """Stop the micro-batcher and the batch threads."""

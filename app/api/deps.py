@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from app.schema import RequestError
 from app.served_model import ServedModel
@@ -77,11 +78,16 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     A declared Content-Length over the limit is refused before anything is read; a body without one (chunked)
     is counted as it streams and refused at the first byte past the limit.
     """
-    if not is_json(request.headers.get("content-type")):
+    content_type = declared = None
+    for name, value in request.scope["headers"]:  # the raw pairs: cheaper than building ``request.headers``
+        if name == b"content-type" and content_type is None:  # the first, as ``request.headers.get`` gives
+            content_type = value.decode("latin-1")
+        elif name == b"content-length" and declared is None:
+            declared = value.decode("latin-1")
+    if not is_json(content_type):
         raise RequestError(
             415, [{"loc": ["header", "content-type"], "msg": "content-type: must be application/json", "type": "media"}]
         )
-    declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise RequestError(400, [{"loc": ["body"], "msg": "body: invalid Content-Length", "type": "bad_length"}])
@@ -89,9 +95,15 @@ async def read_json_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:  # the ASGI messages themselves (what ``request.stream()`` wraps in an async generator)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
