@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from app.contract.bundle import Bundle, Metadata
-from tests.services import BIN, LOOPBACK, free_port, running
+from tests.services import LOOPBACK, free_port, running
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 VENVS: Final = ROOT / "bench" / ".venvs"
@@ -104,6 +104,44 @@ def _uv() -> list[str]:
     return [uv] if uv else [sys.executable, "-m", "uv"]
 
 
+# The image's serving venv: ci/src/flight_price/main.py's SERVE_VENV_SYNC (a test checks they agree), compiled as
+# there. This server and the floor run from it, as shipped: the project's own venv holds pandas (which scikit-learn
+# imports when present), Airflow and MLflow.
+SERVE_VENV_SYNC: Final = ("sync", "--frozen", "--no-dev", "--only-group", "serve", "--no-install-project")
+
+
+def _run_uv(args: list[str], env: dict[str, str] | None = None) -> None:
+    """Run a uv command (from the repository root); ``PeerUnavailable`` with its last lines if it fails."""
+    try:
+        completed = subprocess.run(args, capture_output=True, text=True, timeout=1200, check=False, cwd=ROOT, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PeerUnavailable(f"{' '.join(args[:3])}: {exc}") from None
+    if completed.returncode != 0:
+        tail = " | ".join((completed.stderr or completed.stdout).strip().splitlines()[-6:])
+        raise PeerUnavailable(f"uv exited {completed.returncode}: {tail}")
+
+
+def serving_venv(log: Callable[[str], None]) -> Path:
+    """The ``bin`` directory of ``bench/.venvs/serve``: the image's serving venv, synced from the lock."""
+    venv = VENVS / "serve"
+    started = time.perf_counter()
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}
+    _run_uv([*_uv(), *SERVE_VENV_SYNC, "--compile-bytecode", "--quiet"], env)
+    seconds = time.perf_counter() - started
+    log(f"this server and the floor: {venv.relative_to(ROOT)} synced as the image's ({seconds:.1f}s)")
+    return venv / "bin"
+
+
+def compile_bytecode(python: Path, log: Callable[[str], None]) -> None:
+    """Compile the site-packages of ``python``'s environment, as every venv here is: a server's start then reads
+    bytecode instead of compiling its imports (``PYTHONDONTWRITEBYTECODE`` may be set, so nothing is cached)."""
+    started = time.perf_counter()
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([str(python), "-m", "compileall", "-q", "-j", "0", site], capture_output=True, check=False)
+    log(f"{site}: bytecode compiled ({time.perf_counter() - started:.1f}s)")
+
+
 def install(peer: Peer, log: Callable[[str], None]) -> Path:
     """The peer's venv (made if missing) with its pinned requirements and the lock's bundle libraries; returns
     its ``bin`` directory. Raises ``PeerUnavailable`` with uv's last lines when it cannot be made."""
@@ -113,15 +151,10 @@ def install(peer: Peer, log: Callable[[str], None]) -> Path:
     interpreter = f"{sys.version_info.major}.{sys.version_info.minor}"
     started = time.perf_counter()
     steps = [] if python.exists() else [[*_uv(), "venv", str(venv), "--python", interpreter, "--quiet"]]
-    steps.append([*_uv(), "pip", "install", "--quiet", "--python", str(python), *peer.requirements, *pins])
+    install_args = ["pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
+    steps.append([*_uv(), *install_args, *peer.requirements, *pins])
     for args in steps:
-        try:
-            completed = subprocess.run(args, capture_output=True, text=True, timeout=1200, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PeerUnavailable(f"{' '.join(args[:3])}: {exc}") from None
-        if completed.returncode != 0:
-            tail = " | ".join((completed.stderr or completed.stdout).strip().splitlines()[-6:])
-            raise PeerUnavailable(f"uv exited {completed.returncode}: {tail}")
+        _run_uv(args)
     log(f"{peer.name}: {venv.relative_to(ROOT)} ready with {', '.join([*peer.requirements, *pins])} "
         f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
     return venv / "bin"
@@ -150,11 +183,13 @@ def _json(body: bytes) -> Any:
 
 
 @contextmanager
-def floor_server(bundle_dir: Path, workdir: Path, singles: list[bytes], batches: list[bytes]) -> Iterator[Server]:
+def floor_server(
+    serve_bin: Path, bundle_dir: Path, workdir: Path, singles: list[bytes], batches: list[bytes]
+) -> Iterator[Server]:
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     args = [
-        str(BIN / "uvicorn"), "bench.floor:app", "--host", LOOPBACK, "--port", str(port), "--workers", "1",
+        str(serve_bin / "uvicorn"), "bench.floor:app", "--host", LOOPBACK, "--port", str(port), "--workers", "1",
         "--no-access-log",
     ]  # fmt: skip
     log = workdir / "floor.log"

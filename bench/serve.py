@@ -58,11 +58,13 @@ from bench.peers import (
     PeerUnavailable,
     Server,
     bentoml_server,
+    compile_bytecode,
     floor_server,
     install,
     lock_versions,
     mlserver_server,
     peer_env,
+    serving_venv,
     started,
     v2_answers,
     v2_request,
@@ -195,12 +197,16 @@ def in_process(bundle: Bundle, repeats: int = 2000) -> dict[str, float]:
 
 
 @contextmanager
-def our_server(bundle_dir: Path, workdir: Path, bodies: tuple[list[bytes], list[bytes]]) -> Iterator[Server]:
+def our_server(
+    serve_bin: Path, bundle_dir: Path, workdir: Path, bodies: tuple[list[bytes], list[bytes]]
+) -> Iterator[Server]:
+    """``python -m app.entrypoint`` serving ``bundle_dir`` as is (verified, then uvicorn), as the image starts."""
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
-    args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    args = [str(serve_bin / "python"), "-m", "app.entrypoint"]
+    env = peer_env({"BUNDLE_DIR": str(bundle_dir), "HOST": LOOPBACK, "PORT": str(port), "WORKERS": "1"})
     log = workdir / "server.log"
-    with started(args, f"{url}/health/ready", peer_env({"BUNDLE_DIR": str(bundle_dir)}), log, 120) as (pid, start_s):
+    with started(args, f"{url}/health/ready", env, log, 120) as (pid, start_s):
         yield Server(
             THIS, "this server", url, pid, log, start_s, "/predict", "/predict/batch", *bodies,
             lambda b: [float(json.loads(b)["prediction"])], lambda b: [float(x) for x in json.loads(b)["predictions"]],
@@ -484,6 +490,9 @@ def main() -> None:
         batches = [records(bundle, BATCH_ROWS, seed=s) for s in (2, 3, 4)]
         ours = ([encode(r) for r in singles], [encode({"records": b}) for b in batches])
 
+        serve_bin = serving_venv(lambda line: print(line, flush=True))
+        if MLFLOW in args.servers:
+            compile_bytecode(BIN / "python", lambda line: print(line, flush=True))
         figures = in_process(bundle)
         print("in-process: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), flush=True)
 
@@ -503,8 +512,8 @@ def main() -> None:
                 return found
 
             starters: dict[str, Callable[[], AbstractContextManager[Server]]] = {
-                THIS: lambda: our_server(bundle.path, workdir, ours),
-                FLOOR: lambda: floor_server(bundle.path, workdir, *ours),
+                THIS: lambda: our_server(serve_bin, bundle.path, workdir, ours),
+                FLOOR: lambda: floor_server(serve_bin, bundle.path, workdir, *ours),
                 "bentoml": lambda: bentoml_server(venv(BENTOML), bundle.path, workdir, (singles, batches)),
                 "mlserver-p0": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), 0),
                 "mlserver-default": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), None),

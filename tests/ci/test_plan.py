@@ -16,6 +16,7 @@ from flight_price.main import FlightPrice
 
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, DEFAULT_SERVING_PORT
 from app.settings import env_names
+from bench import peers as bench_peers
 from tests.ci.plan import bound, calls, container_of, env, execs, names, one, recording_engine, steps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +105,7 @@ def test_builder_creates_the_venv_from_the_lock_with_the_serving_group_only(flig
     ]
     sync = module.SERVE_VENV_SYNC
     assert {"--frozen", "--no-dev"} <= set(sync) and sync[sync.index("--only-group") + 1] == "serve"
+    assert ("uv", *bench_peers.SERVE_VENV_SYNC) == sync  # bench.serve measures the server in this very venv
     assert env(builder)["UV_PROJECT_ENVIRONMENT"] == module.VENV
     assert one(builder, "withMountedCache")["path"] == env(builder)["UV_CACHE_DIR"]
     # only the lock inputs (and the uv binary) are copied in, so source edits keep the venv layer cached
