@@ -31,7 +31,7 @@ from app.contract.registry import TAG_DVC_HASH, RegistryAccess, RestRegistry
 from tests.orchestration.airflow_stack import BUCKET, DAG_ID, AirflowClient, AirflowStack, parse_time, redact
 from tests.services import LOOPBACK, blob_key
 
-# Each test may wait for a whole DAG run (minutes: 4-23 s per task on 2 cores, mostly imports; publish the longest) on top of the stack's start-up.
+# Each test may wait for a whole DAG run (minutes: 4-23 s per task on 2 cores) on top of the stack's start-up.
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(1200)]
 
 TASKS: Final = ("ingest", "validate", "split", "fit_transformer", "train", "evaluate", "gate", "publish")
