@@ -7,6 +7,7 @@ candidate; the routes read them.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -45,9 +46,18 @@ class ServingState:
         return cls(settings, view, admission, metrics)
 
     def serve(self, model: ServedModel) -> None:
-        """Make ``model`` the one requests get, and say so in the metrics."""
+        """Make ``model`` the one requests get, and say so in the metrics.
+
+        Then the objects alive now (the modules, the model, the previous model's leftovers collected first) are
+        moved out of the garbage collector's view (``gc.freeze``): its full collections otherwise walk them all
+        while requests wait, tens of milliseconds at the tail of the latency (bench.serve's c32 p99). A later
+        swap unfreezes them first, so a retired model's cycles are still collected.
+        """
         self.model, self.status, self.reason = model, "ready", "bundle loaded and verified"
         self.metrics.set_model(None if model.version is None else str(model.version), model.content_hash)
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     async def close(self) -> None:
         """Shut down: stop the served model's threads; this worker leaves the metrics' live totals."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -336,6 +337,16 @@ def test_prediction_routes_are_served_directly_and_answer_as_the_app_does(
         assert 'http_requests_total{method="POST",route="/predict",status="200"} 1.0' in metrics
         assert 'http_requests_total{method="POST",route="/predict",status="422"} 1.0' in metrics
         assert 'http_requests_total{method="POST",route="/predict/batch",status="422"} 1.0' in metrics
+
+
+def test_once_a_model_is_served_the_live_objects_are_out_of_the_collectors_view(bundle_dir: Path) -> None:
+    gc.unfreeze()
+    with ready_client(settings_for(bundle_dir)) as client:
+        assert client.get("/health/ready").status_code == 200
+        frozen = gc.get_freeze_count()
+        predictor = client.app.state.serving.model.predictor  # type: ignore[attr-defined]
+        assert frozen > 10_000  # the modules and the model, not a handful
+        assert all(o is not predictor for o in gc.get_objects())  # the collector no longer walks it
 
 
 # --- model and registry view ---
