@@ -7,9 +7,15 @@ that kind this module does the same arithmetic directly:
 
 - the ordinal re-encoding as one ``searchsorted`` per categorical column (unknown or NaN -> NaN, as the
   OrdinalEncoder's ``use_encoded_value`` does), columns in the ColumnTransformer's order;
-- each tree through scikit-learn's own compiled ``_predict_from_raw_data`` (the routine
-  ``TreePredictor.predict`` calls), summed in the same order, starting from the same baseline, through
-  the same inverse link.
+- the rows binned once, as the model's own ``_BinMapper`` bins its training data (scikit-learn's compiled
+  ``_map_to_bins``), then each tree through scikit-learn's compiled ``_predict_from_binned_data`` (the walk
+  its training uses), summed in the same order, starting from the same baseline, through the same inverse
+  link. A value falls in bin ``i`` exactly when ``thresholds[i - 1] < value <= thresholds[i]`` and a split's
+  raw threshold is ``thresholds[bin_threshold]`` (``+inf`` for a split on missing values, which the last
+  bin reproduces), so every split turns as ``_predict_from_raw_data`` (what ``TreePredictor.predict``
+  calls) would turn it on the raw value; comparing one byte instead of a float makes the walk about 1.4x
+  faster. The categorical codes are those of the whole training set (the bin mapper knows them all), and an
+  unknown category is NaN, the missing-values bin.
 
 For a few rows (up to ``SMALL_BATCH_ROWS``, what single-record requests and their micro-batches are) one call
 per tree costs more than the walk itself (each call acquires its arrays anew, about 4-8 us), so there every tree
@@ -81,7 +87,8 @@ def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
     """The direct predict function for a fitted single-output HistGradientBoostingRegressor, else None."""
     try:
         from sklearn.ensemble import HistGradientBoostingRegressor
-        from sklearn.ensemble._hist_gradient_boosting._predictor import _predict_from_raw_data
+        from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
+        from sklearn.ensemble._hist_gradient_boosting._predictor import _predict_from_binned_data
     except ImportError:  # scikit-learn moved its internals: stay on the public path
         return None
     if type(model) is not HistGradientBoostingRegressor or getattr(model, "n_trees_per_iteration_", 0) != 1:
@@ -89,9 +96,13 @@ def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
     reorder = _preprocessor(getattr(model, "_preprocessor", None))
     if reorder is None:
         return None
-    known_cat_bitsets, f_idx_map = model._bin_mapper.make_known_categories_bitsets()
+    bin_mapper = model._bin_mapper
+    known_cat_bitsets, f_idx_map = bin_mapper.make_known_categories_bitsets()
+    bin_thresholds = bin_mapper.bin_thresholds_
+    is_categorical = bin_mapper.is_categorical_
+    missing_bin = bin_mapper.missing_values_bin_idx_
     trees = [
-        (predictor.nodes, predictor.raw_left_cat_bitsets)
+        (predictor.nodes, predictor.binned_left_cat_bitsets)
         for predictors_of_iteration in model._predictors
         for predictor in predictors_of_iteration
     ]
@@ -106,12 +117,14 @@ def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
         n_rows = data.shape[0]
         if forest is not None and n_rows <= SMALL_BATCH_ROWS:
             return np.asarray(inverse_link(forest.raw(data)), dtype=np.float64)
+        binned = np.empty(data.shape, dtype=np.uint8, order="F")
+        _map_to_bins(data, bin_thresholds, is_categorical, missing_bin, threads, binned)
         raw = np.zeros((n_rows, 1), dtype=baseline.dtype, order="F")
         raw += baseline
         column = raw[:, 0]
         out = np.empty(n_rows, dtype=np.float64)
-        for nodes, raw_left_cat_bitsets in trees:
-            _predict_from_raw_data(nodes, data, raw_left_cat_bitsets, known_cat_bitsets, f_idx_map, threads, out)
+        for nodes, binned_left_cat_bitsets in trees:
+            _predict_from_binned_data(nodes, binned, binned_left_cat_bitsets, missing_bin, threads, out)
             column += out
         return np.asarray(inverse_link(raw.ravel()), dtype=np.float64)
 

@@ -190,14 +190,14 @@ def test_the_walk_of_every_tree_at_once_is_what_serves_small_batches(
     from sklearn.ensemble._hist_gradient_boosting import _predictor as compiled
 
     calls = 0
-    real = compiled._predict_from_raw_data
+    real = compiled._predict_from_binned_data
 
     def counted(*args: Any) -> None:
         nonlocal calls
         calls += 1
         real(*args)
 
-    monkeypatch.setattr(compiled, "_predict_from_raw_data", counted)
+    monkeypatch.setattr(compiled, "_predict_from_binned_data", counted)
     fresh = Predictor(bundle)  # built while the compiled walk is counted (its probe calls it)
     assert fresh.direct
     calls = 0
@@ -206,6 +206,31 @@ def test_the_walk_of_every_tree_at_once_is_what_serves_small_batches(
     small = calls
     assert_identical(fresh, probe_columns(bundle.metadata, SMALL_BATCH_ROWS + 1, seed=12))
     assert small == 0 and calls > 0  # the per-tree compiled calls serve larger batches only
+
+
+def test_values_on_beside_and_beyond_every_bin_threshold(predictor: Predictor, bundle: Bundle) -> None:
+    """Larger batches walk the binned rows: a value exactly on a threshold, one float either side of it, +-inf
+    and NaN, in every numeric column the model splits on, turn as the raw comparison turns them."""
+    model = bundle.model
+    direct = predictor_module._direct_path(model, 1)
+    assert direct is not None
+    base = bundle.transformer.transform(probe_columns(bundle.metadata, 7, seed=14))
+    numeric = np.flatnonzero(~np.asarray(bundle.transformer.categorical_mask_, dtype=bool))
+    n_categorical = base.shape[1] - len(numeric)
+    blocks = []
+    for model_column, column in enumerate(numeric, start=n_categorical):  # the model puts categoricals first
+        thresholds = model._bin_mapper.bin_thresholds_[model_column]
+        values = np.concatenate(
+            [thresholds, np.nextafter(thresholds, -np.inf), np.nextafter(thresholds, np.inf), [-np.inf, np.inf, np.nan]]
+        )
+        block = np.repeat(base, len(values) // len(base) + 1, axis=0)[: len(values)].copy()
+        block[:, column] = values
+        blocks.append(block)
+    features = np.concatenate(blocks)
+    assert len(features) > 1000 and np.isinf(features).any() and np.isnan(features).any()
+    expected = np.asarray(model.predict(features), dtype=np.float64)
+    assert len(np.unique(expected)) > 100
+    assert np.array_equal(direct(features), expected)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
