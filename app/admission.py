@@ -3,8 +3,9 @@
 A request is admitted only while the rows already queued or being predicted stay within ``MAX_QUEUED_ROWS``;
 past it, or when its prediction has not come back within ``PREDICT_TIMEOUT_S``, it is answered 503 with
 ``Retry-After`` at once rather than left to hang (what BentoML's and MLServer's bounded queues do). Model calls
-record when they started, so a call stuck longer than ``PREDICT_TIMEOUT_S`` turns ``/health/ready`` to 503
-and the orchestrator stops sending traffic; the queue depth is a metric.
+on worker threads record when they started, so a call stuck longer than ``PREDICT_TIMEOUT_S`` turns
+``/health/ready`` to 503 and the orchestrator stops sending traffic; the queue depth is a metric. (The
+predictor's bounded few-row walk runs on the event loop: it makes no native model call that could hang.)
 """
 
 from __future__ import annotations

@@ -10,8 +10,12 @@ records per call instead of queueing calls. The policy:
   loop), it waits at most ``max_wait_s`` for them to join, and never gathers more than ``max_size``.
 
 Predictions run on one dedicated worker thread, off the event loop; the thread limits OpenMP/BLAS to
-``threads`` so the event loop and the model do not oversubscribe the cores. Each record's prediction
-does not depend on the others in its batch (a tree model predicts row by row), which a test checks.
+``threads`` so the event loop and the model do not oversubscribe the cores. A batch that ``bounded`` says is
+bounded work (the predictor's all-trees numpy walk of a few rows: no native model call that could hang, well
+under a millisecond, holding the GIL throughout as the thread would) is predicted on the event loop itself: the
+hand-off to the thread and back cost more than such a prediction, and a thread could not have run beside the
+loop anyway. Each record's prediction does not depend on the others in its batch (a tree model predicts row by
+row), which a test checks.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ class MicroBatcher(Generic[Row]):
         max_wait_s: float,
         threads: int = 1,
         on_batch: Callable[[int], None] | None = None,
+        bounded: Callable[[int], bool] = lambda _: False,
     ) -> None:
         self._predict_rows = predict_rows
+        self._bounded = bounded  # rows -> whether their prediction is bounded work, done on the event loop
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
@@ -101,7 +107,10 @@ class MicroBatcher(Generic[Row]):
             batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
             rows = [row for row, _ in batch]
             try:
-                predictions = await loop.run_in_executor(self._executor, self._predict_rows, rows)
+                if self._bounded(len(rows)):
+                    predictions = self._predict_rows(rows)
+                else:
+                    predictions = await loop.run_in_executor(self._executor, self._predict_rows, rows)
             except Exception as exc:  # every waiting request gets the failure; the dispatcher carries on
                 for _, future in batch:
                     if not future.done():

@@ -59,14 +59,21 @@ class Predictor:
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         self.bundle = bundle
         self.threads = threads
-        self._direct = _direct_path(bundle.model, threads)
+        direct = _direct_path(bundle.model, threads)
+        self._direct: Callable[[Matrix], Matrix] | None = None if direct is None else direct[0]
+        self._walked_at_once = 0 if direct is None else direct[1]
         if self._direct is not None and not self._agrees(probe_columns(bundle.metadata, PROBE_ROWS)):
             log.warning("direct prediction path differs from Bundle.predict; using Bundle.predict")
-            self._direct = None
+            self._direct, self._walked_at_once = None, 0
 
     @property
     def direct(self) -> bool:
         return self._direct is not None
+
+    def bounded(self, n_rows: int) -> bool:
+        """Whether predicting ``n_rows`` rows is the all-trees numpy walk: a fixed number of numpy operations on
+        small arrays, with no call into scikit-learn, so it cannot hang and takes well under a millisecond."""
+        return 0 < n_rows <= self._walked_at_once
 
     def predict_columns(self, columns: Columns) -> npt.NDArray[np.float64]:
         """Column mapping (dict of lists or DataFrame) -> the same predictions as ``Bundle.predict``."""
@@ -83,8 +90,9 @@ class Predictor:
         return True
 
 
-def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
-    """The direct predict function for a fitted single-output HistGradientBoostingRegressor, else None."""
+def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], int] | None:
+    """The direct predict function for a fitted single-output HistGradientBoostingRegressor and up to how many
+    rows it walks every tree at once (0: never), else None."""
     try:
         from sklearn.ensemble import HistGradientBoostingRegressor
         from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
@@ -128,7 +136,7 @@ def _direct_path(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
             column += out
         return np.asarray(inverse_link(raw.ravel()), dtype=np.float64)
 
-    return predict
+    return predict, SMALL_BATCH_ROWS if forest is not None else 0
 
 
 class _Forest:

@@ -35,8 +35,8 @@ Row = tuple[Any, ...]
 def predict_rows(
     schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Row]
 ) -> npt.NDArray[np.float64]:
-    """Validated rows -> predictions, with no DataFrame (runs on a worker thread); the values outside the
-    training range are counted by ``observe``."""
+    """Validated rows -> predictions, with no DataFrame (on a worker thread, or on the event loop for a
+    micro-batch the predictor calls bounded); the values outside the training range are counted by ``observe``."""
     columns = schema.columns(rows)
     observe(schema.outside_training(columns))
     return predictor.predict_columns(columns)
@@ -75,6 +75,7 @@ class ServedModel:
             max_wait_s=settings.microbatch_max_wait_ms / 1000,
             threads=threads,
             on_batch=metrics.batch_size.observe,
+            bounded=predictor.bounded,
         )
         executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch", initializer=limit_threads, initargs=(threads,))
         return cls(bundle, schema, predictor, predict, batcher, executor, settings.model_version)

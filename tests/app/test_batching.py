@@ -129,3 +129,33 @@ def test_a_failing_call_fails_its_batch_and_the_next_succeeds() -> None:
             await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_bounded_batches_are_predicted_on_the_event_loop_and_others_on_the_thread() -> None:
+    """What the predictor calls bounded (its all-trees numpy walk of a few rows) skips the hand-off to the
+    predict thread; anything else runs there, and a failure reaches every waiting request either way."""
+    threads: list[tuple[int, int]] = []  # (rows, thread id) per model call
+
+    def predict(rows: list[float]) -> npt.NDArray[np.float64]:
+        threads.append((len(rows), threading.get_ident()))
+        if any(row < 0 for row in rows):
+            raise ValueError("a negative row")
+        return np.asarray(rows, dtype=np.float64) * 2
+
+    async def scenario() -> tuple[list[float], list[float], float | BaseException]:
+        batcher: MicroBatcher[float] = MicroBatcher(predict, max_size=8, max_wait_s=0.0, bounded=lambda n: n <= 2)
+        try:
+            alone = [await batcher.submit(1.0)]  # one row: bounded
+            together = await asyncio.gather(*(batcher.submit(float(r)) for r in range(5)))  # five rows: not
+            failed = await asyncio.gather(batcher.submit(-1.0), return_exceptions=True)
+            return alone, together, failed[0]
+        finally:
+            await batcher.close()
+
+    loop_thread = threading.get_ident()
+    alone, together, failed = asyncio.run(scenario())
+    assert alone == [2.0] and together == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert isinstance(failed, ValueError) and str(failed) == "a negative row"
+    assert [rows for rows, _ in threads] == [1, 5, 1]
+    on_loop = [rows for rows, thread in threads if thread == loop_thread]
+    assert on_loop == [1, 1]  # the bounded calls, the failing one included; the 5-row call went to the thread

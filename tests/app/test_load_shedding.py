@@ -22,7 +22,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 import app.served_model
 from app.contract.bundle import Bundle, load_bundle
-from app.predictor import Predictor
+from app.predictor import SMALL_BATCH_ROWS, Predictor
 from app.schema import RecordSchema
 from tests.app.serving import ready_client, records, settings_for
 from tests.services import BIN, LOOPBACK, free_port, running
@@ -37,10 +37,13 @@ def bundle(bundle_dir: Path) -> Bundle:
 
 @pytest.fixture
 def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Model calls block while the event is clear (a hung native call, a livelocked tree walk)."""
+    """Model calls block while the event is clear (a hung native call, a livelocked tree walk). Such a call can
+    only come from a model the predictor does not walk itself, so no batch is bounded work here: every call runs
+    on a predict thread, as any model's calls but the direct path's few-row walk do."""
     free = threading.Event()
     free.set()
     real = app.served_model.predict_rows
+    monkeypatch.setattr(Predictor, "bounded", lambda self, n_rows: False)
 
     def predict_rows(
         schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Any]
@@ -124,6 +127,33 @@ def test_a_single_record_that_waits_too_long_is_shed(
         assert answer.status_code == 503 and 0.5 <= time.monotonic() - started < 3
         stuck_model.set()
         assert client.post("/predict", json=row).status_code == 200
+
+
+def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_threads(
+    bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trained bundle's single records are the predictor's bounded walk: predicted where the request is
+    handled, with no thread to hand off to; a larger batch goes to a batch thread, where a stuck call is shed."""
+    callers: list[tuple[int, str]] = []
+    real = app.served_model.predict_rows
+
+    def predict_rows(
+        schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Any]
+    ) -> npt.NDArray[np.float64]:
+        callers.append((len(rows), threading.current_thread().name))
+        return real(schema, predictor, observe, rows)
+
+    monkeypatch.setattr(app.served_model, "predict_rows", predict_rows)
+    rows = records(bundle.metadata, SMALL_BATCH_ROWS + 1, seed=5)
+    with ready_client(settings_for(bundle_dir)) as client:
+        callers.clear()  # the warm-up's calls
+        single = client.post("/predict", json=rows[0])
+        batch = client.post("/predict/batch", json={"records": rows})
+    assert single.status_code == batch.status_code == 200
+    assert single.json()["prediction"] == batch.json()["predictions"][0] == bundle.predict(_columns(rows[:1]))[0]
+    [(one, loop_thread), (many, batch_thread)] = callers
+    assert (one, many) == (1, SMALL_BATCH_ROWS + 1)
+    assert not loop_thread.startswith("predict") and batch_thread.startswith("predict-batch")
 
 
 def test_queue_settings_are_checked(bundle_dir: Path) -> None:

@@ -206,14 +206,17 @@ def test_the_walk_of_every_tree_at_once_is_what_serves_small_batches(
     small = calls
     assert_identical(fresh, probe_columns(bundle.metadata, SMALL_BATCH_ROWS + 1, seed=12))
     assert small == 0 and calls > 0  # the per-tree compiled calls serve larger batches only
+    assert fresh.bounded(1) and fresh.bounded(SMALL_BATCH_ROWS)
+    assert not fresh.bounded(0) and not fresh.bounded(SMALL_BATCH_ROWS + 1)
 
 
 def test_values_on_beside_and_beyond_every_bin_threshold(predictor: Predictor, bundle: Bundle) -> None:
     """Larger batches walk the binned rows: a value exactly on a threshold, one float either side of it, +-inf
     and NaN, in every numeric column the model splits on, turn as the raw comparison turns them."""
     model = bundle.model
-    direct = predictor_module._direct_path(model, 1)
-    assert direct is not None
+    path = predictor_module._direct_path(model, 1)
+    assert path is not None
+    direct, _ = path
     base = bundle.transformer.transform(probe_columns(bundle.metadata, 7, seed=14))
     numeric = np.flatnonzero(~np.asarray(bundle.transformer.categorical_mask_, dtype=bool))
     n_categorical = base.shape[1] - len(numeric)
@@ -266,7 +269,7 @@ def test_an_unknown_model_falls_back(bundle: Bundle, training_rows: tuple[Matrix
     features, target = training_rows
     linear = replace(bundle, model=LinearRegression().fit(features, target))
     fallback = Predictor(linear)
-    assert fallback.direct is False
+    assert fallback.direct is False and not fallback.bounded(1)
     columns = probe_columns(bundle.metadata, 300, seed=8)  # every category known: no NaN for the linear model
     got = fallback.predict_columns(columns)
     assert np.array_equal(got, linear.predict(columns))
@@ -276,14 +279,15 @@ def test_an_unknown_model_falls_back(bundle: Bundle, training_rows: tuple[Matrix
 def test_a_disagreeing_direct_path_is_dropped(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
     real = predictor_module._direct_path
 
-    def off_by_one_ulp(model: Any, threads: int) -> Callable[[Matrix], Matrix] | None:
-        direct = real(model, threads)
-        assert direct is not None
-        return lambda features: np.nextafter(direct(features), np.inf)
+    def off_by_one_ulp(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], int] | None:
+        path = real(model, threads)
+        assert path is not None
+        direct, walked_at_once = path
+        return lambda features: np.nextafter(direct(features), np.inf), walked_at_once
 
     monkeypatch.setattr(predictor_module, "_direct_path", off_by_one_ulp)
     careful = Predictor(bundle)
-    assert careful.direct is False
+    assert careful.direct is False and not careful.bounded(1)
     columns = probe_columns(bundle.metadata, 100, seed=9)
     assert np.array_equal(careful.predict_columns(columns), bundle.predict(columns))
 
