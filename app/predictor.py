@@ -116,7 +116,9 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
     ]
     baseline = model._baseline_prediction
     inverse_link = model._loss.link.inverse
-    forest: _Forest | None = _Forest(model._predictors, known_cat_bitsets, f_idx_map, float(baseline[0, 0]))
+    forest: _Forest | None = _Forest(
+        model._predictors, len(bin_thresholds), known_cat_bitsets, f_idx_map, float(baseline[0, 0])
+    )
     if forest is not None and not forest.usable():
         forest = None
 
@@ -142,40 +144,44 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
 class _Forest:
     """Every tree of a HistGradientBoostingRegressor in flat arrays, walked all at once for a few rows.
 
-    Node ``i`` of tree ``t`` is entry ``offsets[t] + i``; a leaf is its own child on both sides, so a walk that
-    reached it stays there while deeper trees go on. Each row is laid out three times: NaN as -inf, NaN as
-    +inf and as is. A numeric split reads the first copy if missing values go left, else the second, so one
-    comparison ``value > threshold`` decides it; a categorical split reads the raw code and looks its turn up in
-    a table of the 256 codes plus one column for NaN and negative codes (which turn as missing values do).
+    Node ``i`` of tree ``t`` is entry ``offsets[t] + i``; the walk keeps ``2 * node`` so that the left child of
+    any node is ``children[2 * node]`` and the right one ``children[2 * node + 1]`` (both stored doubled, and
+    the per-node tables are stored twice over to be read at ``2 * node`` too). A leaf is its own child on both
+    sides, so a walk that reached it stays there while deeper trees go on.
+
+    Every split is one comparison ``value > threshold`` on one slot of the row's layout: the row with NaN as
+    -inf (read by numeric splits whose missing values go left), the row with NaN as +inf (those whose missing
+    values go right), then one slot per categorical split holding its turn for this row (1.0 right, 0.0 left;
+    threshold 0.5). The turns are looked up before the walk, one table per categorical feature indexed by the
+    row's code (a 257th entry for NaN and negative codes, which turn as missing values do): so each level of the
+    walk is the same handful of numpy operations whatever the split.
     """
 
-    def __init__(self, predictors: Any, known_cat_bitsets: Any, f_idx_map: Any, baseline: float) -> None:
+    def __init__(
+        self, predictors: Any, width: int, known_cat_bitsets: Any, f_idx_map: Any, baseline: float
+    ) -> None:
         trees = [predictor for predictors_of_iteration in predictors for predictor in predictors_of_iteration]
         sizes = [len(tree.nodes) for tree in trees]
         offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
         nodes = np.concatenate([tree.nodes for tree in trees])
+        n_nodes = len(nodes)
         shift = np.repeat(offsets, sizes)
         leaf = nodes["is_leaf"].astype(bool)
-        own = np.arange(len(nodes), dtype=np.intp)
-        self.roots = offsets
-        self.children = np.empty(2 * len(nodes), dtype=np.intp)  # left of node i at 2i, right at 2i + 1
-        self.children[0::2] = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
-        self.children[1::2] = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
-        self.threshold = np.where(leaf, np.inf, nodes["num_threshold"]).astype(np.float64)
-        self.value = nodes["value"].astype(np.float64)
+        own = np.arange(n_nodes, dtype=np.intp)
         missing_left = nodes["missing_go_to_left"].astype(bool)
-        categorical = nodes["is_categorical"].astype(bool) & ~leaf
+        self.categorical = nodes["is_categorical"].astype(bool) & ~leaf
         feature = np.where(leaf, 0, nodes["feature_idx"]).astype(np.intp)
-        self.copy = np.where(categorical, 2, np.where(missing_left, 0, 1)).astype(np.intp)  # which copy of the row
-        self.feature = feature
-        depth = nodes["depth"].astype(np.intp)
-        self.depth = int(depth.max())
-        self.categorical_depths = frozenset(int(d) for d in depth[categorical])
-        # categorical splits: node -> row of the turn table (right = True), columns the codes and "missing"
-        at = np.flatnonzero(categorical)
-        self.categorical = categorical
-        self.turn_row = np.zeros(len(nodes), dtype=np.intp)
-        self.turn_row[at] = np.arange(len(at))
+        self.width = width  # the model's columns
+        self.numeric_threshold = np.where(leaf, np.inf, nodes["num_threshold"]).astype(np.float64)
+        # categorical splits, grouped by feature: split k of the order below reads slot 2 * width + k
+        at = np.flatnonzero(self.categorical)
+        at = at[np.argsort(feature[at], kind="stable")]
+        slot = np.where(missing_left, 0, self.width) + feature
+        slot[at] = 2 * self.width + np.arange(len(at))
+        threshold = self.numeric_threshold.copy()
+        threshold[at] = 0.5
+        self.row_width = 2 * self.width + len(at)
+        # each categorical split's turn (right = 1.0) for the 256 codes, then NaN / negative codes (as missing)
         bitset_shift = np.cumsum([0, *[len(tree.raw_left_cat_bitsets) for tree in trees[:-1]]]).astype(np.intp)
         left_bitsets = np.concatenate([np.asarray(tree.raw_left_cat_bitsets) for tree in trees]).astype(np.uint32)
         known_bitsets = np.asarray(known_cat_bitsets, dtype=np.uint32)
@@ -184,41 +190,58 @@ class _Forest:
         bitset = nodes["bitset_idx"].astype(np.intp)[at] + np.repeat(bitset_shift, sizes)[at]
         in_left = (left_bitsets[bitset][:, word] >> bit) & 1 == 1
         known = (known_bitsets[np.asarray(f_idx_map, dtype=np.intp)[feature[at]]][:, word] >> bit) & 1 == 1
-        goes_left_missing = missing_left[at][:, None]
-        self.turn_right = np.empty((len(at), 257), dtype=bool)
-        self.turn_right[:, :256] = ~np.where(in_left, True, np.where(known, False, goes_left_missing))
-        self.turn_right[:, 256] = ~missing_left[at]
+        turn_right = np.empty((len(at), 257), dtype=bool)
+        turn_right[:, :256] = ~np.where(in_left, True, np.where(known, False, missing_left[at][:, None]))
+        turn_right[:, 256] = ~missing_left[at]
+        # per categorical feature: (its column, the first slot of its splits, code -> turns of its splits)
+        self.turns: list[tuple[int, int, npt.NDArray[np.float64]]] = []
+        for column in np.unique(feature[at]):
+            mine = np.flatnonzero(feature[at] == column)
+            self.turns.append((int(column), int(mine[0]), np.ascontiguousarray(turn_right[mine].T, dtype=np.float64)))
+        self.roots2 = 2 * offsets
+        left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
+        right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
+        self.children2 = np.empty(2 * n_nodes, dtype=np.intp)  # at 2 * node + turn: 2 * the child
+        self.children2[0::2] = 2 * left
+        self.children2[1::2] = 2 * right
+        self.slot2 = np.repeat(slot, 2)  # at 2 * node (and 2 * node + 1): the slot the node's split reads
+        self.threshold2 = np.repeat(threshold, 2)
+        self.value2 = np.repeat(nodes["value"].astype(np.float64), 2)
+        self.depth = int(nodes["depth"].max()) if n_nodes else 0
         self.baseline = baseline
 
     def usable(self) -> bool:
         """Whether ``value > threshold`` decides every numeric split: a +inf threshold would send +inf right."""
-        leaf = self.children[0::2] == np.arange(len(self.threshold))
-        return not bool(np.any(np.isposinf(self.threshold[~leaf & ~self.categorical])))
+        leaf = self.children2[0::2] == 2 * np.arange(len(self.numeric_threshold))
+        return not bool(np.any(np.isposinf(self.numeric_threshold[~leaf & ~self.categorical])))
 
     def raw(self, data: Matrix) -> Matrix:
         """The raw predictions (before the inverse link) of the rows of ``data`` (the model's column order)."""
-        n_rows, width = data.shape
-        n_trees = len(self.roots)
-        rows = np.empty((n_rows, 3, width), dtype=np.float64)
-        rows[:, 2] = data
-        rows[:, 0] = np.where(np.isnan(data), -np.inf, data)
-        rows[:, 1] = np.where(np.isnan(data), np.inf, data)
+        n_rows, width = len(data), self.width
+        n_trees = len(self.roots2)
+        rows = np.empty((n_rows, self.row_width), dtype=np.float64)
+        missing = np.isnan(data)
+        rows[:, :width] = np.where(missing, -np.inf, data)
+        rows[:, width : 2 * width] = np.where(missing, np.inf, data)
+        start = 2 * width
+        for column, first, turns in self.turns:
+            code = data[:, column]
+            index = np.where(code >= 0, code, 256.0).astype(np.intp)  # NaN and negative codes: as missing
+            rows[:, start + first : start + first + turns.shape[1]] = turns[index]
         flat = rows.ravel()
-        column = self.copy * width + self.feature  # per node, its value's place within a row's three copies
-        row_start = np.repeat(np.arange(n_rows, dtype=np.intp) * (3 * width), n_trees)
-        node = np.tile(self.roots, n_rows)
-        for level in range(self.depth):
-            values = flat[row_start + column[node]]
-            right = values > self.threshold[node]
-            if level in self.categorical_depths:
-                at = np.flatnonzero(self.categorical[node])
-                code = values[at]
-                code = np.where(code >= 0, code, 256.0).astype(np.intp)  # NaN and negative codes: as missing
-                right[at] = self.turn_right[self.turn_row[node[at]], code]
-            node = self.children[2 * node + right]
+        node2 = np.tile(self.roots2, n_rows)
+        if n_rows == 1:
+            for _ in range(self.depth):
+                turn = flat[self.slot2[node2]] > self.threshold2[node2]
+                node2 = self.children2[node2 + turn]
+        else:
+            row_start = np.repeat(np.arange(n_rows, dtype=np.intp) * self.row_width, n_trees)
+            for _ in range(self.depth):
+                turn = flat[self.slot2[node2] + row_start] > self.threshold2[node2]
+                node2 = self.children2[node2 + turn]
         leaves = np.empty((n_rows, n_trees + 1), dtype=np.float64)
         leaves[:, 0] = self.baseline
-        leaves[:, 1:] = self.value[node].reshape(n_rows, n_trees)
+        leaves[:, 1:] = self.value2[node2].reshape(n_rows, n_trees)
         # tree by tree, in order, as scikit-learn adds them: a sequential sum, not numpy's pairwise one
         return np.ascontiguousarray(np.add.accumulate(leaves, axis=1)[:, -1])
 
