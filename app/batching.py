@@ -105,22 +105,39 @@ class MicroBatcher(Generic[Row]):
             if not self._pending:
                 continue
             batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
-            rows = [row for row, _ in batch]
-            try:
-                if self._bounded(len(rows)):
-                    predictions = self._predict_rows(rows)
-                else:
-                    predictions = await loop.run_in_executor(self._executor, self._predict_rows, rows)
-            except Exception as exc:  # every waiting request gets the failure; the dispatcher carries on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            if self._bounded(len(batch)):
+                self._predict_here(batch)
                 continue
-            if self._on_batch is not None:
-                self._on_batch(len(batch))
-            for (_, future), prediction in zip(batch, predictions.tolist(), strict=True):
-                if not future.done():  # the client may have gone away
-                    future.set_result(prediction)
+            try:
+                predictions = await loop.run_in_executor(self._executor, self._predict_rows, [row for row, _ in batch])
+            except Exception as exc:
+                self._deliver(batch, exc)
+            else:
+                self._deliver(batch, predictions)
+
+    def _predict_here(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> None:
+        """Predict ``batch`` on the event loop (bounded work) and settle its requests."""
+        try:
+            predictions = self._predict_rows([row for row, _ in batch])
+        except Exception as exc:
+            self._deliver(batch, exc)
+        else:
+            self._deliver(batch, predictions)
+
+    def _deliver(
+        self, batch: list[tuple[Row, asyncio.Future[float]]], outcome: npt.NDArray[np.float64] | Exception
+    ) -> None:
+        """Each waiting request gets its prediction, or every one the failure (the dispatcher carries on)."""
+        if isinstance(outcome, Exception):
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(outcome)
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        for (_, future), prediction in zip(batch, outcome.tolist(), strict=True):
+            if not future.done():  # the client may have gone away
+                future.set_result(prediction)
 
     async def _gather(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
         """Wait (bounded) for requests already in flight to submit their rows."""

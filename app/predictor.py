@@ -157,9 +157,7 @@ class _Forest:
     walk is the same handful of numpy operations whatever the split.
     """
 
-    def __init__(
-        self, predictors: Any, width: int, known_cat_bitsets: Any, f_idx_map: Any, baseline: float
-    ) -> None:
+    def __init__(self, predictors: Any, width: int, known_cat_bitsets: Any, f_idx_map: Any, baseline: float) -> None:
         trees = [predictor for predictors_of_iteration in predictors for predictor in predictors_of_iteration]
         sizes = [len(tree.nodes) for tree in trees]
         offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)

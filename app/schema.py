@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Limit, Metadata
+from app.contract.features import FEW_ROWS
 
 ISO_DATE_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}$"
 # The request models' names: their OpenAPI components are ``#/components/schemas/<name>``.
@@ -302,8 +303,13 @@ class RecordSchema:
         (numeric features of bundles written before ``observed_minimum`` existed) has no entry for the feature."""
         counts: dict[str, int] = {}
         for name, (kind, low, high) in self.training_ranges.items():
+            given = columns.get(name, ())
+            if len(given) <= FEW_ROWS:  # a few rows: plain comparisons beat numpy's set-up cost
+                points: Sequence[Any] = [float(v) for v in given] if kind == "numeric" else given
+                counts[name] = sum((low is not None and v < low) or (high is not None and v > high) for v in points)
+                continue
             # numbers as float64, ISO days as fixed-width text (text order is time order); compared in bulk
-            values: Any = np.asarray(columns.get(name, ()), dtype=np.float64 if kind == "numeric" else np.str_)
+            values: Any = np.asarray(given, dtype=np.float64 if kind == "numeric" else np.str_)
             outside = np.zeros(values.shape, dtype=bool)
             if low is not None:
                 outside |= values < low

@@ -15,6 +15,8 @@ import numpy.typing as npt
 from sklearn.base import BaseEstimator, TransformerMixin
 
 DATE_PARTS: tuple[str, ...] = ("year", "month", "day", "dayofweek", "dayofyear")
+# Up to this many rows, per-row Python beats numpy's per-call cost (single records and their micro-batches).
+FEW_ROWS = 64
 
 
 class Columns(Protocol):
@@ -37,11 +39,13 @@ def date_parts(values: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.float
     return out
 
 
-class FeatureTransformer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class FeatureTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):  # type: ignore[misc,call-arg]
     """Numeric columns as floats, categoricals as ordinal codes (unknown -> NaN), dates as their parts.
 
     Output columns are numeric, then categorical, then the parts of each date column; ``categorical_mask_``
-    tells the model which are categorical.
+    tells the model which are categorical. The output is always the float matrix: scikit-learn's ``set_output``
+    wrapping is off (it cost more per serving call than a one-record transform, and a global
+    ``transform_output="pandas"`` would hand the model a DataFrame).
     """
 
     def __init__(
@@ -91,7 +95,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def _codes(self, name: str, values: Any) -> npt.NDArray[np.float64]:
         vocabulary = self.categories_[name]
         n_rows = len(values)
-        if 0 < n_rows <= 64:  # a dict look-up beats numpy's set-up cost on the serving path
+        if 0 < n_rows <= FEW_ROWS:  # a dict look-up beats numpy's set-up cost on the serving path
             index = {v: float(i) for i, v in enumerate(vocabulary)}
             return np.fromiter((index.get(str(v), np.nan) for v in values), np.float64, n_rows)
         cats = np.asarray(vocabulary, dtype=str)

@@ -145,8 +145,20 @@ def test_bounded_batches_are_predicted_on_the_event_loop_and_others_on_the_threa
     async def scenario() -> tuple[list[float], list[float], float | BaseException]:
         batcher: MicroBatcher[float] = MicroBatcher(predict, max_size=8, max_wait_s=0.0, bounded=lambda n: n <= 2)
         try:
-            alone = [await batcher.submit(1.0)]  # one row: bounded
-            together = await asyncio.gather(*(batcher.submit(float(r)) for r in range(5)))  # five rows: not
+            alone = [await batcher.submit(1.0)]  # a lone row: bounded
+            for _ in range(5):  # five requests being read: their rows wait to be gathered, then are not bounded
+                batcher.expect()
+            futures = []
+            for r in range(5):
+                batcher.arrived()
+                futures.append(batcher.submit(float(r)))
+            assert not any(future.done() for future in futures)
+            together = await asyncio.gather(*futures)
+            batcher.expect()
+            pair = [batcher.submit(7.0)]  # gathered with the next one: two rows, bounded
+            batcher.arrived()
+            pair.append(batcher.submit(8.0))
+            assert await asyncio.gather(*pair) == [14.0, 16.0]
             failed = await asyncio.gather(batcher.submit(-1.0), return_exceptions=True)
             return alone, together, failed[0]
         finally:
@@ -156,6 +168,6 @@ def test_bounded_batches_are_predicted_on_the_event_loop_and_others_on_the_threa
     alone, together, failed = asyncio.run(scenario())
     assert alone == [2.0] and together == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert isinstance(failed, ValueError) and str(failed) == "a negative row"
-    assert [rows for rows, _ in threads] == [1, 5, 1]
+    assert [rows for rows, _ in threads] == [1, 5, 2, 1]
     on_loop = [rows for rows, thread in threads if thread == loop_thread]
-    assert on_loop == [1, 1]  # the bounded calls, the failing one included; the 5-row call went to the thread
+    assert on_loop == [1, 2, 1]  # the bounded calls, the failing one included; the 5-row call went to the thread

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata, read_metadata
+from app.contract.features import FEW_ROWS
 from app.predictor import probe_columns
 from app.schema import BATCH_MODEL, RECORD_MODEL, RecordSchema, RequestError, day_pattern
 from orchestration.pipeline import TrainResult
@@ -439,6 +440,11 @@ def test_outside_training_counts_values_beyond_the_range_seen_in_training() -> N
     assert schema.outside_training(schema.columns(rows)) == {"x": 3, "d": 3, "n": 3}
     assert schema.outside_training(schema.columns(rows[:2])) == {"x": 0, "d": 0, "n": 0}
     assert schema.outside_training(dict.fromkeys(schema.features, ())) == {"x": 0, "d": 0, "n": 0}
+    # a few rows are compared one by one, more in bulk with numpy: the same counts either way
+    few = rows * (FEW_ROWS // len(rows))
+    assert len(few) <= FEW_ROWS < len(few + rows)
+    assert schema.outside_training(schema.columns(few)) == {name: 3 * len(few) // 5 for name in "xdn"}
+    assert schema.outside_training(schema.columns(few + rows)) == {name: 3 * len(few + rows) // 5 for name in "xdn"}
 
 
 def test_outside_training_takes_a_one_sided_range() -> None:
