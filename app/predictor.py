@@ -227,7 +227,7 @@ class _Forest:
             index = np.where(code >= 0, code, 256.0).astype(np.intp)  # NaN and negative codes: as missing
             rows[:, start + first : start + first + turns.shape[1]] = turns[index]
         flat = rows.ravel()
-        node2 = np.tile(self.roots2, n_rows)
+        node2 = self.roots2 if n_rows == 1 else np.tile(self.roots2, n_rows)  # never written to: a new array per level
         if n_rows == 1:
             for _ in range(self.depth):
                 turn = flat[self.slot2[node2]] > self.threshold2[node2]
@@ -268,6 +268,20 @@ def _preprocessor(preprocessor: Any) -> Callable[[Matrix], Matrix] | None:
     if len(categories) != len(categorical) or any(not np.all(np.diff(c) > 0) for c in categories):
         return None
     width = len(categorical) + len(numeric)
+    if all(np.array_equal(known, np.arange(len(known))) for known in categories):
+        # the codes seen in training are 0..k-1 (what FeatureTransformer emits): a code is its own position,
+        # anything else (NaN, negative, fractional, k or more) unknown; all columns at once
+        sizes = np.array([len(known) for known in categories], dtype=np.float64)
+
+        def reorder_codes(features: Matrix) -> Matrix:
+            out = np.empty((features.shape[0], width), dtype=np.float64)
+            codes = features[:, categorical]
+            known = (codes >= 0) & (codes < sizes) & (codes == np.floor(codes))
+            out[:, : len(categorical)] = np.where(known, codes + 0.0, np.nan)  # + 0.0: -0.0 is position 0.0
+            out[:, len(categorical) :] = features[:, numeric]
+            return out
+
+        return reorder_codes
 
     def reorder(features: Matrix) -> Matrix:
         out = np.empty((features.shape[0], width), dtype=np.float64)

@@ -313,3 +313,29 @@ def test_other_gradient_boosting_models_stay_identical(
     assert_identical(other, as_columns(edge_rows(bundle.metadata)))
     assert_identical_in_chunks(other, rows_with_unknowns(bundle.metadata, 200, seed=13), SMALL_BATCH_ROWS)
     assert_identical_in_chunks(other, as_columns(edge_rows(bundle.metadata)), 1)
+
+
+@pytest.mark.parametrize("spread", [1, 3], ids=["codes-0-to-k", "codes-0-3-6"])
+def test_odd_category_codes_turn_as_the_models_own_encoder_turns_them(
+    bundle: Bundle, training_rows: tuple[Matrix, Matrix], spread: int
+) -> None:
+    """The model's own encoder maps codes to positions by look-up; when its codes are 0..k-1 (what the bundle's
+    transformer emits) a cheaper rule does. Either way unseen, negative, fractional and far codes are unknown."""
+    features, target = training_rows
+    mask = np.asarray(bundle.transformer.categorical_mask_, dtype=bool)
+    spread_features = features.copy()
+    spread_features[:, mask] *= spread
+    model = HistGradientBoostingRegressor(max_iter=20, categorical_features=mask, random_state=0)
+    model.fit(spread_features[:5000], target[:5000])
+    path = predictor_module._direct_path(model, 1)
+    assert path is not None
+    direct, _ = path
+    rows = bundle.transformer.transform(probe_columns(bundle.metadata, 200, seed=15))
+    rows[:, mask] *= spread
+    seen = len(next(iter(bundle.transformer.categories_.values())))  # the first categorical column's codes
+    odd = np.array([seen * spread, -3.0, 0.5, 1e6, -0.0, np.nan, 2.0, 255.0])  # unseen, negative, fractional, far
+    rows[: len(odd) * 4, np.flatnonzero(mask)[0]] = np.repeat(odd, 4)
+    for size in (1, SMALL_BATCH_ROWS, len(rows)):
+        for start in range(0, len(rows), size):
+            part = rows[start : start + size]
+            assert np.array_equal(direct(part), model.predict(part)), (size, start)
