@@ -153,8 +153,8 @@ class _Forest:
     -inf (read by numeric splits whose missing values go left), the row with NaN as +inf (those whose missing
     values go right), then one slot per categorical split holding its turn for this row (1.0 right, 0.0 left;
     threshold 0.5). The turns are looked up before the walk, one table per categorical feature indexed by the
-    row's code (a 257th entry for NaN and negative codes, which turn as missing values do): so each level of the
-    walk is the same handful of numpy operations whatever the split.
+    row's code (one more entry for NaN, negative and unknown codes, which turn as missing values do): so each
+    level of the walk is the same handful of numpy operations whatever the split.
     """
 
     def __init__(self, predictors: Any, width: int, known_cat_bitsets: Any, f_idx_map: Any, baseline: float) -> None:
@@ -179,23 +179,27 @@ class _Forest:
         threshold = self.numeric_threshold.copy()
         threshold[at] = 0.5
         self.row_width = 2 * self.width + len(at)
-        # each categorical split's turn (right = 1.0) for the 256 codes, then NaN / negative codes (as missing)
+        # per categorical feature: (its column, the first slot of its splits, its codes k, the turns table): row c
+        # of the table holds every split's turn (True right) for code c < k, row k for NaN, negative and unknown
+        # codes, which turn as missing values do (codes k and up are known to no split: unknown)
         bitset_shift = np.cumsum([0, *[len(tree.raw_left_cat_bitsets) for tree in trees[:-1]]]).astype(np.intp)
         left_bitsets = np.concatenate([np.asarray(tree.raw_left_cat_bitsets) for tree in trees]).astype(np.uint32)
         known_bitsets = np.asarray(known_cat_bitsets, dtype=np.uint32)
-        codes = np.arange(256)
-        word, bit = codes // 32, (codes % 32).astype(np.uint32)
         bitset = nodes["bitset_idx"].astype(np.intp)[at] + np.repeat(bitset_shift, sizes)[at]
-        in_left = (left_bitsets[bitset][:, word] >> bit) & 1 == 1
-        known = (known_bitsets[np.asarray(f_idx_map, dtype=np.intp)[feature[at]]][:, word] >> bit) & 1 == 1
-        turn_right = np.empty((len(at), 257), dtype=bool)
-        turn_right[:, :256] = ~np.where(in_left, True, np.where(known, False, missing_left[at][:, None]))
-        turn_right[:, 256] = ~missing_left[at]
-        # per categorical feature: (its column, the first slot of its splits, code -> turns of its splits)
-        self.turns: list[tuple[int, int, npt.NDArray[np.float64]]] = []
+        self.turns: list[tuple[int, int, int, npt.NDArray[np.bool_]]] = []
         for column in np.unique(feature[at]):
-            mine = np.flatnonzero(feature[at] == column)
-            self.turns.append((int(column), int(mine[0]), np.ascontiguousarray(turn_right[mine].T, dtype=np.float64)))
+            mine = np.flatnonzero(feature[at] == column)  # contiguous: the splits are grouped by feature
+            known_words = known_bitsets[int(np.asarray(f_idx_map)[column])]
+            codes = np.arange(256)
+            known = (known_words[codes // 32] >> (codes % 32).astype(np.uint32)) & 1 == 1
+            k = int(np.flatnonzero(known)[-1]) + 1 if known.any() else 0
+            word, bit = codes[:k] // 32, (codes[:k] % 32).astype(np.uint32)
+            in_left = (left_bitsets[bitset[mine]][:, word] >> bit) & 1 == 1  # (splits, codes)
+            goes_left_missing = missing_left[at[mine]]
+            table = np.empty((k + 1, len(mine)), dtype=bool)
+            table[:k] = ~np.where(in_left, True, np.where(known[:k], False, goes_left_missing[:, None])).T
+            table[k] = ~goes_left_missing
+            self.turns.append((int(column), int(mine[0]), k, table))
         self.roots2 = 2 * offsets
         left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
         right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
@@ -222,9 +226,9 @@ class _Forest:
         rows[:, :width] = np.where(missing, -np.inf, data)
         rows[:, width : 2 * width] = np.where(missing, np.inf, data)
         start = 2 * width
-        for column, first, turns in self.turns:
+        for column, first, k, turns in self.turns:
             code = data[:, column]
-            index = np.where(code >= 0, code, 256.0).astype(np.intp)  # NaN and negative codes: as missing
+            index = np.where((code >= 0) & (code < k), code, k).astype(np.intp)  # NaN, negative, unknown: row k
             rows[:, start + first : start + first + turns.shape[1]] = turns[index]
         flat = rows.ravel()
         node2 = self.roots2 if n_rows == 1 else np.tile(self.roots2, n_rows)  # never written to: a new array per level
