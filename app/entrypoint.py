@@ -4,8 +4,11 @@
 2. resolve the bundle: the ``MODEL_HASH`` pin, or the registry's ``MODEL_NAME@MODEL_ALIAS`` / ``MODEL_VERSION``;
 3. configure the DVC remote in ``MODEL_DIR`` from the environment (credentials stay in ``AWS_*``);
 4. ``dvc pull`` into ``MODEL_DIR/bundle`` with retries, backoff and the ``PULL_DEADLINE_S`` deadline;
-5. verify the bundle (DVC hash and content hash), then ``exec`` uvicorn in a fresh interpreter (same PID), so
-   signals reach the server itself and SIGTERM drains in-flight requests, then exits 0.
+5. verify the bundle (DVC hash and content hash), then become the server in the same PID, so signals reach
+   the server itself and SIGTERM drains in-flight requests, then exits 0. With S3 keys in the environment it
+   ``exec``s uvicorn in a fresh interpreter whose environment has none; with none to drop (``BUNDLE_DIR``, or
+   keys in a mounted credentials file) it runs uvicorn in this interpreter, whose server modules were
+   imported in a thread while steps 2-5 ran: no second interpreter start, and the imports overlap the pull.
 
 ``BUNDLE_DIR`` set means "serve this directory as is": steps 2-4 are skipped and it is only verified.
 Every step prints one progress line with its timing; every failure prints one line saying what failed and
@@ -18,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,23 @@ def fail(error: DeliveryError | SettingsError, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def holds_s3_keys() -> bool:
+    """Whether the environment holds S3 keys (an empty value is unset, as for the S3 client): the server must
+    then start in a fresh environment without them."""
+    return any(os.environ.get(name) for name in S3_CREDENTIAL_VARIABLES)
+
+
+def import_server_modules() -> None:
+    """Import what ``serve`` runs (uvicorn, the app and its libraries); a failure shows again when ``serve``
+    imports them itself."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import app.main  # noqa: F401
+    except Exception:  # noqa: S110 (the same import in ``serve`` raises it, with its traceback)
+        pass
+
+
 def server_command() -> list[str]:
     """The command the entrypoint becomes: ``serve`` below, in a fresh interpreter (same PID)."""
     return [sys.executable, "-m", "app.entrypoint", SERVE]
@@ -59,7 +80,8 @@ def _drained(signum: int, _: FrameType | None) -> None:
 
 
 def serve() -> NoReturn:
-    """uvicorn with the settings' host, port, workers and logging, in the interpreter the entrypoint exec'd into.
+    """uvicorn with the settings' host, port, workers and logging (in the interpreter the entrypoint exec'd into,
+    or in its own).
 
     Logging is configured before uvicorn's first line (``app.observability.log_config``), so every line of the
     server is in ``LOG_FORMAT``. uvicorn drains in-flight requests on SIGTERM/SIGINT, then restores the
@@ -118,7 +140,7 @@ class Delivered:
 
 
 def deliver(settings: Settings) -> Delivered:
-    """Steps 2-5 up to (not including) the exec: the verified bundle."""
+    """Steps 2-5, up to (not including) starting the server: the verified bundle."""
     if settings.bundle_dir is not None:
         say(f"resolve: BUNDLE_DIR={settings.bundle_dir} is served as is (no registry look-up, no pull)")
         if not settings.bundle_dir.is_dir():  # a wrong setting, not a tampered bundle
@@ -147,6 +169,10 @@ def deliver(settings: Settings) -> Delivered:
 def run(settings: Settings, started: float) -> NoReturn:
     """Deliver the bundle and become the server (``started``: when start-up began, for the timing line);
     exits non-zero with one line on any failure."""
+    in_process = not holds_s3_keys()
+    imports = threading.Thread(target=import_server_modules, name="server-imports", daemon=True)
+    if in_process:  # this interpreter becomes the server: its imports overlap resolve, pull and verify
+        imports.start()
     try:
         delivered = deliver(settings)
     except DeliveryError as exc:
@@ -158,10 +184,15 @@ def run(settings: Settings, started: float) -> NoReturn:
         env["MODEL_REFRESH_S"] = "0"  # a bundle named outright is served as is: no alias to follow
     if delivered.version is not None:
         env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start
+    how = "exec uvicorn" if not in_process else "uvicorn in this process (no S3 keys to drop)"
     say(
-        f"serve: exec uvicorn {APP} on {settings.host}:{settings.port} with {settings.workers} worker(s), "
+        f"serve: {how} {APP} on {settings.host}:{settings.port} with {settings.workers} worker(s), "
         f"BUNDLE_DIR={env['BUNDLE_DIR']}; start-up took {time.monotonic() - started:.2f}s so far"
     )
+    if in_process:
+        os.environ.update(env)  # BUNDLE_DIR and the rest, for ``serve``'s settings (and any worker processes)
+        imports.join()  # every server module is imported once, by one thread
+        serve()
     os.execve(sys.executable, server_command(), env)  # noqa: S606 (no shell: the server replaces this process)
 
 

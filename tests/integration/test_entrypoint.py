@@ -129,6 +129,7 @@ def test_s3_credentials_from_a_mounted_file_never_enter_the_servers_environment(
         environ = Path(f"/proc/{server.pid}/environ").read_bytes()
         assert SECRET.encode() not in environ and os.fspath(credentials).encode() in environ
     assert "pull done" in log.read_text() and SECRET not in log.read_text()
+    assert "serve: uvicorn in this process (no S3 keys to drop)" in log.read_text()  # no exec needed
 
 
 def test_moving_the_alias_changes_what_a_fresh_start_serves(
@@ -216,14 +217,24 @@ def test_pinned_hash_serves_with_mlflow_down_and_sigterm_drains_in_flight_reques
     assert "MODEL_HASH pin (registry not consulted)" in output and SECRET not in output
 
 
+@pytest.mark.parametrize("keys", ["environment", "file"])
 def test_the_sigterm_drain_is_bounded_by_drain_timeout(
-    versions: tuple[Published, Published], target: PublishTarget, tmp_path: Path
+    versions: tuple[Published, Published], target: PublishTarget, tmp_path: Path, keys: str
 ) -> None:
-    """A client that sends half its body and stops holds shutdown for DRAIN_TIMEOUT_S at most, then it exits 0."""
+    """A client that sends half its body and stops holds shutdown for DRAIN_TIMEOUT_S at most, then it exits 0:
+    whether the entrypoint exec'd a fresh interpreter (S3 keys in its environment to drop) or ran the server in
+    its own (the keys in a mounted file)."""
     champion, _ = versions
     port = free_port()
     env = pinned_env(target, tmp_path / "models", champion.dvc_hash, port, DRAIN_TIMEOUT_S="2")
-    with serving(env, tmp_path / "server.log") as process:
+    if keys == "file":
+        credentials = tmp_path / "s3-credentials"
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {S3_ENV['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {SECRET}\n"
+        )
+        env |= {name: "" for name in S3_CREDENTIAL_VARIABLES} | {"AWS_SHARED_CREDENTIALS_FILE": os.fspath(credentials)}
+    log = tmp_path / "server.log"
+    with serving(env, log) as process:
         stalled = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
         stalled.putrequest("POST", "/predict/batch")
         stalled.putheader("Content-Type", "application/json")
@@ -237,6 +248,8 @@ def test_the_sigterm_drain_is_bounded_by_drain_timeout(
         assert process.wait(30) == 0
         assert 1.5 < time.monotonic() - signalled < 10  # the bound, not the client, ended it
         stalled.close()
+    how = "exec uvicorn" if keys == "environment" else "uvicorn in this process (no S3 keys to drop)"
+    assert f"entrypoint: serve: {how}" in log.read_text()
 
 
 def test_two_starts_on_one_model_dir_take_turns_and_both_serve(
