@@ -108,21 +108,21 @@ class MicroBatcher(Generic[Row]):
             if self._bounded(len(batch)):
                 self._predict_here(batch)
                 continue
+            outcome: npt.NDArray[np.float64] | Exception
             try:
-                predictions = await loop.run_in_executor(self._executor, self._predict_rows, [row for row, _ in batch])
+                outcome = await loop.run_in_executor(self._executor, self._predict_rows, [row for row, _ in batch])
             except Exception as exc:
-                self._deliver(batch, exc)
-            else:
-                self._deliver(batch, predictions)
+                outcome = exc
+            self._deliver(batch, outcome)
 
     def _predict_here(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> None:
         """Predict ``batch`` on the event loop (bounded work) and settle its requests."""
+        outcome: npt.NDArray[np.float64] | Exception
         try:
-            predictions = self._predict_rows([row for row, _ in batch])
+            outcome = self._predict_rows([row for row, _ in batch])
         except Exception as exc:
-            self._deliver(batch, exc)
-        else:
-            self._deliver(batch, predictions)
+            outcome = exc
+        self._deliver(batch, outcome)
 
     def _deliver(
         self, batch: list[tuple[Row, asyncio.Future[float]]], outcome: npt.NDArray[np.float64] | Exception

@@ -6,7 +6,8 @@ categorical columns again and reorders them first), and one Python-level call pe
 that kind this module does the same arithmetic directly:
 
 - the ordinal re-encoding as one ``searchsorted`` per categorical column (unknown or NaN -> NaN, as the
-  OrdinalEncoder's ``use_encoded_value`` does), columns in the ColumnTransformer's order;
+  OrdinalEncoder's ``use_encoded_value`` does), columns in the ColumnTransformer's order; when the encoder's
+  categories are the codes 0..k-1 (what ``FeatureTransformer`` emits), one vectorised rule for all columns;
 - the rows binned once, as the model's own ``_BinMapper`` bins its training data (scikit-learn's compiled
   ``_map_to_bins``), then each tree through scikit-learn's compiled ``_predict_from_binned_data`` (the walk
   its training uses), summed in the same order, starting from the same baseline, through the same inverse
@@ -109,18 +110,12 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
     bin_thresholds = bin_mapper.bin_thresholds_
     is_categorical = bin_mapper.is_categorical_
     missing_bin = bin_mapper.missing_values_bin_idx_
-    trees = [
-        (predictor.nodes, predictor.binned_left_cat_bitsets)
-        for predictors_of_iteration in model._predictors
-        for predictor in predictors_of_iteration
-    ]
+    predictors = [predictor for predictors_of_iteration in model._predictors for predictor in predictors_of_iteration]
+    trees = [(predictor.nodes, predictor.binned_left_cat_bitsets) for predictor in predictors]
     baseline = model._baseline_prediction
     inverse_link = model._loss.link.inverse
-    forest: _Forest | None = _Forest(
-        model._predictors, len(bin_thresholds), known_cat_bitsets, f_idx_map, float(baseline[0, 0])
-    )
-    if forest is not None and not forest.usable():
-        forest = None
+    every_tree = _Forest(predictors, len(bin_thresholds), known_cat_bitsets, f_idx_map, float(baseline[0, 0]))
+    forest = every_tree if every_tree.usable() else None
 
     def predict(features: Matrix) -> Matrix:
         data = reorder(features)
@@ -157,8 +152,7 @@ class _Forest:
     level of the walk is the same handful of numpy operations whatever the split.
     """
 
-    def __init__(self, predictors: Any, width: int, known_cat_bitsets: Any, f_idx_map: Any, baseline: float) -> None:
-        trees = [predictor for predictors_of_iteration in predictors for predictor in predictors_of_iteration]
+    def __init__(self, trees: list[Any], width: int, known_cat_bitsets: Any, f_idx_map: Any, baseline: float) -> None:
         sizes = [len(tree.nodes) for tree in trees]
         offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
         nodes = np.concatenate([tree.nodes for tree in trees])
@@ -187,10 +181,10 @@ class _Forest:
         known_bitsets = np.asarray(known_cat_bitsets, dtype=np.uint32)
         bitset = nodes["bitset_idx"].astype(np.intp)[at] + np.repeat(bitset_shift, sizes)[at]
         self.turns: list[tuple[int, int, int, npt.NDArray[np.bool_]]] = []
+        codes = np.arange(256)
         for column in np.unique(feature[at]):
             mine = np.flatnonzero(feature[at] == column)  # contiguous: the splits are grouped by feature
             known_words = known_bitsets[int(np.asarray(f_idx_map)[column])]
-            codes = np.arange(256)
             known = (known_words[codes // 32] >> (codes % 32).astype(np.uint32)) & 1 == 1
             k = int(np.flatnonzero(known)[-1]) + 1 if known.any() else 0
             word, bit = codes[:k] // 32, (codes[:k] % 32).astype(np.uint32)

@@ -42,7 +42,7 @@ from orchestration.config import load_config
 from orchestration.data import DEFAULT_ROWS, generate, write_csv
 from orchestration.pipeline import run_pipeline
 from orchestration.publish import PublishTarget, publish_bundle
-from tests.services import LOOPBACK, S3_ENV, free_port, mlflow_server, moto_server, stop
+from tests.services import LOOPBACK, S3_ENV, free_port, mlflow_server, moto_server, s3_keys_in_file, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,12 +130,7 @@ def time_entrypoint(target: PublishTarget, model_dir: Path, serve_bin: Path, key
     or ``file`` (in a credentials file, as the Kubernetes Deployment mounts its Secret: the server runs in the
     entrypoint's interpreter, its imports overlapping the pull)."""
     port = free_port()
-    credentials: dict[str, str] = {}
-    if keys == "file":
-        path = model_dir.parent / f"{model_dir.name}-s3-credentials"
-        key, secret = S3_ENV["AWS_ACCESS_KEY_ID"], S3_ENV["AWS_SECRET_ACCESS_KEY"]
-        path.write_text(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
-        credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": str(path)}
+    credentials = s3_keys_in_file(model_dir.parent / f"{model_dir.name}-s3-credentials") if keys == "file" else {}
     env = {
         **S3_ENV,
         **credentials,

@@ -35,6 +35,16 @@ S3_ENV: Final[dict[str, str]] = {
 }
 
 
+def s3_keys_in_file(path: Path, keys: Mapping[str, str] = S3_ENV) -> dict[str, str]:
+    """Write ``keys`` as an S3 credentials file at ``path`` (a mounted Secret) and return the environment that
+    points at it: the key variables emptied (empty counts as unset for the S3 client), the file named."""
+    path.write_text(
+        f"[default]\naws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n"
+    )
+    return {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": os.fspath(path)}
+
+
 class Hidden(str):
     """A string whose ``repr`` hides it (a password, a URL holding one): pytest prints the arguments of every frame
     of a failure's traceback."""

@@ -26,6 +26,7 @@ from flight_price.main import FlightPrice
 
 from tests.containers.replay import Replay
 from tests.deploy.manifests import Manifests, render
+from tests.services import s3_keys_in_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
@@ -58,11 +59,7 @@ def pod_flags(replay: Replay, manifests: Manifests, tmp_path_factory: pytest.Tem
     assert credentials_file is not None
     secret_dir, _, file_name = credentials_file.rpartition("/")
     secret = tmp_path_factory.mktemp("secret")
-    keys = module.SMOKE_CREDENTIALS
-    (secret / file_name).write_text(
-        f"[default]\naws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
-        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n"
-    )
+    s3_keys_in_file(secret / file_name, module.SMOKE_CREDENTIALS)
     os.chown(secret / file_name, 0, UID)  # defaultMode 0440, group fsGroup, as the Secret volume has it
     (secret / file_name).chmod(0o440)
     secret.chmod(0o755)

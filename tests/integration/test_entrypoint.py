@@ -24,7 +24,7 @@ from app.contract.registry import mlflow_client
 from orchestration.publish import Published, PublishTarget
 from tests.app.serving import records
 from tests.integration.conftest import SECRET, champion_and_challenger, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3_ENV, S3Server, free_port, stop, wait_http
+from tests.services import LOOPBACK, S3Server, free_port, s3_keys_in_file, stop, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +116,10 @@ def test_s3_credentials_from_a_mounted_file_never_enter_the_servers_environment(
     champion, _ = versions
     credentials = tmp_path / "secrets" / "s3-credentials"
     credentials.parent.mkdir()
-    credentials.write_text(
-        f"[default]\naws_access_key_id = {S3_ENV['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {SECRET}\n"
-    )
     port = free_port()
     env = pinned_env(target, tmp_path / "models", champion.dvc_hash, port)
     # no key in the environment (empty counts as unset for the S3 client): only the file's path
-    env |= {name: "" for name in S3_CREDENTIAL_VARIABLES} | {"AWS_SHARED_CREDENTIALS_FILE": os.fspath(credentials)}
+    env |= s3_keys_in_file(credentials)
     log = tmp_path / "server.log"
     with serving(env, log) as server:
         assert_serves(port, load_bundle(bundle_dir), None)
@@ -228,11 +225,7 @@ def test_the_sigterm_drain_is_bounded_by_drain_timeout(
     port = free_port()
     env = pinned_env(target, tmp_path / "models", champion.dvc_hash, port, DRAIN_TIMEOUT_S="2")
     if keys == "file":
-        credentials = tmp_path / "s3-credentials"
-        credentials.write_text(
-            f"[default]\naws_access_key_id = {S3_ENV['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {SECRET}\n"
-        )
-        env |= {name: "" for name in S3_CREDENTIAL_VARIABLES} | {"AWS_SHARED_CREDENTIALS_FILE": os.fspath(credentials)}
+        env |= s3_keys_in_file(tmp_path / "s3-credentials")
     log = tmp_path / "server.log"
     with serving(env, log) as process:
         stalled = http.client.HTTPConnection(LOOPBACK, port, timeout=60)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import threading
 import time
@@ -27,8 +26,8 @@ from app.contract.registry import mlflow_client
 from app.contract.store import DVC_HASH
 from orchestration.publish import Published, PublishTarget
 from tests.app.serving import records
-from tests.integration.conftest import SECRET, champion_and_challenger, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_port
+from tests.integration.conftest import champion_and_challenger, entrypoint_env, fresh_target, serving
+from tests.services import LOOPBACK, S3Server, blob_key, free_port, s3_keys_in_file
 
 REFRESH_S = 1.0
 
@@ -43,13 +42,6 @@ def versions(bundle_dir: Path, second_bundle_dir: Path, target: PublishTarget) -
     return champion_and_challenger(bundle_dir, second_bundle_dir, target)
 
 
-def credentials_file(directory: Path) -> Path:
-    """The S3 keys as a mounted file: the only way the running server's pulls can reach them."""
-    path = directory / "s3-credentials"
-    path.write_text(f"[default]\naws_access_key_id = {S3_ENV['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {SECRET}\n")
-    return path
-
-
 def refreshing_env(target: PublishTarget, model_dir: Path, port: int, **variables: str) -> dict[str, str]:
     env = entrypoint_env(
         model_dir,
@@ -61,8 +53,8 @@ def refreshing_env(target: PublishTarget, model_dir: Path, port: int, **variable
         MODEL_REFRESH_S=str(REFRESH_S),
         **variables,
     )
-    keys = {name: "" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}  # empty counts as unset
-    return env | keys | {"AWS_SHARED_CREDENTIALS_FILE": os.fspath(credentials_file(model_dir.parent))}
+    # the S3 keys as a mounted file: the only way the running server's pulls can reach them
+    return env | s3_keys_in_file(model_dir.parent / "s3-credentials")
 
 
 def move_alias(target: PublishTarget, version: int) -> float:
