@@ -14,6 +14,7 @@ and histograms summed; the queue depth summed over live workers; ``model_ready``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.config
 import os
@@ -68,16 +69,34 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, extra fields, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
+        exception = "".join(traceback.format_exception(*record.exc_info)).rstrip() if record.exc_info else None
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        return self.line(
+            record.created, record.msecs, record.levelname, _logger(record), record.getMessage(), request_id,
+            _fields(record), exception,
+        )  # fmt: skip
+
+    @staticmethod
+    def line(
+        created: float,
+        msecs: float,
+        level: str,
+        logger: str,
+        message: str,
+        request_id: str,
+        fields: dict[str, Any],
+        exception: str | None = None,
+    ) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": _logger(record),
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
-            **_fields(record),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z",
+            "level": level.lower(),
+            "logger": logger,
+            "message": message,
+            "request_id": request_id,
+            **fields,
         }
-        if record.exc_info:
-            entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        if exception is not None:
+            entry["exception"] = exception
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -259,20 +278,43 @@ class RequestContextMiddleware:
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe_request(route, scope["method"], status, seconds)
-            if _log.isEnabledFor(logging.INFO):
-                level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
-                _log.log(
-                    level,
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                    },
-                )
+            log_request(route, scope["method"], scope["path"], status, seconds, request_id)
             request_id_var.reset(token)
+
+
+def log_request(route: str, method: str, path: str, status: int, seconds: float, request_id: str) -> None:
+    """The request's access line (debug level for probes and scrapes), written before the next request is read.
+
+    When the app's logger has just the JSON stream handler ``log_config`` gives it, the line is formatted by that
+    handler's formatter and written to its stream under its lock, as ``Handler.handle`` would, without building a
+    ``LogRecord`` and the calls around it: those cost several times the line itself on every request. Any other
+    configuration (text format, filters, other handlers) gets the record through the logging machinery.
+    """
+    level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+    if not _log.isEnabledFor(level):
+        return
+    fields = {"method": method, "path": path, "route": route, "status": status, "duration_ms": round(seconds * 1000, 3)}
+    handler = _json_stream_handler(level)
+    if handler is None:
+        _log.log(level, "request", extra={**fields, "request_id": request_id})
+        return
+    created = time.time()
+    msecs = (created - int(created)) * 1000  # as LogRecord takes them
+    line = JsonFormatter.line(created, msecs, logging.getLevelName(level), LOGGER_NAME, "request", request_id, fields)
+    with handler.lock or contextlib.nullcontext():
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+
+
+def _json_stream_handler(level: int) -> logging.StreamHandler[Any] | None:
+    """The app logger's one handler, if it is a plain stream handler formatting JSON that takes ``level``."""
+    handlers = _log.handlers
+    if len(handlers) != 1 or _log.filters or _log.propagate:
+        return None
+    handler = handlers[0]
+    if type(handler) is not logging.StreamHandler or handler.filters or level < handler.level:
+        return None
+    return handler if type(handler.formatter) is JsonFormatter else None
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

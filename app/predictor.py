@@ -51,6 +51,8 @@ log = logging.getLogger(LOGGER_NAME)
 PROBE_ROWS: Final = 512
 # Up to this many rows every tree is walked at once (``_Forest``); above it, one compiled call per tree is faster.
 SMALL_BATCH_ROWS: Final = 24
+# Up to this many rows the categorical turns are picked row by row with Python scalars (cheaper than numpy's calls).
+LAYOUT_BY_ROW: Final = 6
 Matrix = npt.NDArray[np.float64]
 
 
@@ -139,10 +141,13 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
 class _Forest:
     """Every tree of a HistGradientBoostingRegressor in flat arrays, walked all at once for a few rows.
 
-    Node ``i`` of tree ``t`` is entry ``offsets[t] + i``; the walk keeps ``2 * node`` so that the left child of
-    any node is ``children[2 * node]`` and the right one ``children[2 * node + 1]`` (both stored doubled, and
-    the per-node tables are stored twice over to be read at ``2 * node`` too). A leaf is its own child on both
-    sides, so a walk that reached it stays there while deeper trees go on.
+    Node ``i`` of tree ``t`` is entry ``offsets[t] + i``. A leaf is its own child on both sides, so a walk that
+    reached it stays there while deeper trees go on. One row is walked in two steps: every node's turn at once
+    (which child this row goes to, for all nodes), then one small gather per level to step every tree down. For
+    several rows evaluating every node would cost more than the walk, so each level compares only the nodes the
+    rows are at: the walk keeps ``2 * node`` so that the left child of any node is ``children2[2 * node]`` and the
+    right one ``children2[2 * node + 1]`` (both stored doubled, and the per-node tables stored twice over to be
+    read at ``2 * node`` too).
 
     Every split is one comparison ``value > threshold`` on one slot of the row's layout: the row with NaN as
     -inf (read by numeric splits whose missing values go left), the row with NaN as +inf (those whose missing
@@ -194,52 +199,72 @@ class _Forest:
             table[:k] = ~np.where(in_left, True, np.where(known[:k], False, goes_left_missing[:, None])).T
             table[k] = ~goes_left_missing
             self.turns.append((int(column), int(mine[0]), k, table))
+        self.roots = offsets
+        self.left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
+        self.right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
+        self.slot, self.threshold = slot, threshold
+        self.value = nodes["value"].astype(np.float64)
+        # the same, for the level-by-level walk of several rows, which keeps 2 * node
         self.roots2 = 2 * offsets
-        left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
-        right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
         self.children2 = np.empty(2 * n_nodes, dtype=np.intp)  # at 2 * node + turn: 2 * the child
-        self.children2[0::2] = 2 * left
-        self.children2[1::2] = 2 * right
+        self.children2[0::2] = 2 * self.left
+        self.children2[1::2] = 2 * self.right
         self.slot2 = np.repeat(slot, 2)  # at 2 * node (and 2 * node + 1): the slot the node's split reads
         self.threshold2 = np.repeat(threshold, 2)
-        self.value2 = np.repeat(nodes["value"].astype(np.float64), 2)
+        self.value2 = np.repeat(self.value, 2)
         self.depth = int(nodes["depth"].max()) if n_nodes else 0
         self.baseline = baseline
 
     def usable(self) -> bool:
         """Whether ``value > threshold`` decides every numeric split: a +inf threshold would send +inf right."""
-        leaf = self.children2[0::2] == 2 * np.arange(len(self.numeric_threshold))
+        leaf = self.left == np.arange(len(self.numeric_threshold))
         return not bool(np.any(np.isposinf(self.numeric_threshold[~leaf & ~self.categorical])))
 
     def raw(self, data: Matrix) -> Matrix:
         """The raw predictions (before the inverse link) of the rows of ``data`` (the model's column order)."""
+        n_rows, n_trees = len(data), len(self.roots)
+        rows = self._layout(data)
+        if n_rows == 1:
+            # one row: every node's turn at once, then each tree steps through the chosen children (one small
+            # gather per level instead of five)
+            chosen = np.where(rows[0][self.slot] > self.threshold, self.right, self.left)
+            node = self.roots
+            for _ in range(self.depth):
+                node = chosen[node]
+            values = self.value[node]
+        else:
+            flat = rows.ravel()
+            node2 = np.tile(self.roots2, n_rows)  # never written to: a new array per level
+            row_start = np.repeat(np.arange(n_rows, dtype=np.intp) * self.row_width, n_trees)
+            for _ in range(self.depth):
+                turn = flat[self.slot2[node2] + row_start] > self.threshold2[node2]
+                node2 = self.children2[node2 + turn]
+            values = self.value2[node2]
+        leaves = np.empty((n_rows, n_trees + 1), dtype=np.float64)
+        leaves[:, 0] = self.baseline
+        leaves[:, 1:] = values.reshape(n_rows, n_trees)
+        # tree by tree, in order, as scikit-learn adds them: a sequential sum, not numpy's pairwise one
+        return np.ascontiguousarray(np.add.accumulate(leaves, axis=1)[:, -1])
+
+    def _layout(self, data: Matrix) -> Matrix:
+        """The rows of ``data`` in the walk's layout: NaN as -inf, NaN as +inf, then each categorical split's turn."""
         n_rows, width = len(data), self.width
-        n_trees = len(self.roots2)
         rows = np.empty((n_rows, self.row_width), dtype=np.float64)
         missing = np.isnan(data)
         rows[:, :width] = np.where(missing, -np.inf, data)
         rows[:, width : 2 * width] = np.where(missing, np.inf, data)
         start = 2 * width
+        if n_rows <= LAYOUT_BY_ROW:  # the same table rows as below, picked one row at a time
+            for row, codes in zip(rows, data.tolist(), strict=True):
+                for column, first, k, turns in self.turns:
+                    code = codes[column]
+                    row[start + first : start + first + turns.shape[1]] = turns[int(code) if 0 <= code < k else k]
+            return rows
         for column, first, k, turns in self.turns:
             code = data[:, column]
             index = np.where((code >= 0) & (code < k), code, k).astype(np.intp)  # NaN, negative, unknown: row k
             rows[:, start + first : start + first + turns.shape[1]] = turns[index]
-        flat = rows.ravel()
-        node2 = self.roots2 if n_rows == 1 else np.tile(self.roots2, n_rows)  # never written to: a new array per level
-        if n_rows == 1:
-            for _ in range(self.depth):
-                turn = flat[self.slot2[node2]] > self.threshold2[node2]
-                node2 = self.children2[node2 + turn]
-        else:
-            row_start = np.repeat(np.arange(n_rows, dtype=np.intp) * self.row_width, n_trees)
-            for _ in range(self.depth):
-                turn = flat[self.slot2[node2] + row_start] > self.threshold2[node2]
-                node2 = self.children2[node2 + turn]
-        leaves = np.empty((n_rows, n_trees + 1), dtype=np.float64)
-        leaves[:, 0] = self.baseline
-        leaves[:, 1:] = self.value2[node2].reshape(n_rows, n_trees)
-        # tree by tree, in order, as scikit-learn adds them: a sequential sum, not numpy's pairwise one
-        return np.ascontiguousarray(np.add.accumulate(leaves, axis=1)[:, -1])
+        return rows
 
 
 def _preprocessor(preprocessor: Any) -> Callable[[Matrix], Matrix] | None:

@@ -461,6 +461,55 @@ def test_json_logs_carry_request_ids_and_no_secrets(
     assert any(line["message"] == "bundle loaded" and line["bundle_hash"] == bundle.content_hash for line in lines)
 
 
+def test_the_access_line_is_the_same_written_directly_or_through_logging() -> None:
+    """With the JSON stream handler alone the access line skips the LogRecord; with anything else on the logger
+    (here a filter) it goes through logging. Either way: the same fields, in the same order, at the same level."""
+    import io
+    import logging
+
+    from app.observability import LOGGER_NAME, configure_logging, log_request
+
+    configure_logging("info", "json")
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    handler.setStream(stream)
+
+    def written() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        stream.seek(0)
+        stream.truncate()
+        return lines
+
+    records: list[logging.LogRecord] = []
+    make_record = logging.getLogRecordFactory()
+
+    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        records.append(make_record(*args, **kwargs))
+        return records[-1]
+
+    logging.setLogRecordFactory(counted)
+    try:
+        log_request("/predict", "POST", "/predict", 200, 0.0012345, "direct-1")
+        log_request("/health/ready", "GET", "/health/ready", 200, 0.0001, "probe-1")  # debug: not at info
+        (direct,) = written()
+        assert records == []
+        logger.addFilter(lambda record: True)
+        log_request("/predict", "POST", "/predict", 200, 0.0012345, "direct-1")
+        log_request("/health/ready", "GET", "/health/ready", 200, 0.0001, "probe-1")
+        (through_logging,) = written()
+        assert len(records) == 1
+    finally:
+        logging.setLogRecordFactory(make_record)
+        logger.filters.clear()
+        configure_logging("info", "json")
+    assert list(direct) == list(through_logging)  # the same keys in the same order
+    assert {**direct, "time": None} == {**through_logging, "time": None}
+    assert direct["level"] == "info" and direct["request_id"] == "direct-1" and direct["duration_ms"] == 1.234
+    assert direct["time"].endswith("Z") and len(direct["time"]) == len("2026-01-01T00:00:00.000Z")
+
+
 # --- a real uvicorn process ---
 
 
