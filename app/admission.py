@@ -64,7 +64,20 @@ class Admission:
 
     async def answer(self, prediction: asyncio.Future[T]) -> T:
         """``prediction``'s result, or shed the request once it has waited ``timeout_s`` (``prediction`` is
-        cancelled then). One timer per request, not an ``asyncio.timeout`` scope: this runs on every prediction."""
+        cancelled then). One timer per request, not an ``asyncio.timeout`` scope: this runs on every prediction.
+
+        The request first gives the event loop one pass: the micro-batcher predicts a bounded batch on the loop in
+        that pass, ahead of this request, so its prediction is usually there when it resumes, and is taken with no
+        timer and no further pass to be woken for it.
+        """
+        if not prediction.done():
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:  # the request was cancelled: its prediction is not wanted
+                prediction.cancel()
+                raise
+        if prediction.done():
+            return prediction.result()
         expired = False
 
         def expire() -> None:

@@ -21,8 +21,6 @@ row), which a test checks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -41,7 +39,12 @@ def limit_threads(threads: int) -> None:
 
 
 class MicroBatcher(Generic[Row]):
-    """Gathers single rows into batches for ``predict_rows`` (rows -> one prediction per row)."""
+    """Gathers single rows into batches for ``predict_rows`` (rows -> one prediction per row).
+
+    The dispatcher is a callback on the event loop, not a task: a row submitted while it is idle schedules it for
+    the loop's next pass (after the requests already read in this pass have submitted theirs); a model call on the
+    thread schedules it again when it returns; the window for requests still being read is a timer.
+    """
 
     def __init__(
         self,
@@ -63,9 +66,10 @@ class MicroBatcher(Generic[Row]):
         )
         self._pending: list[tuple[Row, asyncio.Future[float]]] = []
         self._arriving = 0  # requests being read and validated that will submit a row soon
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._lock = threading.Lock()
+        self._scheduled: asyncio.Handle | None = None  # the next dispatch: this pass's end, or the window's
+        self._window_ends: float | None = None  # while waiting for requests being read: when the wait ends
+        self._on_thread: list[tuple[Row, asyncio.Future[float]]] | None = None  # the batch the thread predicts
+        self._running: asyncio.Future[npt.NDArray[np.float64] | Exception] | None = None  # and its call
 
     # --- request side (event loop) ---
 
@@ -80,55 +84,70 @@ class MicroBatcher(Generic[Row]):
     def submit(self, row: Row) -> asyncio.Future[float]:
         """This row's prediction, to come from a batch with whatever else is waiting (cancel it to give up)."""
         loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
-            self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._dispatch(), name="microbatcher")
         future: asyncio.Future[float] = loop.create_future()
         self._pending.append((row, future))
-        assert self._wakeup is not None
-        self._wakeup.set()
+        if self._on_thread is None:  # else the thread's return dispatches
+            if self._window_ends is not None and (self._arriving == 0 or len(self._pending) >= self.max_size):
+                self._cancel_scheduled()  # nobody left to wait for, or a full batch: go at once
+            if self._scheduled is None:
+                self._scheduled = loop.call_soon(self._dispatch)
         return future
 
-    # --- dispatcher (event loop task) ---
+    # --- dispatcher (event loop callbacks) ---
 
-    async def _dispatch(self) -> None:
+    def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._wakeup is not None
-        wakeup = self._wakeup
-        while True:
-            if not self._pending:
-                wakeup.clear()
-                await wakeup.wait()
-            await self._gather(loop, wakeup)
-            # rows whose request gave up (timed out, client gone) are not predicted
-            self._pending = [(row, future) for row, future in self._pending if not future.done()]
-            if not self._pending:
-                continue
-            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
-            if self._bounded(len(batch)):
-                self._predict_here(batch)
-                continue
-            outcome: npt.NDArray[np.float64] | Exception
-            try:
-                outcome = await loop.run_in_executor(self._executor, self._predict_rows, [row for row, _ in batch])
-            except Exception as exc:
-                outcome = exc
-            self._deliver(batch, outcome)
-
-    def _predict_here(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> None:
-        """Predict ``batch`` on the event loop (bounded work) and settle its requests."""
-        outcome: npt.NDArray[np.float64] | Exception
+        self._scheduled = None
+        # rows whose request gave up (timed out, client gone) are not predicted
+        self._pending = [(row, future) for row, future in self._pending if not future.done()]
+        if not self._pending:
+            self._window_ends = None
+            return
+        if self.max_wait_s > 0 and self._arriving > 0 and len(self._pending) < self.max_size:
+            # requests still being read: wait for them, at most max_wait_s since the wait began
+            if self._window_ends is None:
+                self._window_ends = loop.time() + self.max_wait_s
+            if loop.time() < self._window_ends:
+                self._scheduled = loop.call_at(self._window_ends, self._dispatch)
+                return
+        self._window_ends = None
+        batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+        if self._bounded(len(batch)):
+            self._deliver(batch, self._call(batch))
+            if self._pending:
+                self._scheduled = loop.call_soon(self._dispatch)
+            return
         try:
-            outcome = self._predict_rows([row for row, _ in batch])
+            running = loop.run_in_executor(self._executor, self._call, batch)
+        except RuntimeError as exc:  # the executor was shut down (the model was closed)
+            self._deliver(batch, exc)
+            return
+        self._on_thread, self._running = batch, running
+        running.add_done_callback(self._returned)
+
+    def _call(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> npt.NDArray[np.float64] | Exception:
+        """The model call for ``batch``: its predictions, or what it raised."""
+        try:
+            return self._predict_rows([row for row, _ in batch])
         except Exception as exc:
-            outcome = exc
+            return exc
+
+    def _returned(self, running: asyncio.Future[npt.NDArray[np.float64] | Exception]) -> None:
+        """The thread's call returned: its requests get their answers, and the rows waiting meanwhile go next."""
+        batch, self._on_thread, self._running = self._on_thread or [], None, None
+        if running.cancelled():  # the executor was shut down
+            outcome: npt.NDArray[np.float64] | BaseException = asyncio.CancelledError()
+        else:
+            outcome = running.result()
         self._deliver(batch, outcome)
+        if self._pending and self._scheduled is None:
+            self._scheduled = asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _deliver(
-        self, batch: list[tuple[Row, asyncio.Future[float]]], outcome: npt.NDArray[np.float64] | Exception
+        self, batch: list[tuple[Row, asyncio.Future[float]]], outcome: npt.NDArray[np.float64] | BaseException
     ) -> None:
         """Each waiting request gets its prediction, or every one the failure (the dispatcher carries on)."""
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, BaseException):
             for _, future in batch:
                 if not future.done():
                     future.set_exception(outcome)
@@ -139,27 +158,18 @@ class MicroBatcher(Generic[Row]):
             if not future.done():  # the client may have gone away
                 future.set_result(prediction)
 
-    async def _gather(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
-        """Wait (bounded) for requests already in flight to submit their rows."""
-        if self.max_wait_s <= 0:
-            return
-        deadline = loop.time() + self.max_wait_s
-        while self._arriving > 0 and len(self._pending) < self.max_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), remaining)
+    def _cancel_scheduled(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
 
     async def close(self) -> None:
-        """Stop the dispatcher and the worker thread."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for _, future in self._pending:
+        """Stop dispatching and the worker thread: rows still waiting, or on the thread, are cancelled."""
+        self._cancel_scheduled()
+        for _, future in [*self._pending, *(self._on_thread or [])]:
             if not future.done():
                 future.cancel()
         self._pending = []
+        if self._running is not None:
+            self._running.cancel()  # the call itself runs on; its result is not delivered to a closed loop
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -171,3 +171,57 @@ def test_bounded_batches_are_predicted_on_the_event_loop_and_others_on_the_threa
     assert [rows for rows, _ in threads] == [1, 5, 2, 1]
     on_loop = [rows for rows, thread in threads if thread == loop_thread]
     assert on_loop == [1, 2, 1]  # the bounded calls, the failing one included; the 5-row call went to the thread
+
+
+def test_closing_cancels_the_rows_waiting_and_on_the_thread_and_later_rows_still_get_an_answer() -> None:
+    """A closed batcher leaves no request hanging: rows waiting and the batch on the thread are cancelled; a row
+    submitted afterwards is predicted on the loop if bounded, else fails (the thread is gone)."""
+    release = threading.Event()
+
+    def predict(rows: list[float]) -> npt.NDArray[np.float64]:
+        if len(rows) > 1 or rows[0] > 0:  # the thread's calls wait until released
+            release.wait(5)
+        return np.asarray(rows, dtype=np.float64) * 2
+
+    async def scenario() -> tuple[list[bool], float, BaseException | float]:
+        batcher: MicroBatcher[float] = MicroBatcher(predict, max_size=8, max_wait_s=0.0, bounded=lambda n: n == 1)
+        batcher.expect()
+        on_thread = [batcher.submit(1.0), batcher.submit(2.0)]  # two rows: not bounded, on the thread
+        batcher.arrived()
+        await asyncio.sleep(0.05)
+        waiting = batcher.submit(3.0)  # waits for the thread
+        await batcher.close()
+        release.set()
+        settled = [future.cancelled() for future in [*on_thread, waiting]]
+        bounded_after = await batcher.submit(-1.0)  # bounded: on the loop
+        thread_after = await asyncio.gather(batcher.submit(4.0), batcher.submit(5.0), return_exceptions=True)
+        return settled, bounded_after, thread_after[0]
+
+    settled, bounded_after, thread_after = asyncio.run(scenario())
+    assert settled == [True, True, True]
+    assert bounded_after == -2.0
+    assert isinstance(thread_after, RuntimeError)
+
+
+def test_a_bounded_row_is_predicted_in_the_loops_next_pass() -> None:
+    """The dispatcher runs once the requests already read in this pass have submitted their rows: they share a
+    call, and the prediction is there when a request yields once."""
+    calls: list[int] = []
+
+    def predict(rows: list[float]) -> npt.NDArray[np.float64]:
+        calls.append(len(rows))
+        return np.asarray(rows, dtype=np.float64) * 2
+
+    async def scenario() -> list[float]:
+        batcher: MicroBatcher[float] = MicroBatcher(predict, max_size=8, max_wait_s=0.01, bounded=lambda n: n <= 8)
+        try:
+            futures = [batcher.submit(float(i)) for i in range(3)]
+            assert not any(future.done() for future in futures)
+            await asyncio.sleep(0)
+            assert all(future.done() for future in futures)
+            return [future.result() for future in futures]
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) == [0.0, 2.0, 4.0]
+    assert calls == [3]
