@@ -142,8 +142,8 @@ class _Forest:
     """Every tree of a HistGradientBoostingRegressor in flat arrays, walked all at once for a few rows.
 
     Node ``i`` of tree ``t`` is entry ``offsets[t] + i``. A leaf is its own child on both sides, so a walk that
-    reached it stays there while deeper trees go on. One row is walked in two steps: every node's turn at once
-    (which child this row goes to, for all nodes), then one small gather per level to step every tree down. For
+    reached it stays there while deeper trees go on. One row is walked in two steps: every split's turn at once
+    (which child this row goes to, for all splits), then one small gather per level to step every tree down. For
     several rows evaluating every node would cost more than the walk, so each level compares only the nodes the
     rows are at: the walk keeps ``2 * node`` so that the left child of any node is ``children2[2 * node]`` and the
     right one ``children2[2 * node + 1]`` (both stored doubled, and the per-node tables stored twice over to be
@@ -199,26 +199,35 @@ class _Forest:
             table[:k] = ~np.where(in_left, True, np.where(known[:k], False, goes_left_missing[:, None])).T
             table[k] = ~goes_left_missing
             self.turns.append((int(column), int(mine[0]), k, table))
-        self.roots = offsets
-        self.left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
-        self.right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
-        self.slot, self.threshold = slot, threshold
-        self.value = nodes["value"].astype(np.float64)
-        # the same, for the level-by-level walk of several rows, which keeps 2 * node
+        left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
+        right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
+        value = nodes["value"].astype(np.float64)
+        self.leaf = leaf
+        # for one row the nodes are renumbered, splits first: only the splits' turns are computed, and a leaf's
+        # entry in the chosen children is itself
+        splits_first = np.concatenate([np.flatnonzero(~leaf), np.flatnonzero(leaf)])
+        renumbered = np.empty(n_nodes, dtype=np.intp)
+        renumbered[splits_first] = own
+        split = splits_first[: int(np.count_nonzero(~leaf))]
+        self.split_slot, self.split_threshold = slot[split], threshold[split]
+        self.split_left, self.split_right = renumbered[left[split]], renumbered[right[split]]
+        self.leaves_stay = np.arange(len(split), n_nodes, dtype=np.intp)
+        self.roots = renumbered[offsets]
+        self.value = value[splits_first]
+        # for several rows, the walk keeps 2 * node (original numbering)
         self.roots2 = 2 * offsets
         self.children2 = np.empty(2 * n_nodes, dtype=np.intp)  # at 2 * node + turn: 2 * the child
-        self.children2[0::2] = 2 * self.left
-        self.children2[1::2] = 2 * self.right
+        self.children2[0::2] = 2 * left
+        self.children2[1::2] = 2 * right
         self.slot2 = np.repeat(slot, 2)  # at 2 * node (and 2 * node + 1): the slot the node's split reads
         self.threshold2 = np.repeat(threshold, 2)
-        self.value2 = np.repeat(self.value, 2)
+        self.value2 = np.repeat(value, 2)
         self.depth = int(nodes["depth"].max()) if n_nodes else 0
         self.baseline = baseline
 
     def usable(self) -> bool:
         """Whether ``value > threshold`` decides every numeric split: a +inf threshold would send +inf right."""
-        leaf = self.left == np.arange(len(self.numeric_threshold))
-        return not bool(np.any(np.isposinf(self.numeric_threshold[~leaf & ~self.categorical])))
+        return not bool(np.any(np.isposinf(self.numeric_threshold[~self.leaf & ~self.categorical])))
 
     def raw(self, data: Matrix) -> Matrix:
         """The raw predictions (before the inverse link) of the rows of ``data`` (the model's column order)."""
@@ -227,7 +236,8 @@ class _Forest:
         if n_rows == 1:
             # one row: every node's turn at once, then each tree steps through the chosen children (one small
             # gather per level instead of five)
-            chosen = np.where(rows[0][self.slot] > self.threshold, self.right, self.left)
+            turns = np.where(rows[0][self.split_slot] > self.split_threshold, self.split_right, self.split_left)
+            chosen = np.concatenate((turns, self.leaves_stay))
             node = self.roots
             for _ in range(self.depth):
                 node = chosen[node]
@@ -250,16 +260,17 @@ class _Forest:
         """The rows of ``data`` in the walk's layout: NaN as -inf, NaN as +inf, then each categorical split's turn."""
         n_rows, width = len(data), self.width
         rows = np.empty((n_rows, self.row_width), dtype=np.float64)
-        missing = np.isnan(data)
-        rows[:, :width] = np.where(missing, -np.inf, data)
-        rows[:, width : 2 * width] = np.where(missing, np.inf, data)
         start = 2 * width
-        if n_rows <= LAYOUT_BY_ROW:  # the same table rows as below, picked one row at a time
-            for row, codes in zip(rows, data.tolist(), strict=True):
+        if n_rows <= LAYOUT_BY_ROW:  # the same, one row at a time with Python floats (v != v: NaN)
+            for row, values in zip(rows, data.tolist(), strict=True):
+                row[:start] = [-math.inf if v != v else v for v in values] + [math.inf if v != v else v for v in values]
                 for column, first, k, turns in self.turns:
-                    code = codes[column]
+                    code = values[column]
                     row[start + first : start + first + turns.shape[1]] = turns[int(code) if 0 <= code < k else k]
             return rows
+        missing = np.isnan(data)
+        rows[:, :width] = np.where(missing, -np.inf, data)
+        rows[:, width:start] = np.where(missing, np.inf, data)
         for column, first, k, turns in self.turns:
             code = data[:, column]
             index = np.where((code >= 0) & (code < k), code, k).astype(np.intp)  # NaN, negative, unknown: row k
@@ -295,8 +306,18 @@ def _preprocessor(preprocessor: Any) -> Callable[[Matrix], Matrix] | None:
         # the codes seen in training are 0..k-1 (what FeatureTransformer emits): a code is its own position,
         # anything else (NaN, negative, fractional, k or more) unknown; all columns at once
         sizes = np.array([len(known) for known in categories], dtype=np.float64)
+        picked = [(int(column), len(known)) for column, known in zip(categorical, categories, strict=True)]
+        numeric_columns = numeric.tolist()
 
         def reorder_codes(features: Matrix) -> Matrix:
+            if features.shape[0] == 1:  # one row: the same rule on Python floats (numpy's calls cost more)
+                values = features[0].tolist()
+                row = [
+                    values[column] + 0.0 if 0 <= values[column] < size and values[column].is_integer() else math.nan
+                    for column, size in picked
+                ]
+                row += [values[column] for column in numeric_columns]
+                return np.array([row], dtype=np.float64)
             out = np.empty((features.shape[0], width), dtype=np.float64)
             codes = features[:, categorical]
             known = (codes >= 0) & (codes < sizes) & (codes == np.floor(codes))

@@ -7,6 +7,7 @@ prediction path needs no DataFrame at all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import date
 from typing import Any, Protocol, Self
@@ -30,9 +31,7 @@ def date_parts(values: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.float
     """ISO dates (``YYYY-MM-DD``) -> columns ``DATE_PARTS`` as floats, vectorised with numpy (up to ``FEW_ROWS``
     days, read one by one by ``datetime.date``: the same numbers, without numpy's per-call cost)."""
     if 0 < len(values) <= FEW_ROWS:
-        days_read = [date.fromisoformat(str(value)) for value in values]
-        parts = [(d.year, d.month, d.day, d.weekday(), d.timetuple().tm_yday) for d in days_read]
-        return np.array(parts, dtype=np.float64)
+        return np.array(_day_parts(values), dtype=np.float64)
     days = np.asarray(values, dtype="datetime64[D]")
     years = days.astype("datetime64[Y]")
     months = days.astype("datetime64[M]")
@@ -43,6 +42,12 @@ def date_parts(values: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.float
     out[:, 3] = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
     out[:, 4] = (days - years).astype(np.int64) + 1
     return out
+
+
+def _day_parts(values: Sequence[str] | npt.NDArray[Any]) -> list[tuple[int, int, int, int, int]]:
+    """Each ISO date's ``DATE_PARTS``, read by ``datetime.date`` (for a few rows)."""
+    days_read = [date.fromisoformat(str(value)) for value in values]
+    return [(d.year, d.month, d.day, d.weekday(), d.timetuple().tm_yday) for d in days_read]
 
 
 class FeatureTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):  # type: ignore[misc,call-arg]
@@ -85,6 +90,12 @@ class FeatureTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=
         """Columns -> a float matrix in ``feature_names_out_`` order."""
         first = next(iter([*self.numeric, *self.categorical, *self.dates]))
         n_rows = len(X[first])
+        if 0 < n_rows <= FEW_ROWS:  # every column as a Python sequence, then one numpy call for them all
+            columns: list[Any] = [X[name] for name in self.numeric]
+            columns += [self._few_codes(name, X[name]) for name in self.categorical]
+            for name in self.dates:
+                columns += zip(*_day_parts(X[name]), strict=True)  # one column per part
+            return np.ascontiguousarray(np.array(columns, dtype=np.float64).T)
         out = np.empty((n_rows, len(self.feature_names_out_)), dtype=np.float64)
         col = 0
         for name in self.numeric:
@@ -98,12 +109,13 @@ class FeatureTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=
             col += len(DATE_PARTS)
         return out
 
+    def _few_codes(self, name: str, values: Any) -> list[float]:
+        """``_codes`` for a few rows: a dict look-up beats numpy's set-up cost on the serving path."""
+        index = {v: float(i) for i, v in enumerate(self.categories_[name])}
+        return [index.get(str(v), math.nan) for v in values]
+
     def _codes(self, name: str, values: Any) -> npt.NDArray[np.float64]:
         vocabulary = self.categories_[name]
-        n_rows = len(values)
-        if 0 < n_rows <= FEW_ROWS:  # a dict look-up beats numpy's set-up cost on the serving path
-            index = {v: float(i) for i, v in enumerate(vocabulary)}
-            return np.fromiter((index.get(str(v), np.nan) for v in values), np.float64, n_rows)
         cats = np.asarray(vocabulary, dtype=str)
         vals = np.asarray(values, dtype=str)
         pos = np.clip(np.searchsorted(cats, vals), 0, max(len(cats) - 1, 0))

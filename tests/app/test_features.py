@@ -39,3 +39,32 @@ def test_the_transform_is_always_the_float_matrix() -> None:
     with sklearn.config_context(transform_output="pandas"):  # a global setting must not hand the model a DataFrame
         out = transformer.transform({"x": [3.0]})
     assert type(out) is np.ndarray and out.dtype == np.float64 and out.tolist() == [[3.0]]
+
+
+def test_a_few_rows_transform_to_the_same_matrix_as_many() -> None:
+    """Up to FEW_ROWS rows every column is read as Python values and converted in one numpy call: the same
+    matrix (values, column order, C layout) as the column-by-column numpy path, from lists or a DataFrame."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    n_rows = 3 * FEW_ROWS
+    days = [(date(2019, 1, 1) + timedelta(days=int(d))).isoformat() for d in rng.integers(0, 1500, n_rows)]
+    columns = {
+        "time": rng.uniform(0, 10, n_rows).tolist(),
+        "stops": rng.integers(0, 3, n_rows).tolist(),  # ints
+        "city": rng.choice(["Recife", "Natal", "Salvador", "Unknown"], n_rows).tolist(),
+        "agency": rng.choice(["A", "B"], n_rows).tolist(),
+        "date": days,
+    }
+    transformer = FeatureTransformer(numeric=["time", "stops"], categorical=["city", "agency"], dates=["date"])
+    transformer.fit({name: values[:-5] for name, values in columns.items()} | {"city": ["Recife", "Natal"] * 10})
+    many = transformer.transform(columns)
+    assert len(many) > FEW_ROWS
+    for size in (1, 2, FEW_ROWS):
+        for frame in (False, True):
+            parts = []
+            for start in range(0, n_rows, size):
+                part = {name: values[start : start + size] for name, values in columns.items()}
+                parts.append(transformer.transform(pd.DataFrame(part) if frame else part))
+            assert all(part.flags.c_contiguous and part.dtype == np.float64 for part in parts)
+            assert np.array_equal(np.concatenate(parts), many, equal_nan=True), (size, frame)
