@@ -17,6 +17,7 @@ what to check, and exits non-zero (see ``app.delivery.failures.EXIT_CODES``).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -59,9 +60,11 @@ def holds_s3_keys() -> bool:
 
 
 def import_server_modules() -> None:
-    """Import what ``serve`` runs (uvicorn, the app and its libraries); a failure shows again when ``serve``
-    imports them itself."""
+    """Import what ``serve`` runs: skops' loader, which the bundle load needs (at import it lists every
+    scikit-learn estimator, importing them all, and every numpy and scipy ufunc: over half a second), then uvicorn,
+    the app and its libraries. A failure shows again when ``serve`` or the bundle load imports them itself."""
     try:
+        import skops.io  # noqa: F401
         import uvicorn  # noqa: F401
 
         import app.main  # noqa: F401
@@ -101,6 +104,9 @@ def serve() -> NoReturn:
     import uvicorn
 
     from app.observability import log_config
+
+    gc.freeze()  # what start-up made lives as long as the server: later collections need not walk it
+    gc.enable()
 
     uvicorn.run(
         APP,
@@ -214,6 +220,9 @@ def main() -> NoReturn:
 
 
 if __name__ == "__main__":
+    # Start-up allocates millions of objects and frees few, so the cyclic collector's full passes are wasted work:
+    # it is off until the server is about to start (``serve``).
+    gc.disable()
     if sys.argv[1:2] == [SERVE]:
         serve()
     main()
