@@ -97,6 +97,7 @@ def serve() -> NoReturn:
         settings = load_settings()
     except SettingsError as exc:
         fail(exc, EXIT_CODES["settings"])
+    import_server_modules()  # in this order (done already when the entrypoint's thread imported them)
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _drained)
     if settings.workers > 1:
