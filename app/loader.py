@@ -11,7 +11,6 @@ so every response and the info gauge name the version from the first request on.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Final
 
@@ -58,7 +57,6 @@ async def load_until_ready(state: ServingState) -> None:
         await model.close()
         return
     state.serve(model)
-    gc.freeze()  # the model's objects live as long as it is served: the collector's full passes skip them
     if model.library_mismatch:
         log.warning(
             "the bundle was trained with other library versions than this server's: %s",

@@ -301,9 +301,12 @@ def log_request(route: str, method: str, path: str, status: int, seconds: float,
     created = time.time()
     msecs = (created - int(created)) * 1000  # as LogRecord takes them
     line = JsonFormatter.line(created, msecs, logging.getLevelName(level), LOGGER_NAME, "request", request_id, fields)
-    with handler.lock or contextlib.nullcontext():
-        handler.stream.write(line + handler.terminator)
-        handler.flush()
+    try:
+        with handler.lock or contextlib.nullcontext():
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+    except Exception:  # the stream failed: logging reports it (``Handler.handleError``), as for any other line
+        _log.log(level, "request", extra={**fields, "request_id": request_id})
 
 
 def _json_stream_handler(level: int) -> logging.StreamHandler[Any] | None:

@@ -510,6 +510,26 @@ def test_the_access_line_is_the_same_written_directly_or_through_logging() -> No
     assert direct["time"].endswith("Z") and len(direct["time"]) == len("2026-01-01T00:00:00.000Z")
 
 
+def test_a_failing_log_stream_does_not_fail_the_request_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stream that cannot be written is reported by logging's own error handling, never raised to the request."""
+    import io
+    import logging
+
+    from app.observability import LOGGER_NAME, configure_logging, log_request
+
+    configure_logging("info", "json")
+    handler = logging.getLogger(LOGGER_NAME).handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    broken = io.StringIO()
+    broken.close()
+    handler.setStream(broken)
+    try:
+        log_request("/predict", "POST", "/predict", 200, 0.001, "broken-1")  # raises nothing
+    finally:
+        configure_logging("info", "json")
+    assert "--- Logging error ---" in capsys.readouterr().err
+
+
 # --- a real uvicorn process ---
 
 
