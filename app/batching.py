@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 Row = TypeVar("Row")
+Outcome = npt.NDArray[np.float64] | Exception  # a model call's predictions, or what it raised
 
 
 def limit_threads(threads: int) -> None:
@@ -68,8 +69,8 @@ class MicroBatcher(Generic[Row]):
         self._arriving = 0  # requests being read and validated that will submit a row soon
         self._scheduled: asyncio.Handle | None = None  # the next dispatch: this pass's end, or the window's
         self._window_ends: float | None = None  # while waiting for requests being read: when the wait ends
-        self._on_thread: list[tuple[Row, asyncio.Future[float]]] | None = None  # the batch the thread predicts
-        self._running: asyncio.Future[npt.NDArray[np.float64] | Exception] | None = None  # and its call
+        # the batch the thread predicts, and its call
+        self._on_thread: tuple[list[tuple[Row, asyncio.Future[float]]], asyncio.Future[Outcome]] | None = None
 
     # --- request side (event loop) ---
 
@@ -122,19 +123,20 @@ class MicroBatcher(Generic[Row]):
         except RuntimeError as exc:  # the executor was shut down (the model was closed)
             self._deliver(batch, exc)
             return
-        self._on_thread, self._running = batch, running
+        self._on_thread = batch, running
         running.add_done_callback(self._returned)
 
-    def _call(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> npt.NDArray[np.float64] | Exception:
+    def _call(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> Outcome:
         """The model call for ``batch``: its predictions, or what it raised."""
         try:
             return self._predict_rows([row for row, _ in batch])
         except Exception as exc:
             return exc
 
-    def _returned(self, running: asyncio.Future[npt.NDArray[np.float64] | Exception]) -> None:
+    def _returned(self, running: asyncio.Future[Outcome]) -> None:
         """The thread's call returned: its requests get their answers, and the rows waiting meanwhile go next."""
-        batch, self._on_thread, self._running = self._on_thread or [], None, None
+        batch = self._on_thread[0] if self._on_thread is not None else []
+        self._on_thread = None
         if running.cancelled():  # the executor was shut down
             outcome: npt.NDArray[np.float64] | BaseException = asyncio.CancelledError()
         else:
@@ -166,10 +168,11 @@ class MicroBatcher(Generic[Row]):
     async def close(self) -> None:
         """Stop dispatching and the worker thread: rows still waiting, or on the thread, are cancelled."""
         self._cancel_scheduled()
-        for _, future in [*self._pending, *(self._on_thread or [])]:
+        on_thread, running = self._on_thread or ([], None)
+        for _, future in [*self._pending, *on_thread]:
             if not future.done():
                 future.cancel()
         self._pending = []
-        if self._running is not None:
-            self._running.cancel()  # the call itself runs on; its result is not delivered to a closed loop
+        if running is not None:
+            running.cancel()  # the call itself runs on; its result is not delivered to a closed loop
         self._executor.shutdown(wait=False, cancel_futures=True)

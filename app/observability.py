@@ -295,18 +295,19 @@ def log_request(route: str, method: str, path: str, status: int, seconds: float,
         return
     fields = {"method": method, "path": path, "route": route, "status": status, "duration_ms": round(seconds * 1000, 3)}
     handler = _json_stream_handler(level)
-    if handler is None:
-        _log.log(level, "request", extra={**fields, "request_id": request_id})
-        return
-    created = time.time()
-    msecs = (created - int(created)) * 1000  # as LogRecord takes them
-    line = JsonFormatter.line(created, msecs, logging.getLevelName(level), LOGGER_NAME, "request", request_id, fields)
-    try:
-        with handler.lock or contextlib.nullcontext():
-            handler.stream.write(line + handler.terminator)
-            handler.flush()
-    except Exception:  # the stream failed: logging reports it (``Handler.handleError``), as for any other line
-        _log.log(level, "request", extra={**fields, "request_id": request_id})
+    if handler is not None:
+        created = time.time()
+        msecs = (created - int(created)) * 1000  # as LogRecord takes them
+        level_name = logging.getLevelName(level)
+        line = JsonFormatter.line(created, msecs, level_name, LOGGER_NAME, "request", request_id, fields)
+        try:
+            with handler.lock or contextlib.nullcontext():
+                handler.stream.write(line + handler.terminator)
+                handler.flush()
+            return
+        except Exception:  # noqa: S110 (the stream failed: logging below reports it, ``Handler.handleError``)
+            pass
+    _log.log(level, "request", extra={**fields, "request_id": request_id})
 
 
 def _json_stream_handler(level: int) -> logging.StreamHandler[Any] | None:

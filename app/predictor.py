@@ -51,7 +51,7 @@ log = logging.getLogger(LOGGER_NAME)
 PROBE_ROWS: Final = 512
 # Up to this many rows every tree is walked at once (``_Forest``); above it, one compiled call per tree is faster.
 SMALL_BATCH_ROWS: Final = 24
-# Up to this many rows the categorical turns are picked row by row with Python scalars (cheaper than numpy's calls).
+# Up to this many rows the walk's layout is filled row by row with Python floats (cheaper than numpy's calls).
 LAYOUT_BY_ROW: Final = 6
 Matrix = npt.NDArray[np.float64]
 
@@ -234,7 +234,7 @@ class _Forest:
         n_rows, n_trees = len(data), len(self.roots)
         rows = self._layout(data)
         if n_rows == 1:
-            # one row: every node's turn at once, then each tree steps through the chosen children (one small
+            # one row: every split's turn at once, then each tree steps through the chosen children (one small
             # gather per level instead of five)
             turns = np.where(rows[0][self.split_slot] > self.split_threshold, self.split_right, self.split_left)
             chosen = np.concatenate((turns, self.leaves_stay))
