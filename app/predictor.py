@@ -53,6 +53,8 @@ PROBE_ROWS: Final = 512
 SMALL_BATCH_ROWS: Final = 24
 # Up to this many rows the walk's layout is filled row by row with Python floats (cheaper than numpy's calls).
 LAYOUT_BY_ROW: Final = 6
+# Above SMALL_BATCH_ROWS, the trees' values are summed this many trees at a time (one numpy call per block).
+TREES_PER_SUM: Final = 32
 Matrix = npt.NDArray[np.float64]
 
 
@@ -126,14 +128,19 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
             return np.asarray(inverse_link(forest.raw(data)), dtype=np.float64)
         binned = np.empty(data.shape, dtype=np.uint8, order="F")
         _map_to_bins(data, bin_thresholds, is_categorical, missing_bin, threads, binned)
-        raw = np.zeros((n_rows, 1), dtype=baseline.dtype, order="F")
-        raw += baseline
-        column = raw[:, 0]
-        out = np.empty(n_rows, dtype=np.float64)
-        for nodes, binned_left_cat_bitsets in trees:
-            _predict_from_binned_data(nodes, binned, binned_left_cat_bitsets, missing_bin, threads, out)
-            column += out
-        return np.asarray(inverse_link(raw.ravel()), dtype=np.float64)
+        # row 0 the sum so far (the baseline first), then up to TREES_PER_SUM trees' values, one row each, summed
+        # down the rows by one sequential np.add.accumulate: the same additions in the same order as adding each
+        # tree's values in turn, with one numpy call per block instead of one per tree (each of which, on a worker
+        # thread, gives the GIL up and must win it back)
+        block = np.empty((min(TREES_PER_SUM, len(trees)) + 1, n_rows), dtype=np.float64)
+        block[0] = baseline[0, 0] + 0.0  # as scikit-learn starts: zeros plus the baseline (never -0.0)
+        for first in range(0, len(trees), TREES_PER_SUM):
+            chunk = trees[first : first + TREES_PER_SUM]
+            for row, (nodes, binned_left_cat_bitsets) in enumerate(chunk, start=1):
+                _predict_from_binned_data(nodes, binned, binned_left_cat_bitsets, missing_bin, threads, block[row])
+            np.add.accumulate(block[: len(chunk) + 1], axis=0, out=block[: len(chunk) + 1])
+            block[0] = block[len(chunk)]
+        return np.asarray(inverse_link(block[0]), dtype=np.float64)
 
     return predict, SMALL_BATCH_ROWS if forest is not None else 0
 

@@ -12,7 +12,8 @@ when training was asked to enforce it. The range seen in training is only descri
 counts the values outside it for the metrics; it refuses nothing.
 
 Validation runs in pydantic-core straight from the request bytes; failures become ``RequestError`` with one
-message per field, each naming the field.
+message per field, each naming the field. A batch is validated first by a quicker equivalent of the batch model
+(``RecordSchema.quick_rows``), and by the batch model itself only when that refuses it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,19 @@ from datetime import date
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    with_config,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
+from typing_extensions import TypedDict
 
 from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Limit, Metadata
 from app.contract.features import FEW_ROWS
@@ -48,6 +60,19 @@ class RequestError(Exception):
 def _real_day(value: str) -> str:
     date.fromisoformat(value)  # ValueError (-> a 422 naming the field) for e.g. 2023-02-30
     return value
+
+
+def _day_check(feature: Feature) -> Callable[[str], str]:
+    """What a date feature's value must pass beyond its pattern: a real day, within the feature's limits if any."""
+    first, last = (_limit_day(feature, limit) for limit in feature.limits())
+    if first is None and last is None:
+        return _real_day
+    within = _day_within(first, last)
+
+    def real_day_within(value: str) -> str:
+        return within(_real_day(value))
+
+    return real_day_within
 
 
 def _day_within(first: str | None, last: str | None) -> Callable[[str], str]:
@@ -151,8 +176,9 @@ def _described(feature: Feature, what: str, unlimited: str) -> str:
     return text
 
 
-def _field(feature: Feature) -> tuple[Any, Any]:
-    """The annotated type and ``Field`` of one feature."""
+def _field(feature: Feature, day_check: Callable[[str], str] | None) -> tuple[Any, Any]:
+    """The annotated type and ``Field`` of one feature; a date's ``day_check`` (``_day_check``) is left out when
+    None (``RecordSchema``'s quick batch validator runs it once per distinct day instead)."""
     common: dict[str, Any] = {"alias": feature.name, "title": feature.name}
     if feature.kind == "numeric":
         minimum, maximum = feature.limits()
@@ -171,11 +197,8 @@ def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.format not in (None, DATE_FORMAT):
         raise BundleError(f"date feature {feature.name!r} has format {feature.format!r}; only {DATE_FORMAT} is served")
     first, last = (_limit_day(feature, limit) for limit in feature.limits())
-    day: Any = Annotated[str, AfterValidator(_real_day)]
-    if first is not None or last is not None:
-        day = Annotated[day, AfterValidator(_day_within(first, last))]
     return (
-        day,
+        str if day_check is None else Annotated[str, AfterValidator(day_check)],
         Field(
             ...,
             strict=True,
@@ -213,14 +236,21 @@ class RecordSchema:
     record_model: type[BaseModel]
     batch_model: type[BaseModel]
     max_records: int
+    # The batch model's rules with each record a plain dict and no day checked (``parse_batch``), then the day checks
+    # as (position in a row, check).
+    quick_batch: TypeAdapter[Any]
+    day_checks: tuple[tuple[int, Callable[[str], str]], ...]
     # Numeric and date features whose range seen in training the bundle records: name -> (kind, low, high).
     training_ranges: Mapping[str, tuple[str, Limit, Limit]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: Metadata, max_records: int) -> RecordSchema:
         """Models named ``RECORD_MODEL`` and ``BATCH_MODEL`` with the bundle's example."""
+        checks = {feature.name: _day_check(feature) for feature in metadata.features if feature.kind == "date"}
         # Python attribute names f0, f1, ... so any column name (spaces, leading underscores) is a valid alias.
-        fields: dict[str, Any] = {f"f{i}": _field(feature) for i, feature in enumerate(metadata.features)}
+        fields: dict[str, Any] = {
+            f"f{i}": _field(feature, checks.get(feature.name)) for i, feature in enumerate(metadata.features)
+        }
         record_model: type[BaseModel] = create_model(
             RECORD_MODEL,
             __config__=ConfigDict(
@@ -235,12 +265,31 @@ class RecordSchema:
             __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [metadata.example]}]}),
             records=(list[record_model], Field(..., min_length=1, max_length=max_records)),
         )
+        # the same fields on plain dicts, days unchecked; built from the bundle, which a static checker cannot see
+        typed_dict: Any = TypedDict
+        unchecked = {}
+        for feature in metadata.features:
+            annotation, info = _field(feature, None)
+            unchecked[feature.name] = Annotated[annotation, info]
+        quick_record = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{RECORD_MODEL}Values", unchecked))
+        records: Any = Annotated[list[quick_record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
+        quick_batch = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{BATCH_MODEL}Values", {"records": records}))
+        positions = {name: i for i, name in enumerate(metadata.feature_names())}
+        day_checks = tuple((positions[name], check) for name, check in checks.items())
         ranges = {
             feature.name: (feature.kind, *feature.training_range())
             for feature in metadata.features
             if feature.kind != "categorical" and feature.training_range() != (None, None)
         }
-        return cls(tuple(metadata.feature_names()), record_model, batch_model, max_records, ranges)
+        return cls(
+            tuple(metadata.feature_names()),
+            record_model,
+            batch_model,
+            max_records,
+            TypeAdapter(quick_batch),
+            day_checks,
+            ranges,
+        )
 
     def parse_record(self, body: bytes) -> tuple[Any, ...]:
         """One JSON record -> its values in feature order."""
@@ -251,12 +300,39 @@ class RecordSchema:
         return tuple(record.__dict__.values())
 
     def parse_batch(self, body: bytes) -> list[tuple[Any, ...]]:
-        """``{"records": [...]}`` -> each record's values in feature order; more than ``max_records`` is a 422."""
+        """``{"records": [...]}`` -> each record's values in feature order; more than ``max_records`` is a 422.
+
+        A body is first validated by ``quick_batch`` and ``day_checks``: the batch model's own field rules, with
+        records as plain dicts instead of model instances and each distinct day checked once instead of in every
+        record (half the batch model's time). Whatever they refuse is validated by the batch model, whose errors are
+        the answer; so both accept the same bodies with the same values, and refusals read the same."""
+        rows = self.quick_rows(body)
+        if rows is not None:
+            return rows
         try:
             batch = self.batch_model.__pydantic_validator__.validate_json(body)
         except ValidationError as exc:
             raise _request_error(exc, self.max_records) from None
         return [tuple(record.__dict__.values()) for record in batch.records]
+
+    def quick_rows(self, batch: bytes | Mapping[str, Any]) -> list[tuple[Any, ...]] | None:
+        """A batch's rows if ``quick_batch`` and the day checks accept it (JSON bytes, or decoded values as
+        ``validate_python`` takes them), else None: the batch model then says why."""
+        try:
+            if isinstance(batch, bytes):
+                records = self.quick_batch.validate_json(batch)["records"]
+            else:
+                records = self.quick_batch.validate_python(batch)["records"]
+        except ValidationError:
+            return None
+        rows = [tuple(record.values()) for record in records]  # a validated dict lists its fields in their order
+        for position, check in self.day_checks:
+            try:
+                for day in {row[position] for row in rows}:
+                    check(day)
+            except ValueError:  # PydanticCustomError is one too
+                return None
+        return rows
 
     def parse_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[tuple[Any, ...]]:
         """Columns of decoded JSON values, one per feature and one value per row (the Open Inference Protocol's
@@ -286,6 +362,9 @@ class RecordSchema:
             raise RequestError(422, [{"loc": [], "msg": message, "type": "too_many_records"}])
         values = zip(*(columns[name] for name in self.features), strict=True)
         records = [dict(zip(self.features, row, strict=True)) for row in values]
+        quick = self.quick_rows({"records": records})
+        if quick is not None:
+            return quick
         try:
             batch = self.batch_model.__pydantic_validator__.validate_python({"records": records})
         except ValidationError as exc:

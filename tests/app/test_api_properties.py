@@ -1,5 +1,6 @@
 """Property tests: records generated from the bundle's own schema. Valid ones always predict what the bundle
-predicts; invalid ones always get a 4xx whose message names the field, never a 5xx."""
+predicts; invalid ones always get a 4xx whose message names the field, never a 5xx; the batch path's quick
+validation accepts exactly what the batch model accepts."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from app.contract.bundle import Bundle, Feature, load_bundle
+from app.schema import RecordSchema
 from tests.app.serving import ready_client, settings_for
 
 PROPERTY_SETTINGS = settings(
@@ -138,5 +141,50 @@ def test_invalid_records_in_a_batch_name_record_and_field(client: TestClient, bu
         response = client.post("/predict/batch", content=body, headers={"content-type": "application/json"})
         assert 400 <= response.status_code < 500, response.text
         assert any(e["msg"].startswith(f"records[1].{field}: ") for e in response.json()["detail"]), response.text
+
+    check()
+
+
+def day_like(feature: Feature) -> st.SearchStrategy[str]:
+    """Any real day (within the limits or not) and YYYY-MM-DD text that is no day (month 13, February 30, year 0)."""
+    fake = st.builds("{:04d}-{:02d}-{:02d}".format, st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32))
+    return st.one_of(st.dates().map(date.isoformat), fake)
+
+
+@st.composite
+def batch_records(draw: st.DrawFn, features: list[Feature]) -> list[dict[str, Any]]:
+    """A few records, each valid, broken in one field, or with any day-like text in its date fields; keys shuffled."""
+    batch = []
+    for _ in range(draw(st.integers(1, 4))):
+        record = draw(st.one_of(valid_record(features), invalid_record(features).map(lambda broken: broken[0])))
+        for feature in features:
+            if feature.kind == "date" and feature.name in record and draw(st.booleans()):
+                record[feature.name] = draw(day_like(feature))
+        keys = draw(st.permutations(list(record)))
+        batch.append({key: record[key] for key in keys})
+    return batch
+
+
+def test_the_quick_batch_validation_accepts_what_the_batch_model_accepts_with_the_same_values(bundle: Bundle) -> None:
+    schema = RecordSchema.from_metadata(bundle.metadata, 3)  # 4 records are one too many
+
+    def by_model(validate: Any) -> list[tuple[Any, ...]] | None:
+        try:
+            return [tuple(record.__dict__.values()) for record in validate().records]
+        except ValidationError:
+            return None
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @given(batch=batch_records(bundle.metadata.features))
+    def check(batch: list[dict[str, Any]]) -> None:
+        body = json.dumps({"records": batch}, allow_nan=True).encode()
+        validator = schema.batch_model.__pydantic_validator__
+        for quick, expected in (
+            (schema.quick_rows(body), by_model(lambda: validator.validate_json(body))),
+            (schema.quick_rows({"records": batch}), by_model(lambda: validator.validate_python({"records": batch}))),
+        ):
+            assert quick == expected
+            if quick is not None and expected is not None:  # the same values of the same types, in feature order
+                assert [tuple(map(type, row)) for row in quick] == [tuple(map(type, row)) for row in expected]
 
     check()
