@@ -176,9 +176,9 @@ def _described(feature: Feature, what: str, unlimited: str) -> str:
     return text
 
 
-def _field(feature: Feature, day_check: Callable[[str], str] | None) -> tuple[Any, Any]:
-    """The annotated type and ``Field`` of one feature; a date's ``day_check`` (``_day_check``) is left out when
-    None (``RecordSchema``'s quick batch validator runs it once per distinct day instead)."""
+def _field(feature: Feature) -> tuple[Any, Any]:
+    """The annotated type and ``Field`` of one feature; a date's ``_day_check`` is not in it (the record model adds
+    it as a validator, ``RecordSchema``'s quick batch validator runs it once per distinct day)."""
     common: dict[str, Any] = {"alias": feature.name, "title": feature.name}
     if feature.kind == "numeric":
         minimum, maximum = feature.limits()
@@ -198,7 +198,7 @@ def _field(feature: Feature, day_check: Callable[[str], str] | None) -> tuple[An
         raise BundleError(f"date feature {feature.name!r} has format {feature.format!r}; only {DATE_FORMAT} is served")
     first, last = (_limit_day(feature, limit) for limit in feature.limits())
     return (
-        str if day_check is None else Annotated[str, AfterValidator(day_check)],
+        str,
         Field(
             ...,
             strict=True,
@@ -247,10 +247,12 @@ class RecordSchema:
     def from_metadata(cls, metadata: Metadata, max_records: int) -> RecordSchema:
         """Models named ``RECORD_MODEL`` and ``BATCH_MODEL`` with the bundle's example."""
         checks = {feature.name: _day_check(feature) for feature in metadata.features if feature.kind == "date"}
+        unchecked = {feature.name: _field(feature) for feature in metadata.features}
         # Python attribute names f0, f1, ... so any column name (spaces, leading underscores) is a valid alias.
-        fields: dict[str, Any] = {
-            f"f{i}": _field(feature, checks.get(feature.name)) for i, feature in enumerate(metadata.features)
-        }
+        fields: dict[str, Any] = {}
+        for i, (name, (annotation, info)) in enumerate(unchecked.items()):
+            checked = Annotated[annotation, AfterValidator(checks[name])] if name in checks else annotation
+            fields[f"f{i}"] = (checked, info)
         record_model: type[BaseModel] = create_model(
             RECORD_MODEL,
             __config__=ConfigDict(
@@ -267,11 +269,8 @@ class RecordSchema:
         )
         # the same fields on plain dicts, days unchecked; built from the bundle, which a static checker cannot see
         typed_dict: Any = TypedDict
-        unchecked = {}
-        for feature in metadata.features:
-            annotation, info = _field(feature, None)
-            unchecked[feature.name] = Annotated[annotation, info]
-        quick_record = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{RECORD_MODEL}Values", unchecked))
+        values = {name: Annotated[annotation, info] for name, (annotation, info) in unchecked.items()}
+        quick_record = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{RECORD_MODEL}Values", values))
         records: Any = Annotated[list[quick_record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
         quick_batch = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{BATCH_MODEL}Values", {"records": records}))
         positions = {name: i for i, name in enumerate(metadata.feature_names())}
