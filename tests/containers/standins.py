@@ -158,3 +158,146 @@ def uv_standin(engine: Engine) -> str:
         tar.addfile(entry, io.BytesIO(data))
     docker(engine, "import", "-", tag, stdin=archive.getvalue())
     return tag
+
+
+# --- the compose stack's images ----------------------------------------------------------------------------------
+# orchestration/docker-compose.yaml runs apache/airflow (extended by the module's ``airflow()``), postgres and
+# MinIO. None can be pulled here, so these stand-ins are built on the python stand-in from Debian's packages and
+# PyPI, each made the way its original is made where that can be done here (tests/containers/standin_files/ holds
+# their scripts, written here, not copied). Their tags are hashes of their recipes, like the bases above.
+
+STANDIN_FILES: Final = Path(__file__).resolve().parent / "standin_files"
+AIRFLOW_STANDIN: Final = "flight-price-standin/airflow"
+POSTGRES_STANDIN: Final = "flight-price-standin/postgres"
+S3_STANDIN: Final = "flight-price-standin/s3"
+AIRFLOW_UID: Final = 50000  # the official image's airflow user (group 0, as the image runs with any uid)
+AIRFLOW_HOME: Final = "/opt/airflow"
+AIRFLOW_VENV: Final = "/home/airflow/.local"  # the official image's virtualenv, the airflow user's own
+APT_INSTALL: Final = (
+    "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages}"
+    " >/dev/null && rm -rf /var/lib/apt/lists/*"
+)
+
+
+def locked_constraints() -> bytes:
+    """Every package the lock pins (all groups), as a pip/uv constraints file."""
+    command = [str(BIN / "uv"), "export", "--frozen", "--all-groups", "--no-emit-project", "--no-hashes", "--no-header"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, check=True).stdout
+
+
+def locked_airflow_packages() -> list[str]:
+    """apache-airflow and the providers the lock pins: what the stand-in installs (the rest comes as their needs)."""
+    lines = locked_constraints().decode().splitlines()
+    return sorted(line.split("==")[0] for line in lines if line.startswith("apache-airflow"))
+
+
+def built_image(engine: Engine, repository: str, dockerfile: str, files: dict[str, bytes]) -> str:
+    """``docker build`` of ``dockerfile`` with ``files`` as its context, tagged by a hash of both; its tag."""
+    recipe = hashlib.sha256(dockerfile.encode())
+    for name in sorted(files):
+        recipe.update(name.encode() + b"\0" + files[name])
+    tag = f"{repository}:{recipe.hexdigest()[:12]}"
+    if engine.image(tag) is not None:
+        return tag
+    print(f"standins: building {repository} (minutes: packages from Debian and PyPI)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="standin-build-") as context:
+        for name, data in {**files, "Dockerfile": dockerfile.encode()}.items():
+            (Path(context) / name).write_bytes(data)
+        result = subprocess.run(
+            [DOCKER, "build", "--quiet", "--tag", tag, context], env=engine.env(), capture_output=True, check=False
+        )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        raise EngineError(f"docker build of {repository} failed:\n{output[-4000:]}")
+    print(f"standins: {tag} built", file=sys.stderr)
+    return tag
+
+
+def airflow_standin(engine: Engine, airflow_version: str) -> str:
+    """A stand-in for ``apache/airflow:<version>-python3.11``, made the way that image is made; its tag.
+
+    The official image: its Python, a virtualenv owned by the ``airflow`` user (uid 50000, gid 0) at
+    ``~/.local`` on ``PATH`` (so ``pip install`` as that user extends it), ``AIRFLOW_HOME=/opt/airflow``,
+    ``apache-airflow`` installed with constraints, curl for health checks, dumb-init and an entrypoint that runs
+    ``airflow`` commands. Airflow publishes its constraints on GitHub, which this machine cannot reach: the
+    stand-in takes the lock's pins instead (the lock resolved the same ``apache-airflow`` with its providers), and
+    installs the providers the lock has, a subset of the official image's.
+    """
+    packages = locked_airflow_packages()
+    if "apache-airflow" not in packages or f"apache-airflow=={airflow_version}" not in locked_constraints().decode():
+        raise EngineError(f"the lock does not pin apache-airflow=={airflow_version}: the module and the lock disagree")
+    dockerfile = f"""\
+FROM {python_standin(engine)}
+RUN {APT_INSTALL.format(packages="curl dumb-init libpq5 procps")}
+RUN useradd --uid {AIRFLOW_UID} --gid 0 --home-dir /home/airflow --create-home --shell /bin/bash airflow \\
+ && mkdir -p {AIRFLOW_HOME}/logs {AIRFLOW_HOME}/dags {AIRFLOW_HOME}/plugins {AIRFLOW_HOME}/config \\
+ && chown -R {AIRFLOW_UID}:0 {AIRFLOW_HOME} /home/airflow && chmod -R g+rwX {AIRFLOW_HOME} /home/airflow
+COPY uv /usr/local/bin/uv
+COPY constraints.txt /constraints.txt
+COPY entrypoint /entrypoint
+RUN chmod 0755 /usr/local/bin/uv /entrypoint && chmod 0644 /constraints.txt
+ENV AIRFLOW_HOME={AIRFLOW_HOME} AIRFLOW_USER_HOME_DIR=/home/airflow VIRTUAL_ENV={AIRFLOW_VENV} \\
+    PATH={AIRFLOW_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    PIP_CERT={CA_BUNDLE_IN_IMAGE} PIP_DISABLE_PIP_VERSION_CHECK=1
+USER {AIRFLOW_UID}
+RUN uv venv --quiet --seed --python /usr/bin/python3 {AIRFLOW_VENV} \\
+ && uv pip install --quiet --no-cache --python {AIRFLOW_VENV}/bin/python --constraint /constraints.txt \\
+    {" ".join(f"{name}=={airflow_version}" if name == "apache-airflow" else name for name in packages)}
+WORKDIR {AIRFLOW_HOME}
+ENTRYPOINT ["/usr/bin/dumb-init", "--", "/entrypoint"]
+CMD []
+"""
+    files = {
+        "uv": (BIN / "uv").read_bytes(),
+        "constraints.txt": locked_constraints(),
+        "entrypoint": (STANDIN_FILES / "airflow-entrypoint.sh").read_bytes(),
+    }
+    return built_image(engine, AIRFLOW_STANDIN, dockerfile, files)
+
+
+def postgres_standin(engine: Engine) -> str:
+    """A stand-in for the official ``postgres`` image: Debian's PostgreSQL 15 and an entrypoint that initialises
+    ``PGDATA`` from ``POSTGRES_USER``/``POSTGRES_PASSWORD``/``POSTGRES_DB`` as that image's does; its tag."""
+    dockerfile = f"""\
+FROM {python_standin(engine)}
+RUN mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf \\
+ && {APT_INSTALL.format(packages="postgresql-15 postgresql-client-15")}
+COPY entrypoint /usr/local/bin/docker-entrypoint.sh
+RUN chmod 0755 /usr/local/bin/docker-entrypoint.sh && mkdir -p /var/lib/postgresql/data /var/run/postgresql \\
+ && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql
+ENV PGDATA=/var/lib/postgresql/data
+EXPOSE 5432
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["postgres"]
+"""
+    files = {"entrypoint": (STANDIN_FILES / "postgres-entrypoint.sh").read_bytes()}
+    return built_image(engine, POSTGRES_STANDIN, dockerfile, files)
+
+
+def s3_standin(engine: Engine) -> str:
+    """The closest S3 server that can be built here behind MinIO's service: moto's server (the lock's version) as
+    ``minio server``, and an ``mc`` for the commands the compose file runs; its tag. MinIO has no Debian or
+    PyPI build: objects live in memory, and IAM policies are recorded, not enforced."""
+    dockerfile = f"""\
+FROM {python_standin(engine)}
+COPY uv /usr/local/bin/uv
+COPY constraints.txt /tmp/constraints.txt
+RUN chmod 0755 /usr/local/bin/uv && uv venv --quiet --python /usr/bin/python3 /opt/s3 \\
+ && uv pip install --quiet --no-cache --python /opt/s3/bin/python --constraint /tmp/constraints.txt \\
+    'moto[server]' boto3 \\
+ && rm /usr/local/bin/uv /tmp/constraints.txt
+COPY mc.py /opt/s3/mc.py
+COPY minio /usr/local/bin/minio
+RUN printf '#!/bin/sh\\nexec /opt/s3/bin/python /opt/s3/mc.py "$@"\\n' >/usr/local/bin/mc \\
+ && chmod 0755 /usr/local/bin/mc /usr/local/bin/minio && chmod 0644 /opt/s3/mc.py
+ENV PATH=/opt/s3/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+EXPOSE 9000
+ENTRYPOINT ["minio"]
+"""
+    files = {
+        "uv": (BIN / "uv").read_bytes(),
+        "constraints.txt": locked_constraints(),
+        "mc.py": (STANDIN_FILES / "mc.py").read_bytes(),
+        "minio": (STANDIN_FILES / "minio").read_bytes(),
+    }
+    return built_image(engine, S3_STANDIN, dockerfile, files)

@@ -2,8 +2,9 @@
 
     python -m tests.containers.warm
 
-Makes the stand-in bases, then replays the serving image (``build()``) and the seed step (the tools container
-and its bundle) on the engine. The replay caches the steps that succeed, so the container tests later find them
+Makes the stand-in bases, then replays the serving image (``build()``), the seed step (the tools container and
+its bundle) and the Airflow image (``airflow()`` on the Airflow stand-in) on the engine, and builds the compose
+stack's other stand-ins. The replay caches the steps that succeed, so the container tests later find them
 done; they run every check themselves (the smoke checker and ``checks()`` among them).
 """
 
@@ -19,14 +20,14 @@ from dagger import Ignore, dag
 
 from tests.containers.engine import Engine, EngineError, start
 from tests.containers.replay import Replay, ReplayError
-from tests.containers.standins import python_standin, uv_standin
+from tests.containers.standins import airflow_standin, postgres_standin, python_standin, s3_standin, uv_standin
 
 REPO: Final = Path(__file__).resolve().parents[2]
 MODULE_SOURCE: Final = REPO / "ci" / "src"
 if str(MODULE_SOURCE) not in sys.path:
     sys.path.insert(0, str(MODULE_SOURCE))
 
-from flight_price.main import FlightPrice  # noqa: E402 (the module's source is put on the path above)
+from flight_price.main import AIRFLOW_VERSION, FlightPrice  # noqa: E402 (the module's source is on the path above)
 
 
 def source_ignore() -> list[str]:
@@ -35,14 +36,16 @@ def source_ignore() -> list[str]:
     return list(next(m for m in metadata if isinstance(m, Ignore)).patterns)
 
 
-def module_on_standins(engine: Engine) -> FlightPrice:
-    """The module object as ``dagger call`` makes it, on the stand-ins, its source uploaded as Dagger uploads it."""
+def module_on_standins(engine: Engine, *, airflow: bool = False) -> FlightPrice:
+    """The module object as ``dagger call`` makes it, on the stand-ins, its source uploaded as Dagger uploads it.
+
+    With ``airflow``, its Airflow base is the Airflow stand-in too (built once per recipe: minutes the first time).
+    """
     constructor: Any = FlightPrice  # see tests/ci/test_plan.py: mypy sees no constructor arguments
-    module_object: FlightPrice = constructor(
-        source=dag.host().directory(str(REPO), exclude=source_ignore()),
-        python_image=python_standin(engine),
-        uv_image=uv_standin(engine),
-    )
+    bases = {"python_image": python_standin(engine), "uv_image": uv_standin(engine)}
+    if airflow:
+        bases["airflow_image"] = airflow_standin(engine, AIRFLOW_VERSION)
+    module_object: FlightPrice = constructor(source=dag.host().directory(str(REPO), exclude=source_ignore()), **bases)
     return module_object
 
 
@@ -54,6 +57,10 @@ def main() -> int:
         with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
             replay.image(flight_price.build())
             replay.evaluate(flight_price.seed())
+            # the compose stack's images: the Airflow image on its stand-in base, and the other services' stand-ins
+            replay.image(module_on_standins(engine, airflow=True).airflow())
+            postgres_standin(engine)
+            s3_standin(engine)
             # not checks(): its unit tests would run beside the host's, and timing-sensitive ones fail under that load
     except (EngineError, ReplayError) as error:
         print(f"warm: {error}", file=sys.stderr)
