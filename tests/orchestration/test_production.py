@@ -3,14 +3,18 @@ scheduler, dag-processor and triggerer on postgres, triggered and watched throug
 with the registry behind basic auth and the DVC remote on S3; then under CeleryExecutor with two workers that
 share no directory.
 
+The compose file itself runs in tests/containers/test_compose_stack.py, which checks a first run there
+(registration, promotion, blobs, clean task logs, the figures). This module keeps what that cannot show: the
+components as host processes bind only loopback; an S3 outage during ``publish`` (a proxy between the tasks and
+the store that the test switches off and on mid-run, which a container stack offers no hook for); and
+CeleryExecutor with two workers on no shared disk (compose's ``celery`` profile would also run redis and flower,
+minutes more on two cores for the same check).
+
 The runs, in order (each test needs the ones before it; the stack is started once per session):
 
-1. a first model on a small generated data set: every task succeeds, the model is registered with its DVC hash,
-   the alias points at it, its blobs are in the bucket, and no task log read through the API holds a secret;
-2. the same params again, with S3 down during ``publish``'s first attempt: the retry succeeds, and no second
-   version is registered (one run for both checks: each run costs minutes);
-3. the figures of run 1 (printed; JSON to ``$PRODUCTION_DAG_FIGURES`` if set);
-4. CeleryExecutor: a full run whose tasks ran on both workers.
+1. a first model on a small generated data set, with S3 down once ``gate`` has succeeded and up again once
+   ``publish`` waits for its retry: the retry registers version 1, the first attempt published nothing;
+2. CeleryExecutor, the same params: the tasks ran on both workers, and no second version is registered.
 
     PRODUCTION_DAG_FIGURES=/tmp/figures.json python3 -m uv run --frozen pytest -s tests/orchestration/test_production.py
 """
@@ -148,11 +152,6 @@ def local_stack(airflow_stack: AirflowStack) -> AirflowStack:
     return airflow_stack
 
 
-@pytest.fixture(scope="module")
-def first_run(local_stack: AirflowStack) -> Run:
-    return _trigger_and_wait(local_stack, CONF)
-
-
 def test_every_listening_socket_is_on_loopback(local_stack: AirflowStack) -> None:
     listening = local_stack.listening()
     print("listening:", *(f"{address} {owner}" for address, owner in listening), sep="\n  ")
@@ -162,42 +161,9 @@ def test_every_listening_socket_is_on_loopback(local_stack: AirflowStack) -> Non
     assert all(address.startswith(f"{LOOPBACK}:") for address in addresses), listening
 
 
-def test_first_run_registers_and_promotes_with_clean_logs(local_stack: AirflowStack, first_run: Run) -> None:
-    stack, client = local_stack, _client(local_stack)
-    _assert_succeeded(stack, first_run)
-
-    published = client.xcom(DAG_ID, first_run.run_id, "publish")
-    champion = _registry(stack).version_by_alias(stack.model_name, "champion")
-    assert champion.version == published["version"] == 1
-    assert champion.tags[TAG_DVC_HASH] == published["dvc_hash"]
-    assert _version_count(stack) == 1
-
-    # DVC's listing of the bundle directory and every file it names are in the bucket under their md5.
-    keys = _bucket_keys(stack)
-    listing_key = blob_key(stack.model_name, published["dvc_hash"])
-    assert listing_key in keys
-    listing = json.loads(stack.s3.client().get_object(Bucket=BUCKET, Key=listing_key)["Body"].read())
-    assert len(listing) == 3
-    for entry in listing:
-        assert blob_key(stack.model_name, entry["md5"]) in keys, entry["relpath"]
-
-    # Every task's log, read through the API as the UI does: non-empty, the tasks' own lines, no secret.
-    hidden = stack.hidden()
-    assert len(hidden) >= 9
-    for task_id, ti in first_run.task_instances.items():
-        log = client.task_log(DAG_ID, first_run.run_id, task_id, ti["try_number"])
-        assert log.strip(), f"{task_id}: empty log"
-        leaked = [i for i, secret in enumerate(hidden) if secret in log]
-        assert not leaked, f"{task_id}: the log holds secret(s) number {leaked} of StackSecrets/postgres"
-        if task_id == "publish":
-            assert f"publish: {stack.model_name} version 1 (new)" in log, redact(log[-4000:], hidden)
-        if task_id == "gate":
-            assert "gate: " in log
-
-
 @dataclass(frozen=True)
 class OutageRun:
-    """The second run: the first run's params again, with S3 down for publish's first attempt."""
+    """The first run, with S3 down for publish's first attempt."""
 
     run: Run
     switches: list[str]  # "off", "on": what the poller did, in order
@@ -206,13 +172,9 @@ class OutageRun:
 
 
 @pytest.fixture(scope="module")
-def second_run(local_stack: AirflowStack, first_run: Run) -> OutageRun:
-    """The same params as the first run (every task reads and writes the S3 work area, so publish's first attempt
-    needs S3 even when nothing new is pushed): S3 goes down once ``gate`` has succeeded, and up again once
-    ``publish`` waits for its retry (10 s). One run serves both the idempotence and the retry tests, to keep the
-    module short."""
+def outage_run(local_stack: AirflowStack) -> OutageRun:
+    """S3 goes down once ``gate`` has succeeded, and up again once ``publish`` waits for its retry (10 s)."""
     stack = local_stack
-    _assert_succeeded(stack, first_run)
     versions_before = _version_count(stack)
     switches: list[str] = []
     refused_before = stack.proxy.refused
@@ -235,28 +197,24 @@ def second_run(local_stack: AirflowStack, first_run: Run) -> OutageRun:
 
 
 def test_publish_retries_when_s3_is_down_for_its_first_attempt(
-    local_stack: AirflowStack, second_run: OutageRun
+    local_stack: AirflowStack, outage_run: OutageRun
 ) -> None:
-    stack, run = local_stack, second_run.run
-    assert second_run.switches == ["off", "on"], f"{second_run.switches}\n{_diagnose(stack, run.run_id)}"
-    assert second_run.refused > 0  # publish's first attempt did reach the (down) store
+    stack, run = local_stack, outage_run.run
+    assert outage_run.switches == ["off", "on"], f"{outage_run.switches}\n{_diagnose(stack, run.run_id)}"
+    assert outage_run.refused > 0  # publish's first attempt did reach the (down) store
     _assert_succeeded(stack, run)
     assert run.task_instances["publish"]["try_number"] == 2
     assert run.task_instances["gate"]["try_number"] == 1
     first_attempt = _client(stack).task_log(DAG_ID, run.run_id, "publish", 1)
     assert first_attempt.strip()
     assert f"publish: {stack.model_name} version" not in first_attempt  # the first attempt published nothing
-
-
-def test_second_run_with_the_same_params_registers_no_new_version(
-    local_stack: AirflowStack, first_run: Run, second_run: OutageRun
-) -> None:
-    run = second_run.run
-    _assert_succeeded(local_stack, run)
-    assert run.run_id != first_run.run_id
-    published = _client(local_stack).xcom(DAG_ID, run.run_id, "publish")
-    assert _version_count(local_stack) == second_run.versions_before == 1, published
-    assert published["version"] == 1 and published["created"] is False, published
+    published = _client(stack).xcom(DAG_ID, run.run_id, "publish")
+    assert outage_run.versions_before == 0
+    assert published["version"] == 1 and published["created"] is True, published
+    champion = _registry(stack).version_by_alias(stack.model_name, "champion")
+    assert champion.version == 1 and champion.tags[TAG_DVC_HASH] == published["dvc_hash"]
+    listing_key = blob_key(stack.model_name, published["dvc_hash"])
+    assert listing_key in _bucket_keys(stack)  # the retry pushed the bundle
 
 
 def _figures(executor: str, conf: dict[str, Any], run: Run) -> dict[str, Any]:
@@ -287,21 +245,23 @@ def _figures(executor: str, conf: dict[str, Any], run: Run) -> dict[str, Any]:
     return figures
 
 
-def test_figures_of_the_first_run(local_stack: AirflowStack, first_run: Run) -> None:
-    _assert_succeeded(local_stack, first_run)
-    _figures("LocalExecutor", CONF, first_run)
-
-
-def test_celery_workers_share_the_run(airflow_stack: AirflowStack) -> None:
+def test_celery_workers_share_a_run_that_registers_no_new_version(
+    airflow_stack: AirflowStack, outage_run: OutageRun
+) -> None:
+    """The first run's params again, under CeleryExecutor: both workers ran tasks, and the bundle is the one
+    already registered, so publish registers nothing new."""
     stack = airflow_stack
+    _assert_succeeded(stack, outage_run.run)
     stack.use_celery()
     listening = stack.listening()
     assert all(address.startswith(f"{LOOPBACK}:") for address, _ in listening), listening
-    conf = {**CONF, "seed": 11}
-    run = _trigger_and_wait(stack, conf)
+    run = _trigger_and_wait(stack, CONF)
     hosts = {task_id: ti["hostname"] for task_id, ti in run.task_instances.items()}
     for task_id in TASKS:
         print(f"  {task_id:16} ran on {hosts.get(task_id)}")
     _assert_succeeded(stack, run)
     assert set(hosts.values()) == {"worker-a", "worker-b"}, hosts
-    _figures("CeleryExecutor", conf, run)
+    published = _client(stack).xcom(DAG_ID, run.run_id, "publish")
+    assert _version_count(stack) == 1, published
+    assert published["version"] == 1 and published["created"] is False, published
+    _figures("CeleryExecutor", CONF, run)
