@@ -46,7 +46,7 @@ from tests.containers.replay import Replay
 from tests.containers.standins import postgres_standin, s3_standin
 from tests.containers.warm import module_on_standins
 from tests.orchestration.airflow_stack import DAG_ID, AirflowClient, parse_time, redact
-from tests.orchestration.test_compose import COMPOSE, ENV_EXAMPLE, docker_compose, read_env_file, without_name
+from tests.orchestration.compose_file import COMPOSE, ENV_EXAMPLE, docker_compose, read_env_file, without_name
 from tests.services import LOOPBACK, RegistryAdmin, blob_key, free_port
 from tests.smoke.checker import run_checks
 

@@ -19,7 +19,6 @@ import configparser
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import uuid
@@ -35,17 +34,13 @@ from app.contract.connection import load_connection_settings, variable_names
 from app.settings import env_names
 from orchestration.work_area import WORK_URL_ENV
 from tests.orchestration.airflow_stack import COMMON_ENV_NAMES
+from tests.orchestration.compose_file import COMPOSE, ENV_EXAMPLE, docker_compose, read_env_file, without_name
 
 pytestmark = pytest.mark.integration  # runs Debian's docker-compose (a real process, absent from the tools image)
 
 REPO: Final = Path(__file__).resolve().parents[2]
-COMPOSE: Final = REPO / "orchestration" / "docker-compose.yaml"
-ENV_EXAMPLE: Final = REPO / "orchestration" / ".env.example"
-DOCKER_COMPOSE: Final = "docker-compose"
-INSTALL: Final = "apt-get install -y docker-compose"
 # The Compose specification's project name: lower-case letters, digits, '-' and '_', starting with a letter or digit.
 PROJECT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-TOP_LEVEL_NAME: Final = re.compile(r"^name:[^\n]*\n", re.MULTILINE)
 INIT: Final = "airflow-init"
 BUCKET_JOB: Final = "minio-buckets"
 ONE_SHOT: Final = {INIT, BUCKET_JOB, "mlflow-database", "mlflow-users"}
@@ -103,24 +98,6 @@ json.dump(found, sys.stdout)
 """
 
 
-def docker_compose() -> str:
-    """The ``docker-compose`` executable; the test fails (not skips) without it, saying how to install it."""
-    found = shutil.which(DOCKER_COMPOSE)
-    if found is None:
-        pytest.fail(
-            f"{DOCKER_COMPOSE} is not installed: the compose file is checked by Debian's docker-compose (`{INSTALL}`)",
-            pytrace=False,
-        )
-    return found
-
-
-def without_name(text: str) -> str:
-    """The file without its top-level ``name`` (docker-compose 1.29 predates it; checked on its own)."""
-    stripped, count = TOP_LEVEL_NAME.subn("", text)
-    assert count == 1, "the compose file names its project once, at the top level"
-    return stripped
-
-
 def compose_config(values: dict[str, str], work: Path, *, text: str | None = None) -> subprocess.CompletedProcess[str]:
     """``docker-compose config`` of the file (or ``text``) with ``values`` as its env file, nothing else from the
     environment; relative paths resolve from orchestration/, as for ``docker compose -f orchestration/...``."""
@@ -136,11 +113,6 @@ def compose_config(values: dict[str, str], work: Path, *, text: str | None = Non
         timeout=120,
         check=False,
     )
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
-    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def is_secret(name: str) -> bool:
