@@ -10,6 +10,7 @@ from typing import Any
 
 import dagger
 import pytest
+import yaml
 from dagger import DefaultPath, Ignore, dag
 from flight_price import main as module
 from flight_price.main import FlightPrice
@@ -188,9 +189,37 @@ def test_publish_authenticates_with_the_secret_and_pushes_both_images_for_both_p
     assert meta.cache == "never"
 
 
+def test_publish_after_a_passed_test_job_runs_no_check_again(
+    flight_price: FlightPrice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = dag.set_secret("registry-token", "not-a-real-token")
+    with recording_engine(monkeypatch) as engine:
+        asyncio.run(flight_price.publish(username="robot", password=password, repository="acme/flight", tested=True))
+    assert engine.sent("stdout") == []  # neither the checks nor the smoke checker ran
+    assert len(engine.sent("publish")) == 2
+    for query in engine.sent("publish"):
+        assert one(container_of(query), "withRegistryAuth")["address"] == "docker.io"  # user/name is Docker Hub's
+        assert query[-1].args["address"].startswith("acme/flight/")
+
+
+@pytest.mark.parametrize(
+    ("repository", "registry"),
+    [
+        ("ghcr.io/acme/flight-price", "ghcr.io"),
+        ("acme/flight-price", "docker.io"),
+        ("flight-price", "docker.io"),
+        ("localhost/flight-price", "localhost"),
+        ("127.0.0.1:5000/acme/flight-price", "127.0.0.1:5000"),
+        ("registry.example.com:443/flight-price", "registry.example.com:443"),
+    ],
+)
+def test_the_registry_is_read_from_the_repository_as_docker_reads_it(repository: str, registry: str) -> None:
+    assert module.registry_of(repository) == registry
+
+
 def test_airflow_image_extends_the_official_image_with_the_training_group(flight_price: FlightPrice) -> None:
     image = flight_price.airflow()
-    assert one(image, "from")["address"] == f"apache/airflow:{module.AIRFLOW_VERSION}-python3.12"
+    assert one(image, "from")["address"] == f"apache/airflow:{module.AIRFLOW_VERSION}-python{module.PYTHON_VERSION}"
     requirements = one(image, "withFile", path=module.AIRFLOW_REQUIREMENTS)["source"]
     exporter = container_of(steps(requirements))
     assert execs(exporter)[-1][: len(module.TRAIN_REQUIREMENTS_EXPORT)] == list(module.TRAIN_REQUIREMENTS_EXPORT)
@@ -210,3 +239,18 @@ def test_serve_is_the_image_with_its_mocks(flight_price: FlightPrice) -> None:
     serving = container_of(steps(service))
     assert one(serving, "withExposedPort")["port"] == module.PORT
     assert {args["alias"] for args in calls(serving, "withServiceBinding")} == {"s3", "mlflow"}
+
+
+def test_the_workflow_publishes_only_what_its_check_job_passed() -> None:
+    """`publish --tested` skips the checks: safe only because the job needs the check job, on the same commit."""
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    test_job, publish_job = workflow["jobs"]["test"], workflow["jobs"]["publish"]
+    [check_step] = [step for step in test_job["steps"] if "dagger-for-github" in step.get("uses", "")]
+    assert check_step["with"]["verb"] == "check"
+    assert publish_job["needs"] == "test"
+    [publish_step] = [step for step in publish_job["steps"] if "dagger-for-github" in step.get("uses", "")]
+    assert "--tested=true" in publish_step["with"]["args"].split()
+    checkouts = [
+        s for job in (test_job, publish_job) for s in job["steps"] if s.get("uses", "").startswith("actions/checkout")
+    ]
+    assert all("ref" not in s.get("with", {}) for s in checkouts)  # both check out the commit that triggered the run

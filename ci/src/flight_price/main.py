@@ -9,12 +9,13 @@ from collections.abc import Callable
 from typing import Annotated, Final
 
 import dagger
-from dagger import DefaultPath, Doc, Ignore, dag, field, function, object_type
+from dagger import DefaultPath, Doc, Ignore, check, dag, field, function, object_type, up
 
-PYTHON_IMAGE: Final = "python:3.12-slim"
+PYTHON_VERSION: Final = "3.11"  # the Python every image is verified with (tests/containers); others by argument
+PYTHON_IMAGE: Final = f"python:{PYTHON_VERSION}-slim"
 UV_IMAGE: Final = "ghcr.io/astral-sh/uv:0.13.9"  # the uv the lock was written with
 AIRFLOW_VERSION: Final = "3.3.2"  # the apache-airflow pin in uv.lock
-AIRFLOW_IMAGE: Final = f"apache/airflow:{AIRFLOW_VERSION}-python3.12"
+AIRFLOW_IMAGE: Final = f"apache/airflow:{AIRFLOW_VERSION}-python{PYTHON_VERSION}"
 SERVING_IMAGE_NAME: Final = "prediction-server"
 AIRFLOW_IMAGE_NAME: Final = "flight-price-airflow"
 PLATFORMS: Final = (dagger.Platform("linux/amd64"), dagger.Platform("linux/arm64"))
@@ -156,8 +157,21 @@ SOURCE_IGNORE: Final = [
     "bench/results/",
     "bench/.venvs/",  # the peers' venvs bench/serve.py creates: gigabytes
 ]
+# The checks, each a list of commands run in the tools container (`dagger check` runs each as its own check).
+LINT: Final = (("ruff", "check", "."), ("ruff", "format", "--check", "."))
+TYPECHECK: Final = (("mypy",),)
 # The unit tests: the integration ones start services, a container engine or Airflow, which the smoke stage covers.
 UNIT_TESTS: Final = ("pytest", "-q", "-p", "no:cacheprovider", "-m", "not integration")
+DOCKER_HUB: Final = "docker.io"
+
+
+def registry_of(repository: str) -> str:
+    """The registry host of an image repository, as Docker reads a reference: the first component when it has a
+    dot or a port or is ``localhost`` (``ghcr.io/owner/x``, ``127.0.0.1:5000/x``), else Docker Hub (``user/x``)."""
+    first, _, rest = repository.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB
 
 
 def uv_tool(image: str, platform: dagger.Platform | None = None) -> Callable[[dagger.Container], dagger.Container]:
@@ -171,6 +185,17 @@ def uv_tool(image: str, platform: dagger.Platform | None = None) -> Callable[[da
         )
 
     return add_uv
+
+
+def run_each(commands: tuple[tuple[str, ...], ...]) -> Callable[[dagger.Container], dagger.Container]:
+    """A step running each of ``commands`` in turn."""
+
+    def apply(container: dagger.Container) -> dagger.Container:
+        for command in commands:
+            container = container.with_exec(list(command))
+        return container
+
+    return apply
 
 
 def with_env(env: dict[str, str]) -> Callable[[dagger.Container], dagger.Container]:
@@ -343,19 +368,32 @@ class FlightPrice:
         )
 
     @function
+    @check
     async def smoke(self) -> str:
         """Start the built image against a seeded mock S3 and a mock MLflow; check its predictions."""
         return await self.smoke_check(self.build()).stdout()
 
     def checks(self) -> dagger.Container:
         """ruff, mypy (strict) and the unit tests in the tools container, built from the same lock."""
-        return (
-            self.tools()
-            .with_exec(["ruff", "check", "."])
-            .with_exec(["ruff", "format", "--check", "."])
-            .with_exec(["mypy"])
-            .with_exec(list(UNIT_TESTS))
-        )
+        return self.tools().with_(run_each(LINT)).with_(run_each(TYPECHECK)).with_exec(list(UNIT_TESTS))
+
+    @function
+    @check
+    async def lint(self) -> str:
+        """ruff's lint rules and its formatter's check over the repository."""
+        return await self.tools().with_(run_each(LINT)).stdout()
+
+    @function
+    @check
+    async def typecheck(self) -> str:
+        """mypy (strict) over app, orchestration, tests and bench."""
+        return await self.tools().with_(run_each(TYPECHECK)).stdout()
+
+    @function
+    @check
+    async def unit_tests(self) -> str:
+        """The unit tests (pytest, integration tests left out: the smoke check covers the image)."""
+        return await self.tools().with_exec(list(UNIT_TESTS)).stdout()
 
     async def run_tests(self) -> str:
         """The checks, then the smoke test; the last pytest line and the smoke report."""
@@ -375,14 +413,18 @@ class FlightPrice:
         self,
         username: Annotated[str, Doc("Registry user (on GitHub: the actor)")],
         password: Annotated[dagger.Secret, Doc("Registry password or token")],
-        repository: Annotated[str, Doc("Image namespace, e.g. ghcr.io/owner/flight-price")],
+        repository: Annotated[str, Doc("Image namespace, e.g. ghcr.io/owner/flight-price (user/name: Docker Hub)")],
         tag: Annotated[str, Doc("Image tag")] = "latest",
         revision: Annotated[str, Doc("Source revision for the OCI label")] = "unknown",
         version: Annotated[str, Doc("Version for the OCI label")] = "dev",
+        tested: Annotated[
+            bool, Doc("`test` has passed on this same source (the workflow's publish job needs its test job)")
+        ] = False,
     ) -> str:
-        """After `test`, publish the serving and Airflow images for linux/amd64 and linux/arm64."""
-        await self.run_tests()
-        registry = repository.split("/", 1)[0]
+        """Publish the serving and Airflow images for linux/amd64 and linux/arm64 (after `test`, unless tested)."""
+        if not tested:
+            await self.run_tests()
+        registry = registry_of(repository)
         images = {
             SERVING_IMAGE_NAME: [self.build(platform, revision, version) for platform in PLATFORMS],
             AIRFLOW_IMAGE_NAME: [self.airflow(platform, revision, version) for platform in PLATFORMS],
@@ -394,6 +436,7 @@ class FlightPrice:
         return "\n".join(references)
 
     @function
+    @up
     def serve(self) -> dagger.Service:
         """The serving image with its mocks, for `dagger call serve up --ports 9000:9000`."""
         return self.stack(self.build(), self.seed())

@@ -1,0 +1,86 @@
+"""The module as the engine sees it: registered through the SDK's own type-definition path (tests/ci/register.py,
+in a fresh process, as the engine's runtime does), with a recording client instead of an engine.
+
+A signature the SDK cannot register fails here as it would fail every ``dagger call``; what registers is read
+back: the main object and its constructor (the ``source`` directory's default path and ignore patterns), each
+function with its arguments, the checks ``dagger check`` runs, the service ``dagger up`` starts, and the cache
+policy of ``publish``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from flight_price import main as module
+
+from tests.ci.register import main_object_name
+
+REPO: Final = Path(__file__).resolve().parents[2]
+CHECKS: Final = {"lint", "typecheck", "unit_tests", "smoke"}
+
+
+def selections(value: Any, name: str) -> list[dict[str, Any]]:
+    return [s["args"] for s in value if s["name"] == name]
+
+
+@pytest.fixture(scope="module")
+def registered() -> dict[str, Any]:
+    """The main object's type definition as ``Module.register()`` sends it."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "tests.ci.register"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.returncode == 0, f"the SDK could not register the module:\n{ran.stderr[-3000:]}"
+    query = json.loads(ran.stdout)
+    [main] = [
+        obj["object"]
+        for obj in selections(query, "withObject")
+        if selections(obj["object"], "withObject")[0]["name"] == main_object_name()
+    ]
+    return {"selections": main, "functions": {f["function"][0]["args"]["name"]: f["function"]
+                                              for f in selections(main, "withFunction")}}  # fmt: skip
+
+
+def test_the_main_object_is_the_module_class() -> None:
+    assert main_object_name() == module.FlightPrice.__name__
+
+
+def test_every_function_registers_with_its_arguments(registered: dict[str, Any]) -> None:
+    functions = registered["functions"]
+    assert set(functions) == {
+        "build",
+        "airflow",
+        "smoke",
+        "lint",
+        "typecheck",
+        "unit_tests",
+        "test",
+        "publish",
+        "serve",
+    }
+    arguments = {name: [a["name"] for a in selections(f, "withArg")] for name, f in functions.items()}
+    assert arguments["build"] == arguments["airflow"] == ["platform", "revision", "version"]
+    assert arguments["publish"] == ["username", "password", "repository", "tag", "revision", "version", "tested"]
+    password = next(a for a in selections(functions["publish"], "withArg") if a["name"] == "password")
+    assert selections(password["typeDef"], "withObject") == [{"name": "Secret"}]
+
+
+def test_checks_and_the_service_are_marked_for_dagger_check_and_up(registered: dict[str, Any]) -> None:
+    functions = registered["functions"]
+    marked = {name for name, f in functions.items() if selections(f, "withCheck")}
+    assert marked == CHECKS
+    assert {name for name, f in functions.items() if selections(f, "withUp")} == {"serve"}
+    assert selections(functions["publish"], "withCachePolicy") == [{"policy": "Never"}]
+
+
+def test_the_constructor_loads_the_source_as_the_allowlist(registered: dict[str, Any]) -> None:
+    [constructor] = selections(registered["selections"], "withConstructor")
+    arguments = {a["name"]: a for a in selections(constructor["function"], "withArg")}
+    assert list(arguments) == ["source", "python_image", "airflow_image", "uv_image", "source_url"]
+    assert arguments["source"]["defaultPath"] == "/"
+    assert arguments["source"]["ignore"] == module.SOURCE_IGNORE
+    assert json.loads(arguments["python_image"]["defaultValue"]) == module.PYTHON_IMAGE
