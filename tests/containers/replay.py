@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -176,6 +177,15 @@ class SubTree:
 
 def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()
+
+
+def seconds(duration: str) -> float:
+    """A Go duration as Dagger takes it (``"2s"``, ``"1m30s"``, ``"500ms"``), in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ReplayError(f"{duration!r} is not a duration the replay reads (e.g. 2s, 1m30s)")
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 def describe(step: Field) -> str:
@@ -439,7 +449,18 @@ class Replay:
         check = c.get("Healthcheck")
         healthcheck = None
         if check and check.get("Test") and check["Test"][0] != "NONE":
-            healthcheck = Healthcheck(tuple(check["Test"]), None, None, None, None, check.get("Retries"))
+
+            def duration(key: str) -> str | None:  # nanoseconds in the image's configuration
+                return f"{check[key] / 1e9:g}s" if check.get(key) else None
+
+            healthcheck = Healthcheck(
+                tuple(check["Test"]),
+                duration("Interval"),
+                duration("Timeout"),
+                duration("StartPeriod"),
+                duration("StartInterval"),
+                check.get("Retries"),
+            )
         config = Config(
             env=tuple((item.split("=", 1)[0], item.split("=", 1)[1]) for item in c.get("Env") or ()),
             workdir=c.get("WorkingDir") or "",
@@ -703,8 +724,9 @@ class Replay:
             self.networks.remove(network)
 
     @contextmanager
-    def running(self, service_obj: Type, publish: int) -> Iterator[tuple[str, int]]:
-        """Run a service (``asService``) with its bindings; yields its container and the host port for ``publish``."""
+    def running(self, service_obj: Type, publish: int | None = None) -> Iterator[tuple[str, int | None]]:
+        """Run a service (``asService``) with its bindings until the block ends, once ready; yields its container and
+        the host port (on 127.0.0.1) of its exposed port ``publish``, if given."""
         service = self.evaluate(service_obj)
         if not isinstance(service, Service):
             raise ReplayError(f"{service_obj!r} is not a service")
@@ -713,6 +735,9 @@ class Replay:
         self.networks.append(network)
         try:
             with self.service(service, network, "service") as container:
+                if publish is None:
+                    yield container, None
+                    return
                 port = self.docker("port", container, f"{publish}/tcp").splitlines()[0].rsplit(":", 1)[1]
                 yield container, int(port)
         finally:
@@ -759,21 +784,55 @@ class Replay:
                 self.containers.remove(name)
 
     def wait_ready(self, name: str, alias: str, config: Config) -> None:
-        """Dagger's readiness: the healthcheck when the image has one, else every checked port accepting."""
+        """Dagger 0.21's readiness (core/service.go, core/healthcheck.go): with a healthcheck, its command run in the
+        container at once and then every ``start_interval`` (else ``interval``, else 5 s), failures counting only
+        after ``start_period``, given up after ``retries`` (default 3) counted failures; else every exposed port
+        accepting. A service with neither is refused: Dagger would run its clients at once, before it listens."""
+        if config.healthcheck is not None:
+            self.wait_healthy(name, alias, config.healthcheck)
+            return
+        if not config.checked_ports:
+            raise ReplayError(
+                f"service {alias} has neither an exposed port nor a healthcheck: Dagger would start its clients at "
+                "once, before it listens (add withExposedPort or a healthcheck)"
+            )
         deadline = time.monotonic() + SERVICE_TIMEOUT_S
         while time.monotonic() < deadline:
-            state = json.loads(self.docker("inspect", "--format", "{{json .State}}", name))
-            if not state["Running"]:
-                raise ReplayError(f"service {name} exited with {state['ExitCode']}:\n{self.logs(name)}")
-            if config.healthcheck is not None:
-                if (state.get("Health") or {}).get("Status") == "healthy":
-                    self.ready.append((alias, "healthy"))
-                    return
-            elif all(self.accepts(name, port) for port in config.checked_ports):
+            self.check_running(name)
+            if all(self.accepts(name, port) for port in config.checked_ports):
                 self.ready.append((alias, "ports"))
                 return
             time.sleep(0.5)
         raise ReplayError(f"service {name} not ready within {SERVICE_TIMEOUT_S:.0f}s:\n{self.logs(name)}")
+
+    def wait_healthy(self, name: str, alias: str, check: Healthcheck) -> None:
+        kind, *test = check.test
+        args = test if kind == "CMD" else ["/bin/sh", "-c", *test]
+        pause = seconds(check.start_interval or check.interval or "5s")
+        allow_failures_until = time.monotonic() + seconds(check.start_period or "0s")
+        retries = check.retries or 3
+        failures = 0
+        while True:
+            self.check_running(name)
+            probe = subprocess.run(
+                [DOCKER, "exec", name, *args], env=self.engine.env(), capture_output=True, text=True, check=False
+            )
+            if probe.returncode == 0:
+                self.ready.append((alias, "healthy"))
+                return
+            if time.monotonic() > allow_failures_until:
+                failures += 1
+            if failures == retries:
+                raise ReplayError(
+                    f"service {alias}: its healthcheck failed {retries} times after its start period "
+                    f"({probe.stderr.strip()[-500:]}):\n{self.logs(name)}"
+                )
+            time.sleep(pause)
+
+    def check_running(self, name: str) -> None:
+        state = json.loads(self.docker("inspect", "--format", "{{json .State}}", name))
+        if not state["Running"]:
+            raise ReplayError(f"service {name} exited with {state['ExitCode']}:\n{self.logs(name)}")
 
     def accepts(self, name: str, port: int) -> bool:
         """Whether ``port`` accepts a connection inside the service's container (Dagger dials it there)."""
