@@ -217,11 +217,14 @@ def airflow_standin(engine: Engine, airflow_version: str) -> str:
     """A stand-in for ``apache/airflow:<version>-python3.11``, made the way that image is made; its tag.
 
     The official image: its Python, a virtualenv owned by the ``airflow`` user (uid 50000, gid 0) at
-    ``~/.local`` on ``PATH`` (so ``pip install`` as that user extends it), ``AIRFLOW_HOME=/opt/airflow``,
-    ``apache-airflow`` installed with constraints, curl for health checks, dumb-init and an entrypoint that runs
-    ``airflow`` commands. Airflow publishes its constraints on GitHub, which this machine cannot reach: the
-    stand-in takes the lock's pins instead (the lock resolved the same ``apache-airflow`` with its providers), and
-    installs the providers the lock has, a subset of the official image's.
+    ``~/.local`` on ``PATH`` (``VIRTUAL_ENV``, so ``pip install`` as that user extends it), the constraints it
+    was installed with in ``~/constraints.txt``, ``AIRFLOW_HOME=/opt/airflow`` as the working directory, its
+    environment (``AIRFLOW_UID``, ``AIRFLOW_VERSION``, ``DUMB_INIT_SETSID=1``, examples off, a C.UTF-8 locale),
+    ``/etc/passwd`` writable by group 0 (for an arbitrary uid), port 8080, curl for health checks, and dumb-init
+    running an entrypoint for ``airflow`` commands. Airflow publishes its constraints on GitHub, which this
+    machine cannot reach: the stand-in takes the lock's pins instead (the lock resolved the same
+    ``apache-airflow`` with its providers), and installs the providers the lock has, a subset of the official
+    image's.
     """
     packages = locked_airflow_packages()
     if "apache-airflow" not in packages or f"apache-airflow=={airflow_version}" not in locked_constraints().decode():
@@ -230,20 +233,25 @@ def airflow_standin(engine: Engine, airflow_version: str) -> str:
 FROM {python_standin(engine)}
 RUN {APT_INSTALL.format(packages="curl dumb-init libpq5 procps")}
 RUN useradd --uid {AIRFLOW_UID} --gid 0 --home-dir /home/airflow --create-home --shell /bin/bash airflow \\
- && mkdir -p {AIRFLOW_HOME}/logs {AIRFLOW_HOME}/dags {AIRFLOW_HOME}/plugins {AIRFLOW_HOME}/config \\
- && chown -R {AIRFLOW_UID}:0 {AIRFLOW_HOME} /home/airflow && chmod -R g+rwX {AIRFLOW_HOME} /home/airflow
+ && mkdir -p {AIRFLOW_HOME}/logs {AIRFLOW_HOME}/dags \\
+ && chown -R {AIRFLOW_UID}:0 {AIRFLOW_HOME} /home/airflow && chmod -R g+rwX {AIRFLOW_HOME} /home/airflow \\
+ && chmod g=u /etc/passwd
 COPY uv /usr/local/bin/uv
-COPY constraints.txt /constraints.txt
+COPY constraints.txt /home/airflow/constraints.txt
 COPY entrypoint /entrypoint
-RUN chmod 0755 /usr/local/bin/uv /entrypoint && chmod 0644 /constraints.txt
-ENV AIRFLOW_HOME={AIRFLOW_HOME} AIRFLOW_USER_HOME_DIR=/home/airflow VIRTUAL_ENV={AIRFLOW_VENV} \\
-    PATH={AIRFLOW_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+RUN chmod 0755 /usr/local/bin/uv /entrypoint && chown {AIRFLOW_UID}:0 /home/airflow/constraints.txt
+ENV LANG=C.UTF-8 LC_ALL=C.UTF-8 PIP_CACHE_DIR=/tmp/.cache/pip UV_CACHE_DIR=/tmp/.cache/uv \\
+    AIRFLOW_UID={AIRFLOW_UID} AIRFLOW_HOME={AIRFLOW_HOME} AIRFLOW_USER_HOME_DIR=/home/airflow \\
+    VIRTUAL_ENV={AIRFLOW_VENV} PATH={AIRFLOW_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    AIRFLOW_VERSION={airflow_version} AIRFLOW__CORE__LOAD_EXAMPLES=false DUMB_INIT_SETSID=1 \\
     PIP_CERT={CA_BUNDLE_IN_IMAGE} PIP_DISABLE_PIP_VERSION_CHECK=1
 USER {AIRFLOW_UID}
 RUN uv venv --quiet --seed --python /usr/bin/python3 {AIRFLOW_VENV} \\
- && uv pip install --quiet --no-cache --python {AIRFLOW_VENV}/bin/python --constraint /constraints.txt \\
+ && uv pip install --quiet --no-cache --python {AIRFLOW_VENV}/bin/python \\
+    --constraint /home/airflow/constraints.txt \\
     {" ".join(f"{name}=={airflow_version}" if name == "apache-airflow" else name for name in packages)}
 WORKDIR {AIRFLOW_HOME}
+EXPOSE 8080
 ENTRYPOINT ["/usr/bin/dumb-init", "--", "/entrypoint"]
 CMD []
 """

@@ -78,6 +78,7 @@ def test_the_image_is_the_official_shape(replay: Replay, airflow_image: str) -> 
     assert env["AIRFLOW_HOME"] == AIRFLOW_HOME
     assert env["PYTHONPATH"] == PROJECT
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == f"{PROJECT}/orchestration/dags"
+    assert env["VIRTUAL_ENV"] == "/home/airflow/.local" and env["AIRFLOW_VERSION"] == module.AIRFLOW_VERSION
     labels = inspected["Config"]["Labels"]
     assert labels["org.opencontainers.image.title"] == module.AIRFLOW_IMAGE_NAME
     assert labels["org.opencontainers.image.revision"] == "abc123"
