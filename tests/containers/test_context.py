@@ -51,5 +51,10 @@ def test_the_modules_source_keeps_what_the_stages_need_and_nothing_stray() -> No
         "app/main.py",
         "ci/src/flight_price/main.py",
     } <= kept
-    assert not {path.split("/")[0] for path in kept} & {".git", ".venv", ".github", ".ci", ".mypy_cache"}
+    assert not {path.split("/")[0] for path in kept} & {".git", ".venv", ".ci", ".mypy_cache"}
+    assert {path for path in kept if path.startswith(".github")} == {
+        ".github",
+        ".github/workflows",
+        ".github/workflows/ci.yml",
+    }
     assert not [path for path in kept if "__pycache__" in path or path.startswith("bench/.venvs")]

@@ -149,6 +149,7 @@ SOURCE_IGNORE: Final = [
     "!pyproject.toml",
     "!uv.lock",
     "!README.md",  # the unit tests check the README's tables and the pins in dagger.json
+    "!.github/workflows/",  # and that the workflow publishes only what its check job passed
     "!dagger.json",
     "**/__pycache__",
     "**/*.pyc",
