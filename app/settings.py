@@ -1,9 +1,9 @@
 """The environment contract of the serving container: every variable the entrypoint and the server read.
 
 ``Settings`` extends the connection settings training shares (``app.contract.connection``) with what only
-the server needs. The Dagger smoke stage, ``docker-compose.yaml``, ``app/prediction.env.example`` and the
-README use exactly these names (a test cross-checks them). An invalid value stops start-up with a message
-naming the variable.
+the server needs. The Dagger smoke stage, ``docker-compose.yaml``, ``app/prediction.env.example`` and
+``docs/configuration.md`` use exactly these names (a test cross-checks them). An invalid value stops start-up
+with a message naming the variable.
 """
 
 from __future__ import annotations

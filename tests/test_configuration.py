@@ -1,4 +1,4 @@
-"""The environment contract is named the same everywhere: settings model, example env file, README.
+"""The environment contract is named the same everywhere: settings model, example env file, docs/configuration.md.
 
 Unit tests (they read repository files only), so they run in the Dagger module's checks too.
 """
@@ -20,8 +20,8 @@ def test_env_example_documents_exactly_the_settings() -> None:
     assert documented == env_names()
 
 
-def test_readme_configuration_table_lists_exactly_the_settings() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def test_configuration_reference_lists_exactly_the_settings() -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    section = reference.split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, flags=re.MULTILINE))
     assert listed == env_names()

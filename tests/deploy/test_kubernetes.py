@@ -48,10 +48,10 @@ SECRET_EXAMPLE: Final = KUSTOMIZATION_DIR / "secret.example.yaml"
 ALLOWED_CLIENT_VARIABLES: Final = frozenset({"AWS_SHARED_CREDENTIALS_FILE"})
 WRITABLE_PATHS: Final = frozenset({module.MODEL_DIR, "/tmp"})
 # Time around the pull before /health/live answers: settings and imports (about 1 s), uvicorn's start (4.2 s
-# measured), and margin for a slow cold start (README, "Figures").
+# measured), and margin for a slow cold start (docs/benchmarks.md).
 STARTUP_OVERHEAD_S: Final = 30
 SHUTDOWN_MARGIN_S: Final = 5  # uvicorn's shutdown after the drain
-MEASURED_WORKER_RSS_MB: Final = 178  # one worker, the 200k-row benchmark bundle (README, "Figures")
+MEASURED_WORKER_RSS_MB: Final = 178  # one worker, the 200k-row benchmark bundle (docs/benchmarks.md)
 # Fields that hold no writable volume, whatever readOnly says.
 READ_ONLY_VOLUME_TYPES: Final = frozenset({"secret", "configMap", "projected", "downwardAPI"})
 # Kubernetes' defaults where a field is left out.
