@@ -45,14 +45,13 @@ from tests.containers.engine import DOCKER, Engine
 from tests.containers.replay import Replay
 from tests.containers.standins import postgres_standin, s3_standin
 from tests.containers.warm import module_on_standins
-from tests.orchestration.airflow_stack import DAG_ID, AirflowClient, parse_time, redact
+from tests.orchestration.airflow_stack import DAG_ID, TASKS, AirflowClient, Run, parse_time, redact
 from tests.orchestration.compose_file import COMPOSE, ENV_EXAMPLE, docker_compose, read_env_file, without_name
 from tests.services import LOOPBACK, RegistryAdmin, blob_key, free_port
 from tests.smoke.checker import run_checks
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.airflow, pytest.mark.timeout(1500)]
 
-TASKS: Final = ("ingest", "validate", "split", "fit_transformer", "train", "evaluate", "gate", "publish")
 CONF: Final = {"rows": 3000}
 UP_TIMEOUT_S: Final = 600
 RUN_TIMEOUT_S: Final = 900
@@ -162,14 +161,6 @@ def wait_healthy(stack: ComposeStack) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not healthy within {UP_TIMEOUT_S}s: {states}\n{stack.logs()}")
         time.sleep(2)
-
-
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    state: str
-    seconds: float
-    task_instances: dict[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")

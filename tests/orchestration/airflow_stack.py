@@ -81,6 +81,7 @@ from tests.services import (
 REPO: Final = Path(__file__).resolve().parents[2]
 DAGS: Final = REPO / "orchestration" / "dags"
 DAG_ID: Final = "train_flight_price_model"
+TASKS: Final = ("ingest", "validate", "split", "fit_transformer", "train", "evaluate", "gate", "publish")  # its tasks
 AIRFLOW: Final = str(BIN / "airflow")
 BUCKET: Final = "production-models"  # DVC remote and the DAG's work area
 MLFLOW_BUCKET: Final = "production-mlflow"
@@ -441,6 +442,19 @@ def create_mlflow_user(uri: str, admin: RegistryAdmin, user: RegistryAdmin) -> N
 
 
 # --- the REST client ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished DAG run as the API shows it."""
+
+    run_id: str
+    state: str
+    seconds: float  # trigger to end, on the test's clock
+    task_instances: dict[str, dict[str, Any]]
+
+    def states(self) -> dict[str, str | None]:
+        return {task_id: ti["state"] for task_id, ti in self.task_instances.items()}
 
 
 class AirflowClient:

@@ -32,29 +32,24 @@ import httpx
 import pytest
 
 from app.contract.registry import TAG_DVC_HASH, RegistryAccess, RestRegistry
-from tests.orchestration.airflow_stack import BUCKET, DAG_ID, AirflowClient, AirflowStack, parse_time, redact
+from tests.orchestration.airflow_stack import (
+    BUCKET,
+    DAG_ID,
+    TASKS,
+    AirflowClient,
+    AirflowStack,
+    Run,
+    parse_time,
+    redact,
+)
 from tests.services import LOOPBACK, blob_key
 
 # Each test may wait for a whole DAG run (minutes: 4-23 s per task on 2 cores) on top of the stack's start-up.
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(1200)]
 
-TASKS: Final = ("ingest", "validate", "split", "fit_transformer", "train", "evaluate", "gate", "publish")
 CONF: Final = {"rows": 3000}
 RUN_TIMEOUT_S: Final = 600
 FIGURES_ENV: Final = "PRODUCTION_DAG_FIGURES"
-
-
-@dataclass(frozen=True)
-class Run:
-    """A finished DAG run as the API shows it."""
-
-    run_id: str
-    state: str
-    seconds: float  # trigger to end, on the test's clock
-    task_instances: dict[str, dict[str, Any]]
-
-    def states(self) -> dict[str, str | None]:
-        return {task_id: ti["state"] for task_id, ti in self.task_instances.items()}
 
 
 def _client(stack: AirflowStack) -> AirflowClient:
