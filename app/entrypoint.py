@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -82,6 +83,26 @@ def _drained(signum: int, _: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def check_listenable(host: str, port: int) -> None:
+    """Exit with the ``bind`` code and one line unless uvicorn can bind ``host:port``: a taken port, or a ``HOST``
+    that is no address of this machine, would make uvicorn exit 3 (its STARTUP_FAILURE), the registry's code.
+
+    Binds as uvicorn does (IPv6 for a host holding ":", ``SO_REUSEADDR``) and closes at once; a port taken in the
+    instant between this and uvicorn's bind still fails uvicorn's way."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:  # socket.gaierror too: a HOST name that does not resolve
+        error = DeliveryError(
+            "bind",
+            f"the server cannot listen on HOST={host} PORT={port}: {exc.strerror or exc}",
+            "PORT (no other process may listen on it) and HOST (an address of this machine, or 0.0.0.0 for all)",
+        )
+        fail(error, error.exit_code)
+
+
 def serve() -> NoReturn:
     """uvicorn with the settings' host, port, workers and logging (in the interpreter the entrypoint exec'd into,
     or in its own).
@@ -108,6 +129,7 @@ def serve() -> NoReturn:
 
     gc.freeze()  # what start-up made lives as long as the server: later collections need not walk it
     gc.enable()
+    check_listenable(settings.host, settings.port)  # last, so the port has the least time to be taken
 
     uvicorn.run(
         APP,

@@ -8,9 +8,11 @@ variable names (case-insensitive).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Final, Self, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,8 +26,22 @@ NAME: Final = r"^\S(.*\S)?$"  # a registry name: not empty, no leading or traili
 # AWS variables that hold credentials: read by the S3 client itself, never written anywhere or printed. Only
 # the pull needs them, so the entrypoint drops them before it becomes the server.
 S3_CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-# MLflow's own variables holding registry secrets: the server keeps them (``GET /model`` reads the registry).
+# MLflow's own variables holding registry secrets: the server keeps them (``GET /model`` reads the registry); the
+# ``dvc pull`` child never gets them (``app.delivery.pull.pull_environment``).
 REGISTRY_SECRET_VARIABLES: Final = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# A URI's user-info in free text: everything after "scheme://" up to the LAST "@" before the next whitespace, quote,
+# angle bracket or "://" (an unencoded password may hold "/", "@", "?" or "#", so no host character ends it).
+URI_USER_INFO: Final = re.compile(r"(?<=://)(?:(?!://)[^\s\"'<>])+@")
+# Whitespace or a control character: never in a usable URL (a trailing space or line break from an env file).
+_BLANK_OR_CONTROL: Final = re.compile(r"[\s\x00-\x1f\x7f]")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_NAME: Final = re.compile(r"^[\w.-]+$")  # a DNS name or an IPv4 address (IPv6 goes in brackets)
+# What botocore accepts as a bucket name (legacy names included); no ":" (a port) or "@" (user-info).
+_S3_BUCKET: Final = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+CREDENTIALS_IN_URL: Final = (
+    "must not hold credentials (user:password@): give the S3 keys in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+    "(or a file named by AWS_SHARED_CREDENTIALS_FILE), which are never written to disk and never reach the server"
+)
 
 
 class SettingsError(ValueError):
@@ -55,19 +71,45 @@ class ConnectionSettings(BaseSettings):
     )
 
     # DVC remote (credentials come from the standard AWS variables)
-    dvc_remote_url: str | None = Field(None, description="DVC remote: s3://bucket/prefix or a local directory.")
+    dvc_remote_url: str | None = Field(None, description="DVC remote: s3://bucket/prefix or an absolute directory.")
     dvc_remote_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store.")
     dvc_remote_region: str | None = Field(None, description="Region of the S3 bucket.")
     aws_access_key_id: SecretStr | None = Field(None, description="S3 access key (never printed).")
     aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never printed).")
     aws_session_token: SecretStr | None = Field(None, description="S3 session token (never printed).")
 
-    @field_validator("mlflow_tracking_uri", "dvc_remote_endpoint_url")
+    # The messages below never quote the value: it may hold a password.
+    @field_validator("mlflow_tracking_uri")
     @classmethod
-    def _uri(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(https?|sqlite|file)://|^/", value):
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith(("http://", "https://")):
+            check_http_url(value)
+        elif not re.match(r"^(sqlite|file)://|^/", value):
             raise ValueError("must be an http(s)://, sqlite:// or file:// URI")
-        return (value.rstrip("/") or "/") if value else value  # "/" stays the root, not ""
+        elif _CONTROL.search(value):
+            raise ValueError("holds a control character (a line break?)")
+        return value.rstrip("/") or "/"  # "/" stays the root, not ""
+
+    @field_validator("dvc_remote_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if holds_credentials(value):
+            raise ValueError(CREDENTIALS_IN_URL)
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL (the S3-compatible store's endpoint)")
+        check_http_url(value)  # after refusing user-info: no "@" is left in it
+        return value.rstrip("/")
+
+    @field_validator("dvc_remote_url")
+    @classmethod
+    def _remote_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_remote_url(value)
+        return value
 
     @model_validator(mode="after")
     def _registry_access(self) -> Self:
@@ -121,9 +163,73 @@ def load_connection_settings() -> ConnectionSettings:
     return load_from_environment(ConnectionSettings)
 
 
+def holds_credentials(url: str) -> bool:
+    """Whether a URL (not a local path) holds user-info: any "@" after its "scheme://", wherever an unencoded
+    "/", "?" or "#" in a password moved the host's start."""
+    _, separator, rest = url.partition("://")
+    return bool(separator) and "@" in rest
+
+
+def check_http_url(value: str) -> None:
+    """``ValueError`` unless ``value`` (``http(s)://...``) is a URL urllib and botocore can use: no whitespace, a
+    host (a name, an IPv4 address or a bracketed IPv6 address), a numeric port, no query or fragment, and
+    user-info (MLflow's basic auth) only before the host, percent-encoded. No message quotes the value."""
+    if _BLANK_OR_CONTROL.search(value):
+        raise ValueError("holds whitespace or a control character (a trailing space or line break?)")
+    rest = value.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in rest[len(authority) :]:
+        raise ValueError(
+            "holds an '@' after its host: a password holding '/', '?' or '#' must be percent-encoded (%2F, %3F, "
+            "%23), or better given in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        )
+    host = authority.rpartition("@")[2]
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # unbalanced "[" / "]", or no IPv6 address between them
+        raise ValueError("its host's brackets are unbalanced or hold no IPv6 address") from None
+    if "[" in host or "]" in host:
+        bracketed = re.fullmatch(r"\[([^\[\]]+)\](?::[^:]*)?", host)
+        try:
+            ipaddress.IPv6Address(bracketed.group(1) if bracketed else "")
+        except ValueError:
+            raise ValueError("its host's brackets are unbalanced or hold no IPv6 address") from None
+    elif not parts.hostname or not _HOST_NAME.match(parts.hostname):
+        raise ValueError("names no host, or a host that is no DNS name or IP address")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # unset is None; ":0", ":99999", ":abc" (or a password's piece, split off by a "/") are not ports
+        raise ValueError("its port is not a number from 1 to 65535")
+    if "?" in rest or "#" in rest:
+        raise ValueError("must not have a query (?...) or a fragment (#...)")
+
+
+def check_remote_url(value: str) -> None:
+    """``ValueError`` unless ``value`` is a DVC remote serving can use: ``s3://<bucket>[/<prefix>]`` or an absolute
+    directory path (a relative one would be read relative to ``MODEL_DIR/.dvc``); never one holding credentials."""
+    if value.startswith("/"):
+        if _CONTROL.search(value) or value != value.strip():
+            raise ValueError("holds a control character, or starts or ends with whitespace")
+        return
+    if holds_credentials(value):
+        raise ValueError(CREDENTIALS_IN_URL)
+    if not value.startswith("s3://"):
+        raise ValueError("must be s3://bucket/prefix or an absolute directory path")
+    if _BLANK_OR_CONTROL.search(value):
+        raise ValueError("holds whitespace or a control character (a trailing space or line break?)")
+    bucket = value.removeprefix("s3://").partition("/")[0]
+    if not _S3_BUCKET.match(bucket):
+        raise ValueError("must be s3://bucket/prefix with a valid bucket name (no port, nothing else before the /)")
+    if "?" in value or "#" in value:
+        raise ValueError("must not have a query (?...) or a fragment (#...)")
+
+
 def redact(text: str) -> str:
-    """``text`` without credentials: URI user-info, and any S3 or registry secret from the environment."""
-    text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+    """``text`` without credentials: URI user-info (up to the last "@" before the host, so a password holding
+    "/" or "@" goes too), and any S3 or registry secret from the environment."""
+    text = URI_USER_INFO.sub("***@", text)
     for name in (*S3_CREDENTIAL_VARIABLES, *REGISTRY_SECRET_VARIABLES):
         if len(value := os.environ.get(name, "")) >= 4:  # a very short value would mangle ordinary words
             text = text.replace(value, "***")

@@ -4,7 +4,9 @@ A bundle is the one output of a DVC work repository (``dvc init --no-scm``): ``<
 directory hash ``<md5>.dir``. Publishing pushes from a throw-away work repository; the entrypoint pulls into
 ``MODEL_DIR``, another work repository; both are set up by ``prepare_work_repo``, so both see the remote the
 same way. The remote gets DVC 3's normal cache layout (``files/md5/..``). No credential is ever written to
-a DVC config: DVC's S3 client reads the standard ``AWS_*`` variables itself.
+a DVC config: DVC's S3 client reads the standard ``AWS_*`` variables itself, and a remote or endpoint URL holding
+user-info is refused (the settings refuse it first; this guards callers that bypass them). The ``.dvc``
+directory is still private to its owner (0700, its config 0600): it names the store, and holds the cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Final
 
+from app.contract.connection import CREDENTIALS_IN_URL, holds_credentials
 from app.contract.hashing import file_digest
 
 REMOTE_NAME: Final = "store"
@@ -42,9 +45,15 @@ def ensure_user_name() -> None:
 
 
 def prepare_work_repo(work: Path, url: str, *, endpoint_url: str | None = None, region: str | None = None) -> None:
-    """Make ``work`` a DVC work repository (``dvc init --no-scm``) whose default remote is ``url``."""
+    """Make ``work`` a DVC work repository (``dvc init --no-scm``) whose default remote is ``url``.
+
+    ``ValueError`` if ``url`` or ``endpoint_url`` holds credentials: they would be written to the config in clear.
+    """
     from dvc.repo import Repo
 
+    for name, given in (("the DVC remote URL", url), ("the S3 endpoint URL", endpoint_url)):
+        if given and holds_credentials(given):
+            raise ValueError(f"{name} {CREDENTIALS_IN_URL}")
     ensure_user_name()
 
     work.mkdir(parents=True, exist_ok=True)
@@ -55,6 +64,7 @@ def prepare_work_repo(work: Path, url: str, *, endpoint_url: str | None = None, 
     os.environ[SITE_CACHE_ENV] = os.fspath(site_cache_dir(work))
     try:
         repo = Repo(os.fspath(work)) if (work / ".dvc").is_dir() else Repo.init(os.fspath(work), no_scm=True)
+        (work / ".dvc").chmod(0o700)
         with repo.config.edit("repo") as config:
             config["core"].update(
                 {"remote": REMOTE_NAME, "site_cache_dir": os.fspath(site_cache_dir(work)), "analytics": False}
@@ -69,6 +79,7 @@ def prepare_work_repo(work: Path, url: str, *, endpoint_url: str | None = None, 
                 if region:
                     remote["region"] = region
             config["remote"] = {REMOTE_NAME: remote}
+        (work / ".dvc" / "config").chmod(0o600)
         repo.close()
     finally:
         dvc_logger.setLevel(level)

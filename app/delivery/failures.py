@@ -1,5 +1,6 @@
-"""Every way delivery fails, each with its exit code, and the classification of a failed ``dvc pull`` from
-its output: S3 error codes where botocore names them, and fixed phrases, never digits anywhere in the text.
+"""Every way delivery (and the start after it) fails, each with its exit code, and the classification of a failed
+``dvc pull`` from its output: S3 error codes where botocore names them, and fixed phrases, never digits anywhere in
+the text.
 
 The phrases are DVC's, botocore's and the C library's own words, as DVC 3 prints them (captured against a moto
 S3 server, see ``tests/app/test_delivery_failures.py``); object ids are read only where a phrase names one."""
@@ -14,7 +15,7 @@ from typing import Final, Literal
 from app.contract.connection import redact
 
 Failure = Literal[
-    "settings", "registry", "not-found", "unreachable", "credentials", "missing", "mismatch", "pull", "disk"
+    "settings", "registry", "not-found", "unreachable", "credentials", "missing", "mismatch", "pull", "disk", "bind"
 ]
 # Exit codes by failure, so an orchestrator can tell a bad configuration from a flaky network.
 EXIT_CODES: Final[dict[Failure, int]] = {
@@ -27,6 +28,7 @@ EXIT_CODES: Final[dict[Failure, int]] = {
     "mismatch": 8,
     "pull": 9,
     "disk": 10,
+    "bind": 11,  # the server cannot listen on HOST:PORT (uvicorn itself would exit 3, the registry's code)
 }
 RETRYABLE: Final[frozenset[Failure]] = frozenset({"registry", "unreachable", "pull"})
 

@@ -42,7 +42,14 @@ class Pulled:
 
 
 def configure_remote(settings: Settings) -> Path:
-    """Make ``MODEL_DIR`` a DVC work repository whose default remote is the one the environment names."""
+    """Make ``MODEL_DIR`` a DVC work repository whose default remote is the one the environment names.
+
+    Credentials in ``DVC_REMOTE_URL`` / ``DVC_REMOTE_ENDPOINT_URL`` (``https://key:secret@minio:9000``) are refused,
+    by the settings and again by ``prepare_work_repo``, rather than stripped and handed to the pull: those variables
+    stay in the server's environment for the whole run (its alias refresh pulls again), while the ``AWS_*`` keys
+    are dropped before it starts, and a URL is printed and written to ``MODEL_DIR/.dvc/config``, where a key has
+    no place. One way to give the keys (``AWS_*`` or a credentials file) keeps them out of every config and log.
+    """
     if not settings.dvc_remote_url:
         raise DeliveryError(
             "settings",
@@ -107,7 +114,7 @@ def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, time
     """One ``dvc pull`` child process, killed (with its process group) when ``timeout`` runs out."""
     if timeout <= 0:
         raise DeliveryError("unreachable", f"no time left to pull from {remote}", "PULL_DEADLINE_S")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", SITE_CACHE_ENV: os.fspath(site_cache_dir(work))}
+    env = {**pull_environment(), "DVC_NO_ANALYTICS": "1", SITE_CACHE_ENV: os.fspath(site_cache_dir(work))}
     # One quick retry inside botocore; the backoff between attempts is ours, bounded by the deadline.
     env.setdefault("AWS_MAX_ATTEMPTS", "2")
     args = [sys.executable, "-m", "dvc", "pull", "--force", dvc_file.name]
@@ -133,6 +140,13 @@ def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, time
         raise explain_pull_failure(text, remote, url, work)
     fetched = re.search(r"(\d+) files? fetched", text)
     return int(fetched.group(1)) if fetched else 0
+
+
+def pull_environment() -> dict[str, str]:
+    """The ``dvc pull`` child's environment: this process's, without any ``MLFLOW_*`` variable (DVC reads none,
+    and they hold the registry's password or token, which the server keeps for ``GET /model``). The S3 keys stay:
+    the pull is what needs them."""
+    return {name: value for name, value in os.environ.items() if not name.upper().startswith("MLFLOW_")}
 
 
 def explain_pull_failure(output: str, remote: str, url: str | None, work: Path) -> DeliveryError:

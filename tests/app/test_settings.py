@@ -17,6 +17,7 @@ from app.contract.connection import (
     DEFAULT_SERVING_PORT,
     ConnectionSettings,
     load_connection_settings,
+    redact,
 )
 from app.contract.store import BUNDLE_NAME
 from app.settings import Settings, SettingsError, env_names, load_settings
@@ -124,6 +125,7 @@ def test_a_model_hash_alone_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None
         ("MLFLOW_TRACKING_URI", "ftp://x"),
         ("MLFLOW_TRACKING_URI", "mlflow:5000"),
         ("DVC_REMOTE_ENDPOINT_URL", "ftp://x"),
+        ("DVC_REMOTE_ENDPOINT_URL", "/srv/s3"),  # accepted before, as the tracking URI's local forms were
         ("REGISTRY_TIMEOUT_S", "0"),
     ],
 )
@@ -171,9 +173,11 @@ def test_an_invalid_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None
 )
 def test_the_tracking_uri_loses_a_trailing_slash(monkeypatch: pytest.MonkeyPatch, value: str, stored: str) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", value)
-    monkeypatch.setenv("DVC_REMOTE_ENDPOINT_URL", value)
+    endpoint = value.startswith("http")  # an S3 endpoint is http(s) only
+    if endpoint:
+        monkeypatch.setenv("DVC_REMOTE_ENDPOINT_URL", value)
     settings = load_settings()
-    assert settings.mlflow_tracking_uri == stored and settings.dvc_remote_endpoint_url == stored
+    assert settings.mlflow_tracking_uri == stored and settings.dvc_remote_endpoint_url == (stored if endpoint else None)
     assert load_connection_settings().mlflow_tracking_uri == stored
 
 
@@ -242,3 +246,147 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
     assert settings.port == DEFAULT_SERVING_PORT
+
+
+# --- URIs that pass a prefix check and then crash the start (issue 25, point 6) ---
+
+PASSWORD_PART = "pa/ss"  # a password holding "/": the netloc of http://user:pa/ss@host is "user:pa"
+UNUSABLE_HTTP_URIS = [
+    pytest.param("http://h:abc", id="non-numeric-port"),
+    pytest.param("http://h:99999", id="port-out-of-range"),
+    pytest.param("http://[::1", id="unclosed-bracket"),
+    pytest.param("http://::1]:5000", id="unopened-bracket"),
+    pytest.param("http://[mlflow]:5000", id="bracketed-name"),
+    pytest.param("http://ml flow:5000", id="space-in-host"),
+    pytest.param("http://mlflow:5000 ", id="trailing-space"),
+    pytest.param("http://mlflow:5000\n", id="trailing-newline"),
+    pytest.param("http://:5000", id="no-host"),
+    pytest.param("https://", id="nothing-after-the-scheme"),
+    pytest.param("http://mlflow:5000?x=1", id="query"),
+    pytest.param("http://mlflow:5000#models", id="fragment"),
+]
+
+
+@pytest.mark.parametrize("variable", ["MLFLOW_TRACKING_URI", "DVC_REMOTE_ENDPOINT_URL"])
+@pytest.mark.parametrize("value", UNUSABLE_HTTP_URIS)
+def test_an_http_uri_that_cannot_be_used_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Each of these passed the old ``^(https?|sqlite|file)://`` check, then crashed the start with a traceback."""
+    monkeypatch.setenv(variable, value)
+    message = settings_error()
+    assert f"{variable}: " in message and len(message) > len(f"invalid environment: {variable}: Value error, ")
+    assert f"{variable}:" in settings_error(load_connection_settings)  # training refuses it too
+
+
+def test_a_password_that_splits_the_host_is_named_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://reader:{PASSWORD_PART}@mlflow:5000")
+    message = settings_error()
+    assert "MLFLOW_TRACKING_URI:" in message and "percent-encoded" in message
+    assert PASSWORD_PART not in message and "pa" not in message.replace("password", "")
+    assert "MLFLOW_TRACKING_USERNAME" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://mlflow:5000",
+        "https://mlflow.example.com/base",
+        "http://[::1]:5000",
+        "http://127.0.0.1:5000",
+        "https://reader:p%2Fss%40word@mlflow.example.com",  # user-info, percent-encoded, is still fine for MLflow
+        "sqlite:////srv/mlflow/my store.db",  # a local store may have a space in its path
+        "/srv/mlruns",
+    ],
+)
+def test_a_usable_tracking_uri_is_accepted(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", value)
+    assert load_settings().mlflow_tracking_uri == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DVC_REMOTE_ENDPOINT_URL", "https://key:s3cr3t-value@minio:9000"),
+        ("DVC_REMOTE_ENDPOINT_URL", "http://key:s3cr3t/value@minio:9000"),
+        ("DVC_REMOTE_URL", "s3://key:s3cr3t-value@models/dvc"),
+        ("DVC_REMOTE_URL", "https://key:s3cr3t-value@minio:9000/models"),
+    ],
+)
+def test_credentials_in_a_dvc_url_are_refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    """They would be written to MODEL_DIR/.dvc/config and kept in the server's environment: the S3 keys belong
+    in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which are never written and are dropped before serving."""
+    monkeypatch.setenv(variable, value)
+    message = settings_error()
+    assert f"{variable}:" in message and "AWS_ACCESS_KEY_ID" in message and "AWS_SECRET_ACCESS_KEY" in message
+    assert "s3cr3t" not in message and "value@" not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "models/dvc",  # relative: DVC would read it relative to MODEL_DIR/.dvc
+        "gs://models/dvc",
+        "s3://",
+        "s3:///dvc",
+        "s3://models:9000/dvc",
+        "s3://mo dels/dvc",
+        "s3://models/dvc ",
+        "s3://models/dvc?versionId=1",
+        "s3://models!/dvc",
+        "/srv/dvc-remote\n",
+    ],
+)
+def test_a_dvc_remote_url_that_cannot_be_used_is_a_settings_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DVC_REMOTE_URL", value)
+    assert "DVC_REMOTE_URL:" in settings_error()
+
+
+@pytest.mark.parametrize(
+    "value", ["s3://models", "s3://models/dvc", "s3://my.models-1/flight/price/", "/srv/dvc remote", "/"]
+)
+def test_a_usable_dvc_remote_url_is_accepted(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DVC_REMOTE_URL", value)
+    assert load_settings().dvc_remote_url == value
+
+
+# --- redact: a URI's whole user-info, wherever it stands in a line ---
+
+
+@pytest.mark.parametrize(
+    ("line", "redacted"),
+    [
+        pytest.param(
+            "MLflow at http://reader:p@ss@mlflow:5000 is unreachable: [Errno 111] Connection refused",
+            "MLflow at http://***@mlflow:5000 is unreachable: [Errno 111] Connection refused",
+            id="at-in-password",
+        ),
+        pytest.param(
+            "GET http://reader:pa/ss@mlflow:5000/api/2.0/mlflow/registered-models/alias failed",
+            "GET http://***@mlflow:5000/api/2.0/mlflow/registered-models/alias failed",
+            id="slash-in-password",
+        ),
+        pytest.param(
+            "copy from https://u:a/b@c@h1:443/base to s3://key:s@cr/t@bucket/dvc, then mail ops@example.com",
+            "copy from https://***@h1:443/base to s3://***@bucket/dvc, then mail ops@example.com",
+            id="two-uris-and-an-address",
+        ),
+        pytest.param(
+            "remotes=http://a:b@h1,http://c:d/e@h2/x",
+            "remotes=http://***@h1,http://***@h2/x",
+            id="two-uris-no-space",
+        ),
+        pytest.param(
+            '{"uri": "http://a:p@ss@h1/x", "owner": "admin@example.com"}',
+            '{"uri": "http://***@h1/x", "owner": "admin@example.com"}',
+            id="json",
+        ),
+        pytest.param(
+            "see <https://dvc.org/doc> and http://mlflow:5000/#/models (mail dev@example.com) at 12:00",
+            "see <https://dvc.org/doc> and http://mlflow:5000/#/models (mail dev@example.com) at 12:00",
+            id="no-credentials",
+        ),
+    ],
+)
+def test_redact_hides_the_whole_user_info(line: str, redacted: str) -> None:
+    assert redact(line) == redacted

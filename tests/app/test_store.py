@@ -1,10 +1,12 @@
-"""The DVC work repository under a uid the image does not know (platforms that run containers under
-arbitrary uids): DVC asks for the user's name, which such a uid has none of."""
+"""The DVC work repository: private to its owner, never holding a credential, and made even under a uid the image
+does not know (platforms that run containers under arbitrary uids): DVC asks for the user's name, which such a uid
+has none of."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import stat
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,3 +30,28 @@ def test_a_uid_without_a_name_still_gets_a_work_repository(monkeypatch: pytest.M
     with Repo(os.fspath(work)) as repo:  # what `dvc pull` opens
         assert Path(repo.site_cache_dir).is_relative_to(work)
     assert os.environ["USER"] == f"uid-{os.getuid()}"
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint_url"),
+    [("s3://key:s3cr3t-value@bucket/dvc", None), ("s3://bucket/dvc", "https://key:s3cr3t-value@minio:9000")],
+    ids=["remote-url", "endpoint-url"],
+)
+def test_credentials_in_a_url_are_never_written_to_the_dvc_config(
+    tmp_path: Path, url: str, endpoint_url: str | None
+) -> None:
+    """The settings refuse them; a caller that bypasses the settings (``model_copy``) is refused here."""
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match="AWS_ACCESS_KEY_ID") as refused:
+        prepare_work_repo(work, url, endpoint_url=endpoint_url)
+    assert "s3cr3t" not in str(refused.value)
+    assert not any("s3cr3t" in path.read_text() for path in tmp_path.rglob("config*") if path.is_file())
+
+
+def test_the_dvc_directory_and_its_config_are_private(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    for _ in range(2):  # made, then reconfigured on the next start
+        prepare_work_repo(work, "s3://bucket/dvc", endpoint_url="http://minio:9000", region="eu-west-1")
+        assert stat.S_IMODE((work / ".dvc").stat().st_mode) == 0o700
+        assert stat.S_IMODE((work / ".dvc" / "config").stat().st_mode) == 0o600
+    assert "endpointurl = http://minio:9000" in (work / ".dvc" / "config").read_text()

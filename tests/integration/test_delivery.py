@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +71,71 @@ def test_a_bundle_dir_that_does_not_exist_is_a_setting_error(tmp_path: Path) -> 
     assert result.returncode == 2  # settings, not 8 ("tampered")
     line = one_error_line(result)
     assert "BUNDLE_DIR=" in line and "is not a directory" in line and "tampered" not in line
+
+
+URI_PASSWORD = "pa/ss-never-printed"  # holding "/": the netloc of http://reader:<it>@host stops at the "/"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("http://mlflow:abc", id="non-numeric-port"),
+        pytest.param("http://[::1", id="unclosed-bracket"),
+        pytest.param("http://ml flow:5000", id="space-in-host"),
+        pytest.param(f"http://reader:{URI_PASSWORD}@mlflow:5000", id="slash-in-password"),
+    ],
+)
+def test_a_tracking_uri_that_crashed_the_start_is_a_settings_error(uri: str, tmp_path: Path) -> None:
+    """These passed the settings, then crashed the registry look-up with a traceback (exit 1)."""
+    result = run_entrypoint(entrypoint_env(tmp_path, remote_url="s3://nowhere/x", MLFLOW_TRACKING_URI=uri))
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = one_error_line(result)
+    assert "MLFLOW_TRACKING_URI:" in line and "Traceback" not in result.stderr
+    assert URI_PASSWORD not in result.stdout + result.stderr and "pa/ss" not in line
+    assert not (tmp_path / ".dvc").exists()
+
+
+def test_a_bad_tracking_uri_beside_a_bundle_dir_stops_the_start(bundle_dir: Path, tmp_path: Path) -> None:
+    """With BUNDLE_DIR nothing at start read MLFLOW_TRACKING_URI: the server came up and its loader died on it
+    (503 "not loaded yet" forever). Now the settings refuse it before anything starts."""
+    env = entrypoint_env(
+        tmp_path,
+        remote_url="s3://nowhere/x",
+        BUNDLE_DIR=os.fspath(bundle_dir),
+        MLFLOW_TRACKING_URI="http://mlflow:abc",
+        PORT=str(free_port()),
+    )
+    result = run_entrypoint(env, timeout=30)
+    assert result.returncode == 2
+    assert "MLFLOW_TRACKING_URI:" in one_error_line(result)
+
+
+URL_SECRET = "url-secret-never-written"
+
+
+@pytest.mark.parametrize(
+    ("remote_url", "endpoint"),
+    [
+        pytest.param("s3://nowhere/x", f"http://key:{URL_SECRET}@{LOOPBACK}:{{port}}", id="endpoint"),
+        pytest.param(f"s3://key:{URL_SECRET}@nowhere/x", f"http://{LOOPBACK}:{{port}}", id="remote-url"),
+    ],
+)
+def test_credentials_in_a_dvc_url_are_refused_never_written(remote_url: str, endpoint: str, tmp_path: Path) -> None:
+    """They were written in clear to MODEL_DIR/.dvc/config (mode 0644) and kept in the server's environment."""
+    env = entrypoint_env(
+        tmp_path,
+        remote_url=remote_url,
+        endpoint_url=endpoint.format(port=free_port()),
+        MODEL_HASH="0123456789abcdef0123456789abcdef.dir",
+        PULL_DEADLINE_S="3",
+    )
+    result = run_entrypoint(env)
+    configs = [path.read_text() for path in tmp_path.rglob("config*") if path.is_file()]
+    assert not any(URL_SECRET in text for text in configs)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = one_error_line(result)
+    assert "AWS_ACCESS_KEY_ID" in line and URL_SECRET not in result.stdout + result.stderr
+    assert not (tmp_path / ".dvc").exists()
 
 
 def test_s3_down_fails_within_the_deadline(published: tuple[PublishTarget, str], tmp_path: Path) -> None:
@@ -183,6 +250,44 @@ def test_wrong_credentials_fail_at_once_with_a_clear_line(
     assert time.monotonic() - started < 30  # not retried until the deadline
     config = (tmp_path / ".dvc" / "config").read_text()
     assert target.remote_url in config and SECRET not in config and S3_ENV["AWS_ACCESS_KEY_ID"] not in config
+
+
+def test_the_pull_child_gets_no_registry_secret_and_the_dvc_config_is_private(
+    published: tuple[PublishTarget, str], s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dvc pull`` needs the S3 credentials, never the MLflow password or token the server keeps."""
+    target, dvc_hash = published
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        model_hash=dvc_hash,
+        dvc_remote_url=target.remote_url,
+        dvc_remote_endpoint_url=s3.endpoint_url,
+    )
+    registry_secrets = {
+        "MLFLOW_TRACKING_USERNAME": "reader",
+        "MLFLOW_TRACKING_PASSWORD": "registry-password-not-for-dvc",
+        "MLFLOW_TRACKING_TOKEN": "registry-token-not-for-dvc",
+    }
+    for name, value in registry_secrets.items():
+        monkeypatch.setenv(name, value)
+    children: list[dict[str, str]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        children.append(dict(kwargs["env"]))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    pulled = pull(settings, dvc_hash)
+    assert pulled.fetched == 4 and verify(pulled.bundle_dir, dvc_hash).content_hash
+    assert len(children) == 1
+    child = children[0]
+    assert child["AWS_SECRET_ACCESS_KEY"] == SECRET  # what the pull does need
+    handed = [name for name, value in registry_secrets.items() if name in child or value in child.values()]
+    assert handed == []  # never the whole environment in a failure message: it holds the S3 keys
+    work = settings.model_dir
+    assert stat.S_IMODE((work / ".dvc").stat().st_mode) == 0o700
+    assert stat.S_IMODE((work / ".dvc" / "config").stat().st_mode) == 0o600
 
 
 def _moto_auth(s3: S3Server, free_requests: str) -> None:
@@ -424,3 +529,30 @@ def test_a_registry_that_answers_one_byte_at_a_time_cannot_outlast_the_deadline(
     assert result.returncode == 3, result.stderr
     assert "did not answer" in one_error_line(result) and "PULL_DEADLINE_S" in one_error_line(result)
     assert elapsed < 15  # the deadline (3 s) plus start-up, not forever
+
+
+# --- the server's address: checked before uvicorn, which exits 3 (the registry's code) when it cannot bind ---
+
+
+def test_a_busy_port_is_its_own_failure(bundle_dir: Path, tmp_path: Path) -> None:
+    with socket.create_server((LOOPBACK, 0)) as taken:
+        port = taken.getsockname()[1]
+        env = entrypoint_env(tmp_path, remote_url="s3://unused/x", BUNDLE_DIR=os.fspath(bundle_dir), PORT=str(port))
+        result = run_entrypoint(env)
+    assert result.returncode == 11, result.stderr[-2000:]
+    line = one_error_line(result)
+    assert f"PORT={port}" in line and "HOST=127.0.0.1" in line and "in use" in line
+
+
+def test_a_host_that_is_no_address_here_is_its_own_failure(bundle_dir: Path, tmp_path: Path) -> None:
+    env = entrypoint_env(
+        tmp_path,
+        remote_url="s3://unused/x",
+        BUNDLE_DIR=os.fspath(bundle_dir),
+        HOST="192.0.2.1",  # TEST-NET-1: never an address of this machine
+        PORT=str(free_port()),
+    )
+    result = run_entrypoint(env)
+    assert result.returncode == 11, result.stderr[-2000:]
+    line = one_error_line(result)
+    assert "HOST=192.0.2.1" in line and "assign" in line
