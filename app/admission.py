@@ -46,14 +46,19 @@ class Admission:
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
-    @contextmanager
-    def admitted(self, rows: int) -> Iterator[None]:
-        """Count ``rows`` as queued while the block runs, or shed the request if they do not fit."""
+    def check_room(self, rows: int = 1) -> None:
+        """Shed the request now if ``rows`` would not fit: called before its body is read, so a request that
+        would be shed costs no reading and no validation."""
         if self.queued_rows + rows > self.max_queued_rows:
             raise OverloadedError(
                 f"overloaded: {self.queued_rows} rows are queued for the model and {rows} more would pass "
                 f"MAX_QUEUED_ROWS={self.max_queued_rows}"
             )
+
+    @contextmanager
+    def admitted(self, rows: int) -> Iterator[None]:
+        """Count ``rows`` as queued while the block runs, or shed the request if they do not fit."""
+        self.check_room(rows)
         self.queued_rows += rows
         self._observe_depth(self.queued_rows)
         try:

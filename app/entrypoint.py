@@ -39,6 +39,7 @@ from app.delivery.retry import deadline_for
 from app.settings import Settings, SettingsError, load_settings
 
 APP: Final = "app.main:app"
+HTTP_PROTOCOL: Final = "app.api.limits:BoundedHttpProtocol"
 SERVE: Final = "serve"  # ``python -m app.entrypoint serve``: what the entrypoint execs into
 PREFIX: Final = "entrypoint:"
 
@@ -140,6 +141,8 @@ def serve() -> NoReturn:
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=False,  # the app logs every request itself, with its id and latency
         timeout_graceful_shutdown=settings.drain_timeout_s,
+        http=HTTP_PROTOCOL,  # uvicorn's httptools protocol with the header, timing and in-flight bounds
+        ws="none",  # no route speaks WebSocket: an upgrade request is answered as plain HTTP
     )
     raise SystemExit(0)
 

@@ -61,7 +61,10 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSON:
-        return JSON({"detail": exc.errors, "request_id": request_id_var.get()}, status_code=exc.status)
+        body: dict[str, Any] = {"detail": exc.errors, "request_id": request_id_var.get()}
+        if exc.more:
+            body["more_errors"] = exc.more  # errors left out of ``detail`` (MAX_LISTED_ERRORS)
+        return JSON(body, status_code=exc.status)
 
     @app.exception_handler(NotReadyError)
     async def not_ready(_: Request, exc: NotReadyError) -> JSON:

@@ -14,6 +14,7 @@ and histograms summed; the queue depth summed over live workers; ``model_ready``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import logging.config
@@ -30,6 +31,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.admission import RETRY_AFTER_S
 
 LOGGER_NAME: Final = "app"
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
@@ -266,6 +269,19 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing went wrong here
             status = CLIENT_CLOSED
+        except asyncio.CancelledError:  # DRAIN_TIMEOUT_S passed during shutdown: closed, not failed
+            status = 503
+            if not responded:
+                body = orjson.dumps({"detail": "the server is shutting down; retry", "request_id": request_id})
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                    (b"retry-after", str(RETRY_AFTER_S).encode()),
+                    header,
+                ]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
         except Exception:
             _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
             status = 500

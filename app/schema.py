@@ -48,13 +48,37 @@ RECORD_MODEL: Final = "PredictRequest"
 BATCH_MODEL: Final = "PredictBatchRequest"
 
 
-class RequestError(Exception):
-    """A request body that cannot be predicted: ``status`` (400, 413, 415 or 422) and field-level ``errors``."""
+# An integral feature without limits still takes only the integers a float64 holds exactly: the model computes in
+# float64, and a larger one (``1`` and 400 zeros) has no float at all.
+LARGEST_WHOLE: Final = 2**53
+# Keys, values and objects a body may hold beyond one per field of each record: the envelope's own.
+ENVELOPE_KEYS: Final = 8
 
-    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
+
+class RequestError(Exception):
+    """A request body that cannot be predicted: ``status`` (400, 413, 415 or 422) and field-level ``errors``
+    (at most ``listed`` of them; ``more`` says how many were left out)."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]], more: int = 0) -> None:
         super().__init__("; ".join(str(e["msg"]) for e in errors))
         self.status = status
         self.errors = errors
+        self.more = more
+
+
+def listed(details: Sequence[ErrorDetails], error_count: int, limit: int) -> tuple[Sequence[ErrorDetails], int]:
+    """The first ``limit`` of a validation's errors, and how many more there were."""
+    return details[:limit], max(error_count - limit, 0)
+
+
+def check_size(body: bytes, bound: int, what: str, *, values: int | None = None) -> None:
+    """Refuse a body holding more keys (colons), objects or values (commas: ``values`` if given) than ``what`` can:
+    validation's cost grows with each of them, so a body of a few megabytes could otherwise hold the event loop
+    for seconds. Counting them is a scan of the bytes; a colon or comma inside a string counts too (the bounds
+    allow for those in the categories)."""
+    if body.count(b":") > bound or body.count(b"{") > bound or body.count(b",") > (values or bound):
+        message = f"body: more than {bound} fields or {values or bound} values, more than {what} can hold"
+        raise RequestError(422, [{"loc": ["body"], "msg": message, "type": "too_many_fields"}])
 
 
 def _real_day(value: str) -> str:
@@ -189,6 +213,8 @@ def _field(feature: Feature) -> tuple[Any, Any]:
         if feature.dtype == "int":
             described += " (a whole number: 3 or 3.0)"
             numeric = Annotated[int, BeforeValidator(_whole_number)]
+            low = -LARGEST_WHOLE if low is None else low
+            high = LARGEST_WHOLE if high is None else high
         return numeric, Field(..., strict=True, allow_inf_nan=False, ge=low, le=high, description=described, **common)
     if feature.kind == "categorical":
         if not feature.categories:
@@ -236,6 +262,10 @@ class RecordSchema:
     record_model: type[BaseModel]
     batch_model: type[BaseModel]
     max_records: int
+    max_errors: int  # field errors a refusal lists (MAX_LISTED_ERRORS)
+    # Keys, objects or values a body may hold (``check_size``): a record's, a batch's.
+    record_keys: int
+    batch_keys: int
     # The batch model's rules with each record a plain dict and no day checked (``parse_batch``), then the day checks
     # as (position in a row, check).
     quick_batch: TypeAdapter[Any]
@@ -244,7 +274,7 @@ class RecordSchema:
     training_ranges: Mapping[str, tuple[str, Limit, Limit]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_metadata(cls, metadata: Metadata, max_records: int) -> RecordSchema:
+    def from_metadata(cls, metadata: Metadata, max_records: int, max_errors: int = 20) -> RecordSchema:
         """Models named ``RECORD_MODEL`` and ``BATCH_MODEL`` with the bundle's example."""
         checks = {feature.name: _day_check(feature) for feature in metadata.features if feature.kind == "date"}
         unchecked = {feature.name: _field(feature) for feature in metadata.features}
@@ -280,11 +310,19 @@ class RecordSchema:
             for feature in metadata.features
             if feature.kind != "categorical" and feature.training_range() != (None, None)
         }
+        separators = sum(  # the most colons or commas a valid value of each feature holds
+            max((category.count(":") + category.count(",") for category in feature.categories or ()), default=0)
+            for feature in metadata.features
+        )
+        record_keys = len(metadata.features) + separators + ENVELOPE_KEYS
         return cls(
             tuple(metadata.feature_names()),
             record_model,
             batch_model,
             max_records,
+            max_errors,
+            record_keys,
+            max_records * (len(metadata.features) + separators) + ENVELOPE_KEYS,
             TypeAdapter(quick_batch),
             day_checks,
             ranges,
@@ -292,10 +330,11 @@ class RecordSchema:
 
     def parse_record(self, body: bytes) -> tuple[Any, ...]:
         """One JSON record -> its values in feature order."""
+        check_size(body, self.record_keys, "a record")
         try:
             record = self.record_model.__pydantic_validator__.validate_json(body)
         except ValidationError as exc:
-            raise _request_error(exc, self.max_records) from None
+            raise _request_error(exc, self.max_records, self.max_errors) from None
         return tuple(record.__dict__.values())
 
     def parse_batch(self, body: bytes) -> list[tuple[Any, ...]]:
@@ -305,13 +344,14 @@ class RecordSchema:
         records as plain dicts instead of model instances and each distinct day checked once instead of in every
         record (half the batch model's time). Whatever they refuse is validated by the batch model, whose errors are
         the answer; so both accept the same bodies with the same values, and refusals read the same."""
+        check_size(body, self.batch_keys, f"{self.max_records} records (MAX_BATCH_RECORDS)")
         rows = self.quick_rows(body)
         if rows is not None:
             return rows
         try:
             batch = self.batch_model.__pydantic_validator__.validate_json(body)
         except ValidationError as exc:
-            raise _request_error(exc, self.max_records) from None
+            raise _request_error(exc, self.max_records, self.max_errors) from None
         return [tuple(record.__dict__.values()) for record in batch.records]
 
     def quick_rows(self, batch: bytes | Mapping[str, Any]) -> list[tuple[Any, ...]] | None:
@@ -367,7 +407,7 @@ class RecordSchema:
         try:
             batch = self.batch_model.__pydantic_validator__.validate_python({"records": records})
         except ValidationError as exc:
-            raise _column_error(exc) from None
+            raise _column_error(exc, self.max_errors) from None
         return [tuple(record.__dict__.values()) for record in batch.records]
 
     def columns(self, rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
@@ -408,10 +448,14 @@ def _column_refused(name: str, why: str, kind: str) -> dict[str, Any]:
     return {"loc": [name], "field": name, "msg": f"{name}: {why}", "type": kind}
 
 
-def _column_error(exc: ValidationError) -> RequestError:
-    """The batch model's errors on records built from columns, located by column and row."""
+def _column_error(exc: ValidationError, max_errors: int) -> RequestError:
+    """The batch model's errors on records built from columns, located by column and row (the first
+    ``max_errors``)."""
     errors = []
-    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+    details, more = listed(
+        exc.errors(include_url=False, include_context=False, include_input=False), exc.error_count(), max_errors
+    )
+    for error in details:
         loc = tuple(error["loc"])
         if len(loc) >= 3 and isinstance(loc[1], int):  # ("records", row, column, ...)
             row, column = loc[1], str(loc[2])
@@ -419,10 +463,10 @@ def _column_error(exc: ValidationError) -> RequestError:
             errors.append({"loc": [column, row], "field": column, "row": row, "msg": msg, "type": error["type"]})
         else:
             errors.append({"loc": list(loc), "msg": f"{_location(loc)}: {error['msg']}", "type": error["type"]})
-    return RequestError(422, errors)
+    return RequestError(422, errors, more)
 
 
-def _request_error(exc: ValidationError, max_records: int) -> RequestError:
+def _request_error(exc: ValidationError, max_records: int, max_errors: int) -> RequestError:
     details: list[ErrorDetails] = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in details):
         return RequestError(400, [{"loc": ["body"], "msg": "body: malformed JSON", "type": "json_invalid"}])
@@ -430,10 +474,11 @@ def _request_error(exc: ValidationError, max_records: int) -> RequestError:
         message = f"records: at most {max_records} records per request (MAX_BATCH_RECORDS)"
         return RequestError(422, [{"loc": ["records"], "msg": message, "type": "too_many_records"}])
     errors = []
-    for error in details:
+    shown, more = listed(details, exc.error_count(), max_errors)
+    for error in shown:
         where = _location(tuple(error["loc"]))
         field = next((str(p) for p in reversed(error["loc"]) if isinstance(p, str)), "body")
         errors.append(
             {"loc": list(error["loc"]), "field": field, "msg": f"{where}: {error['msg']}", "type": error["type"]}
         )
-    return RequestError(422, errors)
+    return RequestError(422, errors, more)

@@ -17,7 +17,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.admission import Admission
+from app.admission import Admission, OverloadedError
 from app.batching import MicroBatcher, limit_threads
 from app.contract.bundle import Bundle, library_differences
 from app.observability import ServerMetrics
@@ -44,9 +44,11 @@ def predict_rows(
 
 @dataclass
 class Usage:
-    """Prediction requests using a model right now (event loop only): a retired model closes at 0."""
+    """Prediction requests using a model right now (event loop only): a retired model closes at 0, or once
+    ``DRAIN_TIMEOUT_S`` has passed; ``closed`` then."""
 
     active: int = 0
+    closed: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class ServedModel:
     @classmethod
     def build(cls, bundle: Bundle, settings: Settings, metrics: ServerMetrics, admission: Admission) -> ServedModel:
         """Everything the request path needs for ``bundle`` (the predictor's bit-identical probe included)."""
-        schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records)
+        schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records, settings.max_listed_errors)
         threads = settings.predict_threads
         predictor = Predictor(bundle, threads)
         predict = admission.timed(functools.partial(predict_rows, schema, predictor, metrics.observe_outside_training))
@@ -94,12 +96,20 @@ class ServedModel:
         """The same model, now known as registry version ``version``."""
         return dataclasses.replace(self, version=version)
 
+    def check_open(self) -> None:
+        """Shed a request whose model was retired and closed while its body arrived (slower than
+        ``DRAIN_TIMEOUT_S``): its client retries on the model served now."""
+        if self.usage.closed:
+            raise OverloadedError("the model this request began on was retired while its body arrived; retry")
+
     def run_batch(self, rows: list[Row]) -> asyncio.Future[npt.NDArray[np.float64]]:
         """A whole batch request's rows in one vectorised call, on a batch worker thread."""
+        self.check_open()
         call = functools.partial(self.predict, rows)
         return asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
 
     async def close(self) -> None:
         """Stop the micro-batcher and the batch threads."""
+        self.usage.closed = True
         await self.batcher.close()
         self.batch_executor.shutdown(wait=False, cancel_futures=True)

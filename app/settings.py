@@ -52,6 +52,26 @@ class Settings(ConnectionSettings):
         20, ge=1, le=3600, description="Longest a SIGTERM waits for in-flight requests before closing them."
     )
 
+    # What a connection may cost before the app sees it (app.api.limits; the arithmetic: docs/configuration.md)
+    max_header_bytes: int = Field(
+        16_384, ge=1024, le=1_048_576, description="Largest request line and headers, in bytes; past it a 431."
+    )
+    max_headers: int = Field(100, ge=8, le=1000, description="Most request headers; past it a 431.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest a connection may take to send its request line and headers (408)."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest a request may take to send its whole body after its headers (408)."
+    )
+    max_body_bytes_in_flight: int = Field(
+        16_000_000,
+        ge=1024,
+        description="Request body bytes all connections of a worker may have in flight; past it a 503 before reading.",
+    )
+    max_listed_errors: int = Field(
+        20, ge=1, le=1000, description="Most field errors a 422 lists; it says how many more there were."
+    )
+
     # Where the bundle lives
     model_dir: Path = Field(Path("/models"), description="Writable directory the bundle is pulled into.")
     bundle_dir: Path | None = Field(None, description="Serve this bundle directory as is (default MODEL_DIR/bundle).")
@@ -86,6 +106,11 @@ class Settings(ConnectionSettings):
     def _safe(self) -> Self:
         if self.model_version is not None and self.model_hash is not None:
             raise ValueError("set MODEL_HASH or MODEL_VERSION, not both")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"MAX_BODY_BYTES_IN_FLIGHT={self.max_body_bytes_in_flight} is below MAX_BODY_BYTES="
+                f"{self.max_body_bytes}: a body of the largest size would always be refused"
+            )
         if self.max_queued_rows < self.max_batch_records:
             raise ValueError(
                 f"MAX_QUEUED_ROWS={self.max_queued_rows} is below MAX_BATCH_RECORDS={self.max_batch_records}: "

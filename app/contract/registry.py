@@ -14,13 +14,18 @@ the blobs in the DVC remote.
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
+import socket
 import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Final, Protocol
 
 TAG_DVC_HASH: Final = "bundle_dvc_hash"
@@ -127,26 +132,113 @@ class Registry(Protocol):
     def run_metrics(self, run_id: str) -> dict[str, float]: ...
 
 
+class Deadline:
+    """A whole request's time limit: when it passes, the request's sockets are shut down, so a server that trickles
+    its answer (each byte within the socket timeout) cannot hold the calling thread past it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._timer.cancel()
+
+    def track(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            if sock is not None:
+                self._sockets.append(sock)
+            if self.expired:
+                self._cut_locked()
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._cut_locked()
+
+    def _cut_locked(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+
+    def connection(self, kind: type[http.client.HTTPConnection]) -> Any:
+        """A connection factory for ``kind`` whose sockets this deadline cuts."""
+
+        def make(host: str, **options: Any) -> http.client.HTTPConnection:
+            connection = kind(host, **options)
+            connect = connection.connect
+
+            def connect_tracked() -> None:
+                connect()
+                self.track(connection.sock)
+
+            connection.connect = connect_tracked  # type: ignore[method-assign]
+            return connection
+
+        return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.deadline.connection(http.client.HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self.deadline = deadline
+        self.tls = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.deadline.connection(http.client.HTTPSConnection), req, context=self.tls)
+
+
 class RestRegistry:
-    """MLflow's REST API (``/api/2.0/mlflow/...``) over urllib."""
+    """MLflow's REST API (``/api/2.0/mlflow/...``) over urllib; each request is bounded by ``timeout`` in all
+    (``Deadline``), not only between two bytes."""
 
     def __init__(self, tracking_uri: str, timeout: float = 5.0, access: RegistryAccess = ANONYMOUS) -> None:
         self.base = tracking_uri.rstrip("/") + "/api/2.0/mlflow"
         self.timeout = timeout
         self._headers = access.headers()
-        handlers: list[urllib.request.BaseHandler] = []
+        self._tls: ssl.SSLContext | None = None
         if self.base.startswith("https://"):
             try:
-                handlers.append(urllib.request.HTTPSHandler(context=access.ssl_context()))
+                self._tls = access.ssl_context()
             except (OSError, ssl.SSLError) as exc:
                 raise RegistryError(f"the TLS certificate settings cannot be used: {exc}") from None
-        self._opener = urllib.request.build_opener(*handlers)
 
     def _get(self, path: str, **params: str) -> dict[str, Any]:
         url = f"{self.base}/{path}?{urllib.parse.urlencode(params)}"
         request = urllib.request.Request(url, headers=self._headers)  # noqa: S310 (http(s) checked by Settings)
+        with Deadline(self.timeout) as deadline:
+            handlers: list[urllib.request.BaseHandler] = [_HTTPHandler(deadline)]
+            if self._tls is not None:
+                handlers.append(_HTTPSHandler(deadline, self._tls))
+            try:
+                return self._answer(urllib.request.build_opener(*handlers), request)
+            except RegistryError:
+                if deadline.expired:
+                    raise RegistryError(
+                        f"MLflow at {self.base.removesuffix('/api/2.0/mlflow')} did not answer within "
+                        f"REGISTRY_TIMEOUT_S={self.timeout:g}s"
+                    ) from None
+                raise
+
+    def _answer(self, opener: urllib.request.OpenerDirector, request: urllib.request.Request) -> dict[str, Any]:
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with opener.open(request, timeout=self.timeout) as response:
                 body: dict[str, Any] = json.loads(response.read())
                 return body
         except urllib.error.HTTPError as exc:
@@ -156,7 +248,7 @@ class RestRegistry:
             if exc.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail or "not found" in detail.lower():
                 raise NotFoundError(detail) from None
             raise RegistryError(f"MLflow answered {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(
                 f"MLflow at {self.base.removesuffix('/api/2.0/mlflow')} is unreachable: {reason}"

@@ -168,11 +168,13 @@ async def predict_record(request: Request) -> JSON:
     served.usage.active += 1  # a model swapped out meanwhile is closed only after this request
     try:
         with counting_failures(state.metrics, RECORD_PATH):
+            admission.check_room()  # shed before the body is read
             batcher.expect()  # lets the micro-batcher wait (bounded) for this record while it is read
             try:
                 row = served.schema.parse_record(await read_json_body(request, state.settings.max_body_bytes))
             finally:
                 batcher.arrived()
+            served.check_open()
             with admission.admitted(1):
                 prediction = await admission.answer(batcher.submit(row))
     finally:
@@ -193,6 +195,7 @@ async def predict_batch(request: Request) -> JSON:
     served.usage.active += 1
     try:
         with counting_failures(state.metrics, BATCH_PATH):
+            state.admission.check_room()  # shed before the body is read
             rows = served.schema.parse_batch(await read_json_body(request, state.settings.max_body_bytes))
             with state.admission.admitted(len(rows)):
                 predictions = await state.admission.answer(served.run_batch(rows))

@@ -31,7 +31,7 @@ from app.api.deps import JSON, NotReadyError, State, read_json_body, serving_sta
 from app.api.routes import health
 from app.api.routes.predict import counting_failures, request_body
 from app.contract.bundle import Feature
-from app.schema import RequestError
+from app.schema import RequestError, check_size, listed
 from app.served_model import Row, ServedModel
 from app.serving import ServingState
 
@@ -46,6 +46,8 @@ READY: Final = "/ready"
 REQUEST_MODEL: Final = "V2InferRequest"
 NUMBER_TYPES: Final = ("FP64", "FP32", "INT64", "INT32")
 TEXT_TYPES: Final = ("BYTES",)
+# Keys an infer request may hold per input (its own and its parameters'), the request's own counted as one more input
+KEYS_PER_INPUT: Final = 16
 SHOWN_ERRORS: Final = 10  # an error message lists this many refused values, then how many more
 BINARY_HEADER: Final = "inference-header-content-length"  # the binary tensor data extension's
 
@@ -60,7 +62,8 @@ class V2Route(APIRoute):
             try:
                 return await handler(request)
             except RequestError as exc:
-                return JSON({"error": error_text(exc.errors)}, status_code=400 if exc.status == 422 else exc.status)
+                text = error_text(exc.errors, exc.more)
+                return JSON({"error": text}, status_code=400 if exc.status == 422 else exc.status)
             except NotReadyError as exc:
                 return unavailable(f"not ready: {exc.reason}")
             except OverloadedError as exc:
@@ -180,10 +183,11 @@ Name = Annotated[str, Path(description="The served model's name (MODEL_NAME)")]
 Version = Annotated[str, Path(description="The served model's registry version")]
 
 
-def error_text(errors: Sequence[dict[str, Any]]) -> str:
-    """The errors' messages in one line, the first ``SHOWN_ERRORS`` of them."""
+def error_text(errors: Sequence[dict[str, Any]], more: int = 0) -> str:
+    """The errors' messages in one line, the first ``SHOWN_ERRORS`` of them (``more``: errors not even listed)."""
     text = "; ".join(str(error["msg"]) for error in errors[:SHOWN_ERRORS])
-    return text + (f"; and {len(errors) - SHOWN_ERRORS} more" if len(errors) > SHOWN_ERRORS else "")
+    left_out = max(len(errors) - SHOWN_ERRORS, 0) + more
+    return text + (f"; and {left_out} more" if left_out else "")
 
 
 def unavailable(reason: str) -> JSON:
@@ -335,14 +339,18 @@ def tensor_values(tensor: InferInput, index: int) -> list[Any]:
 
 def parse_infer(served: ServedModel, body: bytes) -> tuple[InferRequest, list[Row]]:
     """The request and its rows in feature order, every value validated as the records API validates it."""
+    schema = served.schema
+    bound = (len(schema.features) + 1) * KEYS_PER_INPUT
+    check_size(body, bound, "an infer request for this model", values=len(schema.features) * schema.max_records + bound)
     try:
         request = InferRequest.model_validate_json(body)
     except ValidationError as exc:
         details = exc.errors(include_url=False, include_context=False, include_input=False)
         if any(error["type"] == "json_invalid" for error in details):
             raise refused(400, "body: malformed JSON", "json_invalid") from None
-        messages = [f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in details]
-        raise RequestError(400, [{"loc": ["body"], "msg": m, "type": "envelope"} for m in messages]) from None
+        shown, more = listed(details, exc.error_count(), served.schema.max_errors)
+        messages = [f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in shown]
+        raise RequestError(400, [{"loc": ["body"], "msg": m, "type": "envelope"} for m in messages], more) from None
     for output in request.outputs or ():
         if output.name != OUTPUT:
             raise refused(400, f"output {output.name!r}: not an output of this model (only {OUTPUT!r})", "output")
@@ -363,7 +371,7 @@ def parse_infer(served: ServedModel, body: bytes) -> tuple[InferRequest, list[Ro
     try:
         rows = served.schema.parse_columns(columns)
     except RequestError as exc:  # each message names the column (the input) and the row
-        raise RequestError(400, [{**error, "msg": f"input {error['msg']}"} for error in exc.errors]) from None
+        raise RequestError(400, [{**error, "msg": f"input {error['msg']}"} for error in exc.errors], exc.more) from None
     return request, rows
 
 
@@ -376,6 +384,7 @@ async def infer(request: Request, state: ServingState, name: str, version: str |
             if BINARY_HEADER in request.headers:
                 message = "body: binary tensor data is not supported; send the values as JSON data (binary_data=False)"
                 raise refused(400, message, "binary")
+            state.admission.check_room()  # shed before the body is read
             infer_request, rows = parse_infer(served, await read_json_body(request, state.settings.max_body_bytes))
             with state.admission.admitted(len(rows)):
                 predictions = await state.admission.answer(served.run_batch(rows))
