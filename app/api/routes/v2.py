@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final
 import orjson
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from app.admission import RETRY_AFTER_S, OverloadedError
 from app.api.deps import JSON, NotReadyError, State, read_json_body, serving_state
@@ -46,8 +46,12 @@ READY: Final = "/ready"
 REQUEST_MODEL: Final = "V2InferRequest"
 NUMBER_TYPES: Final = ("FP64", "FP32", "INT64", "INT32")
 TEXT_TYPES: Final = ("BYTES",)
-# Keys an infer request may hold per input (its own and its parameters'), the request's own counted as one more input
-KEYS_PER_INPUT: Final = 16
+# The most parameters an input, a requested output or the request may carry (the protocol's ``$parameters`` are
+# string, number or boolean values), and so the most keys an infer request may hold per input (its own five and
+# its parameters'), the request's own counted as one more input.
+MAX_PARAMETERS: Final = 16
+PARAMETER_TEXT: Final = 256  # longest parameter name or string value, and request id
+KEYS_PER_INPUT: Final = 5 + MAX_PARAMETERS
 SHOWN_ERRORS: Final = 10  # an error message lists this many refused values, then how many more
 BINARY_HEADER: Final = "inference-header-content-length"  # the binary tensor data extension's
 
@@ -114,13 +118,31 @@ class ModelReady(BaseModel):
     reason: str | None = Field(None, description="Why not, when not ready")
 
 
+Text = Annotated[str, StringConstraints(max_length=PARAMETER_TEXT)]
+# The protocol's ``$parameters``: string, number or boolean values by name (null: none).
+Parameters = Annotated[dict[Text, Text | int | float | bool], Field(max_length=MAX_PARAMETERS)] | None
+PARAMETERS_SCHEMA: Final = {
+    "anyOf": [
+        {
+            "type": "object",
+            "maxProperties": MAX_PARAMETERS,
+            "propertyNames": {"maxLength": PARAMETER_TEXT},
+            "additionalProperties": {
+                "anyOf": [{"type": "string", "maxLength": PARAMETER_TEXT}, {"type": "number"}, {"type": "boolean"}]
+            },
+        },
+        {"type": "null"},
+    ]
+}
+
+
 class InferInput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters = None
     data: list[Any]
 
 
@@ -128,7 +150,7 @@ class RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters = None
 
 
 class InferRequest(BaseModel):
@@ -136,8 +158,8 @@ class InferRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
+    id: Text | None = None
+    parameters: Parameters = None
     inputs: list[InferInput]
     outputs: list[RequestedOutput] | None = None
 
@@ -340,8 +362,9 @@ def tensor_values(tensor: InferInput, index: int) -> list[Any]:
 def parse_infer(served: ServedModel, body: bytes) -> tuple[InferRequest, list[Row]]:
     """The request and its rows in feature order, every value validated as the records API validates it."""
     schema = served.schema
-    bound = (len(schema.features) + 1) * KEYS_PER_INPUT
-    check_size(body, bound, "an infer request for this model", values=len(schema.features) * schema.max_records + bound)
+    keys = (len(schema.features) + 1) * KEYS_PER_INPUT
+    values = len(schema.features) * schema.max_records + keys * MAX_PARAMETERS
+    check_size(body, keys, "an infer request for this model", values=values)
     try:
         request = InferRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -438,7 +461,7 @@ def request_schema(served: ServedModel) -> dict[str, Any]:
                     "name": {"const": feature.name},
                     "shape": {"enum": [[1], [1, 1]], "description": "[n] or [n, 1]"},
                     "datatype": {"enum": list(allowed)},
-                    "parameters": {"type": "object"},
+                    "parameters": copy.deepcopy(PARAMETERS_SCHEMA),
                     "data": {
                         "type": "array",
                         "items": copy.deepcopy(values[feature.name]),
@@ -460,8 +483,8 @@ def request_schema(served: ServedModel) -> dict[str, Any]:
             "length, so this schema shows n = 1 and the inputs in feature order; any order is accepted."
         ),
         "properties": {
-            "id": {"type": "string"},
-            "parameters": {"type": "object"},
+            "id": {"anyOf": [{"type": "string", "maxLength": PARAMETER_TEXT}, {"type": "null"}]},
+            "parameters": copy.deepcopy(PARAMETERS_SCHEMA),
             "inputs": {
                 "type": "array",
                 "prefixItems": inputs,
@@ -473,7 +496,7 @@ def request_schema(served: ServedModel) -> dict[str, Any]:
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "properties": {"name": {"const": OUTPUT}, "parameters": {"type": "object"}},
+                    "properties": {"name": {"const": OUTPUT}, "parameters": copy.deepcopy(PARAMETERS_SCHEMA)},
                     "required": ["name"],
                     "additionalProperties": False,
                 },
