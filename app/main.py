@@ -18,6 +18,7 @@ from app.admission import RETRY_AFTER_S, OverloadedError
 from app.api.deps import JSON, NotReadyError
 from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict, v2
+from app.delivery.pull import stop_pulls
 from app.loader import load_until_ready
 from app.observability import RequestContextMiddleware, configure_logging, request_id_var
 from app.refresh import follow_alias
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            stop_pulls()  # a candidate's pull must not outlive the server
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -8,20 +8,26 @@ then swapped in, in one assignment. A request captures the model at its start, s
 the model they started on, and each model has its own micro-batcher: a batch never mixes two models. The old
 model is closed once its last request has finished, and its files are removed from ``MODEL_DIR``.
 
-A candidate that fails at any step is refused with the reason (``/model``, ``/health/ready``, a counter by
-failure kind, a log line); the current model keeps serving and the next check tries again. Moving the alias
-back is a swap like any other. Workers sharing ``MODEL_DIR`` take turns on each candidate's directory (its
-file lock) and the second finds the first one's verified copy.
+A candidate that fails at any step is refused with the reason (``/model``, ``/health/ready``, a counter by failure
+kind, a log line); the current model keeps serving. So is one whose request schema (feature names, kinds, types,
+categories, limits) or target differs from the served one's so that requests the served model takes would be refused
+or mean something else, unless ``ALLOW_SCHEMA_CHANGE`` says so. A refused candidate is remembered by version and
+hash: one that cannot be served as it is (a schema change, a bundle that does not load) is not pulled again until
+the alias moves; one whose delivery failed (the registry or the store unreachable, an object missing or corrupt in
+the store, which re-publishing repairs) is tried again after a delay that doubles from ``MODEL_REFRESH_S`` up to
+``RETRY_MAX_S``. Moving the alias back is a swap like any other. Workers sharing ``MODEL_DIR`` take turns on each
+candidate's directory (its file lock) and the second finds the first one's verified copy.
 
-The pull runs ``dvc pull`` as a child process, as at start-up; the S3 credentials it needs must come from
-where that child finds them (``AWS_SHARED_CREDENTIALS_FILE``, a pod role), since the server never holds the
-``AWS_*`` keys.
+The pull runs ``dvc pull`` as a child process, as at start-up; the S3 credentials it needs must come from where that
+child finds them (``AWS_SHARED_CREDENTIALS_FILE``, a pod role), since the server never holds the ``AWS_*`` keys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from app.contract.bundle import load_bundle
+from app.contract.bundle import Metadata, load_bundle
 from app.contract.connection import redact
 from app.contract.store import BUNDLE_NAME
 from app.delivery.failures import DeliveryError
@@ -39,6 +45,7 @@ from app.delivery.lock import model_dir_lock
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.retry import deadline_for
 from app.observability import LOGGER_NAME
+from app.registry_view import off_loop
 from app.served_model import ServedModel
 from app.serving import ServingState
 from app.settings import Settings
@@ -48,6 +55,7 @@ log = logging.getLogger(LOGGER_NAME)
 REFRESH_DIR: Final = "refresh"  # MODEL_DIR/refresh/<md5>: one work repository per candidate bundle
 RETIRE_POLL_S: Final = 0.1
 WARM_ROWS: Final = 64
+RETRY_MAX_S: Final = 600.0  # the longest wait before a candidate refused for a passing failure is tried again
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,13 @@ class Candidate:
     status: Literal["loading", "refused"]
     reason: str = ""
     since: float = 0.0  # wall-clock time of the status
+    retry_at: float = math.inf  # monotonic time a refused candidate may be tried again (never, if it cannot serve)
+    attempts: int = 1
+
+    def waiting(self, resolved: Resolved) -> bool:
+        """Whether the alias still points at this refused candidate and it is not yet time to try it again."""
+        same = (self.version, self.dvc_hash) == (resolved.version, resolved.dvc_hash)
+        return self.status == "refused" and same and time.monotonic() < self.retry_at
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,7 +121,7 @@ async def check_once(state: ServingState) -> None:
     settings = state.settings.model_copy(update={"model_version": None})  # the alias, not the version served
     began = time.monotonic()
     try:
-        resolved = await asyncio.to_thread(resolve, settings, deadline=deadline_for(settings))
+        resolved = await state.registry_view.ask(lambda: resolve(settings, deadline=deadline_for(settings)))
     except DeliveryError as exc:
         # the registry is down or the alias is gone: nothing to swap, the current model keeps serving
         log.warning("alias check: %s; the current model keeps serving", redact(str(exc)))
@@ -117,31 +132,90 @@ async def check_once(state: ServingState) -> None:
     if served is not None and resolved.content_hash == served.content_hash:
         state.serve(served.with_version(resolved.version or 0))  # same bundle, registered under another version
         return
+    if state.candidate is not None and state.candidate.waiting(resolved):
+        return  # refused already: not pulled again until the alias moves (or, after a passing failure, later)
     await _take(state, settings, resolved, began)
+
+
+def schema_changes(served: Metadata, candidate: Metadata) -> list[str]:
+    """How ``candidate`` would refuse or misread requests ``served`` takes: another target, a feature added,
+    removed or of another kind or type, a category dropped, a limit narrowed (empty: every request the served
+    model takes, the candidate takes with the same meaning)."""
+    changes = []
+    if candidate.target.name != served.target.name:
+        changes.append(f"it predicts {candidate.target.name!r}, not {served.target.name!r}")
+    old = {feature.name: feature for feature in served.features}
+    new = {feature.name: feature for feature in candidate.features}
+    if added := [name for name in new if name not in old]:
+        changes.append(f"features added: {', '.join(added)}")
+    if removed := [name for name in old if name not in new]:
+        changes.append(f"features removed: {', '.join(removed)}")
+    for name in old.keys() & new.keys():
+        was, now = old[name], new[name]
+        if (was.kind, was.dtype, was.format) != (now.kind, now.dtype, now.format):
+            changes.append(f"{name}: {was.kind} {was.dtype} became {now.kind} {now.dtype}")
+            continue
+        if dropped := sorted(set(was.categories or ()) - set(now.categories or ())):
+            changes.append(f"{name}: categories dropped: {', '.join(dropped)}")
+        low, high = was.limits()
+        new_low, new_high = now.limits()
+        if new_low is not None and (low is None or new_low > low):  # type: ignore[operator]
+            changes.append(f"{name}: minimum raised from {low} to {new_low}")
+        if new_high is not None and (high is None or new_high < high):  # type: ignore[operator]
+            changes.append(f"{name}: maximum lowered from {high} to {new_high}")
+    return sorted(changes)
+
+
+class SchemaChangedError(Exception):
+    """The candidate's request schema or target differs from the served one's (``schema_changes``)."""
+
+    failure: Final = "schema"
 
 
 async def _take(state: ServingState, settings: Settings, resolved: Resolved, began: float) -> None:
     version, dvc_hash = resolved.version, resolved.dvc_hash
-    state.candidate = Candidate(version, dvc_hash, "loading", since=time.time())
+    before = state.candidate
+    attempts = (
+        before.attempts + 1 if before is not None and (before.version, before.dvc_hash) == (version, dvc_hash) else 1
+    )
+    state.candidate = Candidate(version, dvc_hash, "loading", since=time.time(), attempts=attempts)
     log.info("alias moved to version %s (bundle %s): delivering it", version, dvc_hash)
     work = candidate_dir(settings, dvc_hash)
+    report = lambda line: log.info("candidate version %s: %s", version, line)  # noqa: E731
     try:
-        fetched = await asyncio.to_thread(
-            fetch,
-            settings.model_copy(update={"model_dir": work}),
-            dvc_hash,
-            deadline=deadline_for(settings),
-            report=lambda line: log.info("candidate version %s: %s", version, line),
+        fetched = await off_loop(
+            lambda: fetch(
+                settings.model_copy(update={"model_dir": work}),
+                dvc_hash,
+                deadline=deadline_for(settings),
+                report=report,
+            ),
+            "candidate-pull",
         )
-        model = await asyncio.to_thread(
-            lambda: ServedModel.build(load_bundle(fetched.bundle_dir), settings, state.metrics, state.admission)
+        served = state.model
+        if served is not None and not settings.allow_schema_change:
+            changes = schema_changes(served.bundle.metadata, fetched.metadata)
+            if changes:
+                raise SchemaChangedError(
+                    f"its requests differ from the served model's ({'; '.join(changes)}); clients of the served "
+                    "model would be refused or misread: set ALLOW_SCHEMA_CHANGE=true to serve it anyway"
+                )
+        model = await off_loop(
+            lambda: ServedModel.build(load_bundle(fetched.bundle_dir), settings, state.metrics, state.admission),
+            "candidate-load",
         )
         model = model.with_version(version) if version is not None else model
         await _warm(model)
     except Exception as exc:  # any failure refuses the candidate; the current model keeps serving
-        kind = exc.failure if isinstance(exc, DeliveryError) else "load"
-        reason = redact(str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}")
-        state.candidate = Candidate(version, dvc_hash, "refused", reason, since=time.time())
+        kind = getattr(exc, "failure", "load")
+        reason = redact(
+            str(exc) if isinstance(exc, DeliveryError | SchemaChangedError) else f"{type(exc).__name__}: {exc}"
+        )
+        passing = isinstance(exc, DeliveryError)  # the store or the registry may be repaired; the bundle cannot
+        retry_at = time.monotonic() + min(settings.model_refresh_s * 2**attempts, RETRY_MAX_S) if passing else math.inf
+        state.candidate = dataclasses.replace(
+            state.candidate, status="refused", reason=reason, since=time.time(), retry_at=retry_at
+        )
         state.metrics.candidates_refused.labels(kind).inc()
         log.error("candidate version %s refused (%s): %s; the current model keeps serving", version, kind, reason)
         return

@@ -2,21 +2,52 @@
 
 Looking a bundle up (its registered versions, by the content-hash tag) is cached briefly, failures for a
 shorter time, so a registry outage does not stall every ``/model`` call; concurrent callers share one
-look-up. Reading the view changes nothing about what is served.
+look-up. Reading the view changes nothing about what is served. Every registry call of the running server
+(this view's, the alias check's) goes through ``RegistryView.ask``: on threads of their own, at most
+``REGISTRY_CALLS`` at once, each bounded by ``REGISTRY_TIMEOUT_S`` in all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from app.contract.connection import redact
 from app.contract.registry import ANONYMOUS, TAG_CONTENT_HASH, ModelVersion, RegistryAccess, RegistryError, registry_for
 
 REGISTRY_CACHE_S: Final = 30.0  # a registry answer is reused this long
 REGISTRY_RETRY_S: Final = 5.0  # a failed look-up is reused this long
+REGISTRY_CALLS: Final = 2  # registry calls running at once: a registry that trickles its answers ties up these
+T = TypeVar("T")
+
+
+async def off_loop(call: Callable[[], T], name: str) -> T:
+    """``call()`` on a daemon thread of its own, awaited: a call that outlives the server's shutdown (a pull, a
+    registry answer still arriving) never holds the process past it, as the default executor's threads would."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: tuple[T] | BaseException) -> None:
+        if done.cancelled():
+            return
+        if isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome[0])
+
+    def run() -> None:
+        try:
+            outcome: tuple[T] | BaseException = (call(),)
+        except BaseException as exc:  # handed to the awaiting task
+            outcome = exc
+        loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
 
 
 @dataclass
@@ -29,6 +60,12 @@ class RegistryView:
     access: RegistryAccess = ANONYMOUS
     _cached: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _calls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(REGISTRY_CALLS))
+
+    async def ask(self, call: Callable[[], T]) -> T:
+        """``call()``, a registry call, off the event loop: at most ``REGISTRY_CALLS`` at once."""
+        async with self._calls:
+            return await off_loop(call, "registry")
 
     async def of(self, content_hash: str) -> dict[str, Any]:
         """``{"registry": <best version or "unavailable"/"not_registered">, ...}`` for this bundle."""
@@ -61,8 +98,8 @@ class RegistryView:
         def search() -> list[ModelVersion]:
             return registry_for(uri, timeout, access).versions_tagged(TAG_CONTENT_HASH, content_hash)
 
-        try:
-            versions = await asyncio.wait_for(asyncio.to_thread(search), timeout)
+        try:  # each request is cut at REGISTRY_TIMEOUT_S; this bounds the few a search makes together
+            versions = await asyncio.wait_for(self.ask(search), 2 * timeout)
         except TimeoutError:
             return {"registry": "unavailable", "reason": f"MLflow registry did not answer within {timeout}s"}
         except RegistryError as exc:

@@ -88,6 +88,11 @@ class Settings(ConnectionSettings):
         description="Seconds between registry checks of MODEL_ALIAS; a moved alias is pulled and swapped in (0: off).",
     )
 
+    allow_schema_change: bool = Field(
+        False,
+        description="Let the alias refresh swap in a bundle whose request schema or target differs from the served.",
+    )
+
     # Pulling it
     pull_deadline_s: float = Field(
         120.0, gt=0, le=3600, description="Overall deadline for resolving and pulling the bundle."

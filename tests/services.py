@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -399,3 +400,42 @@ def _redis_pong(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+@contextmanager
+def trickling_server(*, in_headers: bool) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every connection one byte every 0.2 s, forever (in its headers, or in a
+    body it declared longer): each byte comes well within any socket timeout."""
+    listener = socket.create_server((LOOPBACK, 0))
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            start = (
+                b"HTTP/1.1 200 OK\r\nX-Slow: " if in_headers else b"HTTP/1.1 200 OK\r\nContent-Length: 99999\r\n\r\n{"
+            )
+            try:
+                conn.sendall(start)
+                while not stop.wait(0.2):
+                    conn.sendall(b"a" if in_headers else b" ")
+            except OSError:
+                pass
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -9,6 +9,7 @@ the error is ours, and from the volume's free space where DVC's words do not say
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -110,17 +112,37 @@ def _describe_remote(settings: Settings) -> str:
     return url
 
 
+# The ``dvc pull`` children running now (their process ids): ``stop_pulls`` ends them when the server shuts down.
+_RUNNING: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
+_STOPPED = threading.Event()
+
+
+def stop_pulls() -> None:
+    """End every running ``dvc pull`` child (with its process group) and start no more: the server is shutting
+    down, and a pull for a candidate must not outlive it."""
+    _STOPPED.set()
+    with _RUNNING_LOCK:
+        for pid in _RUNNING:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
 def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, timeout: float) -> int:
     """One ``dvc pull`` child process, killed (with its process group) when ``timeout`` runs out."""
     if timeout <= 0:
         raise DeliveryError("unreachable", f"no time left to pull from {remote}", "PULL_DEADLINE_S")
+    if _STOPPED.is_set():
+        raise DeliveryError("pull", "the server is shutting down: no pull starts", "nothing (a shutdown)")
     env = {**pull_environment(), "DVC_NO_ANALYTICS": "1", SITE_CACHE_ENV: os.fspath(site_cache_dir(work))}
     # One quick retry inside botocore; the backoff between attempts is ours, bounded by the deadline.
     env.setdefault("AWS_MAX_ATTEMPTS", "2")
     args = [sys.executable, "-m", "dvc", "pull", "--force", dvc_file.name]
-    process = subprocess.Popen(
-        args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with _RUNNING_LOCK:
+        process = subprocess.Popen(
+            args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _RUNNING.add(process.pid)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -135,6 +157,9 @@ def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, time
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         raise
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process.pid)
     text = output.decode(errors="replace")
     if process.returncode != 0:
         raise explain_pull_failure(text, remote, url, work)

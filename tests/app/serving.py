@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import yaml
 from fastapi.testclient import TestClient
 
 from app.contract.bundle import Feature, Metadata, Target
@@ -59,3 +62,29 @@ def metadata_for(features: list[Feature], example: dict[str, Any]) -> Metadata:
         example=example,
         files={},
     )
+
+
+def other_shape_bundle(directory: Path) -> Path:
+    """A bundle unlike the flight model's: an integral feature, one categorical, a date, no configured bounds."""
+    rng = np.random.default_rng(3)
+    rows = 3000
+    frame = pd.DataFrame(
+        {
+            "stops": rng.integers(0, 4, rows),
+            "cabin": rng.choice(["basic", "main", "extra legroom"], rows),
+            "day": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365, rows), unit="D"),
+        }
+    )
+    frame["day"] = frame["day"].dt.strftime("%Y-%m-%d")
+    frame["fare"] = 100 + 40 * frame["stops"] + (frame["cabin"] == "extra legroom") * 60 + rng.normal(0, 5, rows)
+    frame.to_csv(directory / "fares.csv", index=False)
+    params = {
+        "data": {"target": "fare", "numeric": ["stops"], "categorical": ["cabin"], "dates": ["day"]},
+        "evaluate": {"baseline_margin": 0.1},
+    }
+    (directory / "params.yaml").write_text(yaml.safe_dump(params))
+    from orchestration.__main__ import main  # training: the serving tests need it only here
+
+    args = ["train", "--data", str(directory / "fares.csv"), "--config", str(directory / "params.yaml")]
+    assert main([*args, "--out", str(directory / "bundle")]) == 0
+    return directory / "bundle"

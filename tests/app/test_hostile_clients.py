@@ -29,7 +29,7 @@ import pytest
 
 from app.contract.bundle import Bundle, load_bundle
 from tests.deploy.manifests import APP_NAME, KUSTOMIZATION_DIR, load_documents, named
-from tests.services import LOOPBACK, free_port, wait_http
+from tests.services import LOOPBACK, free_port, trickling_server, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -419,3 +419,38 @@ def test_limits_are_settings_checked_together(bundle_dir: Path) -> None:
 
     with pytest.raises(ValueError, match="MAX_BODY_BYTES_IN_FLIGHT=1024 is below MAX_BODY_BYTES=4000000"):
         Settings(bundle_dir=bundle_dir, max_body_bytes_in_flight=1024)
+
+
+def test_a_registry_that_trickles_its_answers_cannot_wedge_the_server(bundle_dir: Path, tmp_path: Path) -> None:
+    """``GET /model`` asks the registry, which answers one byte every 0.2 s, forever: twenty callers at once still
+    get their answer within the timeout, the server stays live, and SIGTERM ends it within the drain bound."""
+    with trickling_server(in_headers=False) as uri:
+        started = start_server(bundle_dir, tmp_path / "server.log", MLFLOW_TRACKING_URI=uri, REGISTRY_TIMEOUT_S="1")
+        try:
+            answers: list[tuple[int, float]] = []
+
+            def model_view() -> None:
+                began = time.monotonic()
+                status, _, body = request(started, "GET", "/model")
+                assert json.loads(body)["registry"] == "unavailable"
+                answers.append((status, time.monotonic() - began))
+
+            with watched(started) as watch:
+                for _ in range(3):
+                    threads = [threading.Thread(target=model_view) for _ in range(20)]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join(30)
+            began = time.monotonic()
+            started.process.send_signal(signal.SIGTERM)
+            code = started.process.wait(DRAIN_TIMEOUT_S + 10)
+            stopped_after = time.monotonic() - began
+        finally:
+            if started.process.poll() is None:
+                os.killpg(started.pid, signal.SIGKILL)
+                started.process.wait(10)
+    assert len(answers) == 60 and all(status == 200 for status, _ in answers)
+    assert max(seconds for _, seconds in answers) < 5, answers
+    watch.check(memory_limit_bytes())
+    assert code == 0 and stopped_after < DRAIN_TIMEOUT_S + 3, (code, stopped_after)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +18,7 @@ from app.contract.registry import (
     RestRegistry,
     registry_for,
 )
-from tests.services import LOOPBACK, free_port
+from tests.services import free_port, trickling_server
 
 
 @pytest.fixture(scope="module")
@@ -77,45 +73,6 @@ def test_local_store_matches_rest(tmp_path: Path) -> None:
     assert registry.version_by_alias("local", "champion").dvc_hash == "ab" * 16 + ".dir"
     with pytest.raises(NotFoundError):
         registry.version_by_alias("local", "nope")
-
-
-@contextmanager
-def trickling_server(*, in_headers: bool) -> Iterator[str]:
-    """A server on 127.0.0.1 that answers every connection one byte every 0.2 s, forever (in its headers, or in a
-    body it declared longer): each byte comes well within any socket timeout."""
-    listener = socket.create_server((LOOPBACK, 0))
-    stop = threading.Event()
-
-    def answer(conn: socket.socket) -> None:
-        with conn:
-            conn.recv(65536)
-            start = (
-                b"HTTP/1.1 200 OK\r\nX-Slow: " if in_headers else b"HTTP/1.1 200 OK\r\nContent-Length: 99999\r\n\r\n{"
-            )
-            try:
-                conn.sendall(start)
-                while not stop.wait(0.2):
-                    conn.sendall(b"a" if in_headers else b" ")
-            except OSError:
-                pass
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
 
 
 @pytest.mark.parametrize("in_headers", [True, False], ids=["trickled headers", "trickled body"])

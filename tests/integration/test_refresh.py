@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from app.contract.bundle import MODEL_FILE, load_bundle
 from app.contract.hashing import file_digest
 from app.contract.registry import mlflow_client
 from app.contract.store import DVC_HASH
-from orchestration.publish import Published, PublishTarget
-from tests.app.serving import records
+from orchestration.publish import Published, PublishTarget, publish_bundle
+from tests.app.serving import other_shape_bundle, records
 from tests.integration.conftest import champion_and_challenger, entrypoint_env, fresh_target, serving
 from tests.services import LOOPBACK, S3Server, blob_key, free_port, s3_keys_in_file
 
@@ -265,3 +266,49 @@ def test_two_workers_on_one_model_dir_pull_once_and_both_serve_the_new_version(
     assert output.count("entrypoint: pull done") == 1
     assert output.count("candidate version 2: pull done") == 1
     assert output.count("candidate version 2: verify done") == 2 and output.count("nothing to pull") == 1
+
+
+def test_a_candidate_of_another_schema_is_refused_once_and_served_only_when_allowed(
+    target: PublishTarget, versions: tuple[Published, Published], tmp_path: Path
+) -> None:
+    """The alias moves to a bundle of another model (other features, another target): refused with the changes
+    named, in /model, /health/ready and the metric, and not pulled again at later checks; a server with
+    ALLOW_SCHEMA_CHANGE=true swaps it in."""
+    one, _ = versions
+    (tmp_path / "fares").mkdir()
+    fares = publish_bundle(other_shape_bundle(tmp_path / "fares"), target, alias=None)
+
+    def server_on(name: str, allowed: bool) -> tuple[dict[str, str], AbstractContextManager[Any], Server]:
+        port, model_dir = free_port(), tmp_path / name
+        model_dir.mkdir()
+        env = refreshing_env(target, model_dir, port, ALLOW_SCHEMA_CHANGE=str(allowed).lower())
+        return env, serving(env, tmp_path / f"{name}.log"), Server(port, 0, tmp_path / f"{name}.log", model_dir)
+
+    move_alias(target, one.version)
+    _, refusing, server = server_on("refusing", allowed=False)
+    with refusing:
+        assert server.version() == one.version
+        move_alias(target, fares.version)
+        try:
+            wait_for(lambda: (get(server.port, "/model")["candidate"] or {}).get("status") == "refused", 60, "refusal")
+            time.sleep(5 * REFRESH_S)  # later checks: the alias still points at the refused candidate
+            candidate = get(server.port, "/health/ready")["candidate"]
+            assert server.version() == one.version
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{server.port}/metrics", timeout=10) as response:
+                metrics = response.read()
+        finally:
+            move_alias(target, one.version)
+    assert candidate["model_version"] == fares.version, candidate
+    assert "ALLOW_SCHEMA_CHANGE" in candidate["reason"] and "it predicts 'fare', not 'price'" in candidate["reason"]
+    assert "features removed: time, distance" in candidate["reason"], candidate["reason"]
+    assert re.search(rb'model_candidates_refused_total\{reason="schema"\} 1\.0', metrics), metrics[-2000:]
+    assert server.log.read_text().count(f"alias moved to version {fares.version}") == 1  # pulled once only
+
+    _, allowing, server = server_on("allowing", allowed=True)
+    with allowing:
+        assert server.version() == one.version
+        move_alias(target, fares.version)
+        try:
+            wait_for(lambda: server.version() == fares.version, 60, "the swap to another schema")
+        finally:
+            move_alias(target, one.version)
