@@ -265,14 +265,16 @@ CMD []
 
 def postgres_standin(engine: Engine) -> str:
     """A stand-in for the official ``postgres`` image: Debian's PostgreSQL 15 and an entrypoint that initialises
-    ``PGDATA`` from ``POSTGRES_USER``/``POSTGRES_PASSWORD``/``POSTGRES_DB`` as that image's does; its tag."""
+    ``PGDATA`` from ``POSTGRES_USER``/``POSTGRES_PASSWORD``/``POSTGRES_DB`` as that image's does; its tag. The
+    socket directory has that image's mode, 3777 (Debian's package makes it 2775): a tmpfs over it, which takes
+    the mode but belongs to root, stays writable by the postgres user."""
     dockerfile = f"""\
 FROM {python_standin(engine)}
 RUN mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf \\
  && {APT_INSTALL.format(packages="postgresql-15 postgresql-client-15")}
 COPY entrypoint /usr/local/bin/docker-entrypoint.sh
 RUN chmod 0755 /usr/local/bin/docker-entrypoint.sh && mkdir -p /var/lib/postgresql/data /var/run/postgresql \\
- && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql
+ && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql && chmod 3777 /var/run/postgresql
 ENV PGDATA=/var/lib/postgresql/data
 EXPOSE 5432
 ENTRYPOINT ["docker-entrypoint.sh"]

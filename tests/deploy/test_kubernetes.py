@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
@@ -58,6 +59,11 @@ READ_ONLY_VOLUME_TYPES: Final = frozenset({"secret", "configMap", "projected", "
 DEFAULT_PERIOD_S: Final = 10
 DEFAULT_FAILURE_THRESHOLD: Final = 3
 DEFAULT_GRACE_S: Final = 30
+# What the pods may reach besides the registry and the S3 store: DNS, over UDP and TCP.
+DNS_EGRESS: Final = frozenset({("UDP", 53), ("TCP", 53)})
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# The S3 store when no DVC_REMOTE_ENDPOINT_URL names another: AWS S3, over HTTPS.
+AWS_S3_ENDPOINT: Final = "https://s3.amazonaws.com"
 
 Check = Callable[[Manifests], list[str]]
 
@@ -363,6 +369,59 @@ def resource_problems(manifests: Manifests) -> list[str]:
     return problems
 
 
+def url_port(url: str) -> int:
+    """The TCP port a client of ``url`` connects to (its scheme's default when it names none)."""
+    parts = urlsplit(url)
+    return parts.port or DEFAULT_PORTS[parts.scheme]
+
+
+def network_policy_problems(manifests: Manifests) -> list[str]:
+    """One NetworkPolicy selecting the Deployment's pods, for both directions: in, the serving port only (from any
+    source: the Service is for whoever the cluster routes to it); out, DNS and the ports of the registry and the
+    S3 store the ConfigMap names, each by port, nothing else. A rule without ports would allow every port."""
+    policies = manifests.all("NetworkPolicy")
+    if len(policies) != 1:
+        return [f"{len(policies)} NetworkPolicies, not one: the pods' traffic is not restricted as documented"]
+    (policy,) = policies
+    spec = policy["spec"]
+    problems = []
+    labels = manifests.deployment["spec"]["template"]["metadata"].get("labels", {})
+    selector = spec.get("podSelector") or {}
+    match = selector.get("matchLabels") or {}
+    if not match or selector.get("matchExpressions") or not match.items() <= labels.items():
+        problems.append(f"the NetworkPolicy selects {selector}, not the Deployment's pods (labels {labels})")
+    if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
+        problems.append(f"the NetworkPolicy's policyTypes are {spec.get('policyTypes')}, not Ingress and Egress")
+    ports = container_ports(manifests)
+    ingress = spec.get("ingress", [])
+    if not ingress:
+        problems.append("the NetworkPolicy admits nothing: the Service could not reach the pods")
+    for rule in ingress:
+        if not rule.get("ports"):
+            problems.append(f"an ingress rule without ports admits every port: {rule}")
+        for port in rule.get("ports", []):
+            if ports.get(port.get("port")) != module.PORT or port.get("protocol", "TCP") != "TCP" or "endPort" in port:
+                problems.append(f"ingress is allowed to {port}, not only to the serving port {module.PORT}/TCP")
+    allowed: set[tuple[str, int | str]] = set()
+    for rule in spec.get("egress", []):
+        if not rule.get("ports"):
+            problems.append(f"an egress rule without ports allows every port: {rule}")
+        for port in rule.get("ports", []):
+            if "endPort" in port:
+                problems.append(f"an egress rule allows the port range {port}")
+            allowed.add((port.get("protocol", "TCP"), port.get("port", "any")))
+    settings = manifests.environment()
+    registry = url_port(settings.get("MLFLOW_TRACKING_URI") or "")
+    store = url_port(settings.get("DVC_REMOTE_ENDPOINT_URL") or AWS_S3_ENDPOINT)
+    expected = DNS_EGRESS | {("TCP", registry), ("TCP", store)}
+    if allowed != expected:
+        problems.append(
+            f"egress is allowed to {sorted(allowed, key=str)}, not DNS, the registry ({registry}/TCP, "
+            f"MLFLOW_TRACKING_URI) and the S3 store ({store}/TCP) only: {sorted(expected, key=str)}"
+        )
+    return problems
+
+
 def image_problems(manifests: Manifests) -> list[str]:
     """The serving image as `dagger call publish` names it, in a placeholder registry (no real host)."""
     image = manifests.container["image"]
@@ -405,6 +464,7 @@ CHECKS: Final[list[Check]] = [
     service_problems,
     scaling_problems,
     resource_problems,
+    network_policy_problems,
     image_problems,
     secret_problems,
 ]
@@ -441,6 +501,15 @@ def volume(manifests: Manifests, name: str) -> Document:
 
 def add_secret(manifests: Manifests) -> None:
     manifests.documents.extend(load_documents(SECRET_EXAMPLE))
+
+
+def policy(manifests: Manifests) -> Document:
+    spec: Document = manifests.one("NetworkPolicy")["spec"]
+    return spec
+
+
+def without_network_policy(manifests: Manifests) -> None:
+    manifests.documents.remove(manifests.one("NetworkPolicy"))
 
 
 BREAKAGES: Final[list[Any]] = [
@@ -516,6 +585,28 @@ BREAKAGES: Final[list[Any]] = [
                  id="resources: more workers than sized for"),
     pytest.param(resource_problems, lambda m: m.container["resources"].pop("limits"), "no memory limit",
                  id="resources: no limits"),
+    pytest.param(network_policy_problems, without_network_policy, "0 NetworkPolicies",
+                 id="network: no policy"),
+    pytest.param(network_policy_problems, lambda m: policy(m)["podSelector"]["matchLabels"].update(app="other"),
+                 "not the Deployment's pods", id="network: another pod selector"),
+    pytest.param(network_policy_problems, lambda m: policy(m).update(policyTypes=["Ingress"]), "policyTypes",
+                 id="network: egress unrestricted"),
+    pytest.param(network_policy_problems, lambda m: policy(m)["ingress"][0]["ports"].append(
+                 {"port": 8080, "protocol": "TCP"}), "not only to the serving port", id="network: another port in"),
+    pytest.param(network_policy_problems, lambda m: policy(m)["ingress"][0].pop("ports"), "admits every port",
+                 id="network: every port in"),
+    pytest.param(network_policy_problems, lambda m: policy(m)["egress"].append({"ports": [{"port": 5432}]}),
+                 "egress is allowed", id="network: another port out"),
+    pytest.param(network_policy_problems, lambda m: policy(m)["egress"].append({"to": [{"ipBlock": {
+                 "cidr": "0.0.0.0/0"}}]}), "allows every port", id="network: every port out"),
+    pytest.param(network_policy_problems, lambda m: m.one("ConfigMap")["data"].update(
+                 MLFLOW_TRACKING_URI="https://mlflow.example.invalid"), "the registry (443/TCP",
+                 id="network: the registry's port moved"),
+    pytest.param(network_policy_problems, lambda m: m.one("ConfigMap")["data"].update(
+                 DVC_REMOTE_ENDPOINT_URL="http://minio.example.invalid:9000"), "the S3 store (9000/TCP",
+                 id="network: another S3 store"),
+    pytest.param(network_policy_problems, lambda m: policy(m)["egress"][0]["ports"].pop(1), "egress is allowed",
+                 id="network: DNS over UDP only"),
     pytest.param(image_problems, lambda m: m.container.update(image="registry.example.invalid/x/nginx:1"),
                  "not .../prediction-server", id="image: another image"),
     pytest.param(image_problems, lambda m: m.container.update(image="ghcr.io/someone/prediction-server:latest"),

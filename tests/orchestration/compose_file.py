@@ -17,6 +17,12 @@ ENV_EXAMPLE: Final = REPO / "orchestration" / ".env.example"
 DOCKER_COMPOSE: Final = "docker-compose"
 INSTALL: Final = "apt-get install -y docker-compose"
 TOP_LEVEL_NAME: Final = re.compile(r"^name:[^\n]*\n", re.MULTILINE)
+# The services that run as root in their container, and why; every other one names a user that is not root. They
+# too have every capability dropped, no new privileges and a read-only root filesystem.
+ROOT_SERVICES: Final = {
+    "minio": "the MinIO image has no user of its own, and its /data volume is created belonging to root",
+    "minio-buckets": "the MinIO image's mc, as minio runs it: the image has no user of its own",
+}
 
 
 def docker_compose() -> str:

@@ -1,7 +1,10 @@
 """orchestration/docker-compose.yaml and its .env.example, checked without a container engine: accepted by a real
 Compose implementation, health-checked, gated on airflow-init, speaking the settings model's variable names, and
 holding its credentials tight: the MinIO root account in minio and the bucket job only, a scoped key with a
-bucket-only policy for everyone else, no secret with a default, MLflow on postgres with basic auth.
+bucket-only policy for everyone else, no secret with a default, MLflow on postgres with basic auth; and hardened:
+every service with CPU and memory limits, no capabilities, no new privileges and a read-only root filesystem,
+none running as root but those ``ROOT_SERVICES`` names with a reason, Redis behind a password, flower behind its
+own profile and a login.
 
 The implementation is Debian's ``docker-compose`` (1.29): its ``config`` command validates the file against its
 own schema and interpolates the variables from an env file without a Docker daemon, and its own template class
@@ -19,8 +22,10 @@ import configparser
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,13 +33,22 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import redis as redis_client
 import yaml
 
 from app.contract.connection import load_connection_settings, variable_names
 from app.settings import env_names
 from orchestration.work_area import WORK_URL_ENV
 from tests.orchestration.airflow_stack import COMMON_ENV_NAMES
-from tests.orchestration.compose_file import COMPOSE, ENV_EXAMPLE, docker_compose, read_env_file, without_name
+from tests.orchestration.compose_file import (
+    COMPOSE,
+    ENV_EXAMPLE,
+    ROOT_SERVICES,
+    docker_compose,
+    read_env_file,
+    without_name,
+)
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration  # runs Debian's docker-compose (a real process, absent from the tools image)
 
@@ -51,8 +65,17 @@ TOOL_VARIABLE: Final = re.compile(
     r"^(AIRFLOW__\w+|AIRFLOW_UID|_AIRFLOW_\w+|POSTGRES_\w+|PG(HOST|USER|DATABASE|PASSWORD)"
     r"|MINIO_ROOT_\w+|MINIO_SCOPED_\w+|MLFLOW_S3_ENDPOINT_URL|MLFLOW_ARTIFACTS_DESTINATION|MLFLOW_DB_PASSWORD"
     r"|MLFLOW_AUTH_ADMIN_(USERNAME|PASSWORD)|MLFLOW_FLASK_SERVER_SECRET_KEY|MLFLOW_AIRFLOW_(USERNAME|PASSWORD)"
-    rf"|DUMB_INIT_SETSID|{WORK_URL_ENV})$"
+    rf"|DUMB_INIT_SETSID|AIRFLOW_CONFIG|MC_CONFIG_DIR|REDIS_PASSWORD|FLOWER_BASIC_AUTH|{WORK_URL_ENV})$"
 )
+# What the Airflow containers get besides the production-shape test stack's environment: where Airflow writes its
+# defaults file, off the read-only root filesystem (the host processes of that stack set AIRFLOW_HOME instead).
+CONTAINER_ONLY_ENV: Final = {"AIRFLOW_CONFIG"}
+# Variables naming a directory or file a service writes: it must be on one of that service's tmpfs or volumes.
+WRITTEN_PATH_VARIABLES: Final = ("AIRFLOW_CONFIG", "MC_CONFIG_DIR", "TMPDIR")
+# The most CPUs a service may be given: Docker refuses a container more than the machine has, and the stack is
+# meant for a machine of 2 cores (the one the tests run on).
+MAX_CPUS: Final = 2.0
+MEMORY_UNITS: Final = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 # What the DAG's tasks read: the connection settings (app.contract.connection.ConnectionSettings), the Airflow
 # environment's names other than Airflow's own and the work area's.
 DAG_SETTINGS: Final = {name for name in COMMON_ENV_NAMES if not name.startswith("AIRFLOW__")} - {WORK_URL_ENV}
@@ -272,7 +295,8 @@ def test_the_stack_has_every_component(services: dict[str, dict[str, Any]]) -> N
         "airflow-triggerer": "triggerer",
     }
     celery = {name for name, service in services.items() if "celery" in service.get("profiles", [])}
-    assert celery == {"redis", "airflow-worker", "flower"}
+    assert celery == {"redis", "airflow-worker"}
+    assert services["flower"]["profiles"] == ["flower"]  # off even when the celery profile is on
     executor = environment(services["airflow-scheduler"])["AIRFLOW__CORE__EXECUTOR"]
     assert executor == "LocalExecutor"
 
@@ -280,16 +304,19 @@ def test_the_stack_has_every_component(services: dict[str, dict[str, Any]]) -> N
 def test_airflow_environment_is_the_production_test_stacks(services: dict[str, dict[str, Any]]) -> None:
     """Every Airflow service's environment holds exactly the variables the production-shape test stack gives its
     components (``tests/orchestration/airflow_stack.py``, which runs the DAG on them), plus what one service
-    needs for itself: airflow-init's first-start settings, the Celery worker's warm shutdown."""
+    needs for itself: airflow-init's first-start settings, the Celery worker's warm shutdown, flower's login; and
+    where Airflow writes its defaults in a container (``CONTAINER_ONLY_ENV``)."""
     own = {
         INIT: {"AIRFLOW_UID", "_AIRFLOW_DB_MIGRATE", "_AIRFLOW_WWW_USER_CREATE", "_AIRFLOW_WWW_USER_USERNAME",
                "_AIRFLOW_WWW_USER_PASSWORD"},
         "airflow-worker": {"DUMB_INIT_SETSID"},
+        "flower": {"FLOWER_BASIC_AUTH"},
     }  # fmt: skip
     for name in (*AIRFLOW_COMPONENTS, INIT, "airflow-worker", "flower"):
-        variables = set(environment(services[name]))
+        variables = set(environment(services[name])) - CONTAINER_ONLY_ENV
         assert variables - own.get(name, set()) == set(COMMON_ENV_NAMES), name
         assert own.get(name, set()) <= variables, name
+        assert set(environment(services[name])) >= CONTAINER_ONLY_ENV, name
 
 
 def test_celery_workers_share_no_disk(services: dict[str, dict[str, Any]]) -> None:
@@ -333,8 +360,6 @@ def test_airflow_services_are_gated_on_init(services: dict[str, dict[str, Any]])
     assert services["mlflow-users"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert services["mlflow"]["depends_on"]["mlflow-database"]["condition"] == "service_completed_successfully"
     assert services[INIT]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    init_script = " ".join(map(str, services[INIT]["command"]))
-    assert "chown" in init_script  # fixes ownership of the mounted volumes
     init_env = environment(services[INIT])
     assert init_env["_AIRFLOW_DB_MIGRATE"] == "true" and init_env["_AIRFLOW_WWW_USER_CREATE"] == "true"
     assert services["mlflow"]["depends_on"]["minio-buckets"]["condition"] == "service_completed_successfully"
@@ -438,6 +463,8 @@ def test_secrets_are_required_variables_without_defaults(
         "MLFLOW_ADMIN_PASSWORD",
         "MLFLOW_AIRFLOW_PASSWORD",
         "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "REDIS_PASSWORD",
+        "FLOWER_PASSWORD",
     }
     # Without any one of them, docker-compose refuses the file, and its message names the variable.
     names = sorted(secret_names)
@@ -691,3 +718,230 @@ def test_mlflow_users_gives_airflow_its_own_account(
     same = {**env, "MLFLOW_AIRFLOW_USERNAME": admin[0]}
     refused = subprocess.run([sys.executable, *command[1:]], env=same, cwd=tmp_path, capture_output=True, timeout=60)
     assert refused.returncode != 0 and b"must differ" in refused.stderr
+
+
+# --- Hardening ------------------------------------------------------------------------------------------------------
+
+
+def cpu_and_memory_limits(service: dict[str, Any]) -> tuple[float | None, int | None]:
+    """The service's CPU limit (cores) and memory limit (bytes), from ``cpus``/``mem_limit`` or the specification's
+    ``deploy.resources.limits`` (docker-compose 1.29 applies both forms); None where unset."""
+    deploy = (service.get("deploy") or {}).get("resources", {}).get("limits", {})
+    cpus, memory = service.get("cpus", deploy.get("cpus")), service.get("mem_limit", deploy.get("memory"))
+    if memory is not None and not isinstance(memory, int):
+        parsed = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", str(memory).lower())
+        assert parsed, f"a memory limit of {memory!r}"
+        memory = int(float(parsed[1]) * MEMORY_UNITS[parsed[2] or "b"])
+    return (None if cpus is None else float(cpus)), memory
+
+
+def tmpfs_paths(service: dict[str, Any]) -> set[str]:
+    entries = service.get("tmpfs", [])
+    return {entry.split(":", 1)[0] for entry in ([entries] if isinstance(entries, str) else entries)}
+
+
+def volume_targets(service: dict[str, Any], *, writable_only: bool = False) -> set[str]:
+    targets = set()
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            target, read_only = volume["target"], bool(volume.get("read_only"))
+        else:
+            target, read_only = volume.split(":")[1], volume.endswith(":ro")
+        if not (writable_only and read_only):
+            targets.add(target)
+    return targets
+
+
+def writable(service: dict[str, Any], path: str) -> bool:
+    """Whether ``path`` lies on one of the service's tmpfs mounts or writable volumes."""
+    mounts = tmpfs_paths(service) | volume_targets(service, writable_only=True)
+    return any(path == mount or path.startswith(mount.rstrip("/") + "/") for mount in mounts)
+
+
+def test_every_service_has_cpu_and_memory_limits(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        cpus, memory = cpu_and_memory_limits(service)
+        assert cpus is not None and memory is not None, f"{name} has no CPU or no memory limit"
+        assert 0 < cpus <= MAX_CPUS, f"{name}: cpus {cpus}"
+        assert memory >= 64 * 2**20, f"{name}: a memory limit of {memory} bytes"
+    # The training tasks run in the scheduler (LocalExecutor) or a worker: those two get the most memory.
+    limits = {name: cpu_and_memory_limits(service)[1] or 0 for name, service in services.items()}
+    assert limits["airflow-scheduler"] == limits["airflow-worker"] == max(limits.values())
+
+
+def test_every_service_drops_every_capability_and_gains_no_privileges(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], f"{name} keeps capabilities: cap_drop {service.get('cap_drop')}"
+        assert not service.get("cap_add"), f"{name} adds back {service['cap_add']}"
+        assert "no-new-privileges:true" in service.get("security_opt", []), f"{name} may gain privileges"
+        assert not service.get("privileged"), f"{name} is privileged"
+        assert not {"network_mode", "pid", "ipc", "devices"} & set(service), f"{name} reaches into the host"
+
+
+def test_every_root_filesystem_is_read_only(services: dict[str, dict[str, Any]]) -> None:
+    """A read-only root; /tmp and every directory a service is told to write (``WRITTEN_PATH_VARIABLES``) are on
+    a tmpfs or a volume of its own."""
+    for name, service in services.items():
+        assert service.get("read_only") is True, f"{name} has a writable root filesystem"
+        assert writable(service, "/tmp"), f"{name} has no writable /tmp"
+        for variable in WRITTEN_PATH_VARIABLES:
+            if path := environment(service).get(variable):
+                assert writable(service, path), f"{name}: {variable}={path} is on the read-only root"
+    # Where each service keeps its data: a volume (postgres, MinIO, the Airflow logs) or, for a Celery worker,
+    # which shares no disk, a tmpfs of its own.
+    assert "/var/lib/postgresql/data" in volume_targets(services["postgres"])
+    assert writable(services["postgres"], "/var/run/postgresql/.s.PGSQL.5432")  # its socket and lock file
+    assert "/data" in volume_targets(services["minio"])
+    assert writable(services["minio"], "/root/.minio/certs/CAs")  # created by MinIO at start
+    for name in (*AIRFLOW_COMPONENTS, INIT, "airflow-worker"):
+        assert writable(services[name], "/opt/airflow/logs"), name
+
+
+def user_of(service: dict[str, Any]) -> str | None:
+    """The user the container runs as (``user:``'s user part), or None: the image's own."""
+    user = service.get("user")
+    return None if user is None else str(user).split(":", 1)[0]
+
+
+def test_no_service_runs_as_root_but_the_listed_ones(services: dict[str, dict[str, Any]]) -> None:
+    assert set(ROOT_SERVICES) <= set(services) and all(ROOT_SERVICES.values())
+    for name, service in services.items():
+        user = user_of(service)
+        if name in ROOT_SERVICES:
+            assert user in {None, "0", "root"}, f"{name} no longer runs as root: take it off ROOT_SERVICES"
+        else:
+            # Named explicitly: an image's default user (root, for most) is not assumed to be anything else.
+            assert user is not None, f"{name} runs as its image's default user (root for most images)"
+            assert user not in {"0", "root"}, f"{name} runs as root"
+    # airflow-init runs as every other Airflow container does (AIRFLOW_UID, group 0), and so has nothing to chown:
+    # it checks that the logs volume is writable instead.
+    airflow_user = services["airflow-scheduler"]["user"]
+    assert airflow_user == f"{read_env_file(ENV_EXAMPLE)['AIRFLOW_UID']}:0"
+    for name in (*AIRFLOW_COMPONENTS, INIT, "airflow-worker", "flower", "mlflow", "mlflow-users"):
+        assert services[name]["user"] == airflow_user, name
+    init_script = " ".join(command_line(services[INIT]))
+    assert "chown" not in init_script and "/opt/airflow/logs" in init_script
+
+
+def test_airflow_init_stops_when_it_cannot_write_the_logs(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """Its script, run here with the logs directory moved to a path that does not exist (nothing on this machine
+    is touched): it stops before migrating, saying what to do."""
+    command = command_line(services[INIT])
+    assert command[:2] == ["/bin/bash", "-c"] and "/opt/airflow/logs" in command[2]
+    missing = tmp_path / "no-such-volume" / "logs"
+    script = command[2].replace("/opt/airflow/logs", str(missing))
+    env = {**environment(services[INIT]), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [*command[:2], script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"cannot write {missing}" in run.stderr and "docker volume rm" in run.stderr
+    assert "airflow-init: database migrated" not in run.stdout and not missing.parent.exists()
+
+
+REDIS_SERVER: Final = Path("/usr/bin/redis-server")
+REDIS_CLI: Final = Path("/usr/bin/redis-cli")
+# Wrappers around Debian's redis-server and redis-cli that move the server to a free port on 127.0.0.1 (the
+# compose file's command runs unchanged through them) and record the server's arguments.
+REDIS_SERVER_WRAPPER: Final = """
+import json, os, sys
+with open(os.environ["STUB_LOG"], "w") as log:
+    json.dump(sys.argv[1:], log)
+extra = ["--port", os.environ["REDIS_TEST_PORT"], "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+os.execv("/usr/bin/redis-server", ["redis-server", *sys.argv[1:], *extra])
+"""
+REDIS_CLI_WRAPPER: Final = """
+import os, sys
+os.execv("/usr/bin/redis-cli", ["redis-cli", "-p", os.environ["REDIS_TEST_PORT"], *sys.argv[1:]])
+"""
+
+
+def test_redis_requires_the_password_the_broker_url_carries(
+    services: dict[str, dict[str, Any]], dot_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The file's redis command and health check, run with Debian's redis-server and redis-cli (on a free port):
+    the server refuses commands without REDIS_PASSWORD, and the Celery broker URL every Airflow container gets
+    logs in with it."""
+    if not (REDIS_SERVER.exists() and REDIS_CLI.exists()):
+        pytest.fail("Debian's redis-server and redis-cli are needed: apt-get install -y redis-server", pytrace=False)
+    redis = services["redis"]
+    password = dot_env["REDIS_PASSWORD"]
+    assert environment(redis)["REDIS_PASSWORD"] == password
+    assert user_of(redis) == "redis"
+    assert password not in json.dumps(command_line(redis))  # passed from the environment, not written in
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub(bin_dir, "redis-server", REDIS_SERVER_WRAPPER)
+    stub(bin_dir, "redis-cli", REDIS_CLI_WRAPPER)
+    port = free_port()
+    log = tmp_path / "redis-server.json"
+    env = {**environment(redis), "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "REDIS_TEST_PORT": str(port)}
+    env |= {"STUB_LOG": str(log), "HOME": str(tmp_path)}
+    health = redis["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL"
+    server = subprocess.Popen(command_line(redis), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start (exit status {server.poll()})")
+            time.sleep(0.1)
+        anonymous = redis_client.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        with pytest.raises(redis_client.AuthenticationError):
+            anonymous.ping()
+        assert json.loads(log.read_text()) == ["--requirepass", password]
+        # The health check passes with the container's environment, and fails on a wrong password.
+        checked = subprocess.run(["sh", "-c", health[1]], env=env, capture_output=True, timeout=30, check=False)
+        assert checked.returncode == 0, checked
+        wrong = subprocess.run(
+            ["sh", "-c", health[1]], env={**env, "REDIS_PASSWORD": "wrong"}, capture_output=True, timeout=30
+        )
+        assert wrong.returncode != 0
+        # Every Airflow container's broker URL carries the password and logs in with it.
+        for name, service in services.items():
+            url = environment(service).get("AIRFLOW__CELERY__BROKER_URL")
+            if url is None:
+                continue
+            parts = urlsplit(url)
+            assert (parts.scheme, parts.hostname, parts.port, parts.password) == ("redis", "redis", 6379, password)
+            local = parts._replace(netloc=f":{parts.password}@127.0.0.1:{port}").geturl()
+            assert redis_client.Redis.from_url(local, socket_timeout=5).ping(), name
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+# Flower's options after it reads its environment, and which of its pages ask for the login (tornado's
+# ``authenticated`` wraps a handler's ``get``): the dashboard does, the health check does not.
+FLOWER_LOGIN_SCRIPT: Final = """
+import json
+from flower.command import apply_env_options
+from flower.options import options
+from flower.views.monitor import Healthcheck
+from flower.views.workers import WorkersView
+apply_env_options()
+guarded = {"/healthcheck": hasattr(Healthcheck.get, "__wrapped__"), "/": hasattr(WorkersView.get, "__wrapped__")}
+print(json.dumps({"basic_auth": options.basic_auth, "guarded": guarded}))
+"""
+
+
+def test_flower_is_off_by_default_and_asks_for_a_login(
+    services: dict[str, dict[str, Any]], dot_env: dict[str, str]
+) -> None:
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]
+    login = f"{dot_env['FLOWER_USERNAME']}:{dot_env['FLOWER_PASSWORD']}"
+    assert environment(flower)["FLOWER_BASIC_AUTH"] == login
+    assert "FLOWER_BASIC_AUTH" not in environment(services["airflow-worker"])  # the login is flower's only
+    # Flower (the lock's version, the image's) reads that variable as its one login, and its health check asks
+    # the one page Flower serves without it.
+    env = {"FLOWER_BASIC_AUTH": login, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    read = subprocess.run(
+        [sys.executable, "-c", FLOWER_LOGIN_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = json.loads(read.stdout.strip().splitlines()[-1])
+    assert seen == {"basic_auth": [login], "guarded": {"/healthcheck": False, "/": True}}
+    assert flower["healthcheck"]["test"][-1].endswith(":5555/healthcheck")

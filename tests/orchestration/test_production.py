@@ -7,8 +7,8 @@ The compose file itself runs in tests/containers/test_compose_stack.py, which ch
 (registration, promotion, blobs, clean task logs, the figures). This module keeps what that cannot show: the
 components as host processes bind only loopback; an S3 outage during ``publish`` (a proxy between the tasks and
 the store that the test switches off and on mid-run, which a container stack offers no hook for); and
-CeleryExecutor with two workers on no shared disk (compose's ``celery`` profile would also run redis and flower,
-minutes more on two cores for the same check).
+CeleryExecutor with two workers on no shared disk (compose's ``celery`` profile would also run redis, and its
+``flower`` profile flower: minutes more on two cores for the same check).
 
 The runs, in order (each test needs the ones before it; the stack is started once per session):
 
