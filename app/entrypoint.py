@@ -61,6 +61,23 @@ def holds_s3_keys() -> bool:
     return any(os.environ.get(name) for name in S3_CREDENTIAL_VARIABLES)
 
 
+# Where the S3 client finds credentials other than the AWS_* keys the server drops (botocore's own variables).
+OTHER_S3_CREDENTIALS: Final = (
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def other_s3_credentials() -> bool:
+    """Whether the running server's pulls can find S3 credentials once the AWS_* keys are dropped: a credentials
+    file, a web identity (a Kubernetes service account's role) or a container credentials endpoint."""
+    if any(os.environ.get(name) for name in OTHER_S3_CREDENTIALS):
+        return True
+    return any((Path.home() / ".aws" / name).is_file() for name in ("credentials", "config"))
+
+
 def import_server_modules() -> None:
     """Import what ``serve`` runs: skops' loader, which the bundle load needs (at import it lists every
     scikit-learn estimator, importing them all, and every numpy and scipy ufunc: over half a second), then uvicorn,
@@ -214,6 +231,13 @@ def run(settings: Settings, started: float) -> NoReturn:
     env["BUNDLE_DIR"] = os.fspath(delivered.bundle_dir.resolve())
     if settings.pinned:
         env["MODEL_REFRESH_S"] = "0"  # a bundle named outright is served as is: no alias to follow
+    elif settings.follows_alias and not in_process and not other_s3_credentials():
+        env["MODEL_REFRESH_S"] = "0"  # its pulls could never authenticate: off, and said so
+        say(
+            "refresh: off: the S3 keys in AWS_* are dropped before the server starts, and no other source of S3 "
+            "credentials is set for its pulls (AWS_SHARED_CREDENTIALS_FILE, AWS_WEB_IDENTITY_TOKEN_FILE, "
+            "AWS_CONTAINER_CREDENTIALS_*); give the keys in a mounted credentials file to follow MODEL_ALIAS"
+        )
     if delivered.version is not None:
         env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start
     how = "exec uvicorn" if not in_process else "uvicorn in this process (no S3 keys to drop)"

@@ -55,6 +55,7 @@ log = logging.getLogger(LOGGER_NAME)
 REFRESH_DIR: Final = "refresh"  # MODEL_DIR/refresh/<md5>: one work repository per candidate bundle
 RETIRE_POLL_S: Final = 0.1
 WARM_ROWS: Final = 64
+UNLOADED_CHECK_S: Final = 1.0  # how often the alias is checked while nothing is served
 RETRY_MAX_S: Final = 600.0  # the longest wait before a candidate refused for a passing failure is tried again
 
 
@@ -104,8 +105,13 @@ async def follow_alias(state: ServingState) -> None:
     loop = asyncio.get_running_loop()
     while True:
         # checks start every MODEL_REFRESH_S (not that long after the previous one ended), so a moved alias is
-        # seen within one interval
-        await asyncio.sleep(settings.model_refresh_s - (loop.time() - started) % settings.model_refresh_s)
+        # seen within one interval; while the start-up bundle cannot be loaded (a worker restarted after a swap
+        # retired it), every second: the alias says what to serve
+        due = loop.time() + settings.model_refresh_s - (loop.time() - started) % settings.model_refresh_s
+        while (left := due - loop.time()) > 0 and not (state.model is None and state.status == "failed"):
+            await asyncio.sleep(min(left, UNLOADED_CHECK_S))
+        if left > 0:
+            await asyncio.sleep(UNLOADED_CHECK_S)  # not at once: a bundle that cannot be loaded is retried too
         try:
             await check_once(state)
         except asyncio.CancelledError:

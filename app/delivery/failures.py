@@ -122,7 +122,8 @@ def classify_pull_failure(
             "mismatch",
             f"the bundle's {what} in the remote {remote} is corrupt: the store's copy ({object_path(oid, url)}) "
             f"does not match its hash{why}, so it was altered or damaged in the store",
-            "the remote's objects for this bundle: re-publish it (python -m orchestration publish)",
+            f"the store's copy at {object_path(oid, url)}: delete it, then publish the bundle again (python -m "
+            "orchestration publish uploads only what the store lacks, so it skips a corrupt copy left in place)",
         )
     if codes & CREDENTIAL_CODES or any(marker in output for marker in CREDENTIAL_MARKERS):
         return DeliveryError(

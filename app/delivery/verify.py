@@ -23,7 +23,8 @@ def verify(bundle_dir: Path, dvc_hash: str, *, work: Path | None = None) -> Meta
                 "mismatch",
                 f"the pulled bundle's hash {actual} is not the requested {dvc_hash}: a blob in the remote was "
                 "altered or corrupted",
-                "the remote's objects for this bundle (re-publish it) and MODEL_HASH / the registry's tag",
+                "MODEL_HASH / the registry's tag, and the bundle's objects in the remote: delete the altered ones and "
+                "publish the bundle again (publish uploads only what the store lacks)",
             )
         try:
             return read_metadata(bundle_dir)

@@ -92,7 +92,8 @@ def test_a_corrupt_listing_names_its_hash_and_where_the_store_keeps_it(output: s
     assert error.exit_code == 8 and not error.retryable
     message = str(error)
     assert f"listing {LISTING}" in message and LISTING_PATH in message and "corrupt" in message
-    assert "altered or damaged in the store" in message and "re-publish" in message
+    assert "altered or damaged in the store" in message
+    assert f"copy at {LISTING_PATH}: delete it, then publish the bundle again" in message
     assert "DVC remote settings" not in message
 
 

@@ -22,7 +22,7 @@ import pytest
 from app.delivery.pull import explain_pull_failure, pull
 from app.delivery.verify import verify
 from app.settings import Settings
-from orchestration.publish import PublishTarget, publish_bundle, push_bundle
+from orchestration.publish import PublishError, PublishTarget, publish_bundle, push_bundle
 from tests.integration.conftest import (
     SECRET,
     entrypoint_env,
@@ -341,11 +341,19 @@ def test_a_corrupt_listing_is_a_mismatch_at_once(bundle_dir: Path, s3: S3Server,
     elapsed = time.monotonic() - started
     assert result.returncode == 8
     line = one_error_line(result)
-    assert f"listing {dvc_hash}" in line and "corrupt" in line and "re-publish" in line
-    assert f"{target.remote_url}/files/md5/{dvc_hash[:2]}/{dvc_hash[2:]}" in line
+    where = f"{target.remote_url}/files/md5/{dvc_hash[:2]}/{dvc_hash[2:]}"
+    assert f"listing {dvc_hash}" in line and "corrupt" in line
+    assert f"copy at {where}: delete it, then publish the bundle again" in line
     assert "retrying" not in result.stderr
     assert elapsed < 15  # five attempts would wait 1 + 2 + 4 + 8 s between them
     assert not (tmp_path / "bundle").exists() and not (tmp_path / ".dvc" / "cache").exists()
+    # the hint repairs the store: publishing again over the corrupt copy fails on it; once deleted, it is uploaded
+    key = blob_key("corrupt-listing", dvc_hash)
+    with pytest.raises(PublishError, match=f"object {dvc_hash} is corrupted"):
+        push_bundle(bundle_dir, target)
+    s3.client().delete_object(Bucket=bucket, Key=key)
+    assert push_bundle(bundle_dir, target)[0] == dvc_hash
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().startswith(b"[")
 
 
 def test_a_deleted_listing_is_named_as_missing(bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path) -> None:

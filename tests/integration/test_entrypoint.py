@@ -98,7 +98,10 @@ def test_alias_is_resolved_pulled_verified_and_served(
         names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
         assert "BUNDLE_DIR" in names and not names & set(S3_CREDENTIAL_VARIABLES)
         assert SECRET.encode() not in b"\0".join(environ)
+        # its alias refresh could never pull without them (no credentials file, no web identity): it is off
+        assert b"MODEL_REFRESH_S=0" in environ
     output = log.read_text()
+    assert "entrypoint: refresh: off: the S3 keys in AWS_* are dropped" in output
     for step in ("resolve done", "pull done", "verify done", "serve: exec uvicorn"):
         assert f"entrypoint: {step}" in output
     assert f"{target.model_name}@champion -> version {champion.version}" in output

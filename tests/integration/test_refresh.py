@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import sys
 import threading
 import time
 import urllib.request
@@ -28,7 +29,7 @@ from app.contract.store import DVC_HASH
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.app.serving import other_shape_bundle, records
 from tests.integration.conftest import champion_and_challenger, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3Server, blob_key, free_port, s3_keys_in_file
+from tests.services import LOOPBACK, S3Server, blob_key, free_port, running, s3_keys_in_file
 
 REFRESH_S = 1.0
 
@@ -312,3 +313,22 @@ def test_a_candidate_of_another_schema_is_refused_once_and_served_only_when_allo
             wait_for(lambda: server.version() == fares.version, 60, "the swap to another schema")
         finally:
             move_alias(target, one.version)
+
+
+def test_a_worker_whose_start_up_bundle_was_retired_serves_the_alias_at_once(
+    target: PublishTarget, versions: tuple[Published, Published], tmp_path: Path
+) -> None:
+    """A worker restarted after a swap starts on the BUNDLE_DIR its parent was given, whose files the swap
+    removed: it follows the alias within seconds, not one MODEL_REFRESH_S later."""
+    _, two = versions
+    move_alias(target, two.version)
+    port, model_dir, log = free_port(), tmp_path / "models", tmp_path / "server.log"
+    model_dir.mkdir()
+    env = refreshing_env(target, model_dir, port, BUNDLE_DIR=str(model_dir / "bundle")) | {"MODEL_REFRESH_S": "600"}
+    began = time.monotonic()
+    with running([sys.executable, "-m", "app.entrypoint", "serve"], f"http://{LOOPBACK}:{port}/health/ready",
+                 env=env, timeout=60, log=log):  # fmt: skip
+        ready_after = time.monotonic() - began
+        assert get(port, "/health/ready")["model_version"] == two.version
+    assert ready_after < 30, ready_after
+    assert "swapped in version" in log.read_text()
