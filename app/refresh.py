@@ -38,7 +38,8 @@ import orjson
 
 from app.contract.bundle import Metadata, load_bundle
 from app.contract.connection import redact
-from app.contract.store import BUNDLE_NAME
+from app.contract.registry import TAG_CONTENT_HASH, TAG_DVC_HASH
+from app.contract.store import BUNDLE_NAME, dir_hash
 from app.delivery.failures import DeliveryError
 from app.delivery.fetch import fetch
 from app.delivery.lock import model_dir_lock
@@ -135,11 +136,26 @@ async def check_once(state: ServingState) -> None:
     served = state.model
     if served is not None and served.version == resolved.version:
         return
-    if served is not None and resolved.content_hash == served.content_hash:
-        state.serve(served.with_version(resolved.version or 0))  # same bundle, registered under another version
-        return
     if state.candidate is not None and state.candidate.waiting(resolved):
         return  # refused already: not pulled again until the alias moves (or, after a passing failure, later)
+    if served is not None and resolved.content_hash == served.content_hash:
+        # the same bundle registered under another version, if the version's DVC hash tag names it too: a
+        # fresh start would pull what that tag names, so a version whose two tags disagree is not taken
+        served_hash = await off_loop(lambda: dir_hash(served.bundle.path), "bundle-hash")
+        if served_hash == resolved.dvc_hash:
+            state.serve(served.with_version(resolved.version or 0))
+            return
+        reason = (
+            f"version {resolved.version}'s tags disagree: its {TAG_CONTENT_HASH} names the served bundle, its "
+            f"{TAG_DVC_HASH} {resolved.dvc_hash} another ({served_hash}); a fresh start would serve that one under "
+            "the same version: fix the tags (publish the version again)"
+        )
+        state.candidate = Candidate(resolved.version, resolved.dvc_hash, "refused", reason, since=time.time())
+        state.metrics.candidates_refused.labels("registry").inc()
+        log.error(
+            "candidate version %s refused (registry): %s; the current model keeps serving", resolved.version, reason
+        )
+        return
     await _take(state, settings, resolved, began)
 
 

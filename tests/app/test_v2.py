@@ -529,3 +529,21 @@ def test_tritonclient_against_a_real_uvicorn_process(bundle_dir: Path, bundle: B
                 client.infer("other", inputs(columns), headers=json_body)
         finally:
             client.close()
+
+
+def test_parameters_are_the_protocols_scalars_and_the_document_says_what_the_server_takes(
+    client: TestClient, bundle: Bundle
+) -> None:
+    """``parameters`` may be null or up to 16 string, number or boolean values, in the document as in the server;
+    anything else is a 400 naming it (a schema fuzzer found null accepted where the document forbade it)."""
+    request = infer_request(bundle.metadata, records(bundle.metadata, 2, seed=12))
+    request["outputs"] = [{"name": "predict", "parameters": None}]
+    request["parameters"] = {"binary_data_output": False, "priority": 1, "note": "a:b"}
+    assert client.post(INFER, json=request).status_code == 200
+    document = client.get("/openapi.json").json()
+    body = document["components"]["schemas"]["V2InferRequest"]
+    output_parameters = body["properties"]["outputs"]["items"]["properties"]["parameters"]
+    assert {"type": "null"} in output_parameters["anyOf"] and body["properties"]["parameters"] == output_parameters
+    for refused in ({"nested": {"a": 1}}, {f"p{i}": 1 for i in range(17)}, {"long": "x" * 257}):
+        answer = client.post(INFER, json={**request, "parameters": refused})
+        assert answer.status_code == 400 and answer.json()["error"].startswith("parameters"), answer.json()

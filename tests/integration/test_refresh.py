@@ -24,7 +24,7 @@ import pytest
 
 from app.contract.bundle import MODEL_FILE, load_bundle
 from app.contract.hashing import file_digest
-from app.contract.registry import mlflow_client
+from app.contract.registry import TAG_CONTENT_HASH, TAG_DVC_HASH, mlflow_client
 from app.contract.store import DVC_HASH
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.app.serving import other_shape_bundle, records
@@ -332,3 +332,27 @@ def test_a_worker_whose_start_up_bundle_was_retired_serves_the_alias_at_once(
         assert get(port, "/health/ready")["model_version"] == two.version
     assert ready_after < 30, ready_after
     assert "swapped in version" in log.read_text()
+
+
+def test_a_version_whose_tags_disagree_is_refused_not_taken_as_a_new_label(
+    target: PublishTarget, versions: tuple[Published, Published], bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A version whose content-hash tag names the served bundle but whose DVC hash tag names another: the running
+    server does not relabel its bundle with that version (a fresh start would serve the other bundle under it)."""
+    one, two = versions
+    client = mlflow_client(target.tracking_uri)
+    registered = client.get_model_version(target.model_name, str(one.version))
+    tags = {TAG_CONTENT_HASH: load_bundle(bundle_dir).content_hash, TAG_DVC_HASH: two.dvc_hash}
+    mixed = int(client.create_model_version(target.model_name, registered.source, registered.run_id, tags).version)
+    move_alias(target, one.version)
+    port, log = free_port(), tmp_path / "server.log"
+    (tmp_path / "models").mkdir()
+    with serving(refreshing_env(target, tmp_path / "models", port), log):
+        move_alias(target, mixed)
+        try:
+            wait_for(lambda: (get(port, "/model")["candidate"] or {}).get("status") == "refused", 60, "the refusal")
+            candidate = get(port, "/model")["candidate"]
+            assert get(port, "/health/ready")["model_version"] == one.version
+        finally:
+            move_alias(target, one.version)
+    assert candidate["model_version"] == mixed and "tags disagree" in candidate["reason"], candidate
