@@ -269,15 +269,21 @@ def test_two_workers_on_one_model_dir_pull_once_and_both_serve_the_new_version(
     assert output.count("candidate version 2: verify done") == 2 and output.count("nothing to pull") == 1
 
 
-def test_a_candidate_of_another_schema_is_refused_once_and_served_only_when_allowed(
-    target: PublishTarget, versions: tuple[Published, Published], tmp_path: Path
+def test_candidates_its_clients_cannot_use_are_refused_once_and_another_schema_served_only_when_allowed(
+    target: PublishTarget, versions: tuple[Published, Published], bundle_dir: Path, tmp_path: Path
 ) -> None:
     """The alias moves to a bundle of another model (other features, another target): refused with the changes
-    named, in /model, /health/ready and the metric, and not pulled again at later checks; a server with
-    ALLOW_SCHEMA_CHANGE=true swaps it in."""
-    one, _ = versions
+    named, in /model, /health/ready and the metric, and not pulled again at later checks. Then to a version whose
+    content-hash tag names the served bundle but whose DVC hash tag names another: refused, not taken as a new
+    label for the served bundle (a fresh start would serve the other bundle under it). A server with
+    ALLOW_SCHEMA_CHANGE=true swaps the other model in."""
+    one, two = versions
     (tmp_path / "fares").mkdir()
     fares = publish_bundle(other_shape_bundle(tmp_path / "fares"), target, alias=None)
+    client = mlflow_client(target.tracking_uri)
+    registered = client.get_model_version(target.model_name, str(one.version))
+    tags = {TAG_CONTENT_HASH: load_bundle(bundle_dir).content_hash, TAG_DVC_HASH: two.dvc_hash}
+    mixed = int(client.create_model_version(target.model_name, registered.source, registered.run_id, tags).version)
 
     def server_on(name: str, allowed: bool) -> tuple[dict[str, str], AbstractContextManager[Any], Server]:
         port, model_dir = free_port(), tmp_path / name
@@ -297,8 +303,14 @@ def test_a_candidate_of_another_schema_is_refused_once_and_served_only_when_allo
             assert server.version() == one.version
             with urllib.request.urlopen(f"http://{LOOPBACK}:{server.port}/metrics", timeout=10) as response:
                 metrics = response.read()
+            move_alias(target, mixed)
+            wait_for(lambda: (get(server.port, "/model")["candidate"] or {}).get("model_version") == mixed, 60, "it")
+            wait_for(lambda: get(server.port, "/model")["candidate"]["status"] == "refused", 60, "the tags' refusal")
+            mixed_candidate = get(server.port, "/model")["candidate"]
+            assert server.version() == one.version
         finally:
             move_alias(target, one.version)
+    assert "tags disagree" in mixed_candidate["reason"], mixed_candidate
     assert candidate["model_version"] == fares.version, candidate
     assert "ALLOW_SCHEMA_CHANGE" in candidate["reason"] and "it predicts 'fare', not 'price'" in candidate["reason"]
     assert "features removed: time, distance" in candidate["reason"], candidate["reason"]
@@ -332,27 +344,3 @@ def test_a_worker_whose_start_up_bundle_was_retired_serves_the_alias_at_once(
         assert get(port, "/health/ready")["model_version"] == two.version
     assert ready_after < 30, ready_after
     assert "swapped in version" in log.read_text()
-
-
-def test_a_version_whose_tags_disagree_is_refused_not_taken_as_a_new_label(
-    target: PublishTarget, versions: tuple[Published, Published], bundle_dir: Path, tmp_path: Path
-) -> None:
-    """A version whose content-hash tag names the served bundle but whose DVC hash tag names another: the running
-    server does not relabel its bundle with that version (a fresh start would serve the other bundle under it)."""
-    one, two = versions
-    client = mlflow_client(target.tracking_uri)
-    registered = client.get_model_version(target.model_name, str(one.version))
-    tags = {TAG_CONTENT_HASH: load_bundle(bundle_dir).content_hash, TAG_DVC_HASH: two.dvc_hash}
-    mixed = int(client.create_model_version(target.model_name, registered.source, registered.run_id, tags).version)
-    move_alias(target, one.version)
-    port, log = free_port(), tmp_path / "server.log"
-    (tmp_path / "models").mkdir()
-    with serving(refreshing_env(target, tmp_path / "models", port), log):
-        move_alias(target, mixed)
-        try:
-            wait_for(lambda: (get(port, "/model")["candidate"] or {}).get("status") == "refused", 60, "the refusal")
-            candidate = get(port, "/model")["candidate"]
-            assert get(port, "/health/ready")["model_version"] == one.version
-        finally:
-            move_alias(target, one.version)
-    assert candidate["model_version"] == mixed and "tags disagree" in candidate["reason"], candidate
