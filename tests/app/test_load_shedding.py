@@ -86,6 +86,10 @@ def test_a_stuck_model_sheds_load_and_fails_readiness(
         assert time.monotonic() - started < TIMEOUT_S / 2
         assert shed.status_code == 503 and shed.headers["Retry-After"] == "1"
         assert shed.json()["status"] == "overloaded" and "MAX_QUEUED_ROWS=4" in shed.json()["detail"]
+        # shed before its body is read: an invalid body is not even looked at (a 503, not a 422), on every route
+        for path in ("/predict", "/predict/batch", "/v2/models/flight-price/infer"):
+            unread = client.post(path, content=b'{"not": "read"}', headers={"Content-Type": "application/json"})
+            assert unread.status_code == 503 and unread.headers["Retry-After"] == "1", (path, unread.text)
 
         timed_out = waiting.result(10)  # admitted, but the model never answered: 503 once PREDICT_TIMEOUT_S passed
         assert timed_out.status_code == 503 and timed_out.headers["Retry-After"] == "1"
@@ -101,8 +105,8 @@ def test_a_stuck_model_sheds_load_and_fails_readiness(
             ready = client.get("/health/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "stuck", ready.json()
         assert client.get("/health/live").status_code == 200
-        assert metric(client, "prediction_errors_total", route="/predict", reason="overloaded") == 1
-        assert metric(client, "prediction_errors_total", route="/predict/batch", reason="overloaded") == 1
+        assert metric(client, "prediction_errors_total", route="/predict", reason="overloaded") == 2
+        assert metric(client, "prediction_errors_total", route="/predict/batch", reason="overloaded") == 2
 
         stuck_model.set()  # the model comes back: ready again, and it answers
         deadline = time.monotonic() + 5
@@ -209,3 +213,29 @@ def test_metrics_count_every_worker(bundle_dir: Path, bundle: Bundle, tmp_path: 
             for path in (tmp_path / "metrics").glob("counter_*.db")
         }
         assert sum(per_worker.values()) == sent and sum(count > 0 for count in per_worker.values()) == 2, per_worker
+
+
+@pytest.mark.parametrize("path", ["/predict/batch", "/v2/models/flight-price/infer"])
+def test_a_request_whose_model_was_retired_while_its_body_arrived_is_shed_not_failed(
+    bundle_dir: Path, bundle: Bundle, path: str
+) -> None:
+    """A swap retires the model a slow request began on, and closes it once DRAIN_TIMEOUT_S passes: the request,
+    whose body is read only then, is answered 503 with Retry-After (it was a 500: a closed thread pool). Here the
+    request captures a model already closed, as the slow one holds it when its body is in."""
+    rows = records(bundle.metadata, 2, seed=6)
+    body: dict[str, Any] = {"records": rows}
+    if path.startswith("/v2"):
+        body = {
+            "inputs": [
+                {"name": name, "shape": [2], "datatype": "BYTES" if isinstance(rows[0][name], str) else "FP64",
+                 "data": [row[name] for row in rows]}
+                for name in bundle.metadata.feature_names()
+            ]
+        }  # fmt: skip
+    with ready_client(settings_for(bundle_dir)) as client:
+        served = client.app.state.serving.model  # type: ignore[attr-defined]
+        assert client.portal is not None and served is not None
+        client.portal.call(served.close)
+        answer = client.post(path, json=body)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.text
+    assert "retired while its body arrived" in answer.text

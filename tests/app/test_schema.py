@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -451,3 +452,43 @@ def test_outside_training_takes_a_one_sided_range() -> None:
     features = [Feature(name="x", kind="numeric", dtype="float", observed_maximum=2.0)]
     schema = RecordSchema.from_metadata(metadata_for(features, {"x": 1.0}), 10)
     assert schema.outside_training({"x": [-1e300, 2.0, 2.5]}) == {"x": 1}
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 2**53 + 1])
+def test_an_integral_feature_without_limits_takes_only_what_a_float64_holds_exactly(value: int) -> None:
+    """``1`` and 400 zeros was a 500 (OverflowError) on every prediction route; now a 422 naming the field."""
+    schema = RecordSchema.from_metadata(
+        metadata_for([Feature(name="stops", kind="numeric", dtype="int")], {"stops": 1}), max_records=10
+    )
+    body = json.dumps({"stops": value}).encode()
+    refusals: list[Callable[[], object]] = [
+        lambda: schema.parse_record(body),
+        lambda: schema.parse_batch(b'{"records": [' + body + b"]}"),
+        lambda: schema.parse_columns({"stops": [value]}),
+    ]
+    for refuse in refusals:
+        with pytest.raises(RequestError) as refused:
+            refuse()
+        assert refused.value.status == 422 and refused.value.errors[0]["field"] == "stops", refused.value.errors
+    assert schema.parse_record(json.dumps({"stops": 2**53}).encode()) == (2**53,)
+
+
+def test_a_refusal_lists_the_first_errors_and_counts_the_rest() -> None:
+    features = [Feature(name=f"x{i}", kind="numeric", dtype="float") for i in range(5)]
+    schema = RecordSchema.from_metadata(metadata_for(features, {f.name: 1.0 for f in features}), 100, max_errors=3)
+    body = json.dumps({"records": [{f.name: "no" for f in features}] * 10}).encode()
+    with pytest.raises(RequestError) as refused:
+        schema.parse_batch(body)
+    assert len(refused.value.errors) == 3 and refused.value.more == 47
+
+
+def test_a_body_with_more_keys_or_values_than_its_route_can_take_is_refused_before_validation() -> None:
+    schema = RecordSchema.from_metadata(metadata_for([Feature(name="x", kind="numeric", dtype="float")], {"x": 1.0}), 2)
+    for body in (json.dumps({f"k{i}": 1 for i in range(50)}), json.dumps({"x": [1] * 50})):
+        with pytest.raises(RequestError) as refused:
+            schema.parse_record(body.encode())
+        assert refused.value.errors[0]["type"] == "too_many_fields", refused.value.errors
+    with pytest.raises(RequestError) as refused:
+        schema.parse_batch(json.dumps({"records": [{"x": 1.0}] * 50}).encode())
+    assert refused.value.errors[0]["type"] == "too_many_fields"
+    assert schema.parse_batch(json.dumps({"records": [{"x": 1.0}] * 2}).encode()) == [(1.0,), (1.0,)]
