@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from typing import Final
 from app.contract.connection import redact
 from app.contract.progress import Report, quiet
 from app.contract.store import BUNDLE_NAME, SITE_CACHE_ENV, prepare_work_repo, site_cache_dir, write_dvc_file
-from app.delivery.failures import DeliveryError, classify_pull_failure, out_of_space
+from app.delivery.failures import DeliveryError, classify_pull_failure, object_path, out_of_space
 from app.delivery.retry import retrying
 from app.settings import Settings
 
@@ -34,6 +35,8 @@ from app.settings import Settings
 # bundle, and more than the last partial page SQLite or DVC leaves when a write fails).
 FULL_BELOW_BYTES: Final = 1 << 20
 OUT_OF_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+LISTING_ID: Final = re.compile(r"md5: ([0-9a-f]{32}\.dir)")
 
 
 @dataclass(frozen=True)
@@ -178,10 +181,37 @@ def explain_pull_failure(output: str, remote: str, url: str | None, work: Path) 
     """The failure a failed ``dvc pull`` into ``work`` is: its output's words, and where they are not specific,
     whether ``work``'s volume is full (SQLite reports a failed write to its WAL as "disk I/O error")."""
     error = classify_pull_failure(output, remote, url=url, model_dir=work)
+    if error.failure == "missing" and (edited := altered_listing(work)) is not None:
+        # the objects are missing because the listing that names them is not the one published
+        return DeliveryError(
+            "mismatch",
+            f"the bundle's listing {edited} in the remote {remote} does not match its hash: the store's copy "
+            f"({object_path(edited, url)}) was replaced, and names objects that were never published",
+            f"the store's copy at {object_path(edited, url)}: delete it, then publish the bundle again",
+        )
     left = free_bytes(work)
     if error.failure == "pull" and left is not None and left < FULL_BELOW_BYTES:
         return out_of_space(work, f"{left} bytes left on its volume; {error.what}")
     return error
+
+
+def altered_listing(work: Path) -> str | None:
+    """The bundle's listing id (``<md5>.dir``, from ``work``'s ``bundle.dvc``) if the remote's copy of it is not
+    what that id hashes to: DVC reads a listing without checking it, and reports the objects an altered listing
+    names as missing. Read through DVC's own remote (its credentials); None when it cannot be read or is intact."""
+    named = LISTING_ID.search((work / f"{BUNDLE_NAME}.dvc").read_text(errors="replace"))
+    if named is None:
+        return None
+    oid = named.group(1)
+    try:
+        from dvc.repo import Repo
+
+        with Repo(os.fspath(work)) as repo:
+            odb = repo.cloud.get_remote_odb()
+            stored: bytes = odb.fs.cat_file(odb.oid_to_path(oid))
+    except Exception:  # unreadable: the pull's own classification stands
+        return None
+    return oid if hashlib.md5(stored, usedforsecurity=False).hexdigest() != oid.removesuffix(".dir") else None
 
 
 def out_of_space_error(exc: BaseException, work: Path) -> bool:

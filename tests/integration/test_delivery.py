@@ -4,6 +4,7 @@ secret) or ``app.delivery`` in-process where the test must act between attempts.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -326,6 +327,25 @@ def test_tampered_blob_is_refused(bundle_dir: Path, s3: S3Server, bucket: str, t
     line = one_error_line(result)
     assert f"is not the requested {dvc_hash}" in line
     assert not (tmp_path / "bundle").exists() and not (tmp_path / ".dvc" / "cache").exists()
+
+
+def test_a_listing_edited_into_another_valid_listing_is_a_mismatch(
+    bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """The bundle's listing replaced in the store by another well-formed listing (of objects that do not exist):
+    the store's listing does not match its hash, which is a mismatch (8), not a missing object (7)."""
+    target = target_for(s3, bucket, "unused", "unused", prefix="edited-listing")
+    dvc_hash, _ = push_bundle(bundle_dir, target)
+    edited = json.dumps([{"md5": "0" * 32, "relpath": "model.skops"}]).encode()
+    s3.client().put_object(Bucket=bucket, Key=blob_key("edited-listing", dvc_hash), Body=edited)
+    env = entrypoint_env(
+        tmp_path, remote_url=target.remote_url, endpoint_url=s3.endpoint_url, MODEL_HASH=dvc_hash, PULL_BACKOFF_S="1"
+    )
+    result = run_entrypoint(env)
+    line = one_error_line(result)
+    assert result.returncode == 8, line
+    assert f"listing {dvc_hash}" in line and "does not match its hash" in line, line
+    assert f"copy at {target.remote_url}/files/md5/{dvc_hash[:2]}/{dvc_hash[2:]}: delete it" in line
 
 
 def test_a_corrupt_listing_is_a_mismatch_at_once(bundle_dir: Path, s3: S3Server, bucket: str, tmp_path: Path) -> None:
