@@ -118,13 +118,11 @@ def _describe_remote(settings: Settings) -> str:
 # The ``dvc pull`` children running now (their process ids): ``stop_pulls`` ends them when the server shuts down.
 _RUNNING: set[int] = set()
 _RUNNING_LOCK = threading.Lock()
-_STOPPED = threading.Event()
 
 
 def stop_pulls() -> None:
-    """End every running ``dvc pull`` child (with its process group) and start no more: the server is shutting
-    down, and a pull for a candidate must not outlive it."""
-    _STOPPED.set()
+    """End every running ``dvc pull`` child (with its process group): the server is shutting down, and a pull for
+    a candidate must not outlive it (its thread, a daemon, ends with the process)."""
     with _RUNNING_LOCK:
         for pid in _RUNNING:
             with contextlib.suppress(ProcessLookupError):
@@ -135,8 +133,6 @@ def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, time
     """One ``dvc pull`` child process, killed (with its process group) when ``timeout`` runs out."""
     if timeout <= 0:
         raise DeliveryError("unreachable", f"no time left to pull from {remote}", "PULL_DEADLINE_S")
-    if _STOPPED.is_set():
-        raise DeliveryError("pull", "the server is shutting down: no pull starts", "nothing (a shutdown)")
     env = {**pull_environment(), "DVC_NO_ANALYTICS": "1", SITE_CACHE_ENV: os.fspath(site_cache_dir(work))}
     # One quick retry inside botocore; the backoff between attempts is ours, bounded by the deadline.
     env.setdefault("AWS_MAX_ATTEMPTS", "2")
