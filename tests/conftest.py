@@ -18,12 +18,19 @@ SMALL_ROWS = 20_000
 SERVICE_FIXTURES = frozenset({"s3", "mlflow_uri"})
 
 
+# Tests that measure latency: they run last, once the suite's other work (and ``.ci/run``'s background image
+# builds, which take both cores for minutes) is done, so they measure the server rather than a busy machine.
+RUN_LAST = ("test_hostile_clients.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs a real service as ``integration``, so ``-m "not integration"`` is the fast loop."""
+    """Mark every test that needs a real service as ``integration``, so ``-m "not integration"`` is the fast loop;
+    move the ``RUN_LAST`` modules' tests to the end."""
     for item in items:
         in_integration = "integration" in item.path.relative_to(Path(__file__).parent).parts
         if in_integration or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: the order is otherwise unchanged
 
 
 @pytest.fixture(scope="session")
