@@ -272,30 +272,27 @@ class RequestContextMiddleware:
         except asyncio.CancelledError:  # DRAIN_TIMEOUT_S passed during shutdown: closed, not failed
             status = 503
             if not responded:
-                body = orjson.dumps({"detail": "the server is shutting down; retry", "request_id": request_id})
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                    (b"retry-after", str(RETRY_AFTER_S).encode()),
-                    header,
-                ]
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                closing = [(b"connection", b"close"), (b"retry-after", str(RETRY_AFTER_S).encode())]
+                await _answer(send, 503, "the server is shutting down; retry", request_id, [*closing, header])
         except Exception:
             _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
             status = 500
             if not responded:
-                body = orjson.dumps({"detail": "internal server error", "request_id": request_id})
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), header]
-                await send({"type": "http.response.start", "status": 500, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await _answer(send, 500, "internal server error", request_id, [header])
         finally:
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe_request(route, scope["method"], status, seconds)
             log_request(route, scope["method"], scope["path"], status, seconds, request_id)
             request_id_var.reset(token)
+
+
+async def _answer(send: Send, status: int, detail: str, request_id: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """A JSON error answer the middleware writes itself (no route answered): ``detail`` and the request id."""
+    body = orjson.dumps({"detail": detail, "request_id": request_id})
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 def log_request(route: str, method: str, path: str, status: int, seconds: float, request_id: str) -> None:

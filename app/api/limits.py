@@ -23,8 +23,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar, Final
 
 import httptools
@@ -35,35 +33,6 @@ from app.admission import RETRY_AFTER_S
 from app.settings import Settings, get_settings
 
 LOG_EVERY_S: Final = 1.0  # refusals of one status are logged at most this often
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """The bounds one worker keeps, from the settings."""
-
-    max_header_bytes: int
-    max_headers: int
-    header_timeout_s: float
-    body_timeout_s: float
-    max_body_bytes: int
-    max_body_bytes_in_flight: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> HttpLimits:
-        return cls(
-            settings.max_header_bytes,
-            settings.max_headers,
-            settings.header_timeout_s,
-            settings.body_timeout_s,
-            settings.max_body_bytes,
-            settings.max_body_bytes_in_flight,
-        )
-
-
-@lru_cache(maxsize=1)
-def process_limits() -> HttpLimits:
-    """This process's limits (the server's settings, as ``app.main`` reads them)."""
-    return HttpLimits.of(get_settings())
 
 
 class Refused(Exception):
@@ -115,7 +84,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = process_limits()
+        self.limits: Settings = get_settings()  # the server's settings, read once per process
         self._awaiting_headers = True  # between a request's first byte (or the connection opening) and its headers
         self._header_bytes = 0
         self._header_count = 0
