@@ -54,29 +54,68 @@ class ConnectionSettings(BaseSettings):
     # An empty variable counts as unset (``BUNDLE_DIR=`` must not mean "serve the working directory").
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True)
 
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server URI for the registry look-up.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking server for the registry look-up (`http(s)://`; `sqlite://` where mlflow is "
+        "installed, as in the quickstart). Checked in full at start: a host, a numeric port, no whitespace, no query; "
+        "a password in it must be percent-encoded (better: `MLFLOW_TRACKING_USERNAME`/`PASSWORD`).",
+        examples=["http://mlflow:5000"],
+    )
     model_name: str = Field(DEFAULT_MODEL_NAME, pattern=NAME, description="Registered model name.")
-    model_alias: str = Field(DEFAULT_ALIAS, pattern=NAME, description="Registry alias to serve.")
-    registry_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one registry request.")
+    model_alias: str = Field(
+        DEFAULT_ALIAS, pattern=NAME, description="Registry alias to serve; promoting a model is moving this alias."
+    )
+    registry_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one registry request, in seconds.")
     # Authentication and TLS: MLflow's own client variables, with its meaning.
-    mlflow_tracking_username: str | None = Field(None, min_length=1, description="MLflow basic-auth user.")
-    mlflow_tracking_password: SecretStr | None = Field(None, description="MLflow basic-auth password (never printed).")
-    mlflow_tracking_token: SecretStr | None = Field(None, description="MLflow bearer token (never printed).")
-    mlflow_tracking_insecure_tls: bool = Field(False, description="Skip the tracking server's TLS certificate check.")
+    mlflow_tracking_username: str | None = Field(
+        None,
+        min_length=1,
+        description="MLflow basic-auth user (with `MLFLOW_TRACKING_PASSWORD`); give the server a read-only user.",
+        examples=["serving-reader"],
+    )
+    mlflow_tracking_password: SecretStr | None = Field(
+        None, description="Its password: never printed; the server keeps it, as `GET /model` reads the registry."
+    )
+    mlflow_tracking_token: SecretStr | None = Field(
+        None, description="A bearer token instead of basic auth (not both)."
+    )
+    mlflow_tracking_insecure_tls: bool = Field(
+        False, description="Skip the check of the tracking server's TLS certificate."
+    )
     mlflow_tracking_server_cert_path: FilePath | None = Field(
-        None, description="CA bundle to check the tracking server's TLS certificate against."
+        None,
+        description="CA bundle to check the tracking server's certificate against (not with "
+        "`MLFLOW_TRACKING_INSECURE_TLS`).",
+        examples=["/etc/ssl/registry-ca.pem"],
     )
     mlflow_tracking_client_cert_path: FilePath | None = Field(
-        None, description="Client certificate and key (PEM) for mutual TLS with the tracking server."
+        None,
+        description="Client certificate and key (PEM) for mutual TLS with the tracking server.",
+        examples=["/etc/ssl/registry-client.pem"],
     )
 
     # DVC remote (credentials come from the standard AWS variables)
-    dvc_remote_url: str | None = Field(None, description="DVC remote: s3://bucket/prefix or an absolute directory.")
-    dvc_remote_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store.")
-    dvc_remote_region: str | None = Field(None, description="Region of the S3 bucket.")
-    aws_access_key_id: SecretStr | None = Field(None, description="S3 access key (never printed).")
-    aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never printed).")
-    aws_session_token: SecretStr | None = Field(None, description="S3 session token (never printed).")
+    dvc_remote_url: str | None = Field(
+        None,
+        description="DVC remote: `s3://bucket/prefix` or an absolute directory path (a directory mounted into the "
+        "container). Credentials in it (`user:password@`) are refused: give them in the `AWS_*` variables.",
+        examples=["s3://models/dvc"],
+    )
+    dvc_remote_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store (MinIO, moto): an `http(s)://` URL, credentials refused as "
+        "in `DVC_REMOTE_URL`; unset for AWS S3.",
+        examples=["http://minio:9000"],
+    )
+    dvc_remote_region: str | None = Field(None, description="Region of the S3 bucket.", examples=["eu-west-1"])
+    aws_access_key_id: SecretStr | None = Field(
+        None,
+        description="S3 access key: read by the S3 client only, never written to the DVC config (`MODEL_DIR/.dvc`, "
+        "private to its owner) or printed, and dropped from the environment before the server starts. The "
+        "`dvc pull` child gets these, never the `MLFLOW_*` variables.",
+    )
+    aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (handled as `AWS_ACCESS_KEY_ID`).")
+    aws_session_token: SecretStr | None = Field(None, description="S3 session token (handled as `AWS_ACCESS_KEY_ID`).")
 
     # The messages below never quote the value: it may hold a password.
     @field_validator("mlflow_tracking_uri")
