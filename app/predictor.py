@@ -27,8 +27,9 @@ starting from the baseline, by a sequential ``np.add.accumulate``.
 
 So the predictions are the same floats, not approximately equal ones. That is checked when the predictor
 is built: it predicts a probe set (the bundle's example and rows drawn across every feature's range) both
-ways and keeps the direct path only if every value is bit-identical; any other model, or any difference,
-uses ``Bundle.predict`` itself.
+ways, whole and in batches of each size at either end of every walk the row count selects (``CHECKED_BATCHES``),
+and keeps the direct path only if every value is bit-identical; any other model, or any difference, uses
+``Bundle.predict`` itself.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ SMALL_BATCH_ROWS: Final = 24
 LAYOUT_BY_ROW: Final = 6
 # Above SMALL_BATCH_ROWS, the trees' values are summed this many trees at a time (one numpy call per block).
 TREES_PER_SUM: Final = 32
+# The batch sizes the load-time check predicts besides the whole probe: the first and last row count of each walk
+# the direct path chooses by row count. One row: Python floats throughout; 2..LAYOUT_BY_ROW: the layout filled row
+# by row, then every tree at once; up to SMALL_BATCH_ROWS: the layout by numpy, every tree at once; above: the
+# binned rows, every block of TREES_PER_SUM trees (the whole probe too). Without the all-at-once walk (``_Forest``
+# unusable) one row and several rows still differ (the reordering). Together at most PROBE_ROWS rows.
+CHECKED_BATCHES: Final = (1, 2, LAYOUT_BY_ROW, LAYOUT_BY_ROW + 1, SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1)
 Matrix = npt.NDArray[np.float64]
 
 
@@ -87,8 +94,15 @@ class Predictor:
         return self._direct(self.bundle.transformer.transform(columns))
 
     def _agrees(self, columns: dict[str, list[Any]]) -> bool:
+        """Whether the direct path predicts ``columns`` as ``Bundle.predict`` does, bit for bit: whole, then in
+        consecutive batches of ``CHECKED_BATCHES``' sizes (the first: the bundle's example alone)."""
         expected = self.bundle.predict(columns)
-        for rows in (slice(None), slice(0, 1), slice(1, 1 + SMALL_BATCH_ROWS)):  # every walk, every shape
+        batches = [slice(None)]
+        start = 0
+        for size in CHECKED_BATCHES:
+            batches.append(slice(start, start + size))
+            start += size
+        for rows in batches:
             part = {name: values[rows] for name, values in columns.items()}
             if not np.array_equal(self.predict_columns(part), expected[rows], equal_nan=True):
                 return False

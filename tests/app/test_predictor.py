@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,16 @@ from sklearn.linear_model import LinearRegression
 
 import app.predictor as predictor_module
 from app.contract.bundle import Bundle, Metadata, load_bundle
-from app.predictor import PROBE_ROWS, SMALL_BATCH_ROWS, Predictor, probe_columns
+from app.predictor import (
+    CHECKED_BATCHES,
+    LAYOUT_BY_ROW,
+    PROBE_ROWS,
+    SMALL_BATCH_ROWS,
+    TREES_PER_SUM,
+    Predictor,
+    _Forest,
+    probe_columns,
+)
 from orchestration.config import load_config
 from orchestration.data import read_data
 from orchestration.pipeline import TrainResult
@@ -290,6 +299,85 @@ def test_a_disagreeing_direct_path_is_dropped(bundle: Bundle, monkeypatch: pytes
     assert careful.direct is False and not careful.bounded(1)
     columns = probe_columns(bundle.metadata, 100, seed=9)
     assert np.array_equal(careful.predict_columns(columns), bundle.predict(columns))
+
+
+# The walks the direct path chooses by row count, each as (fewest, most) rows: one row, the layout filled row by row,
+# the layout by numpy (both walking every tree at once), the binned walk in blocks of TREES_PER_SUM trees.
+WALKS: Final = {
+    "one-row": (1, 1),
+    "layout-by-row": (2, LAYOUT_BY_ROW),
+    "every-tree-at-once": (LAYOUT_BY_ROW + 1, SMALL_BATCH_ROWS),
+    "binned-blocks": (SMALL_BATCH_ROWS + 1, PROBE_ROWS),
+}
+
+
+def test_the_checked_batches_fit_the_probe_and_cover_each_walk_at_both_ends() -> None:
+    assert sum(CHECKED_BATCHES) <= PROBE_ROWS
+    assert {size for low, high in WALKS.values() for size in (low, high)} == {*CHECKED_BATCHES, PROBE_ROWS}
+
+
+@pytest.mark.parametrize("walk", list(WALKS))
+def test_the_load_time_check_catches_a_difference_in_any_one_walk(
+    bundle: Bundle, monkeypatch: pytest.MonkeyPatch, walk: str
+) -> None:
+    """A direct path off by one ulp only for the row counts of one walk is dropped: the check tries them all."""
+    low, high = WALKS[walk]
+    real = predictor_module._direct_path
+
+    def wrong_in_one_walk(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], int] | None:
+        path = real(model, threads)
+        assert path is not None
+        direct, walked_at_once = path
+
+        def predict(features: Matrix) -> Matrix:
+            got = direct(features)
+            return np.nextafter(got, np.inf) if low <= len(features) <= high else got
+
+        return predict, walked_at_once
+
+    monkeypatch.setattr(predictor_module, "_direct_path", wrong_in_one_walk)
+    assert Predictor(bundle).direct is False
+
+
+def test_the_load_time_check_takes_every_walk_of_the_served_bundle(
+    bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the predictor walks one row, several rows laid out row by row and by numpy (every tree at once),
+    and the binned rows through every block of TREES_PER_SUM trees, on the real internals."""
+    from sklearn.ensemble._hist_gradient_boosting import _predictor as compiled
+
+    raw_rows: list[int] = []
+    layout_rows: list[int] = []
+    binned_rows: list[int] = []
+    trees_per_batch: dict[int, int] = {}
+    real_raw, real_layout, real_binned = _Forest.raw, _Forest._layout, compiled._predict_from_binned_data
+
+    def raw(self: _Forest, data: Matrix) -> Matrix:
+        raw_rows.append(len(data))
+        return real_raw(self, data)
+
+    def layout(self: _Forest, data: Matrix) -> Matrix:
+        layout_rows.append(len(data))
+        return real_layout(self, data)
+
+    def binned(*args: Any) -> None:
+        n_rows = args[1].shape[0]
+        binned_rows.append(n_rows)
+        trees_per_batch[n_rows] = trees_per_batch.get(n_rows, 0) + 1
+        real_binned(*args)
+
+    monkeypatch.setattr(_Forest, "raw", raw)
+    monkeypatch.setattr(_Forest, "_layout", layout)
+    monkeypatch.setattr(compiled, "_predict_from_binned_data", binned)
+    built = Predictor(bundle)
+    assert built.direct
+    assert 1 in raw_rows
+    assert any(1 < n <= LAYOUT_BY_ROW for n in raw_rows)
+    assert any(LAYOUT_BY_ROW < n <= SMALL_BATCH_ROWS for n in layout_rows)
+    assert all(n > SMALL_BATCH_ROWS for n in binned_rows) and len(set(binned_rows)) >= 2
+    n_trees = sum(len(iteration) for iteration in bundle.model._predictors)
+    assert n_trees > TREES_PER_SUM  # more than one block, so the blocks' hand-over is checked too
+    assert all(count == n_trees for count in trees_per_batch.values())  # every tree of every block, each batch
 
 
 @pytest.mark.parametrize(
