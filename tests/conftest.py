@@ -18,9 +18,10 @@ SMALL_ROWS = 20_000
 SERVICE_FIXTURES = frozenset({"s3", "mlflow_uri"})
 
 
-# Tests that measure latency: they run last, once the suite's other work (and ``.ci/run``'s background image
-# builds, which take both cores for minutes) is done, so they measure the server rather than a busy machine.
-RUN_LAST = ("test_hostile_clients.py",)
+# Modules run last, in this order: the publish tests, which use the images ``.ci/run``'s background warm-up makes
+# under emulation (its longest part), then the tests that measure latency, once the suite's other work and those
+# builds (both cores for minutes) are done, so they measure the server rather than a busy machine.
+RUN_LAST = ("test_publish.py", "test_hostile_clients.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         in_integration = "integration" in item.path.relative_to(Path(__file__).parent).parts
         if in_integration or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: the order is otherwise unchanged
+    items.sort(key=lambda item: RUN_LAST.index(item.path.name) + 1 if item.path.name in RUN_LAST else 0)  # stable
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 from flight_price import main as module
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from tests.ci.register import main_object_name
 
@@ -84,3 +89,32 @@ def test_the_constructor_loads_the_source_as_the_allowlist(registered: dict[str,
     assert arguments["source"]["defaultPath"] == "/"
     assert arguments["source"]["ignore"] == module.SOURCE_IGNORE
     assert json.loads(arguments["python_image"]["defaultValue"]) == module.PYTHON_IMAGE
+
+
+def test_the_module_lock_pins_the_sdk_the_engine_vendors() -> None:
+    """``ci/uv.lock`` is what ``dagger develop`` writes: the module editable, the SDK editable from ``ci/sdk`` (where
+    the engine vendors it), the SDK's requirements those of the pinned ``dagger-io`` release, each one locked.
+    The engine runs ``uv lock`` then ``uv sync --no-dev`` when a module has a lock, so it pins the SDK's
+    dependencies across runs and a stale lock is brought up to date, not fatal."""
+    lock = tomllib.loads((REPO / "ci" / "uv.lock").read_text())
+    packages = {package["name"]: package for package in lock["package"]}
+    module_name = json.loads((REPO / "dagger.json").read_text())["name"]
+    assert packages[module_name]["source"] == {"editable": "."}
+    assert packages[module_name]["dependencies"] == [{"name": "dagger-io"}]
+    sdk = packages["dagger-io"]
+    assert sdk["source"] == {"editable": "sdk"}
+
+    def normalized(name: str, extras: list[str], specifier: str) -> tuple[str, tuple[str, ...], str]:
+        return canonicalize_name(name), tuple(sorted(extras)), str(SpecifierSet(specifier))
+
+    locked = {
+        normalized(r["name"], r.get("extras", []), r.get("specifier", "")) for r in sdk["metadata"]["requires-dist"]
+    }
+    released = {
+        normalized(r.name, list(r.extras), str(r.specifier))
+        for r in map(Requirement, metadata.requires("dagger-io") or [])
+        if r.marker is None
+    }
+    assert locked == released
+    for dependency in sdk["dependencies"]:
+        assert "version" in packages[dependency["name"]], dependency

@@ -9,7 +9,7 @@ import pytest
 
 from tests.containers.engine import Engine, start, stop
 from tests.containers.replay import Replay
-from tests.containers.warm import module_on_standins
+from tests.containers.warm import module_on_standins, wait_for_warm_up
 
 if TYPE_CHECKING:
     from flight_price.main import FlightPrice
@@ -26,6 +26,7 @@ def engine() -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def replay(engine: Engine) -> Iterator[Replay]:
+    wait_for_warm_up("native")
     with Replay(engine) as replayed:
         yield replayed
     if replayed.differences:

@@ -7,7 +7,9 @@ tests replay the Dagger module's pipelines on it (``tests/containers/replay.py``
     python -m tests.containers.engine stop    # stop the dockerd this script started, and nothing else
     python -m tests.containers.engine status
 
-``start`` prints ``started`` or ``reused`` as its last line, so a caller stops only what it started.
+``start`` installs what the container tests need from Debian (the engine, debootstrap, qemu-user, a registry),
+registers arm64 emulation with ``binfmt_misc``, and prints ``started`` or ``reused`` as its last line, so a caller
+stops only what it started.
 An engine already answering on ``DOCKER_HOST`` (or on our socket) is reused. Ours keeps its data root, exec
 root, socket, pid file and log under ``ENGINE_DIR`` (default ``~/.cache/flight-price/engine``), so the
 stand-in base images and the uv cache volume survive between runs on one machine.
@@ -29,8 +31,19 @@ from typing import Any, Final
 # Debian's client, the same release as its dockerd (a newer client elsewhere on PATH would want BuildKit).
 DOCKER: Final = "/usr/bin/docker"
 DOCKERD: Final = "/usr/sbin/dockerd"
-# What the container tests need from Debian: the engine, and debootstrap for the stand-in base images.
-DEBIAN_PACKAGES: Final = ("docker.io", "debootstrap")
+# What the container tests need from Debian, each with a file it installs: the engine, debootstrap for the
+# stand-in base images, qemu-user for the arm64 ones, and a registry (with htpasswd for its account) to publish to.
+DEBIAN_PACKAGES: Final = {
+    "docker.io": DOCKERD,
+    "debootstrap": "/usr/sbin/debootstrap",
+    "qemu-user-static": "/usr/bin/qemu-aarch64-static",
+    "docker-registry": "/usr/bin/docker-registry",
+    "apache2-utils": "/usr/bin/htpasswd",
+}
+BINFMT: Final = Path("/proc/sys/fs/binfmt_misc")
+# Debian's qemu-user-static ships this rule (fix-binary flag ``F``: the kernel keeps the interpreter open, so it
+# works inside containers too); without systemd nothing loads it.
+QEMU_AARCH64_RULE: Final = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 
@@ -87,12 +100,8 @@ def answers(host: str) -> bool:
 
 
 def install() -> None:
-    """Install Debian's docker.io and debootstrap when missing (needs root and the package archive)."""
-    missing = [
-        p
-        for p, path in zip(DEBIAN_PACKAGES, (DOCKERD, "/usr/sbin/debootstrap"), strict=True)
-        if not Path(path).exists()
-    ]
+    """Install the Debian packages the container tests need when missing (needs root and the package archive)."""
+    missing = [package for package, path in DEBIAN_PACKAGES.items() if not Path(path).exists()]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -110,12 +119,38 @@ def install() -> None:
             )
 
 
+def register_emulation() -> None:
+    """Let arm64 binaries run here: binfmt_misc mounted and qemu-user's aarch64 rule registered (as root)."""
+    if (BINFMT / "qemu-aarch64").exists():
+        if (BINFMT / "qemu-aarch64").read_text().startswith("enabled"):
+            return
+        raise EngineError(f"{BINFMT / 'qemu-aarch64'} is registered but disabled: enable it (echo 1 > it) as root")
+    if os.geteuid() != 0:
+        raise EngineError(
+            "arm64 emulation is not registered and not root: run `python -m tests.containers.engine start` as root"
+        )
+    if not (BINFMT / "register").exists():
+        mounted = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True, check=False
+        )
+        if mounted.returncode != 0:
+            raise EngineError(f"mount -t binfmt_misc failed: {mounted.stderr.strip()}")
+    rule = QEMU_AARCH64_RULE.read_text().strip()
+    try:
+        (BINFMT / "register").write_text(rule)
+    except OSError as error:
+        raise EngineError(f"registering {QEMU_AARCH64_RULE} with binfmt_misc failed: {error}") from None
+    print("engine: arm64 binaries run through qemu-user (binfmt_misc)", file=sys.stderr)
+
+
 def start() -> Engine:
-    """Reuse a dockerd that answers, else install and start ours; wait until it answers."""
+    """Reuse a dockerd that answers, else install and start ours; wait until it answers. Either way, the Debian
+    packages the tests use are installed and arm64 emulation registered."""
+    install()
+    register_emulation()
     for host in (os.environ.get("DOCKER_HOST", ""), own_socket()):
         if host and answers(host):
             return Engine(host, started=False)
-    install()
     if os.geteuid() != 0:
         raise EngineError("dockerd must be started as root")
     root = engine_dir()

@@ -44,17 +44,27 @@ import tarfile
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from dagger.client._core import Field
+from dagger.client._core import Context, Field
 from dagger.client.base import Type
 
 from tests.containers.context import uploaded
 from tests.containers.engine import DOCKER, Engine, engine_dir
+from tests.containers.registry import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    RegistryClient,
+    RegistryError,
+    sha256_digest,
+)
 from tests.services import LOOPBACK
 
 STEP_REPOSITORY: Final = "flight-price-replay/step"
@@ -142,6 +152,16 @@ class State:
     services: tuple[tuple[str, Service], ...] = ()  # alias, service
     secrets: tuple[tuple[str, str], ...] = ()  # variable, secret name
     stdout: str = ""
+    platform: str = ""  # os/arch of its file system; "" until from() sets it
+    registry_auth: tuple[tuple[str, str, str], ...] = ()  # registry host, username, secret name
+
+
+@dataclass(frozen=True)
+class Unstarted:
+    """``dag.container(platform=...)`` before its ``from``: the platform its base is resolved for."""
+
+    platform: str
+    registry_auth: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,9 +223,20 @@ def allowed(step: Field, *names: str) -> None:
 class Replay:
     """Performs a module's lazy pipelines on ``engine``; use as a context manager (``close`` cleans up)."""
 
-    def __init__(self, engine: Engine, *, log: Any = sys.stderr, prune: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        log: Any = sys.stderr,
+        prune: bool = True,
+        variants: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self.engine = engine
         self.prune = prune
+        # (address, platform) -> the local image standing for that platform's variant of ``address``: Dagger
+        # resolves ``from`` in a registry's index per platform, and dockerd 20.10 keeps one image per tag
+        self.variants: dict[tuple[str, str], str] = dict(variants or {})
+        self.native = ""
         self.log = log
         self.secrets: dict[str, str] = {}
         self.memo: dict[str, Any] = {}
@@ -269,9 +300,12 @@ class Replay:
 
         With ``fresh``, its last step is performed again even if cached (a check that must run now).
         """
+        return self.evaluate_selections(list(obj._ctx.selections), fresh=fresh)
+
+    def evaluate_selections(self, selections: list[Field], *, fresh: bool = False) -> Any:
+        """The value of the object ``selections`` select (see ``evaluate``)."""
         value: Any = None
         key = ""
-        selections = list(obj._ctx.selections)
         for position, step in enumerate(selections):
             key = digest(key, self.step_key(step))
             if fresh and position == len(selections) - 1:
@@ -296,16 +330,17 @@ class Replay:
                 return digest(value)  # the plaintext never enters a key or a message
             return str(value)
 
-        return [step.type_name, step.name, sorted((k, arg(v)) for k, v in step.args.items())]
+        args = dict(step.args)
+        if (step.type_name, step.name) == ("Query", "container"):  # as the engine: no platform is its own
+            args["platform"] = args.get("platform") or self.platform()
+        return [step.type_name, step.name, sorted((k, arg(v)) for k, v in args.items())]
 
     def apply(self, value: Any, step: Field, key: str) -> Any:
         name = f"{step.type_name}.{step.name}"
         a = step.args
         if name == "Query.container":
             allowed(step, "platform")
-            if a.get("platform") not in (None, self.platform()):
-                raise ReplayError(f"{describe(step)}: the engine builds {self.platform()} only")
-            return None
+            return Unstarted(str(a.get("platform") or self.platform()))
         if name == "Query.host":
             allowed(step)
             return "host"
@@ -334,12 +369,22 @@ class Replay:
             return SubTree(tree, path, digest(base.digest, a["path"]))
         if step.type_name != "Container":
             raise ReplayError(f"{describe(step)}: the replay does not know this selection")
-        state: State | None = value
         if name == "Container.from":
             allowed(step, "address")
-            return self.from_image(a["address"])
-        if state is None:
+            if not isinstance(value, Unstarted):
+                raise ReplayError(f"{describe(step)} on a container that has a base already")
+            return replace(self.from_image(a["address"], value.platform), registry_auth=value.registry_auth)
+        if name == "Container.withRegistryAuth":  # also on a container with no base: a publisher of variants
+            allowed(step, "address", "username", "secret")
+            auth = (*value.registry_auth, (a["address"], a["username"], self.evaluate(a["secret"])))
+            return (
+                replace(value, registry_auth=auth, key=key)
+                if isinstance(value, State)
+                else replace(value, registry_auth=auth)
+            )
+        if not isinstance(value, State):
             raise ReplayError(f"{describe(step)} before from(): the replay builds only from an image")
+        state: State = value
         config = state.config
         if name == "Container.withExec":
             allowed(step, "args")
@@ -419,8 +464,11 @@ class Replay:
     # -- steps ------------------------------------------------------------------------------------------------
 
     def platform(self) -> str:
-        info = json.loads(self.docker("version", "--format", "{{json .Server}}"))
-        return f"{info['Os']}/{info['Arch']}"
+        """The engine's own platform (what ``dag.container()`` without a platform builds for)."""
+        if not self.native:
+            info = json.loads(self.docker("version", "--format", "{{json .Server}}"))
+            self.native = f"{info['Os']}/{info['Arch']}"
+        return self.native
 
     @staticmethod
     def absolute(config: Config, path: str) -> str:
@@ -441,10 +489,19 @@ class Replay:
                 hasher.update(path.read_bytes())
         return hasher.hexdigest()
 
-    def from_image(self, address: str) -> State:
-        info = self.engine.image(address)
+    def from_image(self, address: str, platform: str) -> State:
+        """``address`` for ``platform``: the image itself on the engine's own platform, else its registered variant,
+        else the image itself if it is of that platform (an image pulled by its platform's digest)."""
+        local = address if platform == self.platform() else self.variants.get((address, platform), address)
+        info = self.engine.image(local)
         if info is None:
             raise ReplayError(f"from({address!r}): no such image on the engine, and nothing can be pulled here")
+        found = f"{info.get('Os', 'linux')}/{info.get('Architecture', '')}"
+        if platform != self.platform() and found != platform:
+            raise ReplayError(
+                f"from({address!r}) for {platform}: the engine has it for {found} only (no {platform} variant "
+                "registered: tests/containers/standins.py makes them)"
+            )
         c = info["Config"] or {}
         check = c.get("Healthcheck")
         healthcheck = None
@@ -471,7 +528,7 @@ class Replay:
             labels=tuple((c.get("Labels") or {}).items()),
             healthcheck=healthcheck,
         )
-        return State(image=info["Id"], key=digest("from", info["Id"]), config=config)
+        return State(image=info["Id"], key=digest("from", info["Id"]), config=config, platform=platform)
 
     def cached(self, key: str) -> tuple[str, str] | None:
         """The image and stdout of a step this engine already performed."""
@@ -695,11 +752,112 @@ class Replay:
         self.used_steps.add(key[:40])
         return str(self.inspect(tag)["Id"])
 
+    # -- the engine's leaves: what an awaited SDK call returns --------------------------------------------------
+
+    @contextmanager
+    def as_engine(self) -> Iterator[None]:
+        """The SDK's queries answered by this replay while the block runs, so the module's own async functions
+        (``publish``, ``run_tests``) run as on an engine: ``stdout`` and ``publish`` are performed, any other
+        leaf raises ``ReplayError``."""
+
+        async def execute(ctx: Context, return_type: Any = None) -> Any:
+            *selections, last = list(ctx.selections)
+            if f"{last.type_name}.{last.name}" == "Container.stdout":
+                allowed(last)
+                return self.stdout_of(self.evaluate_selections(selections))
+            if f"{last.type_name}.{last.name}" == "Container.publish":
+                allowed(last, "address", "platformVariants", "mediaTypes")
+                if last.args.get("mediaTypes", "OCIMediaTypes") != "OCIMediaTypes":
+                    raise ReplayError(f"{describe(last)}: the replay pushes OCI media types only")
+                publisher = self.evaluate_selections(selections)
+                return self.publish(publisher, str(last.args["address"]), list(last.args.get("platformVariants", ())))
+            raise ReplayError(f"{describe(last)}: the replay does not perform this call")
+
+        original = Context.execute
+        Context.execute = execute  # type: ignore[method-assign, assignment]
+        try:
+            yield
+        finally:
+            Context.execute = original  # type: ignore[method-assign]
+
+    def publish(self, publisher: State | Unstarted, address: str, variants: list[Type]) -> str:
+        """Dagger's ``publish``: each variant's image (else the publisher's own) pushed to the registry ``address``
+        names with the publisher's ``withRegistryAuth`` credentials, as one OCI index when there are variants;
+        returns ``address@digest``. The credentials are tried before anything is pushed."""
+        host, repository, tag = split_reference(address)
+        matching = [(user, secret) for registry, user, secret in publisher.registry_auth if registry == host]
+        if not matching:
+            raise ReplayError(f"publish({address!r}): no withRegistryAuth for {host} (the replay pushes with one)")
+        username, secret = matching[-1]
+        client = RegistryClient(host, username, self.secrets[secret])
+        try:
+            client.ping()
+        except RegistryError as error:
+            raise ReplayError(f"publish({address!r}): {error}; nothing was pushed") from None
+        states: list[State] = []
+        for variant in [self.evaluate(variant) for variant in variants] if variants else [publisher]:
+            if not isinstance(variant, State):
+                raise ReplayError(f"publish({address!r}): a platform variant is not a container with a base image")
+            states.append(variant)
+        platforms = [state.platform for state in states]
+        if len(set(platforms)) != len(platforms):
+            raise ReplayError(f"publish({address!r}): two variants for one platform ({platforms})")
+        started = time.monotonic()
+        pushed = [self.push_image(client, repository, self.finish(state), state.platform) for state in states]
+        if variants:
+            index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": pushed}
+            published, _ = client.put_manifest(repository, index, tag)
+        else:
+            published, _ = client.put_manifest(repository, client.manifest(repository, pushed[0]["digest"])[1], tag)
+        print(f"replay: published {address} for {', '.join(platforms)} ({time.monotonic() - started:.0f} s)",
+              file=self.log, flush=True)  # fmt: skip
+        return f"{address}@{published}"
+
+    def push_image(self, client: RegistryClient, repository: str, image: str, platform: str) -> dict[str, Any]:
+        """``image`` pushed as an OCI manifest of ``platform`` (its layers gzip-compressed, as Dagger's default);
+        the index entry for it. The configuration names ``platform``: the architecture the steps ran as."""
+        os_name, _, arch = platform.partition("/")
+        with tempfile.TemporaryDirectory(prefix="replay-publish-") as work:
+            saved = subprocess.Popen([DOCKER, "save", image], env=self.engine.env(), stdout=subprocess.PIPE)
+            assert saved.stdout is not None
+            with tarfile.open(fileobj=saved.stdout, mode="r|") as archive:
+                archive.extractall(work, filter="tar")
+            if saved.wait() != 0:
+                raise ReplayError(f"docker save {image[:19]} failed")
+            [saved_manifest] = json.loads((Path(work) / "manifest.json").read_text())
+            config = json.loads((Path(work) / saved_manifest["Config"]).read_text())
+            config.update(os=os_name, architecture=arch)
+            layers = []
+            for layer in saved_manifest["Layers"]:
+                compressed = Path(work) / "layer.tar.gz"
+                blob, size = gzip_file(Path(work) / layer, compressed)
+                with compressed.open("rb") as data:
+                    client.push_blob(repository, blob, data, size)
+                layers.append({"mediaType": OCI_LAYER_GZIP, "digest": blob, "size": size})
+        config_bytes = json.dumps(config, separators=(",", ":")).encode()
+        client.push_blob(repository, sha256_digest(config_bytes), config_bytes, len(config_bytes))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config_bytes), "size": len(config_bytes)},
+            "layers": layers,
+        }
+        manifest_digest, size = client.put_manifest(repository, manifest)
+        return {
+            "mediaType": OCI_MANIFEST,
+            "digest": manifest_digest,
+            "size": size,
+            "platform": {"architecture": arch, "os": os_name},
+        }
+
     def stdout(self, container: Type, *, fresh: bool = False) -> str:
         """The last exec's stdout of ``container`` (running every step it needs; the last one again if ``fresh``)."""
-        state = self.evaluate(container, fresh=fresh)
+        return self.stdout_of(self.evaluate(container, fresh=fresh))
+
+    @staticmethod
+    def stdout_of(state: Any) -> str:
         if not isinstance(state, State):
-            raise ReplayError(f"{container!r} is not a container")
+            raise ReplayError(f"{state!r} is not a container")
         return state.stdout
 
     @contextmanager
@@ -861,6 +1019,33 @@ class Replay:
             [DOCKER, "logs", "--tail", tail, name], env=self.engine.env(), capture_output=True, check=False
         )
         return (result.stdout + result.stderr).decode(errors="replace")
+
+
+def split_reference(address: str) -> tuple[str, str, str]:
+    """An image reference's registry host, repository and tag (``latest`` when none), as Docker reads them."""
+    name, _, digest_part = address.partition("@")
+    if digest_part:
+        raise ReplayError(f"{address!r}: publish takes a tag, not a digest")
+    last = name.rsplit("/", 1)[-1]
+    repository, tag = name.rsplit(":", 1) if ":" in last else (name, "latest")
+    host, _, path = repository.partition("/")
+    if not path or not ("." in host or ":" in host or host == "localhost"):
+        raise ReplayError(f"{address!r}: the replay pushes only to a registry named by host (127.0.0.1:PORT/...)")
+    return host, path, tag
+
+
+def gzip_file(source: Path, target: Path, level: int = 1) -> tuple[str, int]:
+    """``source`` gzip-compressed into ``target``; the compressed blob's digest and size."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    with source.open("rb") as data, target.open("wb") as out:
+        while chunk := data.read(1 << 22):
+            out.write(compressor.compress(chunk))
+        out.write(compressor.flush())
+    hasher = hashlib.sha256()
+    with target.open("rb") as written:
+        while chunk := written.read(1 << 22):
+            hasher.update(chunk)
+    return f"sha256:{hasher.hexdigest()}", target.stat().st_size
 
 
 def env_of(inspected: Mapping[str, Any]) -> dict[str, str]:

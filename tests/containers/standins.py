@@ -17,19 +17,23 @@ and later runs reuse it; a changed recipe builds a new one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import io
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from tests.containers.engine import DOCKER, Engine, EngineError
+from tests.containers.engine import DOCKER, Engine, EngineError, engine_dir
 from tests.services import BIN
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -45,7 +49,12 @@ STANDIN_ENV: Final[dict[str, str]] = {
     "SSL_CERT_FILE": CA_BUNDLE_IN_IMAGE,  # uv's own root store lacks the machine's interception CA
 }
 # Bump when the recipe below changes in a way the hash inputs do not show.
-RECIPE_VERSION: Final = "1"
+RECIPE_VERSION: Final = "2"
+# The machine's platform, and the architectures the stand-ins are made for (the module's PLATFORMS).
+ARCHITECTURES: Final = {"x86_64": "amd64", "aarch64": "arm64"}
+NATIVE_PLATFORM: Final = f"linux/{ARCHITECTURES.get(os.uname().machine, os.uname().machine)}"
+PLATFORMS_MADE: Final = ("linux/amd64", "linux/arm64")
+WHEEL_ARCH: Final = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
@@ -86,53 +95,100 @@ def docker(engine: Engine, *args: str, stdin: bytes | None = None) -> str:
     return result.stdout.decode().strip()
 
 
-def import_tree(engine: Engine, root: Path, tag: str, env: dict[str, str], cmd: list[str] | None) -> None:
-    """``docker import`` the tree under ``root`` as ``tag``, with its environment and command."""
-    changes = [f'ENV {name}="{value}"' for name, value in env.items()]
-    if cmd is not None:
-        changes.append("CMD " + "[" + ", ".join(f'"{arg}"' for arg in cmd) + "]")
-    tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    assert tar.stdout is not None
-    result = subprocess.run(
-        [DOCKER, "import", *(f"--change={change}" for change in changes), "-", tag],
-        env=engine.env(),
-        stdin=tar.stdout,
-        capture_output=True,
-        check=False,
-    )
-    tar.stdout.close()
-    if tar.wait() != 0 or result.returncode != 0:
-        raise EngineError(f"docker import {tag} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+@contextmanager
+def building(engine: Engine, tag: str) -> Iterator[bool]:
+    """Whether ``tag`` is still to be made, holding this machine's lock on it meanwhile: the warm-up and a test
+    may want the same stand-in at once, and the second then waits and finds it made."""
+    if engine.image(tag) is not None:
+        yield False
+        return
+    lock = engine_dir() / "standin-locks" / hashlib.sha256(tag.encode()).hexdigest()[:16]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield engine.image(tag) is None
 
 
-def python_standin(engine: Engine) -> str:
-    """The stand-in for ``python:3.12-slim`` (built once per recipe); its tag."""
+def arch_of(platform: str) -> str:
+    """The architecture of an OCI platform (``linux/arm64`` -> ``arm64``); only Linux platforms are made here."""
+    os_name, _, arch = platform.partition("/")
+    if os_name != "linux" or arch not in WHEEL_ARCH:
+        raise EngineError(f"platform {platform!r}: the stand-ins are made for {', '.join(PLATFORMS_MADE)} only")
+    return arch
+
+
+def load_tree(engine: Engine, root: Path, tag: str, env: dict[str, str], cmd: list[str] | None, platform: str) -> None:
+    """``docker load`` the tree under ``root`` as ``tag``: one layer, an image configuration naming ``platform``
+    (``docker import`` of dockerd 20.10 would record the engine's architecture whatever the files are)."""
+    with tempfile.TemporaryDirectory(prefix="standin-load-") as work:
+        layer = Path(work) / "layer.tar"
+        subprocess.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(layer), "."], check=True)
+        hasher = hashlib.sha256()
+        with layer.open("rb") as data:
+            while chunk := data.read(1 << 20):
+                hasher.update(chunk)
+        config: dict[str, object] = {
+            "architecture": arch_of(platform),
+            "os": "linux",
+            "config": {"Env": [f"{name}={value}" for name, value in env.items()], **({"Cmd": cmd} if cmd else {})},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hasher.hexdigest()}"]},
+            "history": [{"created_by": f"tests/containers/standins.py ({platform})"}],
+        }
+        config_json = json.dumps(config).encode()
+        config_name = f"{hashlib.sha256(config_json).hexdigest()}.json"
+        (Path(work) / config_name).write_bytes(config_json)
+        manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": ["layer.tar"]}]
+        (Path(work) / "manifest.json").write_text(json.dumps(manifest))
+        bundle = Path(work) / "image.tar"
+        subprocess.run(["tar", "-C", work, "-cf", str(bundle), "manifest.json", config_name, "layer.tar"], check=True)
+        with bundle.open("rb") as stream:
+            result = subprocess.run(
+                [DOCKER, "load", "--quiet"], env=engine.env(), stdin=stream, capture_output=True, check=False
+            )
+    if result.returncode != 0:
+        raise EngineError(f"docker load {tag} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+
+
+def python_standin(engine: Engine, platform: str = NATIVE_PLATFORM) -> str:
+    """The stand-in for ``python:3.11-slim`` on ``platform`` (built once per recipe); its tag.
+
+    Another architecture than the machine's is made under qemu-user (``tests/containers/engine.py`` registers it):
+    debootstrap runs the packages' scripts emulated, a few minutes."""
+    arch = arch_of(platform)
     mirror, ca_bundle = debian_mirror(), host_ca_bundle()
     recipe = hashlib.sha256(
-        "\n".join([RECIPE_VERSION, SUITE, mirror, *PACKAGES, *(f"{k}={v}" for k, v in STANDIN_ENV.items())]).encode()
+        "\n".join(
+            [RECIPE_VERSION, SUITE, arch, mirror, *PACKAGES, *(f"{k}={v}" for k, v in STANDIN_ENV.items())]
+        ).encode()
         + ca_bundle.read_bytes()
     ).hexdigest()[:12]
-    tag = f"{PYTHON_STANDIN}:{recipe}"
-    if engine.image(tag) is not None:
-        return tag
-    if shutil.which("debootstrap") is None:
-        raise EngineError("debootstrap is missing: `python -m tests.containers.engine start` installs it")
-    print(f"standins: debootstrap {SUITE} minbase from {mirror} (about a minute)", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="standin-python-") as work:
-        root = Path(work) / "rootfs"
-        command = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root), mirror]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise EngineError(f"debootstrap failed ({result.returncode}):\n{result.stdout[-3000:]}")
-        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for entry in (root / cache).glob("*"):
-                if entry.is_file():
-                    entry.unlink()
-        shutil.copyfile(ca_bundle, root / CA_BUNDLE_IN_IMAGE.lstrip("/"))
-        for name in ("python", "python3"):
-            (root / "usr/local/bin" / name).symlink_to("/usr/bin/python3")
-        import_tree(engine, root, tag, STANDIN_ENV, ["python3"])
-    print(f"standins: {tag} built", file=sys.stderr)
+    tag = f"{PYTHON_STANDIN}:{arch}-{recipe}"
+    with building(engine, tag) as needed:
+        if not needed:
+            return tag
+        if shutil.which("debootstrap") is None:
+            raise EngineError("debootstrap is missing: `python -m tests.containers.engine start` installs it")
+        emulated = "" if platform == NATIVE_PLATFORM else ", emulated: minutes"
+        print(f"standins: debootstrap {SUITE} minbase for {arch} from {mirror}{emulated}", file=sys.stderr)
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="standin-python-") as work:
+            root = Path(work) / "rootfs"
+            command = [
+                "debootstrap", f"--arch={arch}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                SUITE, str(root), mirror,
+            ]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise EngineError(f"debootstrap failed ({result.returncode}):\n{result.stdout[-3000:]}")
+            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for entry in (root / cache).glob("*"):
+                    if entry.is_file():
+                        entry.unlink()
+            shutil.copyfile(ca_bundle, root / CA_BUNDLE_IN_IMAGE.lstrip("/"))
+            for name in ("python", "python3"):
+                (root / "usr/local/bin" / name).symlink_to("/usr/bin/python3")
+            load_tree(engine, root, tag, STANDIN_ENV, ["python3"], platform)
+        print(f"standins: {tag} built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     return tag
 
 
@@ -141,23 +197,53 @@ def locked_uv_version() -> str:
     return next(str(p["version"]) for p in lock["package"] if p["name"] == "uv")
 
 
-def uv_standin(engine: Engine) -> str:
-    """The stand-in for the uv image: ``/uv`` only, the locked version; its tag."""
+def uv_binary(platform: str) -> bytes:
+    """The locked uv's binary for ``platform``: the project environment's own, or the wheel's from PyPI."""
     binary = BIN / "uv"
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
     if version != locked_uv_version():
         raise EngineError(f"{binary} is uv {version}, the lock has {locked_uv_version()}: run `uv sync --frozen`")
-    data = binary.read_bytes()
-    tag = f"{UV_STANDIN}:{version}-{hashlib.sha256(data).hexdigest()[:12]}"
-    if engine.image(tag) is not None:
-        return tag
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        entry = tarfile.TarInfo("uv")
-        entry.size, entry.mode = len(data), 0o755
-        tar.addfile(entry, io.BytesIO(data))
-    docker(engine, "import", "-", tag, stdin=archive.getvalue())
+    if platform == NATIVE_PLATFORM:
+        return binary.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="standin-uv-") as target:
+        command = [
+            str(binary), "pip", "install", "--quiet", "--no-deps", "--target", target,
+            "--python-platform", f"{WHEEL_ARCH[arch_of(platform)]}-manylinux_2_28", "--python-version", "3.11",
+            f"uv=={version}",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise EngineError(f"the uv {version} wheel for {platform} failed to install:\n{result.stderr[-2000:]}")
+        return (Path(target) / "bin" / "uv").read_bytes()
+
+
+def uv_standin(engine: Engine, platform: str = NATIVE_PLATFORM) -> str:
+    """The stand-in for the uv image on ``platform``: ``/uv`` only, the locked version; its tag."""
+    data = uv_binary(platform)
+    tag = f"{UV_STANDIN}:{locked_uv_version()}-{arch_of(platform)}-{hashlib.sha256(data).hexdigest()[:12]}"
+    with building(engine, tag) as needed:
+        if not needed:
+            return tag
+        with tempfile.TemporaryDirectory(prefix="standin-uv-") as work:
+            (Path(work) / "uv").write_bytes(data)
+            (Path(work) / "uv").chmod(0o755)
+            load_tree(engine, Path(work), tag, {}, None, platform)
     return tag
+
+
+def standin_variants(engine: Engine, *, airflow_version: str | None = None) -> dict[tuple[str, str], str]:
+    """Each base the module pulls, per platform of ``platforms``: (native stand-in tag, platform) -> its variant's
+    tag, for ``Replay(variants=...)`` (Dagger resolves ``from`` per platform; dockerd 20.10 keeps one image a tag).
+    The non-native variants are made under emulation (minutes the first time)."""
+    variants: dict[tuple[str, str], str] = {}
+    for platform in PLATFORMS_MADE:
+        variants[(python_standin(engine), platform)] = python_standin(engine, platform)
+        variants[(uv_standin(engine), platform)] = uv_standin(engine, platform)
+        if airflow_version is not None:
+            variants[(airflow_standin(engine, airflow_version), platform)] = airflow_standin(
+                engine, airflow_version, platform
+            )
+    return variants
 
 
 # --- the compose stack's images ----------------------------------------------------------------------------------
@@ -197,23 +283,24 @@ def built_image(engine: Engine, repository: str, dockerfile: str, files: dict[st
     for name in sorted(files):
         recipe.update(name.encode() + b"\0" + files[name])
     tag = f"{repository}:{recipe.hexdigest()[:12]}"
-    if engine.image(tag) is not None:
-        return tag
-    print(f"standins: building {repository} (minutes: packages from Debian and PyPI)", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="standin-build-") as context:
-        for name, data in {**files, "Dockerfile": dockerfile.encode()}.items():
-            (Path(context) / name).write_bytes(data)
-        result = subprocess.run(
-            [DOCKER, "build", "--quiet", "--tag", tag, context], env=engine.env(), capture_output=True, check=False
-        )
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode(errors="replace")
-        raise EngineError(f"docker build of {repository} failed:\n{output[-4000:]}")
-    print(f"standins: {tag} built", file=sys.stderr)
+    with building(engine, tag) as needed:
+        if not needed:
+            return tag
+        print(f"standins: building {repository} (minutes: packages from Debian and PyPI)", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="standin-build-") as context:
+            for name, data in {**files, "Dockerfile": dockerfile.encode()}.items():
+                (Path(context) / name).write_bytes(data)
+            result = subprocess.run(
+                [DOCKER, "build", "--quiet", "--tag", tag, context], env=engine.env(), capture_output=True, check=False
+            )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            raise EngineError(f"docker build of {repository} failed:\n{output[-4000:]}")
+        print(f"standins: {tag} built", file=sys.stderr)
     return tag
 
 
-def airflow_standin(engine: Engine, airflow_version: str) -> str:
+def airflow_standin(engine: Engine, airflow_version: str, platform: str = NATIVE_PLATFORM) -> str:
     """A stand-in for ``apache/airflow:<version>-python3.11``, made the way that image is made; its tag.
 
     The official image: its Python, a virtualenv owned by the ``airflow`` user (uid 50000, gid 0) at
@@ -230,7 +317,7 @@ def airflow_standin(engine: Engine, airflow_version: str) -> str:
     if "apache-airflow" not in packages or f"apache-airflow=={airflow_version}" not in locked_constraints().decode():
         raise EngineError(f"the lock does not pin apache-airflow=={airflow_version}: the module and the lock disagree")
     dockerfile = f"""\
-FROM {python_standin(engine)}
+FROM {python_standin(engine, platform)}
 RUN {APT_INSTALL.format(packages="curl dumb-init libpq5 procps")}
 RUN useradd --uid {AIRFLOW_UID} --gid 0 --home-dir /home/airflow --create-home --shell /bin/bash airflow \\
  && mkdir -p {AIRFLOW_HOME}/logs {AIRFLOW_HOME}/dags \\
@@ -256,7 +343,7 @@ ENTRYPOINT ["/usr/bin/dumb-init", "--", "/entrypoint"]
 CMD []
 """
     files = {
-        "uv": (BIN / "uv").read_bytes(),
+        "uv": uv_binary(platform),
         "constraints.txt": locked_constraints(),
         "entrypoint": (STANDIN_FILES / "airflow-entrypoint.sh").read_bytes(),
     }

@@ -10,24 +10,34 @@ done; they run every check themselves (the smoke checker and ``checks()`` among 
 
 from __future__ import annotations
 
+import fcntl
 import sys
 import time
 import typing
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from dagger import Ignore, dag
 
-from tests.containers.engine import Engine, EngineError, start
+from tests.containers.engine import Engine, EngineError, engine_dir, start
 from tests.containers.replay import Replay, ReplayError
-from tests.containers.standins import airflow_standin, postgres_standin, python_standin, s3_standin, uv_standin
+from tests.containers.standins import (
+    airflow_standin,
+    postgres_standin,
+    python_standin,
+    s3_standin,
+    standin_variants,
+    uv_standin,
+)
 
 REPO: Final = Path(__file__).resolve().parents[2]
 MODULE_SOURCE: Final = REPO / "ci" / "src"
 if str(MODULE_SOURCE) not in sys.path:
     sys.path.insert(0, str(MODULE_SOURCE))
 
-from flight_price.main import AIRFLOW_VERSION, FlightPrice  # noqa: E402 (the module's source is on the path above)
+from flight_price.main import AIRFLOW_VERSION, PLATFORMS, FlightPrice  # noqa: E402 (the module's source is on the path above)
 
 
 def source_ignore() -> list[str]:
@@ -49,19 +59,62 @@ def module_on_standins(engine: Engine, *, airflow: bool = False) -> FlightPrice:
     return module_object
 
 
+def phase_lock(phase: str) -> Path:
+    """The lock of one phase of the warm-up: ``native`` (what most container tests use) or ``emulated`` (the
+    other platforms' images, which only the publish tests use)."""
+    return engine_dir() / f"warm-{phase}.lock"
+
+
+@contextmanager
+def warming(phase: str) -> Iterator[None]:
+    """Hold ``phase``'s lock while its images are made, so the tests that need them wait instead of making them
+    a second time beside the warm-up."""
+    lock = phase_lock(phase)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+def wait_for_warm_up(phase: str) -> None:
+    """Return once a running warm-up has made ``phase``'s images (at once when none runs)."""
+    lock = phase_lock(phase)
+    if not lock.exists():
+        return
+    with lock.open() as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"\nwaiting for the warm-up's {phase} images ({lock})", file=sys.stderr, flush=True)
+            fcntl.flock(held, fcntl.LOCK_SH)
+
+
 def main() -> int:
     started = time.monotonic()
     try:
         engine = start()
-        flight_price = module_on_standins(engine)
-        with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
-            replay.image(flight_price.build())
-            replay.evaluate(flight_price.seed())
-            # the compose stack's images: the Airflow image on its stand-in base, and the other services' stand-ins
-            replay.image(module_on_standins(engine, airflow=True).airflow())
-            postgres_standin(engine)
-            s3_standin(engine)
-            # not checks(): its unit tests would run beside the host's, and timing-sensitive ones fail under that load
+        native, emulated = ExitStack(), ExitStack()
+        with emulated, native:
+            native.enter_context(warming("native"))
+            emulated.enter_context(warming("emulated"))
+            flight_price = module_on_standins(engine)
+            with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
+                replay.image(flight_price.build())
+                replay.evaluate(flight_price.seed())
+                # the compose stack's images: the Airflow image on its stand-in base, and the other stand-ins
+                replay.image(module_on_standins(engine, airflow=True).airflow())
+                postgres_standin(engine)
+                s3_standin(engine)
+                # not checks(): its unit tests would run beside the host's, and timing-sensitive ones fail then
+            native.close()
+            print(f"warm: the native images are built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+            # what publish() pushes: both images for every platform, the other ones made under emulation
+            variants = standin_variants(engine, airflow_version=AIRFLOW_VERSION)
+            with Replay(engine, prune=False, variants=variants) as replay:
+                with_airflow = module_on_standins(engine, airflow=True)
+                for platform in PLATFORMS:
+                    replay.image(with_airflow.build(platform))
+                    replay.image(with_airflow.airflow(platform))
     except (EngineError, ReplayError) as error:
         print(f"warm: {error}", file=sys.stderr)
         return 1

@@ -144,6 +144,7 @@ SOURCE_IGNORE: Final = [
     "!tests/",
     "!bench/",
     "!ci/src/",
+    "!ci/uv.lock",  # a unit test checks the module's lock
     "!deploy/",
     "!docs/",
     "!pyproject.toml",
