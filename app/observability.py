@@ -14,13 +14,10 @@ and histograms summed; the queue depth summed over live workers; ``model_ready``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import logging.config
 import os
-import re
-import secrets
 import time
 import traceback
 from contextvars import ContextVar
@@ -29,18 +26,11 @@ from typing import Any, Final
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from app.admission import RETRY_AFTER_S
 
 LOGGER_NAME: Final = "app"
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
-CLIENT_CLOSED: Final = 499  # the status logged and counted for a request whose client disconnected (nginx's)
 # The id of the request the current task is serving ("-" outside a request).
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-# A client's X-Request-ID is kept only if it is short and harmless in a log line; otherwise one is made.
-REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes are logged at debug level, so they do not drown the request log (a probe's 503 says what
 # the loader already logged).
 QUIET_ROUTES: Final = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -239,62 +229,6 @@ class ServerMetrics:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-class RequestContextMiddleware:
-    """Pure ASGI middleware: request id (``X-Request-ID`` honoured or made, and returned), one log line and
-    the metrics per request, and a JSON 500 carrying the request id (never internals) for unhandled errors."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = _incoming_request_id(scope) or secrets.token_hex(16)
-        token = request_id_var.set(request_id)
-        header = (b"x-request-id", request_id.encode())
-        status = 500
-        responded = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, responded
-            if message["type"] == "http.response.start":
-                status, responded = message["status"], True
-                message = {**message, "headers": [*message.get("headers", ()), header]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing went wrong here
-            status = CLIENT_CLOSED
-        except asyncio.CancelledError:  # DRAIN_TIMEOUT_S passed during shutdown: closed, not failed
-            status = 503
-            if not responded:
-                closing = [(b"connection", b"close"), (b"retry-after", str(RETRY_AFTER_S).encode())]
-                await _answer(send, 503, "the server is shutting down; retry", request_id, [*closing, header])
-        except Exception:
-            _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
-            status = 500
-            if not responded:
-                await _answer(send, 500, "internal server error", request_id, [header])
-        finally:
-            seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe_request(route, scope["method"], status, seconds)
-            log_request(route, scope["method"], scope["path"], status, seconds, request_id)
-            request_id_var.reset(token)
-
-
-async def _answer(send: Send, status: int, detail: str, request_id: str, headers: list[tuple[bytes, bytes]]) -> None:
-    """A JSON error answer the middleware writes itself (no route answered): ``detail`` and the request id."""
-    body = orjson.dumps({"detail": detail, "request_id": request_id})
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
-
-
 def log_request(route: str, method: str, path: str, status: int, seconds: float, request_id: str) -> None:
     """The request's access line (debug level for probes and scrapes), written before the next request is read.
 
@@ -332,11 +266,3 @@ def _json_stream_handler(level: int) -> logging.StreamHandler[Any] | None:
     if type(handler) is not logging.StreamHandler or handler.filters or level < handler.level:
         return None
     return handler if type(handler.formatter) is JsonFormatter else None
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text = value.decode("latin-1")
-            return text if REQUEST_ID.fullmatch(text) else None
-    return None

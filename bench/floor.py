@@ -2,7 +2,7 @@
 
 A minimal FastAPI app on uvicorn that validates one record (``POST /predict``, the record as the body) or a
 batch (``POST /predict/batch``, ``{"records": [...]}``) with the same pydantic models this server builds from
-the bundle's schema (``app.schema.RecordSchema``: types, limits, categories, dates, extra fields refused), and
+the bundle's schema (``app.model.schema.RecordSchema``: types, limits, categories, dates, extra fields refused), and
 answers a constant. No model is loaded: what it reaches is what HTTP, JSON and validation allow on this
 machine. The bundle is named by ``BUNDLE_DIR``; only its ``metadata.json`` is read (and verified).
 
@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from app.contract.bundle import read_metadata
-from app.schema import RecordSchema, RequestError
+from app.model.schema import RecordSchema, RequestError
 
 MAX_RECORDS: Final = 10_000
 RECORD_ANSWER: Final = b'{"prediction":0.0}'

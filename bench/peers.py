@@ -217,7 +217,7 @@ from pathlib import Path
 import bentoml
 
 from app.contract.bundle import load_bundle, read_metadata
-from app.schema import RecordSchema
+from app.model.schema import RecordSchema
 
 BUNDLE_DIR = Path(os.environ["BENCH_BUNDLE_DIR"])
 SCHEMA = RecordSchema.from_metadata(read_metadata(BUNDLE_DIR), max_records=10_000)

@@ -47,7 +47,7 @@ import numpy as np
 
 from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle
 from app.contract.connection import DEFAULT_MODEL_NAME
-from app.predictor import Predictor, probe_columns
+from app.model.predictor import Predictor, probe_columns
 from bench.load import LoadResult, available_generator, run_load
 from bench.peers import (
     BENTOML,
@@ -103,7 +103,7 @@ DIFFERENCES: Final[dict[str, tuple[str, str, str]]] = {
     ),
     "bentoml": (
         "{records: [record]}; batch {records: [...]}",
-        "same pydantic record model (app.schema) through BentoML's IO",
+        "same pydantic record model (app.model.schema) through BentoML's IO",
         "adaptive batching on single records (max_batch_size 100); batch endpoint unbatched; access log on",
     ),
     "mlserver-p0": (

@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from app.schema import RequestError
-from app.served_model import ServedModel
-from app.serving import ServingState
+from app.model.schema import RequestError
+from app.runtime.served_model import ServedModel
+from app.runtime.state import ServingState
 
 
 class JSON(JSONResponse):

@@ -29,7 +29,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.admission import RETRY_AFTER_S
+from app.runtime.admission import RETRY_AFTER_S
 from app.settings import Settings, get_settings
 
 LOG_EVERY_S: Final = 1.0  # refusals of one status are logged at most this often

@@ -9,8 +9,8 @@ from fastapi.openapi.utils import get_openapi
 
 from app.api.routes.predict import request_bodies
 from app.api.routes.v2 import document_v2
-from app.schema import BATCH_MODEL, RECORD_MODEL
-from app.served_model import ServedModel
+from app.model.schema import BATCH_MODEL, RECORD_MODEL
+from app.runtime.served_model import ServedModel
 
 NOT_LOADED: dict[str, Any] = {"type": "object", "description": "Known once the bundle is loaded; see /health/ready."}
 

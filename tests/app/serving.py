@@ -13,9 +13,9 @@ import pandas as pd
 import yaml
 from fastapi.testclient import TestClient
 
+from app.api.server import create_app
 from app.contract.bundle import Feature, Metadata, Target
-from app.main import create_app
-from app.predictor import probe_columns
+from app.model.predictor import probe_columns
 from app.settings import Settings
 
 

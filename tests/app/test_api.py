@@ -367,7 +367,7 @@ def test_registry_credentials_never_reach_model_or_logs(bundle_dir: Path, capsys
     settings = settings_for(bundle_dir, log_format="json").model_copy(
         update={"mlflow_tracking_uri": uri, "registry_timeout_s": 1.0}
     )
-    from app.main import create_app
+    from app.api.server import create_app
 
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
@@ -445,7 +445,7 @@ def test_openapi_is_built_from_the_bundle(client: TestClient, bundle: Bundle) ->
 def test_json_logs_carry_request_ids_and_no_secrets(
     bundle_dir: Path, bundle: Bundle, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from app.main import create_app
+    from app.api.server import create_app
 
     secret = "aws-secret-value-never-logged"
     settings = settings_for(bundle_dir, aws_secret_access_key=secret, log_format="json")

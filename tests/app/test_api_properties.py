@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from app.contract.bundle import Bundle, Feature, load_bundle
-from app.schema import RecordSchema
+from app.model.schema import RecordSchema
 from tests.app.serving import ready_client, settings_for
 
 PROPERTY_SETTINGS = settings(

@@ -12,10 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from app.batching import MicroBatcher
 from app.contract.bundle import load_bundle
-from app.predictor import Predictor, probe_columns
-from app.schema import RecordSchema
+from app.model.predictor import Predictor, probe_columns
+from app.model.schema import RecordSchema
+from app.runtime.batching import MicroBatcher
 
 
 def test_batched_predictions_equal_unbatched(bundle_dir: Path) -> None:

@@ -146,7 +146,7 @@ def test_new_bundles_name_the_transformer_by_its_contract_module(bundle_dir: Pat
 def test_a_bundle_written_before_the_contract_package_still_loads_and_predicts() -> None:
     """A real bundle saved when the transformer lived in ``app.features`` (kept importable by a re-export)."""
     from app.contract.features import FeatureTransformer
-    from app.predictor import Predictor, probe_columns
+    from app.model.predictor import Predictor, probe_columns
 
     assert "app.features.FeatureTransformer" in sio.get_untrusted_types(file=OLD_BUNDLE / TRANSFORMER_FILE)
     bundle = load_bundle(OLD_BUNDLE)

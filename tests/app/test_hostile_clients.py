@@ -5,7 +5,7 @@ Throughout each attack a watcher samples the worker's RSS and asks ``/health/liv
 50 ms, as a kubelet would, while a normal client keeps predicting. Each test checks that the worker's growth stays
 within half of the Deployment's memory headroom over what it uses idle (``RSS_BUDGET``), that ``/health/live``
 answered every time within 100 ms, that nothing answered 5xx but 503 with ``Retry-After``, and that the attack was
-refused the way ``app.api.limits`` and ``app.schema`` say. Every attack is bounded in connections and time.
+refused the way ``app.api.limits`` and ``app.model.schema`` say. Every attack is bounded in connections and time.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.mmap_dict import MmapedDict
 
-import app.served_model
+import app.runtime.served_model
 from app.contract.bundle import Bundle, load_bundle
-from app.predictor import SMALL_BATCH_ROWS, Predictor
-from app.schema import RecordSchema
+from app.model.predictor import SMALL_BATCH_ROWS, Predictor
+from app.model.schema import RecordSchema
 from tests.app.serving import ready_client, records, settings_for
 from tests.services import BIN, LOOPBACK, free_port, running
 
@@ -42,7 +42,7 @@ def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     on a predict thread, as any model's calls but the direct path's few-row walk do."""
     free = threading.Event()
     free.set()
-    real = app.served_model.predict_rows
+    real = app.runtime.served_model.predict_rows
     monkeypatch.setattr(Predictor, "bounded", lambda self, n_rows: False)
 
     def predict_rows(
@@ -51,7 +51,7 @@ def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
         free.wait(30)
         return real(schema, predictor, observe, rows)
 
-    monkeypatch.setattr(app.served_model, "predict_rows", predict_rows)
+    monkeypatch.setattr(app.runtime.served_model, "predict_rows", predict_rows)
     yield free
     free.set()
 
@@ -139,7 +139,7 @@ def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_
     """The trained bundle's single records are the predictor's bounded walk: predicted where the request is
     handled, with no thread to hand off to; a larger batch goes to a batch thread, where a stuck call is shed."""
     callers: list[tuple[int, str]] = []
-    real = app.served_model.predict_rows
+    real = app.runtime.served_model.predict_rows
 
     def predict_rows(
         schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Any]
@@ -147,7 +147,7 @@ def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_
         callers.append((len(rows), threading.current_thread().name))
         return real(schema, predictor, observe, rows)
 
-    monkeypatch.setattr(app.served_model, "predict_rows", predict_rows)
+    monkeypatch.setattr(app.runtime.served_model, "predict_rows", predict_rows)
     rows = records(bundle.metadata, SMALL_BATCH_ROWS + 1, seed=5)
     with ready_client(settings_for(bundle_dir)) as client:
         callers.clear()  # the warm-up's calls

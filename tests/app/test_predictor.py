@@ -19,9 +19,9 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 
-import app.predictor as predictor_module
+import app.model.predictor as predictor_module
 from app.contract.bundle import Bundle, Metadata, load_bundle
-from app.predictor import (
+from app.model.predictor import (
     CHECKED_BATCHES,
     LAYOUT_BY_ROW,
     PROBE_ROWS,

@@ -10,7 +10,8 @@ import pytest
 
 from app.contract.bundle import Feature, Metadata, Target
 from app.delivery.resolve import Resolved
-from app.refresh import Candidate, schema_changes
+from app.runtime.refresh import schema_changes
+from app.runtime.state import Candidate
 from tests.app.serving import metadata_for
 
 FEATURES = [

@@ -34,7 +34,7 @@ from app.contract.registry import (
 )
 from app.delivery.failures import DeliveryError
 from app.delivery.resolve import resolve
-from app.registry_view import RegistryView
+from app.runtime.registry_view import RegistryView
 from app.settings import Settings
 from tests.services import LOOPBACK, RegistryAdmin, S3Server, mlflow_server
 

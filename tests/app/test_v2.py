@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import app.served_model
+import app.runtime.served_model
 from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
-from app.schema import RecordSchema, RequestError
+from app.model.schema import RecordSchema, RequestError
 from tests.app.serving import metadata_for, ready_client, records, settings_for
 from tests.services import BIN, LOOPBACK, free_port, running
 
@@ -203,13 +203,13 @@ def test_a_stuck_model_sheds_v2_requests_and_fails_v2_readiness(
     bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     free = threading.Event()
-    real = app.served_model.predict_rows
+    real = app.runtime.served_model.predict_rows
 
     def stuck(*args: Any) -> Any:
         free.wait(30)
         return real(*args)
 
-    monkeypatch.setattr(app.served_model, "predict_rows", stuck)
+    monkeypatch.setattr(app.runtime.served_model, "predict_rows", stuck)
     rows = records(bundle.metadata, 2, seed=7)
     with ready_client(settings_for(bundle_dir, predict_timeout_s=0.5)) as client:
         try:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from app.contract.bundle import Feature
-from app.schema import RecordSchema, RequestError
+from app.model.schema import RecordSchema, RequestError
 from orchestration.config import ConfigError, DataConfig, load_config
 from orchestration.data import generate
 from orchestration.split import split

@@ -14,7 +14,7 @@ import yaml
 from sklearn.datasets import load_diabetes
 
 from app.contract.bundle import load_bundle
-from app.schema import RecordSchema, RequestError
+from app.model.schema import RecordSchema, RequestError
 from orchestration.__main__ import main
 from orchestration.config import ConfigError, load_config
 from orchestration.evaluate import QualityGateError

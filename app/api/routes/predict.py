@@ -2,7 +2,7 @@
 
 The request bodies are read and validated here rather than by FastAPI's body parsing: the size limit is
 enforced while the body streams, and pydantic-core validates straight from the bytes against the models
-built from the bundle (``app.schema``). The OpenAPI document shows those models (``app.api.openapi``) through
+built from the bundle (``app.model.schema``). The OpenAPI document shows those models (``app.api.openapi``) through
 ``request_bodies``. Every failed prediction request is counted here, by route and reason.
 """
 
@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.admission import OverloadedError
 from app.api.deps import JSON, read_json_body, served_model, serving_state
+from app.model.schema import BATCH_MODEL, RECORD_MODEL, RequestError
 from app.observability import ServerMetrics
-from app.schema import BATCH_MODEL, RECORD_MODEL, RequestError
+from app.runtime.admission import OverloadedError
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 

@@ -26,14 +26,14 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from app.admission import RETRY_AFTER_S, OverloadedError
 from app.api.deps import JSON, NotReadyError, State, read_json_body, serving_state
 from app.api.routes import health
 from app.api.routes.predict import counting_failures, request_body
 from app.contract.bundle import Feature
-from app.schema import RequestError, check_size, listed
-from app.served_model import Row, ServedModel
-from app.serving import ServingState
+from app.model.schema import RequestError, check_size, listed
+from app.runtime.admission import RETRY_AFTER_S, OverloadedError
+from app.runtime.served_model import Row, ServedModel
+from app.runtime.state import ServingState
 
 SERVER_NAME: Final = "prediction-server"
 PLATFORM: Final = "sklearn"

@@ -30,9 +30,8 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final
 
 import orjson
 
@@ -46,9 +45,9 @@ from app.delivery.lock import model_dir_lock
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.retry import deadline_for
 from app.observability import LOGGER_NAME
-from app.registry_view import off_loop
-from app.served_model import ServedModel
-from app.serving import ServingState
+from app.runtime.registry_view import off_loop
+from app.runtime.served_model import ServedModel
+from app.runtime.state import Candidate, ServingState
 from app.settings import Settings
 
 log = logging.getLogger(LOGGER_NAME)
@@ -58,33 +57,6 @@ RETIRE_POLL_S: Final = 0.1
 WARM_ROWS: Final = 64
 UNLOADED_CHECK_S: Final = 1.0  # how often the alias is checked while nothing is served
 RETRY_MAX_S: Final = 600.0  # the longest wait before a candidate refused for a passing failure is tried again
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A bundle the alias points at that is not the one being served, and where it stands."""
-
-    version: int | None
-    dvc_hash: str
-    status: Literal["loading", "refused"]
-    reason: str = ""
-    since: float = 0.0  # wall-clock time of the status
-    retry_at: float = math.inf  # monotonic time a refused candidate may be tried again (never, if it cannot serve)
-    attempts: int = 1
-
-    def waiting(self, resolved: Resolved) -> bool:
-        """Whether the alias still points at this refused candidate and it is not yet time to try it again."""
-        same = (self.version, self.dvc_hash) == (resolved.version, resolved.dvc_hash)
-        return self.status == "refused" and same and time.monotonic() < self.retry_at
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model_version": self.version,
-            "dvc_hash": self.dvc_hash,
-            "status": self.status,
-            "reason": self.reason or None,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
-        }
 
 
 def candidate_dir(settings: Settings, dvc_hash: str) -> Path:

@@ -1,26 +1,53 @@
 """What the running server holds: the settings, the metrics, the model being served (once it is) and
 the readiness status with its reason, the admission of prediction work, and the registry view for ``GET /model``.
 
-Only the loader (``app.loader``) and the alias refresh (``app.refresh``) change the model, the status and the
-candidate; the routes read them.
+Only the loader (``app.runtime.loader``) and the alias refresh (``app.runtime.refresh``) change the model, the
+status and the candidate; the routes read them.
 """
 
 from __future__ import annotations
 
 import gc
+import math
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-from app.admission import Admission
+from app.delivery.resolve import Resolved
 from app.observability import ServerMetrics
-from app.registry_view import RegistryView
-from app.served_model import ServedModel
+from app.runtime.admission import Admission
+from app.runtime.registry_view import RegistryView
+from app.runtime.served_model import ServedModel
 from app.settings import Settings
 
-if TYPE_CHECKING:
-    from app.refresh import Candidate
-
 Status = Literal["loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A bundle the alias points at that is not the one being served, and where it stands."""
+
+    version: int | None
+    dvc_hash: str
+    status: Literal["loading", "refused"]
+    reason: str = ""
+    since: float = 0.0  # wall-clock time of the status
+    retry_at: float = math.inf  # monotonic time a refused candidate may be tried again (never, if it cannot serve)
+    attempts: int = 1
+
+    def waiting(self, resolved: Resolved) -> bool:
+        """Whether the alias still points at this refused candidate and it is not yet time to try it again."""
+        same = (self.version, self.dvc_hash) == (resolved.version, resolved.dvc_hash)
+        return self.status == "refused" and same and time.monotonic() < self.retry_at
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version,
+            "dvc_hash": self.dvc_hash,
+            "status": self.status,
+            "reason": self.reason or None,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
+        }
 
 
 @dataclass

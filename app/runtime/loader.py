@@ -17,8 +17,8 @@ from typing import Final
 from app.contract.bundle import BundleError, load_bundle
 from app.contract.connection import redact
 from app.observability import LOGGER_NAME
-from app.served_model import ServedModel
-from app.serving import ServingState
+from app.runtime.served_model import ServedModel
+from app.runtime.state import ServingState
 
 log = logging.getLogger(LOGGER_NAME)
 

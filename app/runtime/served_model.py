@@ -17,12 +17,12 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.admission import Admission, OverloadedError
-from app.batching import MicroBatcher, limit_threads
 from app.contract.bundle import Bundle, library_differences
+from app.model.predictor import Predictor
+from app.model.schema import RecordSchema
 from app.observability import ServerMetrics
-from app.predictor import Predictor
-from app.schema import RecordSchema
+from app.runtime.admission import Admission, OverloadedError
+from app.runtime.batching import MicroBatcher, limit_threads
 from app.settings import Settings
 
 # Threads for /predict/batch calls, apart from the micro-batcher's own: the trees are evaluated outside the

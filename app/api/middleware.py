@@ -1,0 +1,86 @@
+"""The ASGI middleware around every request: its id, its log line and metrics, and the answers no route gives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from typing import Final
+
+import orjson
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability import LOGGER_NAME, ServerMetrics, log_request, request_id_var
+from app.runtime.admission import RETRY_AFTER_S
+
+CLIENT_CLOSED: Final = 499  # the status logged and counted for a request whose client disconnected (nginx's)
+# A client's X-Request-ID is kept only if it is short and harmless in a log line; otherwise one is made.
+REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_log = logging.getLogger(LOGGER_NAME)
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id (``X-Request-ID`` honoured or made, and returned), one log line and
+    the metrics per request, and a JSON 500 carrying the request id (never internals) for unhandled errors."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _incoming_request_id(scope) or secrets.token_hex(16)
+        token = request_id_var.set(request_id)
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+        responded = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing went wrong here
+            status = CLIENT_CLOSED
+        except asyncio.CancelledError:  # DRAIN_TIMEOUT_S passed during shutdown: closed, not failed
+            status = 503
+            if not responded:
+                closing = [(b"connection", b"close"), (b"retry-after", str(RETRY_AFTER_S).encode())]
+                await _answer(send, 503, "the server is shutting down; retry", request_id, [*closing, header])
+        except Exception:
+            _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
+            status = 500
+            if not responded:
+                await _answer(send, 500, "internal server error", request_id, [header])
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe_request(route, scope["method"], status, seconds)
+            log_request(route, scope["method"], scope["path"], status, seconds, request_id)
+            request_id_var.reset(token)
+
+
+async def _answer(send: Send, status: int, detail: str, request_id: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """A JSON error answer the middleware writes itself (no route answered): ``detail`` and the request id."""
+    body = orjson.dumps({"detail": detail, "request_id": request_id})
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if REQUEST_ID.fullmatch(text) else None
+    return None
