@@ -1,1 +1,2 @@
-"""HTTP layer: one router per resource (``routes/``) and the dependencies they share (``deps``)."""
+"""The HTTP layer: the app's assembly (``server``), its middleware, one router per resource (``routes/``: each protocol
+decodes requests and encodes answers around ``app.runtime.dataplane``), and the one error renderer (``errors``)."""

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routers, as ``Annotated`` aliases, and the JSON response type."""
+"""Dependencies shared by the routers, as ``Annotated`` aliases, the JSON response type and the JSON body reader."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from app.model.schema import RequestError
+from app.runtime.dataplane import DataPlane
 from app.runtime.served_model import ServedModel
 from app.runtime.state import ServingState
 
@@ -21,36 +22,27 @@ class JSON(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class NotReadyError(Exception):
-    """A prediction was asked for before the bundle is loaded (answered 503 with the reason)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def serving_state(request: Request) -> ServingState:
     """The app's serving state."""
     state: ServingState = request.app.state.serving
     return state
 
 
-def served_model(state: ServingState) -> ServedModel:
-    """The model being served, captured once for the whole request, or a 503 saying why there is none."""
-    if state.model is None:
-        raise NotReadyError(state.reason)
-    return state.model
+def data_plane(request: Request) -> DataPlane:
+    """The app's data plane: every prediction goes through it."""
+    plane: DataPlane = request.app.state.dataplane
+    return plane
 
 
-# The prediction routes call the two functions above directly: FastAPI's dependency solving costs more per
-# request (about 100 us for these two) than the whole floor endpoint. The other routes take them as
-# dependencies, ``async`` ones, as FastAPI runs a plain ``def`` dependency on its thread pool.
+# The prediction routes call the functions above directly: FastAPI's dependency solving costs more per request
+# than the whole floor endpoint. The other routes take the state and the model as dependencies, ``async`` ones, as
+# FastAPI runs a plain ``def`` dependency on its thread pool.
 async def _serving_state(request: Request) -> ServingState:
     return serving_state(request)
 
 
 async def _served_model(state: Annotated[ServingState, Depends(_serving_state)]) -> ServedModel:
-    return served_model(state)
+    return state.served()
 
 
 State = Annotated[ServingState, Depends(_serving_state)]

@@ -1,4 +1,5 @@
-"""The ASGI middleware around every request: its id, its log line and metrics, and the answers no route gives."""
+"""The ASGI middleware around every request: its id, its log line and metrics, and the answers no route gives; and
+the middleware that serves the prediction routes without the router."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import time
 from typing import Final
 
 import orjson
-from starlette.requests import ClientDisconnect
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import DirectRoute
 from app.observability import LOGGER_NAME, ServerMetrics, log_request, request_id_var
 from app.runtime.admission import RETRY_AFTER_S
 
@@ -84,3 +87,37 @@ def _incoming_request_id(scope: Scope) -> str | None:
             text = value.decode("latin-1")
             return text if REQUEST_ID.fullmatch(text) else None
     return None
+
+
+class DirectRoutes:
+    """ASGI middleware that serves the app's ``DirectRoute`` routes straight from the request.
+
+    A request whose method and exact path are such a route's skips Starlette's exception middleware, FastAPI's
+    exit stack and the router: a third of a single-record prediction's time on the event loop. What answers
+    is the same route handler, refusals rendered as the route renders them; anything else propagates as it would
+    from the router. Other requests, and other methods on those paths, go on to the app.
+    """
+
+    def __init__(self, app: ASGIApp, fastapi: FastAPI) -> None:
+        self.app = app
+        self.fastapi = fastapi
+        self._routes: dict[tuple[str, str], DirectRoute] | None = None
+
+    def route(self, method: str, path: str) -> DirectRoute | None:
+        if self._routes is None:  # known once the routers are included, which is after the middleware is added
+            self._routes = {
+                (method, route.path): route
+                for route in self.fastapi.routes
+                if isinstance(route, DirectRoute)
+                for method in route.methods
+            }
+        return self._routes.get((method, path))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.route(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route  # what the request log line and the metrics name
+        response = await route.handler(Request(scope, receive, send))
+        await response(scope, receive, send)

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from app.api.deps import JSON, NotReadyError
-from app.api.middleware import RequestContextMiddleware
+from app.api.deps import JSON
+from app.api.middleware import DirectRoutes, RequestContextMiddleware
 from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict, v2
 from app.delivery.pull import stop_pulls
-from app.model.schema import RequestError
-from app.observability import configure_logging, request_id_var
-from app.runtime.admission import RETRY_AFTER_S, OverloadedError
+from app.observability import configure_logging
+from app.runtime.dataplane import DataPlane
 from app.runtime.loader import load_until_ready
 from app.runtime.refresh import follow_alias
 from app.runtime.state import ServingState
@@ -56,37 +56,22 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, lifespan=lifespan, default_response_class=JSON)
     app.state.serving = state
-    app.add_middleware(predict.DirectRoutes, fastapi=app)  # inside the request context: added first
+    app.state.dataplane = DataPlane(state)
+    app.add_middleware(DirectRoutes, fastapi=app)  # inside the request context: added first
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     for router in (predict.router, health.router, model.router, metrics.router, v2.router):
         app.include_router(router)
 
-    @app.exception_handler(RequestError)
-    async def request_error(_: Request, exc: RequestError) -> JSON:
-        body: dict[str, Any] = {"detail": exc.errors, "request_id": request_id_var.get()}
-        if exc.more:
-            body["more_errors"] = exc.more  # errors left out of ``detail`` (MAX_LISTED_ERRORS)
-        return JSON(body, status_code=exc.status)
-
-    @app.exception_handler(NotReadyError)
-    async def not_ready(_: Request, exc: NotReadyError) -> JSON:
-        body = {"detail": f"not ready: {exc.reason}", "status": state.status, "request_id": request_id_var.get()}
-        return JSON(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-
-    @app.exception_handler(OverloadedError)
-    async def overloaded(_: Request, exc: OverloadedError) -> JSON:
-        body = {"detail": exc.reason, "status": "overloaded", "request_id": request_id_var.get()}
-        return JSON(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-
     documents: dict[str, dict[str, Any]] = {}  # by the served bundle's content hash
+    protocols = (functools.partial(v2.document_v2, model_name=settings.model_name), predict.document_records)
 
     def openapi() -> dict[str, Any]:
         served = state.model
         if served is None:
-            return openapi_document(app, None)
+            return openapi_document(app, None, protocols)
         if served.content_hash not in documents:
             documents.clear()
-            documents[served.content_hash] = openapi_document(app, served)
+            documents[served.content_hash] = openapi_document(app, served, protocols)
         return documents[served.content_hash]
 
     app.openapi = openapi  # type: ignore[method-assign]

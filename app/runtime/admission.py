@@ -27,6 +27,8 @@ P = ParamSpec("P")
 class OverloadedError(Exception):
     """The request was shed: answered 503 with ``Retry-After`` and the reason."""
 
+    status: Final = 503
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason

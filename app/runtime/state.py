@@ -1,5 +1,7 @@
 """What the running server holds: the settings, the metrics, the model being served (once it is) and
 the readiness status with its reason, the admission of prediction work, and the registry view for ``GET /model``.
+Whether the server is ready is a property of this state (``ServingState.not_ready``), which every readiness route
+answers.
 
 Only the loader (``app.runtime.loader``) and the alias refresh (``app.runtime.refresh``) change the model, the
 status and the candidate; the routes read them.
@@ -11,7 +13,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from app.delivery.resolve import Resolved
 from app.observability import ServerMetrics
@@ -21,6 +23,18 @@ from app.runtime.served_model import ServedModel
 from app.settings import Settings
 
 Status = Literal["loading", "ready", "failed"]
+
+
+class NotReadyError(Exception):
+    """No model answers: the bundle is not loaded yet or failed to load, or (for readiness) a model call is stuck.
+    Answered 503 with ``Retry-After``, the reason and the status (``loading``, ``failed`` or ``stuck``)."""
+
+    status: Final = 503
+
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(reason)
+        self.phase = phase
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,22 @@ class ServingState:
         metrics = ServerMetrics()
         admission = Admission(settings.max_queued_rows, settings.predict_timeout_s, metrics.queued_rows.set)
         return cls(settings, view, admission, metrics)
+
+    def served(self) -> ServedModel:
+        """The model being served, captured once for a whole request, or ``NotReadyError`` saying why there is none."""
+        if self.model is None:
+            raise NotReadyError(self.status, self.reason)
+        return self.model
+
+    def not_ready(self) -> NotReadyError | None:
+        """Why the server is not ready (no model, or a model call has run past ``PREDICT_TIMEOUT_S``: stuck), or
+        None when it is: the one definition of ready, which ``/health/ready`` and V2's ready routes answer."""
+        if self.model is None:
+            return NotReadyError(self.status, self.reason)
+        if (stuck := self.admission.stuck_for()) is not None:
+            reason = f"a model call has run for {stuck:.1f}s, past PREDICT_TIMEOUT_S={self.admission.timeout_s:g}s"
+            return NotReadyError("stuck", reason)
+        return None
 
     def serve(self, model: ServedModel) -> None:
         """Make ``model`` the one requests get, and say so in the metrics.

@@ -309,8 +309,9 @@ def test_unexpected_failure_is_500_with_request_id_and_no_internals(
 def test_prediction_routes_are_served_directly_and_answer_as_the_app_does(
     bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``POST /predict`` and ``/predict/batch`` skip the router (``DirectRoutes``): the same answers, the app's
-    error handlers, the request's route in the metrics; other methods on those paths still reach the router."""
+    """``POST /predict`` and ``/predict/batch`` skip the router (``DirectRoutes``): the same answers, refusals
+    rendered as every route's, the request's route in the metrics; other methods on those paths still reach the
+    router."""
     with ready_client(settings_for(bundle_dir, max_batch_records=5)) as client:
         router = client.app.router  # type: ignore[attr-defined]
         routed: list[str] = []
@@ -327,7 +328,7 @@ def test_prediction_routes_are_served_directly_and_answer_as_the_app_does(
             == bundle.predict({k: [v] for k, v in example.items()})[0]
         )
         assert client.post("/predict/batch", json={"records": [example] * 2}).status_code == 200
-        assert client.post("/predict", json={**example, "unexpected": 1}).status_code == 422  # RequestError's handler
+        assert client.post("/predict", json={**example, "unexpected": 1}).status_code == 422  # app.api.errors renders
         assert client.post("/predict/batch", json={"records": [example] * 6}).status_code == 422
         assert routed == []
         assert client.get("/predict").status_code == 405  # not a direct route: the router answers

@@ -1,1 +1,1 @@
-"""Routers: prediction, health, model, metrics."""
+"""Routers: the records protocol (``predict``), the Open Inference Protocol (``v2``), health, model, metrics."""

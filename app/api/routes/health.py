@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import JSON, State
+from app.api.errors import ShapedRoute
 
-router = APIRouter(prefix="/health", tags=["health"])
+router = APIRouter(prefix="/health", tags=["health"], route_class=ShapedRoute)
 
 
 @router.get("/live", summary="The process is up")
@@ -27,12 +28,9 @@ async def live() -> JSON:
     },
 )
 async def ready(state: State) -> JSON:
-    served = state.model
-    if served is None:
-        return JSON({"status": state.status, "reason": state.reason}, status_code=503)
-    if (stuck := state.admission.stuck_for()) is not None:
-        reason = f"a model call has run for {stuck:.1f}s, past PREDICT_TIMEOUT_S={state.admission.timeout_s:g}s"
-        return JSON({"status": "stuck", "reason": reason}, status_code=503)
+    if (why := state.not_ready()) is not None:
+        return JSON({"status": why.phase, "reason": why.reason}, status_code=503)
+    served = state.served()
     body: dict[str, Any] = {"status": "ready", "bundle_hash": served.content_hash, "model_version": served.version}
     if state.candidate is not None:  # what the alias moved to, being loaded or refused (the model above serves)
         body["candidate"] = state.candidate.as_dict()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import State
+from app.api.errors import ShapedRoute
 from app.observability import METRICS_CONTENT_TYPE
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], route_class=ShapedRoute)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

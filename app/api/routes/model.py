@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import JSON, Model, State
+from app.api.errors import ShapedRoute
 
-router = APIRouter(tags=["model"])
+router = APIRouter(tags=["model"], route_class=ShapedRoute)
 
 
 @router.get(

@@ -18,22 +18,20 @@ data is JSON only (no binary tensor extension); the output is JSON whatever ``bi
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
-import orjson
-from fastapi import APIRouter, Path, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from app.api.deps import JSON, NotReadyError, State, read_json_body, serving_state
-from app.api.routes import health
-from app.api.routes.predict import counting_failures, request_body
+from app.api.deps import JSON, State, data_plane, read_json_body
+from app.api.errors import ErrorShape, Refusal, ShapedRoute
+from app.api.openapi import component_schemas, request_body
 from app.contract.bundle import Feature
 from app.model.schema import RequestError, check_size, listed
-from app.runtime.admission import RETRY_AFTER_S, OverloadedError
+from app.runtime.admission import RETRY_AFTER_S
 from app.runtime.served_model import Row, ServedModel
-from app.runtime.state import ServingState
+from app.runtime.state import NotReadyError, ServingState
 
 SERVER_NAME: Final = "prediction-server"
 PLATFORM: Final = "sklearn"
@@ -56,24 +54,19 @@ SHOWN_ERRORS: Final = 10  # an error message lists this many refused values, the
 BINARY_HEADER: Final = "inference-header-content-length"  # the binary tensor data extension's
 
 
-class V2Route(APIRoute):
-    """A route answering every refusal with the protocol's error body, ``{"error": "..."}``."""
+def error_body(exc: Refusal) -> dict[str, Any]:
+    """The protocol's error body, ``{"error": "..."}``: the refused values' messages, or the reason."""
+    if isinstance(exc, RequestError):
+        return {"error": error_text(exc.errors, exc.more)}
+    if isinstance(exc, NotReadyError):
+        return {"error": f"not ready: {exc.reason}"}
+    return {"error": exc.reason}
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
 
-        async def answer(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestError as exc:
-                text = error_text(exc.errors, exc.more)
-                return JSON({"error": text}, status_code=400 if exc.status == 422 else exc.status)
-            except NotReadyError as exc:
-                return unavailable(f"not ready: {exc.reason}")
-            except OverloadedError as exc:
-                return unavailable(exc.reason)
+class V2Route(ShapedRoute):
+    """A route answering every refusal with the protocol's error body, 400 where the records API says 422."""
 
-        return answer
+    shape = ErrorShape(error_body, {422: 400})
 
 
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
@@ -212,10 +205,6 @@ def error_text(errors: Sequence[dict[str, Any]], more: int = 0) -> str:
     return text + (f"; and {left_out} more" if left_out else "")
 
 
-def unavailable(reason: str) -> JSON:
-    return JSON({"error": reason}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
 def refused(status: int, message: str, kind: str) -> RequestError:
     return RequestError(status, [{"loc": ["body"], "msg": message, "type": kind}])
 
@@ -234,21 +223,13 @@ def check_name(state: ServingState, name: str) -> None:
 def model_named(state: ServingState, name: str, version: str | None = None) -> ServedModel:
     """The served model if it is ``name`` (and ``version``, if asked for); 404 if not, 503 if none is loaded."""
     check_name(state, name)
-    if state.model is None:
-        raise NotReadyError(state.reason)
-    served = state.model
+    served = state.served()
     if version is not None and version != version_text(served):
         serving = "an unknown version" if served.version is None else f"version {served.version}"
         raise refused(
             404, f"version {version!r} of model {name!r} is not served here; this server serves {serving}", "version"
         )
     return served
-
-
-async def not_ready_because(state: ServingState) -> str | None:
-    """Why ``/health/ready`` says the server is not ready, or None when it is ready: one definition of ready."""
-    answer = await health.ready(state)
-    return None if answer.status_code == 200 else str(orjson.loads(answer.body)["reason"])
 
 
 def datatype(feature: Feature) -> str:
@@ -273,10 +254,9 @@ async def live() -> JSON:
     responses=NOT_READY,  # type: ignore[arg-type]
 )
 async def ready(state: State) -> JSON:
-    reason = await not_ready_because(state)
-    if reason is None:
+    if (why := state.not_ready()) is None:
         return JSON({"ready": True})
-    return JSON({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return JSON({"ready": False, "reason": why.reason}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @router.get("", summary="V2: server metadata", response_model=ServerMetadata)
@@ -305,10 +285,9 @@ async def model_ready(state: ServingState, name: str, version: str | None) -> JS
     check_name(state, name)
     if state.model is not None:
         model_named(state, name, version)  # 404 for another version
-    reason = await not_ready_because(state)
-    if reason is None:
+    if (why := state.not_ready()) is None:
         return JSON({"name": name, "ready": True})
-    body = {"name": name, "ready": False, "reason": reason}
+    body = {"name": name, "ready": False, "reason": why.reason}
     return JSON(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
@@ -398,28 +377,27 @@ def parse_infer(served: ServedModel, body: bytes) -> tuple[InferRequest, list[Ro
     return request, rows
 
 
-async def infer(request: Request, state: ServingState, name: str, version: str | None) -> JSON:
-    served = model_named(state, name, version)
-    route = request.scope["route"].path
-    served.usage.active += 1  # a model swapped out meanwhile is closed only after this request
-    try:
-        with counting_failures(state.metrics, route):
-            if BINARY_HEADER in request.headers:
-                message = "body: binary tensor data is not supported; send the values as JSON data (binary_data=False)"
-                raise refused(400, message, "binary")
-            state.admission.check_room()  # shed before the body is read
-            infer_request, rows = parse_infer(served, await read_json_body(request, state.settings.max_body_bytes))
-            with state.admission.admitted(len(rows)):
-                predictions = await state.admission.answer(served.run_batch(rows))
-    finally:
-        served.usage.active -= 1
-    state.metrics.predicted_rows.labels(route).inc(len(rows))
+async def infer(request: Request, name: str, version: str | None) -> JSON:
+    plane = data_plane(request)
+    served = model_named(plane.state, name, version)
+    limit = plane.state.settings.max_body_bytes
+    refusal = None
+    if BINARY_HEADER in request.headers:
+        message = "body: binary tensor data is not supported; send the values as JSON data (binary_data=False)"
+        refusal = refused(400, message, "binary")
+    infer_request, predictions = await plane.predict_rows(
+        served,
+        request.scope["route"].path,
+        lambda: read_json_body(request, limit),
+        lambda body: parse_infer(served, body),
+        refusal,
+    )
     answer: dict[str, Any] = {"model_name": name}
     if (known := version_text(served)) is not None:
         answer["model_version"] = known
     if infer_request.id is not None:
         answer["id"] = infer_request.id
-    answer["outputs"] = [{"name": OUTPUT, "shape": [len(rows)], "datatype": "FP64", "data": predictions}]
+    answer["outputs"] = [{"name": OUTPUT, "shape": [len(predictions)], "datatype": "FP64", "data": predictions}]
     answer["parameters"] = {"bundle_hash": served.content_hash}
     return JSON(answer)
 
@@ -434,12 +412,12 @@ INFER_ROUTE = {
 
 @router.post("/models/{name}/infer", **INFER_ROUTE)  # type: ignore[arg-type]
 async def infer_model(request: Request, name: Name) -> JSON:
-    return await infer(request, serving_state(request), name, None)
+    return await infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER_ROUTE)  # type: ignore[arg-type]
 async def infer_version(request: Request, name: Name, version: Version) -> JSON:
-    return await infer(request, serving_state(request), name, version)
+    return await infer(request, name, version)
 
 
 # --- the OpenAPI document ---
@@ -518,7 +496,7 @@ def request_schema(served: ServedModel) -> dict[str, Any]:
 def document_v2(document: dict[str, Any], served: ServedModel | None, model_name: str) -> None:
     """Complete the OpenAPI ``document`` for these routes: the infer request body of ``served`` (a placeholder
     until a bundle is loaded), and the one model name, and version if known, the paths take."""
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas = component_schemas(document)
     schemas[REQUEST_MODEL] = (
         request_schema(served)
         if served is not None
