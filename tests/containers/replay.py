@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from dagger.client._core import Context, Field
 from dagger.client.base import Type
@@ -818,21 +818,31 @@ class Replay:
         the index entry for it. The configuration names ``platform``: the architecture the steps ran as."""
         os_name, _, arch = platform.partition("/")
         with tempfile.TemporaryDirectory(prefix="replay-publish-") as work:
+            # docker save's layers compressed as the stream passes (manifest.json, which orders them, comes last)
+            compressed: dict[str, tuple[Path, str, int]] = {}
+            files: dict[str, bytes] = {}
             saved = subprocess.Popen([DOCKER, "save", image], env=self.engine.env(), stdout=subprocess.PIPE)
             assert saved.stdout is not None
             with tarfile.open(fileobj=saved.stdout, mode="r|") as archive:
-                archive.extractall(work, filter="tar")
+                for member in archive:
+                    data = archive.extractfile(member) if member.isfile() else None
+                    if data is None:
+                        continue
+                    if member.name.endswith("/layer.tar"):
+                        target = Path(work) / f"{len(compressed)}.tar.gz"
+                        compressed[member.name] = (target, *gzip_stream(data, target))
+                    elif member.name.endswith(".json"):
+                        files[member.name] = data.read()
             if saved.wait() != 0:
                 raise ReplayError(f"docker save {image[:19]} failed")
-            [saved_manifest] = json.loads((Path(work) / "manifest.json").read_text())
-            config = json.loads((Path(work) / saved_manifest["Config"]).read_text())
+            [saved_manifest] = json.loads(files["manifest.json"])
+            config = json.loads(files[saved_manifest["Config"]])
             config.update(os=os_name, architecture=arch)
             layers = []
             for layer in saved_manifest["Layers"]:
-                compressed = Path(work) / "layer.tar.gz"
-                blob, size = gzip_file(Path(work) / layer, compressed)
-                with compressed.open("rb") as data:
-                    client.push_blob(repository, blob, data, size)
+                path, blob, size = compressed[layer]
+                with path.open("rb") as stream:
+                    client.push_blob(repository, blob, stream, size)
                 layers.append({"mediaType": OCI_LAYER_GZIP, "digest": blob, "size": size})
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         client.push_blob(repository, sha256_digest(config_bytes), config_bytes, len(config_bytes))
@@ -1034,18 +1044,20 @@ def split_reference(address: str) -> tuple[str, str, str]:
     return host, path, tag
 
 
-def gzip_file(source: Path, target: Path, level: int = 1) -> tuple[str, int]:
+def gzip_stream(source: IO[bytes], target: Path, level: int = 1) -> tuple[str, int]:
     """``source`` gzip-compressed into ``target``; the compressed blob's digest and size."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip container
-    with source.open("rb") as data, target.open("wb") as out:
-        while chunk := data.read(1 << 22):
-            out.write(compressor.compress(chunk))
-        out.write(compressor.flush())
     hasher = hashlib.sha256()
-    with target.open("rb") as written:
-        while chunk := written.read(1 << 22):
-            hasher.update(chunk)
-    return f"sha256:{hasher.hexdigest()}", target.stat().st_size
+    size = 0
+    with target.open("wb") as out:
+        while chunk := source.read(1 << 22):
+            piece = compressor.compress(chunk)
+            hasher.update(piece)
+            size += out.write(piece)
+        piece = compressor.flush()
+        hasher.update(piece)
+        size += out.write(piece)
+    return f"sha256:{hasher.hexdigest()}", size
 
 
 def env_of(inspected: Mapping[str, Any]) -> dict[str, str]:

@@ -3,9 +3,11 @@
     python -m tests.containers.warm
 
 Makes the stand-in bases, then replays the serving image (``build()``), the seed step (the tools container and
-its bundle) and the Airflow image (``airflow()`` on the Airflow stand-in) on the engine, and builds the compose
-stack's other stand-ins. The replay caches the steps that succeed, so the container tests later find them
-done; they run every check themselves (the smoke checker and ``checks()`` among them).
+its bundle), ``checks()`` up to its unit tests and the Airflow image (``airflow()`` on the Airflow stand-in) on
+the engine, and builds the compose stack's other stand-ins: the ``native`` phase. Then the ``emulated`` phase:
+the arm64 stand-ins, and both images ``publish()`` pushes for every platform of the module. The replay caches
+the steps that succeed, so the container tests later find them done (each phase's tests wait for it); they run
+every check themselves (the smoke checker and ``checks()``'s unit tests among them).
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def main() -> int:
                 replay.image(module_on_standins(engine, airflow=True).airflow())
                 postgres_standin(engine)
                 s3_standin(engine)
-                # not checks(): its unit tests would run beside the host's, and timing-sensitive ones fail then
+                # checks() up to its unit tests (lint and type check): its unit tests would run beside the host's,
+                # and timing-sensitive ones fail then
+                replay.evaluate_selections(list(flight_price.checks()._ctx.selections)[:-1])
             native.close()
             print(f"warm: the native images are built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
             # what publish() pushes: both images for every platform, the other ones made under emulation
