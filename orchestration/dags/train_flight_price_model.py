@@ -19,12 +19,13 @@ level: the dag-processor re-parses this file periodically, and parsing should st
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -40,49 +41,15 @@ if TYPE_CHECKING:
 DAG_ID = "train_flight_price_model"
 
 P = ParamSpec("P")
-R = TypeVar("R")
+# What a task returns and hands on through XCom: URIs, hashes, small dicts (``orchestration.work_area.Result``,
+# not imported: parsing stays cheap). Airflow reads it at parse time: a mapping, so each key is also an XCom.
+Result = dict[str, Any]
 
 # Tasks that talk to S3 or MLflow retry transient failures, waiting 10 s, 20 s, 40 s, 80 s (at most 5 min).
 REMOTE_RETRIES: Final = 4
 REMOTE_RETRY_DELAY: Final = timedelta(seconds=10)
 REMOTE_BACKOFF: Final = 2.0  # multiplier of the delay per retry
 REMOTE_MAX_RETRY_DELAY: Final = timedelta(minutes=5)
-
-
-def _without_skops_noise(body: Callable[P, R]) -> Callable[P, R]:
-    """Run a task body with skops' lookups of Airflow's deprecated attributes silenced.
-
-    skops names numpy ufuncs by searching every loaded module, which touches Airflow's deprecated module
-    attributes: over a thousand FutureWarnings per task log, about Airflow, not about this code. (A filter set
-    at module level would not last: Airflow restores the warning filters after parsing this file.)
-    """
-
-    @functools.wraps(body)
-    def quiet(*args: P.args, **kwargs: P.kwargs) -> R:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
-            return body(*args, **kwargs)
-
-    return quiet
-
-
-def training_task(body: Callable[P, R]) -> Task[P, R]:
-    """A task of this DAG: no retries (a stage on local data fails the same way twice)."""
-    return task(_without_skops_noise(body))
-
-
-def remote_training_task(body: Callable[P, R]) -> Task[P, R]:
-    """A task of this DAG that talks to S3 or MLflow: retried with backoff.
-
-    (A fresh decorator each time: Airflow's decorator factory keeps the first task's id in its arguments.)
-    """
-    decorator = task(
-        retries=REMOTE_RETRIES,
-        retry_delay=REMOTE_RETRY_DELAY,
-        retry_exponential_backoff=REMOTE_BACKOFF,
-        max_retry_delay=REMOTE_MAX_RETRY_DELAY,
-    )
-    return decorator(_without_skops_noise(body))
 
 
 @dataclass(frozen=True)
@@ -120,6 +87,57 @@ class Run:
         return training_config(self.params["hyperparameters"])
 
 
+@contextmanager
+def _without_skops_noise() -> Iterator[None]:
+    """Silence skops' lookups of Airflow's deprecated attributes while a task body runs.
+
+    skops names numpy ufuncs by searching every loaded module, which touches Airflow's deprecated module
+    attributes: over a thousand FutureWarnings per task log, about Airflow, not about this code. (A filter set
+    at module level would not last: Airflow restores the warning filters after parsing this file.)
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
+        yield
+
+
+def stage(
+    *, remote: bool = False, config_first: bool = False
+) -> Callable[[Callable[Concatenate[Run, WorkArea, P], Result]], Task[P, Result]]:
+    """Make a stage body into a task of this DAG, named after it.
+
+    The body is called with the current ``Run``, the run's work area, then the upstream results the task is
+    given. ``config_first`` resolves the run's config before the area is opened, so a misspelt hyperparameter
+    fails the task before any work. Tasks do no retries (a stage on local data fails the same way twice), but
+    ``remote`` ones, which talk to S3 or MLflow, are retried with backoff.
+    """
+
+    def make_task(body: Callable[Concatenate[Run, WorkArea, P], Result]) -> Task[P, Result]:
+        @functools.wraps(body)  # the task id, and the return annotation Airflow reads
+        def run_stage(*args: P.args, **kwargs: P.kwargs) -> Result:
+            with _without_skops_noise():
+                run = Run.current()
+                if config_first:
+                    _ = run.config
+                with run.area() as area:
+                    return body(run, area, *args, **kwargs)
+
+        # Airflow binds the upstream results to the body's parameters after ``run`` and ``area``.
+        signature = inspect.signature(body)
+        run_stage.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=list(signature.parameters.values())[2:]
+        )
+        if remote:  # a fresh decorator each time: Airflow's decorator factory keeps the first task's id in it
+            return task(
+                retries=REMOTE_RETRIES,
+                retry_delay=REMOTE_RETRY_DELAY,
+                retry_exponential_backoff=REMOTE_BACKOFF,
+                max_retry_delay=REMOTE_MAX_RETRY_DELAY,
+            )(run_stage)
+        return task(run_stage)
+
+    return make_task
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=None,
@@ -152,93 +170,68 @@ class Run:
     },
 )
 def train_flight_price_model() -> None:
-    @training_task
-    def ingest() -> dict[str, Any]:
+    @stage(config_first=True)  # a misspelt hyperparameter fails here, before any work
+    def ingest(run: Run, area: WorkArea) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        _ = run.config  # a misspelt hyperparameter fails here, before any work
-        with run.area() as area:
-            return tasks.ingest(
-                area, data_path=run.params["data_path"], rows=run.params["rows"], seed=run.params["seed"]
-            )
+        return tasks.ingest(area, data_path=run.params["data_path"], rows=run.params["rows"], seed=run.params["seed"])
 
-    @training_task
-    def validate(ingested: dict[str, Any]) -> dict[str, Any]:
+    @stage()
+    def validate(run: Run, area: WorkArea, ingested: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.validate_data(area, ingested["data_uri"], run.config)
+        return tasks.validate_data(area, ingested["data_uri"], run.config)
 
-    @training_task
-    def split(validated: dict[str, Any]) -> dict[str, Any]:
+    @stage()
+    def split(run: Run, area: WorkArea, validated: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.split_data(area, validated["clean_uri"], run.config)
+        return tasks.split_data(area, validated["clean_uri"], run.config)
 
-    @training_task
-    def fit_transformer(splits: dict[str, Any]) -> dict[str, Any]:
+    @stage()
+    def fit_transformer(run: Run, area: WorkArea, splits: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.fit_transformer_task(area, splits["train_uri"], run.config)
+        return tasks.fit_transformer_task(area, splits["train_uri"], run.config)
 
-    @training_task
-    def train(splits: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
+    @stage()
+    def train(run: Run, area: WorkArea, splits: Result, fitted: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.train_task(
-                area,
-                transformer_uri=fitted["transformer_uri"],
-                train_uri=splits["train_uri"],
-                validation_uri=splits["validation_uri"],
-                config=run.config,
-            )
+        return tasks.train_task(
+            area,
+            transformer_uri=fitted["transformer_uri"],
+            train_uri=splits["train_uri"],
+            validation_uri=splits["validation_uri"],
+            config=run.config,
+        )
 
-    @training_task
-    def evaluate(
-        ingested: dict[str, Any], splits: dict[str, Any], fitted: dict[str, Any], trained: dict[str, Any]
-    ) -> dict[str, Any]:
+    @stage()
+    def evaluate(run: Run, area: WorkArea, ingested: Result, splits: Result, fitted: Result, trained: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.evaluate_task(
-                area,
-                data_hash=ingested["data_hash"],
-                transformer_uri=fitted["transformer_uri"],
-                model_uri=trained["model_uri"],
-                split_uris=splits,
-                config=run.config,
-            )
+        return tasks.evaluate_task(
+            area,
+            data_hash=ingested["data_hash"],
+            transformer_uri=fitted["transformer_uri"],
+            model_uri=trained["model_uri"],
+            split_uris=splits,
+            config=run.config,
+        )
 
-    @remote_training_task
-    def gate(evaluated: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
+    @stage(remote=True)
+    def gate(run: Run, area: WorkArea, evaluated: Result, splits: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.gate_task(
-                area,
-                evaluated["bundle_uri"],
-                splits["test_uri"],
-                run.connection,
-                float(run.params["promotion_margin"]),
-            )
+        return tasks.gate_task(
+            area, evaluated["bundle_uri"], splits["test_uri"], run.connection, float(run.params["promotion_margin"])
+        )
 
-    @remote_training_task
-    def publish(evaluated: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    @stage(remote=True)
+    def publish(run: Run, area: WorkArea, evaluated: Result, decision: Result) -> Result:
         from orchestration import tasks
 
-        run = Run.current()
-        with run.area() as area:
-            return tasks.publish_task(area, evaluated["bundle_uri"], decision, run.connection)
+        return tasks.publish_task(area, evaluated["bundle_uri"], decision, run.connection)
 
     ingested = ingest()
     splits = split(validate(ingested))
