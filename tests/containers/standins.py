@@ -268,16 +268,15 @@ APT_INSTALL: Final = (
 )
 
 
-def locked_constraints() -> bytes:
-    """Every package the lock pins (all groups), as a pip/uv constraints file."""
-    command = [str(BIN / "uv"), "export", "--frozen", "--all-groups", "--no-emit-project", "--no-hashes", "--no-header"]
+def locked_requirements(*selection: str) -> bytes:
+    """The lock's pins of ``selection`` (``uv export``'s group options), as a requirements file."""
+    command = [str(BIN / "uv"), "export", "--frozen", *selection, "--no-emit-project", "--no-hashes", "--no-header"]
     return subprocess.run(command, cwd=REPO, capture_output=True, check=True).stdout
 
 
-def locked_group(group: str) -> bytes:
-    """The lock's pins of one dependency group, as a requirements file."""
-    command = [str(BIN / "uv"), "export", "--frozen", "--only-group", group, "--no-emit-project", "--no-hashes"]
-    return subprocess.run([*command, "--no-header"], cwd=REPO, capture_output=True, check=True).stdout
+def locked_constraints() -> bytes:
+    """Every package the lock pins (all groups), as a pip/uv constraints file."""
+    return locked_requirements("--all-groups")
 
 
 def locked_airflow_packages() -> list[str]:
@@ -361,7 +360,7 @@ CMD []
         "uv": uv_binary(platform),
         "constraints.txt": locked_constraints(),
         "entrypoint": (STANDIN_FILES / "airflow-entrypoint.sh").read_bytes(),
-        **({"train.txt": locked_group("train")} if emulated else {}),
+        **({"train.txt": locked_requirements("--only-group", "train")} if emulated else {}),
     }
     return built_image(engine, AIRFLOW_STANDIN, dockerfile, files)
 
