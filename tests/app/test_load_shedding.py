@@ -198,9 +198,15 @@ def test_metrics_count_every_worker(bundle_dir: Path, bundle: Bundle, tmp_path: 
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == 200
         for _ in range(6):
-            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-                text = response.read().decode()
-            counted = re.search(r'http_requests_total\{method="POST",route="/predict",status="200"\} (\S+)', text)
+            # a request is counted once its answer is sent: the client may read /metrics a moment before that
+            deadline = time.monotonic() + 5
+            while True:
+                with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+                    text = response.read().decode()
+                counted = re.search(r'http_requests_total\{method="POST",route="/predict",status="200"\} (\S+)', text)
+                if (counted and float(counted.group(1)) == sent) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert counted is not None and float(counted.group(1)) == sent, text[:2000]
             assert re.search(r"^model_ready 1\.0$", text, re.M), text[:2000]
         # each worker's own count, from its file: both served, so a one-worker /metrics could not have shown `sent`
