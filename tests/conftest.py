@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
+from tests import streams
 from tests.services import S3_ENV, S3Server, mlflow_server, moto_server
 
 SMALL_ROWS = 20_000
@@ -18,20 +19,29 @@ SMALL_ROWS = 20_000
 SERVICE_FIXTURES = frozenset({"s3", "mlflow_uri"})
 
 
-# Modules run last, in this order: the publish tests, which use the images ``.ci/run``'s background warm-up makes
-# under emulation (its longest part), then the tests that measure latency, once the suite's other work and those
-# builds (both cores for minutes) are done, so they measure the server rather than a busy machine.
-RUN_LAST = ("test_publish.py", "test_hostile_clients.py")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a real service as ``integration``, so ``-m "not integration"`` is the fast loop;
-    move the ``RUN_LAST`` modules' tests to the end."""
+    order the suite into its two streams (``tests.streams``)."""
     for item in items:
         in_integration = "integration" in item.path.relative_to(Path(__file__).parent).parts
         if in_integration or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: RUN_LAST.index(item.path.name) + 1 if item.path.name in RUN_LAST else 0)  # stable
+    streams.order(items)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> streams.StreamScheduling:
+    """Schedule the suite in its two streams (``tests.streams``)."""
+    return streams.StreamScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Say, for the latency tests' wait (``tests.streams.wait_for_quiet``), whether this worker is in a test."""
+    streams.say(item.config, "busy")
+    try:
+        return (yield)
+    finally:
+        streams.say(item.config, "idle")
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ import pytest
 from app.contract.bundle import Bundle, load_bundle
 from tests.deploy.manifests import APP_NAME, KUSTOMIZATION_DIR, load_documents, named
 from tests.services import LOOPBACK, free_port, trickling_server, wait_http
+from tests.streams import wait_for_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +106,12 @@ def start_server(bundle_dir: Path, log: Path, **env: str) -> Server:
         process.kill()
         raise
     return Server(url, port, process, log, load_bundle(bundle_dir))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_machine(request: pytest.FixtureRequest) -> None:
+    """These tests end the engine stream (``tests.streams``): they start once the other worker is done."""
+    wait_for_quiet(request.config)
 
 
 @pytest.fixture(scope="module")
