@@ -11,7 +11,7 @@ import pytest
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
-from tests.services import S3_ENV, S3Server, mlflow_server, moto_server
+from tests.harness.services import S3_ENV, S3Server, mlflow_server, moto_server
 
 SMALL_ROWS = 20_000
 # Fixtures that start a real service: a test using one (directly or through another fixture) is "integration".

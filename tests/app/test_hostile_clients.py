@@ -28,8 +28,8 @@ from typing import Final
 import pytest
 
 from app.contract.bundle import Bundle, load_bundle
-from tests.deploy.manifests import APP_NAME, KUSTOMIZATION_DIR, load_documents, named
-from tests.services import LOOPBACK, free_port, trickling_server, wait_http
+from tests.harness.manifests import APP_NAME, KUSTOMIZATION_DIR, load_documents, named
+from tests.harness.services import LOOPBACK, free_port, trickling_server, wait_http
 
 pytestmark = pytest.mark.integration
 
