@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from app.contract.bundle import Bundle, Metadata
-from tests.services import LOOPBACK, free_port, running
+from tests.harness.services import LOOPBACK, free_port, running
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 VENVS: Final = ROOT / "bench" / ".venvs"
@@ -169,7 +169,8 @@ def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def started(
     args: list[str], ready_url: str, env: dict[str, str], log: Path, timeout: float = 180
 ) -> Iterator[tuple[int, float]]:
-    """``tests.services.running``, yielding the process id and the seconds from launch to the ready URL's 2xx."""
+    """``tests.harness.services.running``, yielding the process id and the seconds from launch to the ready
+    URL's 2xx."""
     begun = time.perf_counter()
     with running(args, ready_url, env=env, timeout=timeout, log=log) as process:
         yield process.pid, time.perf_counter() - begun

@@ -69,7 +69,7 @@ from bench.peers import (
     v2_answers,
     v2_request,
 )
-from tests.services import BIN, LOOPBACK, free_port
+from tests.harness.services import BIN, LOOPBACK, free_port
 
 BATCH_ROWS: Final = 1000
 DISTINCT_RECORDS: Final = 256

@@ -42,7 +42,7 @@ from orchestration.config import load_config
 from orchestration.data import DEFAULT_ROWS, generate, write_csv
 from orchestration.pipeline import run_pipeline
 from orchestration.publish import PublishTarget, publish_bundle
-from tests.services import LOOPBACK, S3_ENV, free_port, mlflow_server, moto_server, s3_keys_in_file, stop
+from tests.harness.services import LOOPBACK, S3_ENV, free_port, mlflow_server, moto_server, s3_keys_in_file, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 

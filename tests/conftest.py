@@ -11,8 +11,8 @@ import pytest
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
-from tests import streams
-from tests.services import S3_ENV, S3Server, mlflow_server, moto_server
+from tests.harness import streams
+from tests.harness.services import S3_ENV, S3Server, mlflow_server, moto_server
 
 SMALL_ROWS = 20_000
 # Fixtures that start a real service: a test using one (directly or through another fixture) is "integration".
@@ -21,7 +21,7 @@ SERVICE_FIXTURES = frozenset({"s3", "mlflow_uri"})
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a real service as ``integration``, so ``-m "not integration"`` is the fast loop;
-    order the suite into its two streams (``tests.streams``)."""
+    order the suite into its two streams (``tests.harness.streams``)."""
     for item in items:
         in_integration = "integration" in item.path.relative_to(Path(__file__).parent).parts
         if in_integration or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -30,13 +30,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> streams.StreamScheduling:
-    """Schedule the suite in its two streams (``tests.streams``)."""
+    """Schedule the suite in its two streams (``tests.harness.streams``)."""
     return streams.StreamScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
-    """Say, for the latency tests' wait (``tests.streams.wait_for_quiet``), whether this worker is in a test."""
+    """Say, for the latency tests' wait (``tests.harness.streams.wait_for_quiet``), whether this worker is in a test."""
     streams.say(item.config, "busy")
     try:
         return (yield)

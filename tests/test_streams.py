@@ -1,4 +1,4 @@
-"""The suite's two streams (``tests.streams``): which tests share a worker, in what order, and the quiet wait."""
+"""The suite's two streams (``tests.harness.streams``): which tests share a worker, in what order, the quiet wait."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests import streams
+from tests.harness import streams
 
 TESTS = Path(__file__).parent
 

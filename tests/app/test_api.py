@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Scope
 
 from app.contract.bundle import METADATA_FILE, MODEL_FILE, Bundle, content_hash, load_bundle, read_metadata
 from app.contract.registry import TAG_CONTENT_HASH
-from tests.app.serving import ready_client, records, settings_for, wait_ready
-from tests.services import BIN, LOOPBACK, free_port, running
+from tests.harness.services import BIN, LOOPBACK, free_port, running
+from tests.harness.serving import ready_client, records, settings_for, wait_ready
 
 
 @pytest.fixture(scope="module")

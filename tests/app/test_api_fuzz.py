@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 from schemathesis.core.result import Ok
 
-from tests.app.serving import other_shape_bundle
-from tests.services import BIN, LOOPBACK, free_port, running
+from tests.harness.services import BIN, LOOPBACK, free_port, running
+from tests.harness.serving import other_shape_bundle
 
 pytestmark = pytest.mark.integration  # starts uvicorn processes
 EXAMPLES = 30  # per operation and bundle

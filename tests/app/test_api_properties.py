@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from app.contract.bundle import Bundle, Feature, load_bundle
 from app.model.schema import RecordSchema
-from tests.app.serving import ready_client, settings_for
+from tests.harness.serving import ready_client, settings_for
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -28,9 +28,9 @@ from typing import Final
 import pytest
 
 from app.contract.bundle import Bundle, load_bundle
-from tests.deploy.manifests import APP_NAME, KUSTOMIZATION_DIR, load_documents, named
-from tests.services import LOOPBACK, free_port, trickling_server, wait_http
-from tests.streams import wait_for_quiet
+from tests.harness.manifests import APP_NAME, KUSTOMIZATION_DIR, load_documents, named
+from tests.harness.services import LOOPBACK, free_port, trickling_server, wait_http
+from tests.harness.streams import wait_for_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def start_server(bundle_dir: Path, log: Path, **env: str) -> Server:
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_machine(request: pytest.FixtureRequest) -> None:
-    """These tests end the engine stream (``tests.streams``): they start once the other worker is done."""
+    """These tests end the engine stream (``tests.harness.streams``): they start once the other worker is done."""
     wait_for_quiet(request.config)
 
 

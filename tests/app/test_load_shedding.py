@@ -24,8 +24,8 @@ import app.runtime.served_model
 from app.contract.bundle import Bundle, load_bundle
 from app.model.predictor import SMALL_BATCH_ROWS, Predictor
 from app.model.schema import RecordSchema
-from tests.app.serving import ready_client, records, settings_for
-from tests.services import BIN, LOOPBACK, free_port, running
+from tests.harness.services import BIN, LOOPBACK, free_port, running
+from tests.harness.serving import ready_client, records, settings_for
 
 TIMEOUT_S = 1.5
 

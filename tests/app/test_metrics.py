@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.contract.bundle import load_bundle
-from tests.app.serving import ready_client, records, settings_for
+from tests.harness.serving import ready_client, records, settings_for
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

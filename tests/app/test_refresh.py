@@ -12,7 +12,7 @@ from app.contract.bundle import Feature, Metadata, Target
 from app.delivery.resolve import Resolved
 from app.runtime.refresh import schema_changes
 from app.runtime.state import Candidate
-from tests.app.serving import metadata_for
+from tests.harness.serving import metadata_for
 
 FEATURES = [
     Feature(name="time", kind="numeric", dtype="float", minimum=0.1, maximum=24.0),

@@ -18,7 +18,7 @@ from app.contract.registry import (
     RestRegistry,
     registry_for,
 )
-from tests.services import free_port, trickling_server
+from tests.harness.services import free_port, trickling_server
 
 
 @pytest.fixture(scope="module")

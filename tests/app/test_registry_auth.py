@@ -36,7 +36,7 @@ from app.delivery.failures import DeliveryError
 from app.delivery.resolve import resolve
 from app.runtime.registry_view import RegistryView
 from app.settings import Settings
-from tests.services import LOOPBACK, RegistryAdmin, S3Server, mlflow_server
+from tests.harness.services import LOOPBACK, RegistryAdmin, S3Server, mlflow_server
 
 READER = "serving-reader"
 # Each basic-auth request checks a PBKDF2 hash: generous on a loaded 2-core machine (the default is 5 s).

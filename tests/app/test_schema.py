@@ -19,7 +19,7 @@ from app.contract.features import FEW_ROWS
 from app.model.predictor import probe_columns
 from app.model.schema import BATCH_MODEL, RECORD_MODEL, RecordSchema, RequestError, day_pattern
 from orchestration.pipeline import TrainResult
-from tests.app.serving import metadata_for, records
+from tests.harness.serving import metadata_for, records
 
 MAX_RECORDS = 5
 OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle-written-as-app-features"

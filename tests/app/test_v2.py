@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 import app.runtime.served_model
 from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
 from app.model.schema import RecordSchema, RequestError
-from tests.app.serving import metadata_for, ready_client, records, settings_for
-from tests.services import BIN, LOOPBACK, free_port, running
+from tests.harness.services import BIN, LOOPBACK, free_port, running
+from tests.harness.serving import metadata_for, ready_client, records, settings_for
 
 NAME = "flight-price"  # MODEL_NAME's default
 VERSION = 7

@@ -18,7 +18,7 @@ from flight_price.main import FlightPrice
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, DEFAULT_SERVING_PORT
 from app.settings import env_names
 from bench import peers as bench_peers
-from tests.ci.plan import bound, calls, container_of, env, execs, names, one, recording_engine, steps
+from tests.harness.plan import bound, calls, container_of, env, execs, names, one, recording_engine, steps
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}

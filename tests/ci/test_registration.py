@@ -1,4 +1,4 @@
-"""The module as the engine sees it: registered through the SDK's own type-definition path (tests/ci/register.py,
+"""The module as the engine sees it: registered through the SDK's own type-definition path (tests/harness/register.py,
 in a fresh process, as the engine's runtime does), with a recording client instead of an engine.
 
 A signature the SDK cannot register fails here as it would fail every ``dagger call``; what registers is read
@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from tests.ci.register import main_object_name
+from tests.harness.register import main_object_name
 
 REPO: Final = Path(__file__).resolve().parents[2]
 CHECKS: Final = {"lint", "typecheck", "unit_tests", "smoke"}
@@ -37,7 +37,12 @@ def selections(value: Any, name: str) -> list[dict[str, Any]]:
 def registered() -> dict[str, Any]:
     """The main object's type definition as ``Module.register()`` sends it."""
     ran = subprocess.run(
-        [sys.executable, "-m", "tests.ci.register"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "tests.harness.register"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert ran.returncode == 0, f"the SDK could not register the module:\n{ran.stderr[-3000:]}"
     query = json.loads(ran.stdout)

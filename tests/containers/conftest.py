@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.containers.engine import Engine, start, stop
-from tests.containers.replay import Replay
-from tests.containers.warm import module_on_standins, wait_for_warm_up
+from tests.harness.engine import Engine, start, stop
+from tests.harness.replay import Replay
+from tests.harness.warm import module_on_standins, wait_for_warm_up
 
 if TYPE_CHECKING:
     from flight_price.main import FlightPrice

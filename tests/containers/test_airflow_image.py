@@ -1,5 +1,5 @@
 """The orchestration image, built by replaying the module's own ``airflow()`` chain on the Airflow stand-in
-(tests/containers/standins.py: made the way ``apache/airflow`` is made), and run: ``airflow version`` through the
+(tests/harness/standins.py: made the way ``apache/airflow`` is made), and run: ``airflow version`` through the
 image's entrypoint, the DAG parsed with no import error, the training dependencies imported as the airflow user.
 
 The build itself is checked by running it: the requirements export must stay installable by pip (a hashed export
@@ -15,10 +15,10 @@ from typing import Any, Final
 import pytest
 from flight_price import main as module
 
-from tests.containers.engine import DOCKER, Engine
-from tests.containers.replay import Replay, env_of
-from tests.containers.standins import AIRFLOW_HOME, AIRFLOW_UID
-from tests.containers.warm import module_on_standins
+from tests.harness.engine import DOCKER, Engine
+from tests.harness.replay import Replay, env_of
+from tests.harness.standins import AIRFLOW_HOME, AIRFLOW_UID
+from tests.harness.warm import module_on_standins
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 

@@ -3,7 +3,7 @@ its image references changed; the DAG triggered through the api-server's REST AP
 by the serving image on the stack's network.
 
 The images: the module's ``airflow()`` replayed on the Airflow stand-in (the file's ``AIRFLOW_IMAGE``, also the
-image of ``mlflow`` and ``mlflow-users``), and the stand-ins of tests/containers/standins.py behind the file's
+image of ``mlflow`` and ``mlflow-users``), and the stand-ins of tests/harness/standins.py behind the file's
 other references: postgres (an override file this test writes: the file names ``postgres:16`` itself) and
 ``MINIO_IMAGE``. MinIO has no Debian or PyPI build, so the service named ``minio`` runs moto's S3 server, and
 the file's own ``minio-buckets`` script runs unchanged with an ``mc`` for the commands it uses: the buckets are
@@ -41,12 +41,8 @@ from flight_price import main as module
 from app.contract.registry import TAG_DVC_HASH, RegistryAccess, RestRegistry
 from app.delivery.pull import pull
 from app.settings import Settings
-from tests.containers.engine import DOCKER, Engine
-from tests.containers.replay import Replay
-from tests.containers.standins import postgres_standin, s3_standin
-from tests.containers.warm import module_on_standins
-from tests.orchestration.airflow_stack import DAG_ID, TASKS, AirflowClient, Run, parse_time, redact
-from tests.orchestration.compose_file import (
+from tests.harness.airflow_stack import DAG_ID, TASKS, AirflowClient, Run, parse_time, redact
+from tests.harness.compose_file import (
     COMPOSE,
     ENV_EXAMPLE,
     ROOT_SERVICES,
@@ -54,7 +50,11 @@ from tests.orchestration.compose_file import (
     read_env_file,
     without_name,
 )
-from tests.services import LOOPBACK, RegistryAdmin, blob_key, free_port
+from tests.harness.engine import DOCKER, Engine
+from tests.harness.replay import Replay
+from tests.harness.services import LOOPBACK, RegistryAdmin, blob_key, free_port
+from tests.harness.standins import postgres_standin, s3_standin
+from tests.harness.warm import module_on_standins
 from tests.smoke.checker import run_checks
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.airflow, pytest.mark.timeout(1500)]

@@ -1,11 +1,11 @@
-"""Dagger's upload filter for a contextual directory (``tests/containers/context.py``), on trees made here."""
+"""Dagger's upload filter for a contextual directory (``tests/harness/context.py``), on trees made here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.containers.context import uploaded
-from tests.containers.warm import REPO, source_ignore
+from tests.harness.context import uploaded
+from tests.harness.warm import REPO, source_ignore
 
 
 def tree(root: Path, *files: str) -> Path:

@@ -9,8 +9,8 @@ import pytest
 from flight_price import main as module
 from flight_price.main import FlightPrice
 
-from tests.ci.plan import one
-from tests.containers.replay import Replay, env_of
+from tests.harness.plan import one
+from tests.harness.replay import Replay, env_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 

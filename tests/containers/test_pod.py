@@ -24,9 +24,9 @@ import pytest
 from flight_price import main as module
 from flight_price.main import FlightPrice
 
-from tests.containers.replay import Replay
-from tests.deploy.manifests import Manifests, render
-from tests.services import s3_keys_in_file
+from tests.harness.manifests import Manifests, render
+from tests.harness.replay import Replay
+from tests.harness.services import s3_keys_in_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 

@@ -23,11 +23,11 @@ import pytest
 from dagger import Platform, dag
 from flight_price.main import AIRFLOW_IMAGE_NAME, AIRFLOW_VERSION, PLATFORMS, SERVING_IMAGE_NAME, FlightPrice, uv_tool
 
-from tests.containers.engine import DOCKER, Engine
-from tests.containers.registry import OCI_INDEX, OCI_MANIFEST, ImageRegistry, RegistryClient, image_registry
-from tests.containers.replay import Replay, ReplayError, State
-from tests.containers.standins import python_standin, standin_variants, uv_standin
-from tests.containers.warm import module_on_standins, wait_for_warm_up
+from tests.harness.engine import DOCKER, Engine
+from tests.harness.registry import OCI_INDEX, OCI_MANIFEST, ImageRegistry, RegistryClient, image_registry
+from tests.harness.replay import Replay, ReplayError, State
+from tests.harness.standins import python_standin, standin_variants, uv_standin
+from tests.harness.warm import module_on_standins, wait_for_warm_up
 
 # Cold, the module fixture builds both images for arm64 under emulation (about 10 minutes here); .ci/run's warm-up
 # builds them ahead, and the fixture waits for it.

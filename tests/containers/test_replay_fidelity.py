@@ -19,10 +19,10 @@ from dagger import dag
 from flight_price import main as module
 from flight_price.main import FlightPrice
 
-from tests.containers.engine import DOCKER, Engine
-from tests.containers.replay import ImageTree, Replay, ReplayError
-from tests.containers.standins import python_standin
-from tests.services import LOOPBACK
+from tests.harness.engine import DOCKER, Engine
+from tests.harness.replay import ImageTree, Replay, ReplayError
+from tests.harness.services import LOOPBACK
+from tests.harness.standins import python_standin
 from tests.smoke.checker import run_checks
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]

@@ -13,7 +13,7 @@ import re
 import pytest
 from flight_price.main import SMOKE_CREDENTIALS, FlightPrice
 
-from tests.containers.replay import Replay, env_of
+from tests.harness.replay import Replay, env_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 

@@ -1,6 +1,6 @@
 """The ``test`` stage's view of the source: the tools container with ``/src`` exactly as Dagger uploads it.
 
-The module's ``source`` is the repository filtered by its ``Ignore`` patterns (``tests/containers/context.py``
+The module's ``source`` is the repository filtered by its ``Ignore`` patterns (``tests/harness/context.py``
 has Dagger's rules); the checks ``checks()`` runs (ruff, mypy, the unit tests) must pass on that view.
 """
 
@@ -13,9 +13,9 @@ import sys
 import pytest
 from flight_price.main import FlightPrice
 
-from tests.containers.context import uploaded
-from tests.containers.replay import Replay
-from tests.containers.warm import REPO, source_ignore
+from tests.harness.context import uploaded
+from tests.harness.replay import Replay
+from tests.harness.warm import REPO, source_ignore
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 

@@ -23,7 +23,7 @@ from flight_price import main as module
 from app.api.routes.health import router as health_router
 from app.contract.connection import REGISTRY_SECRET_VARIABLES, S3_CREDENTIAL_VARIABLES
 from app.settings import env_names
-from tests.deploy.manifests import (
+from tests.harness.manifests import (
     APP_NAME,
     KUSTOMIZATION_DIR,
     REPO,

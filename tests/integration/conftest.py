@@ -20,7 +20,7 @@ from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
 from orchestration.publish import Published, PublishTarget, publish_bundle
-from tests.services import S3_ENV, S3Server, running
+from tests.harness.services import S3_ENV, S3Server, running
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = S3_ENV["AWS_SECRET_ACCESS_KEY"]

@@ -24,6 +24,7 @@ from app.delivery.pull import explain_pull_failure, pull
 from app.delivery.verify import verify
 from app.settings import Settings
 from orchestration.publish import PublishError, PublishTarget, publish_bundle, push_bundle
+from tests.harness.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_port
 from tests.integration.conftest import (
     SECRET,
     entrypoint_env,
@@ -31,7 +32,6 @@ from tests.integration.conftest import (
     target_for,
     unique,
 )
-from tests.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_port
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ from app.contract.bundle import Bundle, load_bundle
 from app.contract.connection import DEFAULT_ALIAS, S3_CREDENTIAL_VARIABLES
 from app.contract.registry import mlflow_client
 from orchestration.publish import Published, PublishTarget
-from tests.app.serving import records
+from tests.harness.services import LOOPBACK, S3Server, free_port, s3_keys_in_file, stop, wait_http
+from tests.harness.serving import records
 from tests.integration.conftest import SECRET, champion_and_challenger, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3Server, free_port, s3_keys_in_file, stop, wait_http
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ from orchestration.__main__ import main
 from orchestration.config import load_config
 from orchestration.pipeline import Progress, run_pipeline
 from orchestration.publish import Published, PublishTarget, publish_bundle, push_bundle
-from tests.app.serving import records
+from tests.harness.services import S3Server, blob_key
+from tests.harness.serving import records
 from tests.integration.conftest import fresh_target
-from tests.services import S3Server, blob_key
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from pathlib import Path
 from app.contract.bundle import load_bundle
 from orchestration.publish import publish_bundle
 from orchestration.quickstart import target_for
+from tests.harness.services import LOOPBACK, free_port, running
 from tests.integration.conftest import ROOT
-from tests.services import LOOPBACK, free_port, running
 
 
 def _when_printed(log: Path, text: str, timeout: float = 30) -> str:

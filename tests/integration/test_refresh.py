@@ -27,9 +27,9 @@ from app.contract.hashing import file_digest
 from app.contract.registry import TAG_CONTENT_HASH, TAG_DVC_HASH, mlflow_client
 from app.contract.store import DVC_HASH
 from orchestration.publish import Published, PublishTarget, publish_bundle
-from tests.app.serving import other_shape_bundle, records
+from tests.harness.services import LOOPBACK, S3Server, blob_key, free_port, running, s3_keys_in_file
+from tests.harness.serving import other_shape_bundle, records
 from tests.integration.conftest import champion_and_challenger, entrypoint_env, fresh_target, serving
-from tests.services import LOOPBACK, S3Server, blob_key, free_port, running, s3_keys_in_file
 
 REFRESH_S = 1.0
 

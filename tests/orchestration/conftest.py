@@ -1,4 +1,4 @@
-"""Fixtures of the orchestration tests: the production-shaped Airflow stack (tests/orchestration/airflow_stack.py),
+"""Fixtures of the orchestration tests: the production-shaped Airflow stack (tests/harness/airflow_stack.py),
 started once per session, only for the tests that ask for it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.orchestration.airflow_stack import AirflowStack, start
+from tests.harness.airflow_stack import AirflowStack, start
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from orchestration.data import generate
 from orchestration.split import split
 from orchestration.transform import feature_schema, fit_transformer
 from orchestration.validate import validate
-from tests.app.serving import metadata_for
+from tests.harness.serving import metadata_for
 
 FLIGHTS = load_config().data
 SPLIT = load_config().split

@@ -39,8 +39,8 @@ import yaml
 from app.contract.connection import load_connection_settings, variable_names
 from app.settings import env_names
 from orchestration.work_area import WORK_URL_ENV
-from tests.orchestration.airflow_stack import COMMON_ENV_NAMES
-from tests.orchestration.compose_file import (
+from tests.harness.airflow_stack import COMMON_ENV_NAMES
+from tests.harness.compose_file import (
     COMPOSE,
     ENV_EXAMPLE,
     ROOT_SERVICES,
@@ -48,7 +48,7 @@ from tests.orchestration.compose_file import (
     read_env_file,
     without_name,
 )
-from tests.services import free_port
+from tests.harness.services import free_port
 
 pytestmark = pytest.mark.integration  # runs Debian's docker-compose (a real process, absent from the tools image)
 
@@ -303,7 +303,7 @@ def test_the_stack_has_every_component(services: dict[str, dict[str, Any]]) -> N
 
 def test_airflow_environment_is_the_production_test_stacks(services: dict[str, dict[str, Any]]) -> None:
     """Every Airflow service's environment holds exactly the variables the production-shape test stack gives its
-    components (``tests/orchestration/airflow_stack.py``, which runs the DAG on them), plus what one service
+    components (``tests/harness/airflow_stack.py``, which runs the DAG on them), plus what one service
     needs for itself: airflow-init's first-start settings, the Celery worker's warm shutdown, flower's login; and
     where Airflow writes its defaults in a container (``CONTAINER_ONLY_ENV``)."""
     own = {

@@ -2,7 +2,7 @@
 server and a real ``mlflow server``.
 
 Airflow reads its configuration when it is first imported, so it runs in subprocesses
-(``tests/orchestration/airflow_process.py``) with their own ``AIRFLOW_HOME`` and sqlite metadata DB, migrated
+(``tests/harness/airflow_process.py``) with their own ``AIRFLOW_HOME`` and sqlite metadata DB, migrated
 once for this module; the test process never imports Airflow. The four DAG runs share one subprocess, in
 order (first model, rerun of the same run, a worse model, invalid data), because each Airflow process
 spends ~15 s starting up before its first task.
@@ -32,8 +32,8 @@ from orchestration.data import generate, write_csv
 from orchestration.gate import CANDIDATE_METRIC, CHAMPION_METRIC, PROMOTED_TAG, REASON_TAG
 from orchestration.tasks import training_config
 from orchestration.work_area import WORK_URL_ENV
-from tests.orchestration.airflow_process import DAG_ID, DAGS, RESULT
-from tests.services import BIN, S3_ENV, S3Server, blob_key
+from tests.harness.airflow_process import DAG_ID, DAGS, RESULT
+from tests.harness.services import BIN, S3_ENV, S3Server, blob_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -62,7 +62,7 @@ class Outcome:
 def _airflow(env: dict[str, str], *args: str, log: Path, timeout: float = 900) -> list[Outcome]:
     """Run the Airflow subprocess; split its merged output into one log per result (all of it also in ``log``)."""
     process = subprocess.run(
-        [sys.executable, "-m", "tests.orchestration.airflow_process", *args],
+        [sys.executable, "-m", "tests.harness.airflow_process", *args],
         cwd=REPO,
         env={**env, "PYTHONUNBUFFERED": "1"},  # keeps stdout and stderr lines in order
         stdout=subprocess.PIPE,

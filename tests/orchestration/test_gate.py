@@ -31,8 +31,8 @@ from orchestration.publish import PublishTarget, publish_bundle
 from orchestration.split import split
 from orchestration.validate import validate
 from orchestration.work_area import open_area
+from tests.harness.services import S3Server
 from tests.integration.conftest import fresh_target
-from tests.services import S3Server
 
 MARGIN = 0.05
 

@@ -1,4 +1,4 @@
-"""The training DAG in Airflow 3's production shape (tests/orchestration/airflow_stack.py): separate api-server,
+"""The training DAG in Airflow 3's production shape (tests/harness/airflow_stack.py): separate api-server,
 scheduler, dag-processor and triggerer on postgres, triggered and watched through the REST API as a user would,
 with the registry behind basic auth and the DVC remote on S3; then under CeleryExecutor with two workers that
 share no directory.
@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from app.contract.registry import TAG_DVC_HASH, RegistryAccess, RestRegistry
-from tests.orchestration.airflow_stack import (
+from tests.harness.airflow_stack import (
     BUCKET,
     DAG_ID,
     TASKS,
@@ -42,7 +42,7 @@ from tests.orchestration.airflow_stack import (
     parse_time,
     redact,
 )
-from tests.services import LOOPBACK, blob_key
+from tests.harness.services import LOOPBACK, blob_key
 
 # Each test may wait for a whole DAG run (minutes: 4-23 s per task on 2 cores) on top of the stack's start-up.
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(1200)]

@@ -13,7 +13,7 @@ import pytest
 
 from orchestration import tasks
 from orchestration.work_area import WORK_URL_ENV, WorkAreaError, open_area, run_key
-from tests.services import S3Server
+from tests.harness.services import S3Server
 
 ROWS = 1200
 RUN_ID = "manual__2025-01-01T00:00:00+00:00"

@@ -24,7 +24,7 @@ from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, run_pipeline
 from orchestration.publish import PublishTarget, push_bundle
-from tests.services import LOOPBACK, S3_ENV, S3Server, free_port
+from tests.harness.services import LOOPBACK, S3_ENV, S3Server, free_port
 
 SMALL_ROWS: Final = 8_000
 HASH_FILE: Final = "dvc-hash"

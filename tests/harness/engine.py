@@ -1,11 +1,11 @@
 """A Docker engine for the container tests: Debian's dockerd, its data under a directory of ours.
 
 No Dagger engine can run on our machines (it needs ``--privileged``), but dockerd can, so the container
-tests replay the Dagger module's pipelines on it (``tests/containers/replay.py``).
+tests replay the Dagger module's pipelines on it (``tests/harness/replay.py``).
 
-    python -m tests.containers.engine start   # install (Debian's docker.io) and start, or reuse a running one
-    python -m tests.containers.engine stop    # stop the dockerd this script started, and nothing else
-    python -m tests.containers.engine status
+    python -m tests.harness.engine start   # install (Debian's docker.io) and start, or reuse a running one
+    python -m tests.harness.engine stop    # stop the dockerd this script started, and nothing else
+    python -m tests.harness.engine status
 
 ``start`` installs what the container tests need from Debian (the engine, debootstrap, qemu-user, a registry),
 registers arm64 emulation with ``binfmt_misc``, and prints ``started`` or ``reused`` as its last line, so a caller
@@ -127,7 +127,7 @@ def register_emulation() -> None:
         raise EngineError(f"{BINFMT / 'qemu-aarch64'} is registered but disabled: enable it (echo 1 > it) as root")
     if os.geteuid() != 0:
         raise EngineError(
-            "arm64 emulation is not registered and not root: run `python -m tests.containers.engine start` as root"
+            "arm64 emulation is not registered and not root: run `python -m tests.harness.engine start` as root"
         )
     if not (BINFMT / "register").exists():
         mounted = subprocess.run(
@@ -210,7 +210,7 @@ def stop() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.containers.engine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.engine", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=("start", "stop", "status"))
     args = parser.parse_args(argv)
     try:

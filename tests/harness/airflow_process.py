@@ -1,4 +1,4 @@
-"""What test_dag.py runs in its Airflow subprocess: ``python -m tests.orchestration.airflow_process ...``.
+"""What tests/orchestration/test_dag.py runs in its Airflow subprocess: ``python -m tests.harness.airflow_process ...``.
 
 Airflow reads its configuration when first imported, so it gets a process of its own, with the environment
 (``AIRFLOW_HOME``, sqlite metadata DB, the stack's variables) the test prepared. This module imports only

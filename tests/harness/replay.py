@@ -1,16 +1,16 @@
 """Replaying the Dagger module's lazy pipelines on a Docker engine, step by step, with Dagger's semantics.
 
 The Python SDK builds every object lazily: a ``Container`` holds its query as a list of field selections
-(``tests/ci/plan.py`` reads them). ``Replay`` walks the same selections and performs each one on dockerd:
+(``tests/harness/plan.py`` reads them). ``Replay`` walks the same selections and performs each one on dockerd:
 
-- ``from``: a local image (nothing can be pulled here: the tests pass stand-ins, ``tests/containers/standins.py``);
+- ``from``: a local image (nothing can be pulled here: the tests pass stand-ins, ``tests/harness/standins.py``);
   its configuration (env, workdir, user, entrypoint, cmd, ports, labels, healthcheck) is inherited.
 - ``withExec``: ``docker run`` as the container's user, in its workdir, with its environment and its cache
   volumes mounted (Docker named volumes), then ``docker commit``; a non-zero exit fails with the output.
   As in Dagger, the entrypoint is not used and the stdout is kept for ``stdout()``.
 - ``withDirectory``/``withFile``: a tar stream into the container (``docker cp``), keeping the source's
   ownership and modes unless ``owner`` is given; directories from the host are filtered as Dagger uploads
-  them (``tests/containers/context.py``) and arrive owned by root.
+  them (``tests/harness/context.py``) and arrive owned by root.
 - configuration steps (``withEnvVariable``, ``withWorkdir``, ``withUser``, ``withExposedPort``,
   ``withEntrypoint``, ``withLabel``, ``withDockerHealthcheck``) are tracked and written into the image when
   one is needed (a legacy ``docker build`` of a generated Dockerfile).
@@ -54,9 +54,9 @@ from typing import IO, Any, Final
 from dagger.client._core import Context, Field
 from dagger.client.base import Type
 
-from tests.containers.context import uploaded
-from tests.containers.engine import DOCKER, Engine, engine_dir
-from tests.containers.registry import (
+from tests.harness.context import uploaded
+from tests.harness.engine import DOCKER, Engine, engine_dir
+from tests.harness.registry import (
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
@@ -65,7 +65,7 @@ from tests.containers.registry import (
     RegistryError,
     sha256_digest,
 )
-from tests.services import LOOPBACK
+from tests.harness.services import LOOPBACK
 
 STEP_REPOSITORY: Final = "flight-price-replay/step"
 CACHE_VOLUME_PREFIX: Final = "flight-price-cache-"
@@ -500,7 +500,7 @@ class Replay:
         if platform != self.platform() and found != platform:
             raise ReplayError(
                 f"from({address!r}) for {platform}: the engine has it for {found} only (no {platform} variant "
-                "registered: tests/containers/standins.py makes them)"
+                "registered: tests/harness/standins.py makes them)"
             )
         c = info["Config"] or {}
         check = c.get("Healthcheck")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from tests.services import LOOPBACK, Hidden, free_port, running
+from tests.harness.services import LOOPBACK, Hidden, free_port, running
 
 REGISTRY_SERVER: Final = "/usr/bin/docker-registry"  # Debian's docker-registry
 HTPASSWD: Final = "/usr/bin/htpasswd"  # Debian's apache2-utils

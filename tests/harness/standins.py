@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from tests.containers.engine import DOCKER, Engine, EngineError, engine_dir
-from tests.services import BIN
+from tests.harness.engine import DOCKER, Engine, EngineError, engine_dir
+from tests.harness.services import BIN
 
 REPO: Final = Path(__file__).resolve().parents[2]
 SUITE: Final = "bookworm"
@@ -132,7 +132,7 @@ def load_tree(engine: Engine, root: Path, tag: str, env: dict[str, str], cmd: li
             "os": "linux",
             "config": {"Env": [f"{name}={value}" for name, value in env.items()], **({"Cmd": cmd} if cmd else {})},
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hasher.hexdigest()}"]},
-            "history": [{"created_by": f"tests/containers/standins.py ({platform})"}],
+            "history": [{"created_by": f"tests/harness/standins.py ({platform})"}],
         }
         config_json = json.dumps(config).encode()
         config_name = f"{hashlib.sha256(config_json).hexdigest()}.json"
@@ -152,7 +152,7 @@ def load_tree(engine: Engine, root: Path, tag: str, env: dict[str, str], cmd: li
 def python_standin(engine: Engine, platform: str = NATIVE_PLATFORM) -> str:
     """The stand-in for ``python:3.11-slim`` on ``platform`` (built once per recipe); its tag.
 
-    Another architecture than the machine's is made under qemu-user (``tests/containers/engine.py`` registers it):
+    Another architecture than the machine's is made under qemu-user (``tests/harness/engine.py`` registers it):
     debootstrap runs the packages' scripts emulated, a few minutes."""
     arch = arch_of(platform)
     mirror, ca_bundle = debian_mirror(), host_ca_bundle()
@@ -167,7 +167,7 @@ def python_standin(engine: Engine, platform: str = NATIVE_PLATFORM) -> str:
         if not needed:
             return tag
         if shutil.which("debootstrap") is None:
-            raise EngineError("debootstrap is missing: `python -m tests.containers.engine start` installs it")
+            raise EngineError("debootstrap is missing: `python -m tests.harness.engine start` installs it")
         emulated = "" if platform == NATIVE_PLATFORM else ", emulated: minutes"
         print(f"standins: debootstrap {SUITE} minbase for {arch} from {mirror}{emulated}", file=sys.stderr)
         started = time.monotonic()
@@ -249,7 +249,7 @@ def standin_variants(engine: Engine, *, airflow_version: str | None = None) -> d
 # --- the compose stack's images ----------------------------------------------------------------------------------
 # orchestration/docker-compose.yaml runs apache/airflow (extended by the module's ``airflow()``), postgres and
 # MinIO. None can be pulled here, so these stand-ins are built on the python stand-in from Debian's packages and
-# PyPI, each made the way its original is made where that can be done here (tests/containers/standin_files/ holds
+# PyPI, each made the way its original is made where that can be done here (tests/harness/standin_files/ holds
 # their scripts, written here, not copied). Their tags are hashes of their recipes, like the bases above.
 
 STANDIN_FILES: Final = Path(__file__).resolve().parent / "standin_files"

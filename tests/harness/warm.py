@@ -1,6 +1,6 @@
 """Build what the container tests replay ahead of them, so ``.ci/run`` overlaps it with its other steps.
 
-    python -m tests.containers.warm
+    python -m tests.harness.warm
 
 Makes the stand-in bases, then replays the serving image (``build()``), the seed step (the tools container and
 its bundle), ``checks()`` up to its unit tests and the Airflow image (``airflow()`` on the Airflow stand-in) on
@@ -23,9 +23,9 @@ from typing import Any, Final
 
 from dagger import Ignore, dag
 
-from tests.containers.engine import Engine, EngineError, engine_dir, start
-from tests.containers.replay import Replay, ReplayError
-from tests.containers.standins import (
+from tests.harness.engine import Engine, EngineError, engine_dir, start
+from tests.harness.replay import Replay, ReplayError
+from tests.harness.standins import (
     airflow_standin,
     postgres_standin,
     python_standin,

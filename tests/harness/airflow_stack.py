@@ -61,7 +61,7 @@ from typing import Any, Final
 
 import httpx
 
-from tests.services import (
+from tests.harness.services import (
     BIN,
     LOOPBACK,
     S3_ENV,
@@ -344,7 +344,7 @@ def machine_env(
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_server_ports[0]),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(log_server_ports[1]),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(log_folder),
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.orchestration.airflow_stack.worker_hostname",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.harness.airflow_stack.worker_hostname",
         # A 2-core machine and a linear DAG: two task processes at most; short poll intervals keep runs quick.
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
@@ -829,7 +829,7 @@ def start(root: Path, model_name: str) -> Iterator[AirflowStack]:
         yield stack
 
 
-def main() -> None:  # pragma: no cover - a manual look: python -m tests.orchestration.airflow_stack DIR
+def main() -> None:  # pragma: no cover - a manual look: python -m tests.harness.airflow_stack DIR
     """Start the stack under DIR and keep it up until Ctrl-C (prints where the API server is)."""
     root = Path(sys.argv[1])
     shutil.rmtree(root, ignore_errors=True)

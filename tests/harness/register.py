@@ -1,6 +1,6 @@
 """Register the Dagger module as the engine's Python runtime does, with a recording client instead of an engine.
 
-    python -m tests.ci.register        # prints the module's type definitions as JSON; exits 1 if they cannot be made
+    python -m tests.harness.register    # prints the module's type definitions as JSON; exits 1 if they cannot be made
 
 The engine starts the SDK's runtime with ``DAGGER_MAIN_OBJECT`` set to the main object's name (the module's name
 from dagger.json in PascalCase) before anything imports ``dagger``; the runtime imports the module and calls
