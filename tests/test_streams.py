@@ -34,7 +34,7 @@ def test_every_other_test_is_scoped_by_its_module() -> None:
     assert streams.stream_of("tests/app/containers.py::test_d") != streams.ENGINE  # only the folder counts
 
 
-def test_the_engine_stream_comes_first_with_its_last_modules_at_its_end() -> None:
+def test_the_engine_stream_comes_first_serving_image_tests_first_and_its_last_modules_at_its_end() -> None:
     names = [
         "tests/app/test_api.py::a",
         "tests/app/test_hostile_clients.py::b",
@@ -43,9 +43,16 @@ def test_the_engine_stream_comes_first_with_its_last_modules_at_its_end() -> Non
         "tests/orchestration/test_dag.py::e",
         "tests/containers/test_pod.py::f",
     ]
-    fakes: list[Any] = [SimpleNamespace(nodeid=n) for n in names]
+    fakes: list[Any] = [
+        SimpleNamespace(nodeid=n, fixturenames=[streams.NATIVE_IMAGES] if n.endswith("::d") else []) for n in names
+    ]
     streams.order(fakes)
-    assert [f.nodeid.split("::")[1] for f in fakes] == ["d", "f", "c", "b", "a", "e"]
+    assert [f.nodeid.split("::")[1] for f in fakes] == ["f", "d", "c", "b", "a", "e"]
+
+
+def test_the_container_tests_that_wait_for_the_native_images_say_so_by_that_fixture() -> None:
+    conftest = (TESTS / "containers" / "conftest.py").read_text()
+    assert f"def {streams.NATIVE_IMAGES}(" in conftest
 
 
 def config_in(tmp_path: Path) -> Any:

@@ -26,11 +26,18 @@ def engine() -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def replay(engine: Engine) -> Iterator[Replay]:
-    wait_for_warm_up("native")
+    wait_for_warm_up("serving")
     with Replay(engine) as replayed:
         yield replayed
     if replayed.differences:
         print("\nreplay: what dockerd 20.10 could not express:", *sorted(replayed.differences), sep="\n  ")
+
+
+@pytest.fixture(scope="session")
+def native_images() -> None:
+    """Wait for the warm-up's ``native`` phase (the tools container, the Airflow image, the compose stand-ins):
+    the tests that use them take this fixture, the others start once the serving image is built."""
+    wait_for_warm_up("native")
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,13 @@ from tests.harness.standins import postgres_standin, s3_standin
 from tests.harness.warm import module_on_standins
 from tests.smoke.checker import run_checks
 
-pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.airflow, pytest.mark.timeout(1500)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.containers,
+    pytest.mark.airflow,
+    pytest.mark.timeout(1500),
+    pytest.mark.usefixtures("native_images"),
+]
 
 CONF: Final = {"rows": 3000}
 UP_TIMEOUT_S: Final = 600

@@ -565,7 +565,7 @@ class Replay:
             network = stack.enter_context(self.bindings(state.services))
             command = [
                 "run", "--name", name, "--init", *self.runtime_flags(state.config),
-                *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(cache)}:{path}" for path, cache in state.caches),
+                *(f"--volume={self.volume_name(cache)}:{path}" for path, cache in state.caches),
                 *(["--network", network] if network else []),
                 "--entrypoint", args[0], state.image, *args[1:],
             ]  # fmt: skip
@@ -583,7 +583,8 @@ class Replay:
 
     @staticmethod
     def volume_name(cache: str) -> str:
-        return "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in cache)
+        """The docker volume that stands for the engine's cache volume ``cache`` (its key)."""
+        return CACHE_VOLUME_PREFIX + "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in cache)
 
     @staticmethod
     def runtime_flags(config: Config) -> list[str]:
@@ -930,7 +931,7 @@ class Replay:
                     "create", "--name", name, "--init", "--network", own_network or network,
                     *([] if own_network else ["--network-alias", alias]),
                     *self.runtime_flags(state.config), f"--env-file={env_file}", *self.pod_flags.get(alias, ()),
-                    *(f"--volume={CACHE_VOLUME_PREFIX}{self.volume_name(c)}:{path}" for path, c in state.caches),
+                    *(f"--volume={self.volume_name(c)}:{path}" for path, c in state.caches),
                     *(f"--publish={LOOPBACK}::{port}" for port in state.config.exposed),
                     "--entrypoint", service.command[0], image, *service.command[1:],
                 ]  # fmt: skip

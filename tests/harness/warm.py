@@ -2,10 +2,11 @@
 
     python -m tests.harness.warm
 
-Makes the stand-in bases, then replays the serving image (``build()``), the seed step (the tools container and
-its bundle), ``checks()`` up to its unit tests and the Airflow image (``airflow()`` on the Airflow stand-in) on
-the engine, and builds the compose stack's other stand-ins: the ``native`` phase. Then the ``emulated`` phase:
-the arm64 stand-ins, and both images ``publish()`` pushes for every platform of the module. The replay caches
+Seeds the module's uv cache volume from the host's uv cache (once per engine), makes the stand-in bases and
+replays the serving image (``build()``): the ``serving`` phase. Then the seed step (the tools container and its
+bundle), the Airflow image (``airflow()`` on the Airflow stand-in), the compose stack's other stand-ins and
+``checks()`` up to its unit tests: the ``native`` phase. Then the ``emulated`` phase: the arm64 stand-ins, and both
+images ``publish()`` pushes for every platform of the module. The replay caches
 the steps that succeed, so the container tests later find them done (each phase's tests wait for it); they run
 every check themselves (the smoke checker and ``checks()``'s unit tests among them).
 """
@@ -13,6 +14,7 @@ every check themselves (the smoke checker and ``checks()``'s unit tests among th
 from __future__ import annotations
 
 import fcntl
+import subprocess
 import sys
 import time
 import typing
@@ -23,8 +25,9 @@ from typing import Any, Final
 
 from dagger import Ignore, dag
 
-from tests.harness.engine import Engine, EngineError, engine_dir, start
+from tests.harness.engine import DOCKER, Engine, EngineError, engine_dir, start
 from tests.harness.replay import Replay, ReplayError
+from tests.harness.services import BIN
 from tests.harness.standins import (
     airflow_standin,
     postgres_standin,
@@ -39,7 +42,7 @@ MODULE_SOURCE: Final = REPO / "ci" / "src"
 if str(MODULE_SOURCE) not in sys.path:
     sys.path.insert(0, str(MODULE_SOURCE))
 
-from flight_price.main import AIRFLOW_VERSION, PLATFORMS, FlightPrice  # noqa: E402 (the module's source is on the path above)
+from flight_price.main import AIRFLOW_VERSION, PLATFORMS, UV_CACHE_VOLUME, FlightPrice  # noqa: E402 (the module's source is on the path above)
 
 
 def source_ignore() -> list[str]:
@@ -62,8 +65,9 @@ def module_on_standins(engine: Engine, *, airflow: bool = False) -> FlightPrice:
 
 
 def phase_lock(phase: str) -> Path:
-    """The lock of one phase of the warm-up: ``native`` (what most container tests use) or ``emulated`` (the
-    other platforms' images, which only the publish tests use)."""
+    """The lock of one phase of the warm-up: ``serving`` (the serving image, which most container tests use),
+    ``native`` (the seed step, the Airflow image, the compose stack's stand-ins and ``checks()``'s tools
+    container) or ``emulated`` (the other platforms' images, which only the publish tests use)."""
     return engine_dir() / f"warm-{phase}.lock"
 
 
@@ -91,17 +95,51 @@ def wait_for_warm_up(phase: str) -> None:
             fcntl.flock(held, fcntl.LOCK_SH)
 
 
+def host_uv_cache() -> Path:
+    """The host's uv cache (``uv cache dir``: ``UV_CACHE_DIR`` or uv's default), where ``uv sync`` put the lock's
+    wheels for this platform."""
+    found = subprocess.run([str(BIN / "uv"), "cache", "dir"], capture_output=True, text=True, check=True)
+    return Path(found.stdout.strip())
+
+
+def seed_uv_cache(engine: Engine) -> None:
+    """Fill the module's uv cache volume (``UV_CACHE_VOLUME``) from the host's uv cache, once per engine.
+
+    The host's ``uv sync --frozen`` fetched the wheels the lock pins; the module's uv steps fetch the same ones
+    (uv checks each against the lock's hashes), and the engine keeps them on that volume between runs as Dagger keeps
+    a cache volume. Seeding spares the first run those downloads (minutes here); what is built is the same."""
+    volume = Replay.volume_name(UV_CACHE_VOLUME)
+    if subprocess.run([DOCKER, "volume", "inspect", volume], env=engine.env(), capture_output=True).returncode == 0:
+        return
+    source = host_uv_cache()
+    if not source.is_dir():
+        print(f"warm: no host uv cache at {source}: the module's uv steps download", file=sys.stderr)
+        return
+    started = time.monotonic()
+    copied = subprocess.run(
+        [DOCKER, "run", "--rm", f"--volume={source}:/host-cache:ro", f"--volume={volume}:/cache",
+         "--entrypoint", "cp", python_standin(engine), "-a", "/host-cache/.", "/cache/"],
+        env=engine.env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if copied.returncode != 0:  # a partial copy is not kept: the volume is made again, empty, by the first step
+        subprocess.run([DOCKER, "volume", "rm", "--force", volume], env=engine.env(), capture_output=True)
+        raise EngineError(f"seeding {volume} from {source} failed:\n{copied.stderr[-2000:]}")
+    print(f"warm: {volume} seeded from {source} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+
 def main() -> int:
     started = time.monotonic()
     try:
         engine = start()
-        native, emulated = ExitStack(), ExitStack()
-        with emulated, native:
-            native.enter_context(warming("native"))
-            emulated.enter_context(warming("emulated"))
+        with ExitStack() as emulated, ExitStack() as native, ExitStack() as serving:
+            for phase, stack in (("serving", serving), ("native", native), ("emulated", emulated)):
+                stack.enter_context(warming(phase))
+            seed_uv_cache(engine)
             flight_price = module_on_standins(engine)
             with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
                 replay.image(flight_price.build())
+                serving.close()
+                print(f"warm: the serving image is built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
                 replay.evaluate(flight_price.seed())
                 # the compose stack's images: the Airflow image on its stand-in base, and the other stand-ins
                 replay.image(module_on_standins(engine, airflow=True).airflow())

@@ -49,6 +49,7 @@ RUNTIME_ENV: Final[dict[str, str]] = {
 
 # The builder: uv creates the runtime venv from uv.lock with the serving group only.
 UV_CACHE_DIR: Final = "/root/.cache/uv"
+UV_CACHE_VOLUME: Final = "uv-cache"  # the engine's cache volume uv's cache lives on, shared by every uv step
 UV_ENV: Final[dict[str, str]] = {
     "UV_PROJECT_ENVIRONMENT": VENV,
     "UV_LINK_MODE": "copy",  # the cache is a separate mount
@@ -182,7 +183,7 @@ def uv_tool(image: str, platform: dagger.Platform | None = None) -> Callable[[da
     def add_uv(container: dagger.Container) -> dagger.Container:
         return (
             container.with_file("/usr/local/bin/uv", dag.container(platform=platform).from_(image).file("/uv"))
-            .with_mounted_cache(UV_CACHE_DIR, dag.cache_volume("uv-cache"))
+            .with_mounted_cache(UV_CACHE_DIR, dag.cache_volume(UV_CACHE_VOLUME))
             .with_env_variable("UV_CACHE_DIR", UV_CACHE_DIR)
         )
 
