@@ -42,17 +42,19 @@ def test_the_engine_stream_comes_first_serving_image_tests_first_and_its_last_mo
         "tests/containers/test_image.py::d",
         "tests/orchestration/test_dag.py::e",
         "tests/containers/test_pod.py::f",
+        "tests/containers/test_context.py::g",
     ]
-    fakes: list[Any] = [
-        SimpleNamespace(nodeid=n, fixturenames=[streams.NATIVE_IMAGES] if n.endswith("::d") else []) for n in names
-    ]
+    tools, airflow = streams.WARM_UP_FIXTURES
+    waits = {"d": [airflow], "f": [tools], "g": []}
+    fakes: list[Any] = [SimpleNamespace(nodeid=n, fixturenames=waits.get(n[-1], [])) for n in names]
     streams.order(fakes)
-    assert [f.nodeid.split("::")[1] for f in fakes] == ["f", "d", "c", "b", "a", "e"]
+    assert [f.nodeid.split("::")[1] for f in fakes] == ["g", "f", "d", "c", "b", "a", "e"]
 
 
-def test_the_container_tests_that_wait_for_the_native_images_say_so_by_that_fixture() -> None:
+def test_the_container_tests_that_wait_for_a_later_phase_say_so_by_its_fixture() -> None:
     conftest = (TESTS / "containers" / "conftest.py").read_text()
-    assert f"def {streams.NATIVE_IMAGES}(" in conftest
+    for name in streams.WARM_UP_FIXTURES:
+        assert f"def {name}(" in conftest
 
 
 def config_in(tmp_path: Path) -> Any:

@@ -34,10 +34,16 @@ def replay(engine: Engine) -> Iterator[Replay]:
 
 
 @pytest.fixture(scope="session")
-def native_images() -> None:
-    """Wait for the warm-up's ``native`` phase (the tools container, the Airflow image, the compose stand-ins):
-    the tests that use them take this fixture, the others start once the serving image is built."""
-    wait_for_warm_up("native")
+def tools_container() -> None:
+    """Wait for the warm-up's ``tools`` phase: the tests that use the tools container take this fixture (the
+    others start once the serving image is built)."""
+    wait_for_warm_up("tools")
+
+
+@pytest.fixture(scope="session")
+def airflow_images() -> None:
+    """Wait for the warm-up's ``airflow`` phase: the Airflow image and the compose stack's other stand-ins."""
+    wait_for_warm_up("airflow")
 
 
 @pytest.fixture(scope="session")

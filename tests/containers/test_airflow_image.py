@@ -20,7 +20,7 @@ from tests.harness.replay import Replay, env_of
 from tests.harness.standins import AIRFLOW_HOME, AIRFLOW_UID
 from tests.harness.warm import module_on_standins
 
-pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.usefixtures("native_images")]
+pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.usefixtures("airflow_images")]
 
 DAG_ID: Final = "train_flight_price_model"
 PROJECT: Final = "/opt/airflow/project"

@@ -62,7 +62,7 @@ pytestmark = [
     pytest.mark.containers,
     pytest.mark.airflow,
     pytest.mark.timeout(1500),
-    pytest.mark.usefixtures("native_images"),
+    pytest.mark.usefixtures("airflow_images"),
 ]
 
 CONF: Final = {"rows": 3000}

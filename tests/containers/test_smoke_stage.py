@@ -15,7 +15,7 @@ from flight_price.main import SMOKE_CREDENTIALS, FlightPrice
 
 from tests.harness.replay import Replay, env_of
 
-pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.usefixtures("native_images")]
+pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.usefixtures("tools_container")]
 
 
 def test_the_smoke_stage_passes_with_every_part_in_a_container(replay: Replay, flight_price: FlightPrice) -> None:

@@ -17,7 +17,7 @@ from tests.harness.context import uploaded
 from tests.harness.replay import Replay
 from tests.harness.warm import REPO, source_ignore
 
-pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.usefixtures("native_images")]
+pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.usefixtures("tools_container")]
 
 
 def test_src_holds_exactly_what_the_allowlist_keeps(replay: Replay, flight_price: FlightPrice) -> None:

@@ -29,7 +29,9 @@ CONTAINER_TESTS: Final = ("tests", "containers")
 # The modules of the engine stream after the container tests: the publish tests, whose images the warm-up makes
 # last (under emulation), then the latency tests.
 ENGINE_LAST: Final = ("tests/containers/test_publish.py", "tests/app/test_hostile_clients.py")
-NATIVE_IMAGES: Final = "native_images"  # the fixture of the container tests that wait for more than the serving image
+# The fixtures of the container tests that wait for more than the serving image, in the order the warm-up makes
+# what they wait for (tests/harness/warm.py's phases).
+WARM_UP_FIXTURES: Final = ("tools_container", "airflow_images")
 IDLE_S: Final = 3.0
 QUIET_WAIT_S: Final = 1200.0
 
@@ -50,16 +52,17 @@ def module_of(nodeid: str) -> str:
 def order(items: list[pytest.Item]) -> None:
     """The engine stream first, then the other modules in file order (in place): xdist hands the scopes out in the
     order of the collection (``--no-loadscope-reorder``). In the engine stream, the tests that need only the serving
-    image come first, then those that wait for the warm-up's other native images (``NATIVE_IMAGES``, a fixture),
-    then the ``ENGINE_LAST`` modules."""
+    image come first, then those that wait for a later phase of the warm-up (``WARM_UP_FIXTURES``), in the order
+    of the phases, then the ``ENGINE_LAST`` modules."""
 
     def position(item: pytest.Item) -> tuple[int, int]:
         if stream_of(item.nodeid) != ENGINE:
             return (1, 0)
         module = module_of(item.nodeid)
         if module in ENGINE_LAST:
-            return (0, 2 + ENGINE_LAST.index(module))
-        return (0, 1 if NATIVE_IMAGES in getattr(item, "fixturenames", ()) else 0)
+            return (0, 1 + len(WARM_UP_FIXTURES) + ENGINE_LAST.index(module))
+        fixtures = getattr(item, "fixturenames", ())
+        return (0, max((1 + i for i, name in enumerate(WARM_UP_FIXTURES) if name in fixtures), default=0))
 
     items.sort(key=position)  # stable: file order otherwise
 

@@ -2,11 +2,11 @@
 
     python -m tests.harness.warm
 
-Seeds the module's uv cache volume from the host's uv cache (once per engine), makes the stand-in bases and
-replays the serving image (``build()``): the ``serving`` phase. Then the seed step (the tools container and its
-bundle), the Airflow image (``airflow()`` on the Airflow stand-in), the compose stack's other stand-ins and
-``checks()`` up to its unit tests: the ``native`` phase. Then the ``emulated`` phase: the arm64 stand-ins, and both
-images ``publish()`` pushes for every platform of the module. The replay caches
+Seeds the module's uv cache volume from the host's uv cache (once per engine), then, in order: the stand-in bases
+and the serving image (``build()``), the ``serving`` phase; the seed step and ``checks()`` up to its unit tests
+(the tools container), the ``tools`` phase; the Airflow image (``airflow()`` on the Airflow stand-in) and the
+compose stack's other stand-ins, the ``airflow`` phase. Beside them, on a thread, the ``emulated`` phase: the arm64
+stand-ins, and both images ``publish()`` pushes for every platform of the module. The replay caches
 the steps that succeed, so the container tests later find them done (each phase's tests wait for it); they run
 every check themselves (the smoke checker and ``checks()``'s unit tests among them).
 """
@@ -19,6 +19,7 @@ import sys
 import time
 import typing
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -65,9 +66,9 @@ def module_on_standins(engine: Engine, *, airflow: bool = False) -> FlightPrice:
 
 
 def phase_lock(phase: str) -> Path:
-    """The lock of one phase of the warm-up: ``serving`` (the serving image, which most container tests use),
-    ``native`` (the seed step, the Airflow image, the compose stack's stand-ins and ``checks()``'s tools
-    container) or ``emulated`` (the other platforms' images, which only the publish tests use)."""
+    """The lock of one phase of the warm-up (``PHASES``): ``serving`` (the serving image, which most container
+    tests use), ``tools`` (the tools container: the seed step, ``checks()``), ``airflow`` (the Airflow image and
+    the compose stack's other stand-ins) or ``emulated`` (the other platforms' images, for the publish tests)."""
     return engine_dir() / f"warm-{phase}.lock"
 
 
@@ -127,40 +128,75 @@ def seed_uv_cache(engine: Engine) -> None:
     print(f"warm: {volume} seeded from {source} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
 
+PHASES: Final = ("serving", "tools", "airflow", "emulated")
+
+
+class Phases:
+    """The warm-up's phase locks, all taken at its start; each is released once its images are made (or the
+    warm-up failed: the tests then make what they need themselves)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.stacks = {phase: ExitStack() for phase in PHASES}
+        for phase, stack in self.stacks.items():
+            stack.enter_context(warming(phase))
+
+    def done(self, phase: str, what: str) -> None:
+        self.stacks[phase].close()
+        print(f"warm: {what} ({time.monotonic() - self.started:.0f} s)", file=sys.stderr, flush=True)
+
+    def release(self) -> None:
+        for stack in self.stacks.values():
+            stack.close()
+
+
+def native_phases(engine: Engine, phases: Phases) -> None:
+    """The serving image, then the tools container (the seed step, ``checks()`` up to its unit tests), then the
+    Airflow image and the compose stack's other stand-ins."""
+    flight_price = module_on_standins(engine)
+    with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
+        replay.image(flight_price.build())
+        phases.done("serving", "the serving image is built")
+        replay.evaluate(flight_price.seed())
+        # checks() up to its unit tests (lint and type check): its unit tests would run beside the host's, and
+        # timing-sensitive ones fail then
+        replay.evaluate_selections(list(flight_price.checks()._ctx.selections)[:-1])
+        phases.done("tools", "the tools container is built")
+        replay.image(module_on_standins(engine, airflow=True).airflow())
+        postgres_standin(engine)
+        s3_standin(engine)
+        phases.done("airflow", "the Airflow image and the compose stack's stand-ins are built")
+
+
+def emulated_phase(engine: Engine, phases: Phases) -> None:
+    """What ``publish()`` pushes: both images for every platform, the non-native ones made under emulation (the
+    arm64 stand-ins first). Independent of the native phases, so it runs beside them."""
+    variants = standin_variants(engine, airflow_version=AIRFLOW_VERSION)
+    with Replay(engine, prune=False, variants=variants) as replay:
+        with_airflow = module_on_standins(engine, airflow=True)
+        for platform in PLATFORMS:
+            replay.image(with_airflow.build(platform))
+            replay.image(with_airflow.airflow(platform))
+    phases.done("emulated", "both platforms' images are built")
+
+
 def main() -> int:
-    started = time.monotonic()
+    phases = Phases()
     try:
         engine = start()
-        with ExitStack() as emulated, ExitStack() as native, ExitStack() as serving:
-            for phase, stack in (("serving", serving), ("native", native), ("emulated", emulated)):
-                stack.enter_context(warming(phase))
-            seed_uv_cache(engine)
-            flight_price = module_on_standins(engine)
-            with Replay(engine, prune=False) as replay:  # another run may be using steps this one does not
-                replay.image(flight_price.build())
-                serving.close()
-                print(f"warm: the serving image is built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-                replay.evaluate(flight_price.seed())
-                # the compose stack's images: the Airflow image on its stand-in base, and the other stand-ins
-                replay.image(module_on_standins(engine, airflow=True).airflow())
-                postgres_standin(engine)
-                s3_standin(engine)
-                # checks() up to its unit tests (lint and type check): its unit tests would run beside the host's,
-                # and timing-sensitive ones fail then
-                replay.evaluate_selections(list(flight_price.checks()._ctx.selections)[:-1])
-            native.close()
-            print(f"warm: the native images are built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-            # what publish() pushes: both images for every platform, the other ones made under emulation
-            variants = standin_variants(engine, airflow_version=AIRFLOW_VERSION)
-            with Replay(engine, prune=False, variants=variants) as replay:
-                with_airflow = module_on_standins(engine, airflow=True)
-                for platform in PLATFORMS:
-                    replay.image(with_airflow.build(platform))
-                    replay.image(with_airflow.airflow(platform))
+        seed_uv_cache(engine)  # before any uv step uses the volume
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emulated") as pool:
+            emulated = pool.submit(emulated_phase, engine, phases)  # mostly qemu-user: CPU, where the native
+            try:  # phases mostly wait on downloads
+                native_phases(engine, phases)
+            finally:
+                emulated.result()
     except (EngineError, ReplayError) as error:
         print(f"warm: {error}", file=sys.stderr)
         return 1
-    print(f"warm: the container tests' images are built ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    finally:
+        phases.release()
+    print(f"warm: the container tests' images are built ({time.monotonic() - phases.started:.0f} s)", file=sys.stderr)
     return 0
 
 
