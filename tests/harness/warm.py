@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import subprocess
 import sys
+import threading
 import time
 import typing
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tests.harness.engine import DOCKER, Engine, EngineError, engine_dir, start
 from tests.harness.replay import Replay, ReplayError
 from tests.harness.services import BIN
 from tests.harness.standins import (
+    NATIVE_PLATFORM,
     airflow_standin,
     postgres_standin,
     python_standin,
@@ -116,10 +118,11 @@ def seed_uv_cache(engine: Engine) -> None:
     if not source.is_dir():
         print(f"warm: no host uv cache at {source}: the module's uv steps download", file=sys.stderr)
         return
+    image = python_standin(engine)
     started = time.monotonic()
     copied = subprocess.run(
         [DOCKER, "run", "--rm", f"--volume={source}:/host-cache:ro", f"--volume={volume}:/cache",
-         "--entrypoint", "cp", python_standin(engine), "-a", "/host-cache/.", "/cache/"],
+         "--entrypoint", "cp", image, "-a", "/host-cache/.", "/cache/"],
         env=engine.env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     if copied.returncode != 0:  # a partial copy is not kept: the volume is made again, empty, by the first step
@@ -168,10 +171,15 @@ def native_phases(engine: Engine, phases: Phases) -> None:
         phases.done("airflow", "the Airflow image and the compose stack's stand-ins are built")
 
 
-def emulated_phase(engine: Engine, phases: Phases) -> None:
-    """What ``publish()`` pushes: both images for every platform, the non-native ones made under emulation (the
-    arm64 stand-ins first). Independent of the native phases, so it runs beside them."""
+def emulated_phase(engine: Engine, phases: Phases, seeded: threading.Event) -> None:
+    """What ``publish()`` pushes: both images for every platform, the non-native ones made under emulation. The
+    non-native python stand-ins first (debootstrap under qemu-user, the longest part), then the other stand-ins;
+    the images once the uv cache volume is seeded. Independent of the native phases, so it runs beside them."""
+    for platform in PLATFORMS:
+        if platform != NATIVE_PLATFORM:
+            python_standin(engine, platform)
     variants = standin_variants(engine, airflow_version=AIRFLOW_VERSION)
+    seeded.wait()
     with Replay(engine, prune=False, variants=variants) as replay:
         with_airflow = module_on_standins(engine, airflow=True)
         for platform in PLATFORMS:
@@ -184,10 +192,15 @@ def main() -> int:
     phases = Phases()
     try:
         engine = start()
-        seed_uv_cache(engine)  # before any uv step uses the volume
+        seeded = threading.Event()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emulated") as pool:
-            emulated = pool.submit(emulated_phase, engine, phases)  # mostly qemu-user: CPU, where the native
-            try:  # phases mostly wait on downloads
+            # mostly qemu-user's CPU work, where the native phases mostly wait on downloads
+            emulated = pool.submit(emulated_phase, engine, phases, seeded)
+            try:
+                try:
+                    seed_uv_cache(engine)  # before any uv step uses the volume
+                finally:
+                    seeded.set()
                 native_phases(engine, phases)
             finally:
                 emulated.result()
