@@ -46,6 +46,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -804,7 +805,9 @@ class Replay:
         if len(set(platforms)) != len(platforms):
             raise ReplayError(f"publish({address!r}): two variants for one platform ({platforms})")
         started = time.monotonic()
-        pushed = [self.push_image(client, repository, self.finish(state), state.platform) for state in states]
+        images = [(self.finish(state), state.platform) for state in states]
+        with ThreadPoolExecutor(max_workers=len(images)) as pool:  # the platforms' pushes compress side by side
+            pushed = list(pool.map(lambda image: self.push_image(client, repository, *image), images))
         if variants:
             index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": pushed}
             published, _ = client.put_manifest(repository, index, tag)
