@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -190,13 +191,35 @@ def test_metrics_count_every_worker(bundle_dir: Path, bundle: Bundle, tmp_path: 
     }
     args = [str(BIN / "python"), "-m", "app.entrypoint"]
     row = json.dumps(records(bundle.metadata, 1, seed=5)[0]).encode()
-    sent = 60
+
+    def per_worker() -> dict[str, float]:
+        """Each worker's own count of /predict requests answered 200, from its file in the multiprocess directory."""
+        return {
+            path.name: sum(
+                value
+                for key, value, *_ in MmapedDict.read_all_values_from_file(os.fspath(path))  # type: ignore[no-untyped-call]
+                if key.startswith('["http_requests", ') and '"route": "/predict"' in key and '"status": "200"' in key
+            )
+            for path in (tmp_path / "metrics").glob("counter_*.db")
+        }
+
     with running(args, f"{url}/health/ready", env=env, timeout=90, log=tmp_path / "server.log"):
-        time.sleep(2)  # both workers up (one answering readiness says nothing of the other)
-        for _ in range(sent):  # a new connection each: the kernel spreads them over both workers
+        # at least 60 predictions, and more until both workers have served one (bounded: 90 s). One worker
+        # answering readiness says nothing of the other: on a busy machine it may still be loading the bundle, and
+        # answers 503 (not ready, Retry-After) meanwhile, as a client is told to retry
+        sent, deadline = 0, time.monotonic() + 90
+        while sent < 60 or (sum(count > 0 for count in per_worker().values()) < 2 and time.monotonic() < deadline):
+            # a new connection each: the kernel spreads them over the workers waiting to accept one
             request = urllib.request.Request(f"{url}/predict", data=row, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 200
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert response.status == 200
+            except urllib.error.HTTPError as error:
+                if error.code != 503 or not error.headers["Retry-After"] or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            sent += 1
         for _ in range(6):
             # a request is counted once its answer is sent: the client may read /metrics a moment before that
             deadline = time.monotonic() + 5
@@ -209,16 +232,9 @@ def test_metrics_count_every_worker(bundle_dir: Path, bundle: Bundle, tmp_path: 
                 time.sleep(0.1)
             assert counted is not None and float(counted.group(1)) == sent, text[:2000]
             assert re.search(r"^model_ready 1\.0$", text, re.M), text[:2000]
-        # each worker's own count, from its file: both served, so a one-worker /metrics could not have shown `sent`
-        per_worker = {
-            path.name: sum(
-                value
-                for key, value, *_ in MmapedDict.read_all_values_from_file(os.fspath(path))  # type: ignore[no-untyped-call]
-                if key.startswith('["http_requests", ') and '"route": "/predict"' in key
-            )
-            for path in (tmp_path / "metrics").glob("counter_*.db")
-        }
-        assert sum(per_worker.values()) == sent and sum(count > 0 for count in per_worker.values()) == 2, per_worker
+        # both served, so a one-worker /metrics could not have shown `sent`
+        counts = per_worker()
+        assert sum(counts.values()) == sent and sum(count > 0 for count in counts.values()) == 2, counts
 
 
 @pytest.mark.parametrize("path", ["/predict/batch", "/v2/models/flight-price/infer"])
