@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api.deps import JSON
+from app.api.docs import add_docs
 from app.api.middleware import DirectRoutes, RequestContextMiddleware
 from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict, v2
@@ -54,7 +55,16 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
                     await task
             await state.close()
 
-    app = FastAPI(title=TITLE, description=DESCRIPTION, lifespan=lifespan, default_response_class=JSON)
+    # Swagger UI and ReDoc with their assets from the image, not FastAPI's CDN (app.api.docs)
+    app = FastAPI(
+        title=TITLE,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSON,
+        docs_url=None,
+        redoc_url=None,
+    )
+    add_docs(app)
     app.state.serving = state
     app.state.dataplane = DataPlane(state)
     app.add_middleware(DirectRoutes, fastapi=app)  # inside the request context: added first
