@@ -15,23 +15,31 @@ from typing import Any, Final
 import pytest
 from PIL import Image
 
-from app.api.docs import ASSETS_URL, CONTENT_SECURITY_POLICY, FAVICON, REDOC_JS, SWAGGER_CSS, SWAGGER_JS
+from app.api.docs import (
+    ASSETS,
+    ASSETS_URL,
+    CONTENT_SECURITY_POLICY,
+    FAVICON,
+    REDOC_JS,
+    SWAGGER_CSS,
+    SWAGGER_JS,
+    assets_directory,
+)
 from app.contract.bundle import Bundle, load_bundle
 from tests.harness import browser
 from tests.harness.services import BIN, LOOPBACK, free_port, running
+from tests.smoke.checker import REFERENCE, Report, check_docs
 
 pytestmark = pytest.mark.integration
 
 METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # An outside URL anywhere in a page as served (its markup and inline script).
-OUTSIDE_URL: Final = re.compile(r"https?://|//[\w.-]+\.\w")
-REFERENCE: Final = re.compile(r"""\b(?:src|href)\s*=\s*["']([^"']*)["']""")
+OUTSIDE_URL: Final = re.compile(r"https?://[^\s\"'<>]*|//[\w-]+\.[\w.-]+")
 
 
 @pytest.fixture(scope="module")
 def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The container's app (``app.main:app``) under uvicorn on 127.0.0.1, its bundle loaded: its base URL."""
-    browser.chromium()  # fail before starting anything when the browser is missing
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
     args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port)]
@@ -89,9 +97,17 @@ def test_the_pages_reference_only_the_server(server: str, page: str) -> None:
         assert {f"{ASSETS_URL}/{FAVICON}"} < set(references)
     # and a browser is told to load nothing from anywhere else
     assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
-    for asset in (SWAGGER_JS, SWAGGER_CSS, REDOC_JS, FAVICON):
+
+
+def test_the_assets_are_fastapi_offlines_files(server: str) -> None:
+    directory = assets_directory()
+    for asset in ASSETS:
         with urllib.request.urlopen(f"{server}{ASSETS_URL}/{asset}", timeout=10) as response:
-            assert response.status == 200 and len(response.read()) > 1_000
+            assert response.status == 200 and response.read() == (directory / asset).read_bytes(), asset
+    # what the smoke checker verifies on the serving image itself
+    report = Report()
+    check_docs(server, report)
+    assert report.failures == 0 and len(report.lines) == 2, report.lines
 
 
 def test_swagger_ui_renders_every_operation_with_no_network(server: str, tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 Waits for ``/health/ready``; compares ``/predict`` and ``/predict/batch`` on sample records built from the
 bundle's schema with the bundle's own ``Bundle.predict``; checks that a bad record gets a 422 naming the
 field; that ``/model`` reports the bundle (content hash, data hash, the registry's version and alias) and
-``/metrics`` its model-info gauge. Prints a short report; exits 1 on any mismatch.
+``/metrics`` its model-info gauge; that ``/docs`` and ``/redoc`` reference only the server's own scripts,
+stylesheets and icons, and that it serves them (Swagger UI and ReDoc come from the image, no CDN). Prints a short
+report; exits 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 import urllib.error
@@ -26,6 +29,8 @@ from app.contract.connection import DEFAULT_MODEL_NAME
 SAMPLE_RECORDS: Final = 24
 SINGLE_RECORDS: Final = 6  # sent one by one; all of them go in the batch
 TOLERANCE: Final = 1e-9
+DOCS_PAGES: Final = ("/docs", "/redoc")
+REFERENCE: Final = re.compile(r"""\b(?:src|href)\s*=\s*["']([^"']+)["']""")  # a page's script, stylesheet, icon
 
 
 @dataclass
@@ -157,6 +162,20 @@ def check_metrics(url: str, metadata: Metadata, report: Report) -> None:
     )
 
 
+def check_docs(url: str, report: Report) -> None:
+    """Each interactive docs page, and every file it references: all on the server, all served, none empty."""
+    for page in DOCS_PAGES:
+        status, body = request(f"{url}{page}")
+        references = REFERENCE.findall(body.decode(errors="replace"))
+        outside = [ref for ref in references if not ref.startswith("/") or ref.startswith("//")]
+        sizes = {ref: request(f"{url}{ref}") for ref in references if ref not in outside}
+        missing = [ref for ref, (code, content) in sizes.items() if code != 200 or not content]
+        ok = status == 200 and bool(references) and not outside and not missing
+        served = ", ".join(f"{ref} {len(content):,} B" for ref, (_, content) in sizes.items())
+        detail = served if ok else f"status {status}; elsewhere {outside}; not served {missing}"
+        report.check(ok, f"{page} and its files from the server", detail)
+
+
 def run_checks(url: str, bundle_dir: Path, dvc_hash: str, model_name: str, timeout: float) -> Report:
     """Every check against the server at ``url``; the report says which passed."""
     report = Report()
@@ -172,6 +191,7 @@ def run_checks(url: str, bundle_dir: Path, dvc_hash: str, model_name: str, timeo
     check_bad_record(url, bundle.metadata, report)
     check_model(url, bundle.metadata, dvc_hash, model_name, report)
     check_metrics(url, bundle.metadata, report)
+    check_docs(url, report)
     return report
 
 
