@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api.docs import (
@@ -25,9 +26,11 @@ from app.api.docs import (
     SWAGGER_JS,
     assets_directory,
 )
+from app.api.server import create_app
 from app.contract.bundle import Bundle, load_bundle
 from tests.harness import browser
 from tests.harness.services import BIN, LOOPBACK, free_port, running
+from tests.harness.serving import settings_for
 from tests.smoke.checker import REFERENCE, Report, check_docs
 
 pytestmark = pytest.mark.integration
@@ -97,6 +100,17 @@ def test_the_pages_reference_only_the_server(server: str, page: str) -> None:
         assert {f"{ASSETS_URL}/{FAVICON}"} < set(references)
     # and a browser is told to load nothing from anywhere else
     assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+def test_behind_a_prefixing_proxy_every_url_carries_the_prefix(bundle_dir: Path) -> None:
+    """``uvicorn --root-path /prices`` behind a proxy that strips it: the pages point under the prefix."""
+    client = TestClient(create_app(settings_for(bundle_dir), configure_logs=False), root_path="/prices")
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        references = REFERENCE.findall(html)
+        assert references and all(ref.startswith(f"/prices{ASSETS_URL}/") for ref in references), references
+        assert "/prices/openapi.json" in html
+    assert client.get(f"/prices{ASSETS_URL}/{FAVICON}").status_code == 200
 
 
 def test_the_assets_are_fastapi_offlines_files(server: str) -> None:

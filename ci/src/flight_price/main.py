@@ -129,7 +129,7 @@ def mock_mlflow_command(seed_dir: str, host: str, port: int) -> list[str]:
 
 
 def checker_command(url: str, seed_dir: str) -> list[str]:
-    """The smoke checker: readiness, predictions against the bundle's own, a 422, /model and /metrics."""
+    """The smoke checker: readiness, predictions against the bundle's own, a 422, /model, /metrics, the docs' files."""
     return [
         "python", "-m", "tests.smoke.checker", "--url", url, "--bundle", f"{seed_dir}/bundle",
         "--dvc-hash-file", f"{seed_dir}/dvc-hash",
