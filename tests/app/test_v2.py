@@ -95,7 +95,11 @@ def test_health_and_server_metadata(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready")
     assert ready.status_code == 200 and ready.json() == {"ready": True}
-    assert client.get("/v2").json() == {"name": "prediction-server", "version": client.app.version, "extensions": []}  # type: ignore[attr-defined]
+    assert client.get("/v2").json() == {
+        "name": "prediction-server",
+        "version": client.app.version,  # type: ignore[attr-defined]
+        "extensions": ["binary_tensor_data"],
+    }
 
 
 def test_model_metadata_has_one_input_per_feature_and_one_output(client: TestClient, bundle: Bundle) -> None:
@@ -174,11 +178,12 @@ def test_the_versioned_path_and_requested_outputs(client: TestClient, bundle: Bu
     rows = records(bundle.metadata, 3, seed=5)
     request = {
         **infer_request(bundle.metadata, rows),
-        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+        "outputs": [{"name": "predict", "parameters": {"binary_data": False}}],
+        "parameters": {"binary_data_output": True},  # the output's own binary_data wins, as in Triton
     }
     answer = client.post(f"{MODEL}/versions/{VERSION}/infer", json=request)
     assert answer.status_code == 200, answer.text
-    assert "id" not in answer.json()
+    assert answer.headers["content-type"] == "application/json" and "id" not in answer.json()
     assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(column_values(rows)))
     other = client.post(f"{MODEL}/versions/{VERSION + 1}/infer", json=request)
     assert other.status_code == 404 and "version '8'" in other.json()["error"]
@@ -245,6 +250,10 @@ def features(bundle: Bundle, kind: str) -> list[Feature]:
     return [f for f in bundle.metadata.features if f.kind == kind]
 
 
+def feature_index(bundle: Bundle, name: str) -> int:
+    return [f.name for f in bundle.metadata.features].index(name)
+
+
 def limited(bundle: Bundle) -> Feature:
     return next(f for f in features(bundle, "numeric") if f.maximum is not None)
 
@@ -298,7 +307,25 @@ def mutations(bundle: Bundle) -> dict[str, tuple[Callable[[Request], Any], str]]
             f"input {number}, row 0: Input should be a valid number",
         ),
         "unknown output": (lambda r: r.__setitem__("outputs", [{"name": "proba"}]), "output 'proba': not an output"),
-        "unknown envelope key": (lambda r: r.__setitem__("model", "x"), "model: Extra inputs are not permitted"),
+        "unknown key of an input": (set_key(number, "dims", [3]), ".dims: Extra inputs are not permitted"),
+        "id of another type": (lambda r: r.__setitem__("id", 5), "id: Input should be a valid string"),
+        "another model_name": (
+            lambda r: r.__setitem__("model_name", "other"),
+            "model_name 'other' in the body is not the model of the path, 'flight-price'",
+        ),
+        "data and binary_data_size": (
+            set_key(number, "parameters", {"binary_data_size": 24}),
+            f"input '{number}' (inputs[{feature_index(bundle, number)}]): both data and parameters.binary_data_size",
+        ),
+        "binary_data_size without its header": (
+            lambda r: input_named(r, number).update(parameters={"binary_data_size": 24}, data=None),
+            "parameters.binary_data_size needs the Inference-Header-Content-Length header",
+        ),
+        "no data": (lambda r: input_named(r, number).pop("data"), f"input '{number}' (inputs[{feature_index(bundle, number)}]): no data"),
+        "binary_data not a boolean": (
+            lambda r: r.__setitem__("outputs", [{"name": "predict", "parameters": {"binary_data": "yes"}}]),
+            "output 'predict': parameters.binary_data must be true or false, not 'yes'",
+        ),
         "no inputs key": (lambda r: r.pop("inputs"), "inputs: Field required"),
         "shape of strings": (set_key(number, "shape", ["3"]), "inputs.0.shape.0: Input should be a valid integer"),
         "no rows": (
@@ -312,8 +339,9 @@ MUTATIONS = [
     "unknown input", "missing input", "repeated input", "lengths differ", "shape and data differ", "shape of a matrix",
     "category as a number", "number as text", "unknown datatype", "out of limits", "a string for a number",
     "unknown category", "impossible date", "malformed date", "date out of limits", "nested data, two per row",
-    "nested data for shape [n]", "unknown output", "unknown envelope key", "no inputs key", "shape of strings",
-    "no rows",
+    "nested data for shape [n]", "unknown output", "unknown key of an input", "id of another type",
+    "another model_name", "data and binary_data_size", "binary_data_size without its header", "no data",
+    "binary_data not a boolean", "no inputs key", "shape of strings", "no rows",
 ]  # fmt: skip
 
 
@@ -371,7 +399,11 @@ def test_protocol_errors_of_the_body(client: TestClient, bundle: Bundle) -> None
             413,
             "larger",
         ),
-        (client.post(INFER, json=request, headers={"Inference-Header-Content-Length": "10"}), 400, "binary tensor"),
+        (
+            client.post(INFER, json=request, headers={"Inference-Header-Content-Length": "10"}),
+            400,
+            "malformed JSON",  # the JSON header is the first 10 bytes
+        ),
     ]
     for answer, status, message in cases:
         assert answer.status_code == status, (status, answer.text)
