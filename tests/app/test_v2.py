@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +16,12 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked environment
 import numpy as np
+import numpy.typing as npt
 import pytest
 from fastapi.testclient import TestClient
 
 import app.runtime.served_model
+from app.api.routes import v2
 from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
 from app.model.schema import RecordSchema, RequestError
 from tests.harness.services import BIN, LOOPBACK, free_port, running
@@ -321,7 +324,10 @@ def mutations(bundle: Bundle) -> dict[str, tuple[Callable[[Request], Any], str]]
             lambda r: input_named(r, number).update(parameters={"binary_data_size": 24}, data=None),
             "parameters.binary_data_size needs the Inference-Header-Content-Length header",
         ),
-        "no data": (lambda r: input_named(r, number).pop("data"), f"input '{number}' (inputs[{feature_index(bundle, number)}]): no data"),
+        "no data": (
+            lambda r: input_named(r, number).pop("data"),
+            f"input '{number}' (inputs[{feature_index(bundle, number)}]): no data",
+        ),
         "binary_data not a boolean": (
             lambda r: r.__setitem__("outputs", [{"name": "predict", "parameters": {"binary_data": "yes"}}]),
             "output 'predict': parameters.binary_data must be true or false, not 'yes'",
@@ -408,6 +414,254 @@ def test_protocol_errors_of_the_body(client: TestClient, bundle: Bundle) -> None
     for answer, status, message in cases:
         assert answer.status_code == status, (status, answer.text)
         assert set(answer.json()) == {"error"} and message in answer.json()["error"]
+
+
+# --- the binary tensor data extension, bodies without a Content-Type, what no route answers ---
+
+BINARY_LAYOUT = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
+
+
+def encoded(datatype: str, values: list[Any]) -> bytes:
+    """The binary tensor data of ``values``: little-endian numbers, or BYTES as 4-byte length + UTF-8 bytes."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
+    return np.asarray(values, dtype=BINARY_LAYOUT[datatype]).tobytes()
+
+
+def binary_body(
+    metadata: Metadata,
+    rows: list[dict[str, Any]],
+    *,
+    datatypes: dict[str, str] | None = None,
+    as_json: tuple[str, ...] = (),
+    extra: Request | None = None,
+) -> tuple[bytes, dict[str, str], dict[str, list[Any]]]:
+    """A binary request for ``rows`` (the inputs in ``as_json`` as JSON data), its headers, and the columns as the
+    server should read them (numbers through their datatype)."""
+    header: Request = {"inputs": [], **(extra or {})}
+    chunks, columns = [], {}
+    for feature in metadata.features:
+        kind = (datatypes or {}).get(feature.name, datatype(feature))
+        values = [row[feature.name] for row in rows]
+        if kind != "BYTES":
+            values = np.asarray(values, dtype=BINARY_LAYOUT[kind]).tolist()
+        columns[feature.name] = values
+        tensor: Request = {"name": feature.name, "shape": [len(rows)], "datatype": kind}
+        if feature.name in as_json:
+            tensor["data"] = values
+        else:
+            chunks.append(encoded(kind, values))
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        header["inputs"].append(tensor)
+    head = json.dumps(header).encode()
+    return head + b"".join(chunks), {"Inference-Header-Content-Length": str(len(head))}, columns
+
+
+def binary_answer(answer: Any) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """The JSON header of a binary inference response and its predictions."""
+    assert answer.headers["content-type"] == "application/octet-stream"
+    length = int(answer.headers["inference-header-content-length"])
+    head = json.loads(answer.content[:length])
+    [output] = head["outputs"]
+    assert "data" not in output and output["parameters"] == {"binary_data_size": len(answer.content) - length}
+    return head, np.frombuffer(answer.content[length:], dtype="<f8")
+
+
+def whole(feature: Feature, value: float) -> int:
+    """``value`` rounded to a whole number within the feature's limits."""
+    low = -math.inf if feature.minimum is None else math.ceil(float(feature.minimum))
+    high = math.inf if feature.maximum is None else math.floor(float(feature.maximum))
+    return int(max(low, min(high, round(value))))
+
+
+@pytest.mark.parametrize(
+    ("numbers", "as_json"),
+    [("FP64", ()), ("FP32", ()), ("INT64", ()), ("INT32", ()), ("FP64", ("date", "time"))],
+    ids=["FP64", "FP32", "INT64", "INT32", "some-inputs-as-JSON"],
+)
+def test_binary_inputs_and_output_are_bundle_predict_bit_for_bit(
+    client: TestClient, bundle: Bundle, numbers: str, as_json: tuple[str, ...]
+) -> None:
+    """Binary inputs of each datatype (numbers, categories and dates as BYTES), some as JSON data among them, and
+    the output in binary: Bundle.predict's bits."""
+    rows = records(bundle.metadata, 40, seed=21)
+    if numbers.startswith("INT"):
+        rows = [{**row, **{f.name: whole(f, row[f.name]) for f in features(bundle, "numeric")}} for row in rows]
+    kinds = {f.name: numbers for f in features(bundle, "numeric")}
+    body, headers, columns = binary_body(
+        bundle.metadata,
+        rows,
+        datatypes=kinds,
+        as_json=as_json,
+        extra={"id": "b1", "parameters": {"binary_data_output": True}},
+    )
+    answer = client.post(INFER, content=body, headers=headers)  # no Content-Type, as Triton's client sends
+    assert answer.status_code == 200, answer.text
+    head, predictions = binary_answer(answer)
+    assert head["id"] == "b1" and head["model_name"] == NAME and head["outputs"][0]["shape"] == [40]
+    assert bits(predictions) == bits(bundle.predict(columns))
+    as_octets = client.post(INFER, content=body, headers={**headers, "Content-Type": "application/octet-stream"})
+    assert as_octets.status_code == 200 and as_octets.content == answer.content  # what KServe's client sends
+
+
+def test_binary_inputs_with_a_json_answer_and_json_inputs_with_a_binary_one(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 5, seed=22)
+    expected = bits(bundle.predict(column_values(rows)))
+    body, headers, _ = binary_body(bundle.metadata, rows)
+    answer = client.post(INFER, content=body, headers=headers)
+    assert (
+        answer.headers["content-type"] == "application/json" and "inference-header-content-length" not in answer.headers
+    )
+    assert bits(answer.json()["outputs"][0]["data"]) == expected
+    request = {
+        **infer_request(bundle.metadata, rows),
+        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+    }
+    assert bits(binary_answer(client.post(INFER, json=request))[1]) == expected
+
+
+def test_a_body_without_content_type_is_json_and_other_types_are_still_refused(
+    client: TestClient, bundle: Bundle
+) -> None:
+    rows = records(bundle.metadata, 3, seed=23)
+    body = json.dumps(infer_request(bundle.metadata, rows)).encode()
+    answer = client.post(INFER, content=body)
+    assert "content-type" not in answer.request.headers
+    assert answer.status_code == 200 and bits(answer.json()["outputs"][0]["data"]) == bits(
+        bundle.predict(column_values(rows))
+    )
+    for media in ("text/plain", "application/x-www-form-urlencoded", "application/octet-stream"):
+        refused = client.post(INFER, content=body, headers={"Content-Type": media})
+        assert refused.status_code == 415 and refused.json() == {
+            "error": "content-type: must be application/json (or none)"
+        }
+    assert client.post("/predict/batch", content=body).status_code == 415  # the records API keeps its rule
+
+
+def test_model_name_in_the_body_and_unknown_top_level_fields(client: TestClient, bundle: Bundle) -> None:
+    """KServe's client sends model_name; other fields are ignored as KServe's, MLServer's and Triton's servers do."""
+    rows = records(bundle.metadata, 2, seed=24)
+    request = {**infer_request(bundle.metadata, rows), "model_name": NAME, "model_version": "9", "extra": {"a": [1]}}
+    answer = client.post(INFER, json=request)
+    assert answer.status_code == 200, answer.text
+    assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(column_values(rows)))
+    other = client.post(INFER, json={**request, "model_name": "other"})
+    assert other.status_code == 400
+    assert other.json() == {"error": f"model_name 'other' in the body is not the model of the path, '{NAME}'"}
+
+
+def test_refused_binary_data_is_a_400_saying_what_is_wrong(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 3, seed=25)
+    body, headers, _ = binary_body(bundle.metadata, rows)
+    length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:length])
+    number, category = features(bundle, "numeric")[0].name, features(bundle, "categorical")[0].name
+    where = f"input '{number}' (inputs[{feature_index(bundle, number)}])"
+    at = f"input '{category}' (inputs[{feature_index(bundle, category)}])"
+
+    def with_head(change: Callable[[Request], Any], data: bytes = body[length:]) -> tuple[bytes, dict[str, str]]:
+        changed = copy.deepcopy(head)
+        change(changed)
+        text = json.dumps(changed).encode()
+        return text + data, {"Inference-Header-Content-Length": str(len(text))}
+
+    def size_of(name: str, size: int) -> Callable[[Request], None]:
+        return lambda r: input_named(r, name).__setitem__("parameters", {"binary_data_size": size})
+
+    def category_data(data: bytes) -> tuple[bytes, dict[str, str]]:
+        """The request with the category's binary data replaced by ``data``."""
+        start = sum(t["parameters"]["binary_data_size"] for t in head["inputs"][: feature_index(bundle, category)])
+        old = input_named(head, category)["parameters"]["binary_data_size"]
+        rest = body[length:]
+        return with_head(size_of(category, len(data)), rest[:start] + data + rest[start + old :])
+
+    cases = {
+        "truncated": (body[:-5], headers, "bytes of binary data are left"),
+        "trailing bytes": (body + b"\0" * 3, headers, "body: 3 bytes of binary data after the inputs'"),
+        "header longer than the body": (
+            body, {"Inference-Header-Content-Length": str(len(body) + 1)},
+            f"Inference-Header-Content-Length: {len(body) + 1} bytes of JSON header, but the body has only {len(body)}",
+        ),
+        "header not a number": (
+            body, {"Inference-Header-Content-Length": "12a"}, "must be the JSON header's length in bytes, not '12a'"
+        ),
+        "negative header": (body, {"Inference-Header-Content-Length": "-1"}, "not '-1'"),
+        "header cutting the JSON": (body, {"Inference-Header-Content-Length": str(length - 1)}, "body: malformed JSON"),
+        "size not the shape's": (
+            *with_head(size_of(number, 16), body[length:][:16] + body[length:][24:]),
+            f"{where}: binary_data_size 16 is not 3 FP64 values of 8 bytes (24) for shape [3]",
+        ),
+        "size not a number": (
+            *with_head(lambda r: input_named(r, number).__setitem__("parameters", {"binary_data_size": "24"})),
+            "binary_data_size must be a whole number of bytes, not '24'",
+        ),
+        "element past its input's data": (
+            *category_data(encoded("BYTES", ["a", "b"]) + struct.pack("<I", 9) + b"ab"),
+            f"{at}: element 2 is 9 bytes long, but only 2 of its binary_data_size are left",
+        ),
+        "length prefix cut": (
+            *category_data(encoded("BYTES", ["a", "b"]) + b"\1\0"),
+            f"{at}: its 12 bytes of binary data end before element 2's",
+        ),
+        "bytes after the elements": (
+            *category_data(encoded("BYTES", ["a", "b", "c", "d"])),
+            f"{at}: 5 bytes of binary data left after its 3 elements",
+        ),
+        "not UTF-8": (
+            *category_data(encoded("BYTES", ["a", "b"]) + b"\2\0\0\0\xff\xfe"), f"{at}: element 2 is not UTF-8 text"
+        ),
+        "a value refused as in JSON": (
+            *category_data(encoded("BYTES", ["a", "b", "Atlantis"])),
+            f"input {category}, row 0: Input should be",
+        ),
+        "too many rows": (
+            *with_head(lambda r: input_named(r, number).__setitem__("shape", [MAX_ROWS + 1])),
+            f"input columns: at most {MAX_ROWS} rows per request (MAX_BATCH_RECORDS), not {MAX_ROWS + 1}",
+        ),
+        "another datatype": (
+            *with_head(lambda r: input_named(r, number).__setitem__("datatype", "UINT8")),
+            "datatype UINT8 does not fit its numeric feature",
+        ),
+    }  # fmt: skip
+    route_errors = f'prediction_errors_total{{reason="invalid",route="{INFER_ROUTE}"}}'
+    before = metric(client, route_errors)
+    for case, (content, case_headers, message) in cases.items():
+        answer = client.post(INFER, content=content, headers=case_headers)
+        assert answer.status_code == 400, (case, answer.text)
+        assert set(answer.json()) == {"error"} and message in answer.json()["error"], (case, answer.json())
+    assert metric(client, route_errors) == before + len(cases)
+    text_plain = client.post(INFER, content=body, headers={**headers, "Content-Type": "text/plain"})
+    assert (
+        text_plain.status_code == 415
+        and "application/octet-stream, application/json or none" in text_plain.json()["error"]
+    )
+
+
+def test_what_no_route_answers_under_v2_is_in_the_v2_shape(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton-only endpoints, unknown paths and other methods: the protocol's error body, so clients decode it."""
+    for method, path in [
+        ("POST", "/v2/repository/index"),
+        ("GET", f"{MODEL}/config"),
+        ("GET", f"{MODEL}/stats"),
+        ("GET", "/v2/models/x/versions/1/config"),
+        ("POST", "/v2/anything"),
+    ]:
+        answer = client.request(method, path)
+        assert answer.status_code == 404, path
+        assert answer.json() == {"error": f"no endpoint {method} {path} on this server"}
+    wrong = client.get(INFER)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json() == {"error": f"GET is not allowed on {INFER}; allowed: POST"}
+    assert client.get("/v2x").json() == {"detail": "Not Found"}  # elsewhere, FastAPI's own
+    assert client.get("/nowhere").json() == {"detail": "Not Found"}
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(v2, "model_metadata", broken)
+    failed = client.get(MODEL, headers={"X-Request-ID": "v2-boom"})
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "internal server error (request id v2-boom)"}
 
 
 # --- the columnar validation shares the records API's rules ---
