@@ -8,11 +8,13 @@ import copy
 import json
 import math
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked environment
 import numpy as np
@@ -756,65 +758,194 @@ def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle
         jsonschema.Draft202012Validator(schema).validate(bad)
 
 
-# --- a real V2 client against a real server ---
+# --- real V2 clients (Triton's, KServe's), with their defaults, against a real uvicorn process ---
 
 
-@pytest.mark.integration
-def test_tritonclient_against_a_real_uvicorn_process(bundle_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
-    import tritonclient.http as triton  # type: ignore[import-untyped]  # no stubs or py.typed
-    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
-
+@pytest.fixture(scope="module")
+def server_url(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real uvicorn process serving the bundle (MODEL_VERSION set)."""
     port = free_port()
     args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port)]
     env = {"BUNDLE_DIR": str(bundle_dir), "MODEL_VERSION": str(VERSION)}
-    url = f"{LOOPBACK}:{port}"
-    with running(args, f"http://{url}/v2/health/ready", env=env, timeout=60, log=tmp_path / "server.log"):
-        client = triton.InferenceServerClient(url)
+    log = tmp_path_factory.mktemp("v2-server") / "server.log"
+    with running(args, f"http://{LOOPBACK}:{port}/v2/health/ready", env=env, timeout=60, log=log):
+        yield f"{LOOPBACK}:{port}"
+
+
+@pytest.mark.integration
+def test_tritonclient_with_its_defaults_against_a_real_uvicorn_process(server_url: str, bundle: Bundle) -> None:
+    """tritonclient.http as its users call it: binary inputs and outputs, no Content-Type, no extra header; then
+    JSON tensor data; its refusals (a value, another model, Triton-only endpoints) decoded with our message."""
+    import tritonclient.http as triton  # type: ignore[import-untyped]  # no stubs or py.typed
+    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+    client = triton.InferenceServerClient(server_url)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+        assert client.is_model_ready(NAME) and client.is_model_ready(NAME, str(VERSION))
+        metadata = client.get_model_metadata(NAME)
+        assert [i["name"] for i in metadata["inputs"]] == [f.name for f in bundle.metadata.features]
+
+        rows = records(bundle.metadata, 64, seed=8)
+        columns = column_values(rows)
+        expected = bits(bundle.predict(columns))
+
+        def inputs(values: dict[str, list[Any]], *, binary: bool = True) -> list[triton.InferInput]:
+            tensors = []
+            for item in metadata["inputs"]:
+                numbers = item["datatype"] != "BYTES"
+                array = np.asarray(values[item["name"]], dtype=np.float64 if numbers else np.object_)
+                tensor = triton.InferInput(item["name"], list(array.shape), item["datatype"])
+                tensor.set_data_from_numpy(array, binary_data=binary)
+                tensors.append(tensor)
+            return tensors
+
+        default = client.infer(NAME, inputs(columns))  # binary inputs, binary_data_output: the client's defaults
+        assert default.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 8 * len(rows)
+        assert bits(default.as_numpy("predict")) == expected
+        requested = client.infer(
+            NAME, inputs(columns), outputs=[triton.InferRequestedOutput("predict")], model_version=str(VERSION)
+        )  # the output asked for by name, binary by default
+        assert bits(requested.as_numpy("predict")) == expected
+        as_json = client.infer(
+            NAME,
+            inputs(columns, binary=False),
+            request_id="triton-1",
+            outputs=[triton.InferRequestedOutput("predict", binary_data=False)],
+        )
+        assert as_json.get_response()["id"] == "triton-1" and "data" in as_json.get_response()["outputs"][0]
+        assert bits(as_json.as_numpy("predict")) == expected
+
+        bounded = limited(bundle)
+        bad = {**columns, bounded.name: [*columns[bounded.name][:5], float(bounded.maximum or 0) + 1]}
+        bad[bounded.name] += columns[bounded.name][6:]
+        with pytest.raises(InferenceServerException, match=f"input {bounded.name}, row 5: Input should be less"):
+            client.infer(NAME, inputs(bad))
+        with pytest.raises(InferenceServerException, match="model 'other' is not served here") as other:
+            client.infer("other", inputs(columns))
+        assert other.value.status() == "404"
+        for call, endpoint in [
+            (client.get_model_repository_index, "POST /v2/repository/index"),
+            (lambda: client.get_model_config(NAME), f"GET /v2/models/{NAME}/config"),
+            (lambda: client.get_inference_statistics(NAME), f"GET /v2/models/{NAME}/stats"),
+        ]:
+            with pytest.raises(InferenceServerException) as refusal:
+                call()
+            assert refusal.value.message() == f"no endpoint {endpoint} on this server"
+            assert refusal.value.status() == "404"
+    finally:
+        client.close()
+
+
+KSERVE: Final = "kserve==0.21.*"
+# Run in the KServe venv: argv is the server's URL, the model's name, the columns (JSON) and where to write what the
+# SDK saw (JSON; each prediction array as the hex of its float64 bytes).
+KSERVE_SCRIPT: Final = """
+import asyncio, json, sys
+
+import httpx
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.protocol.infer_type import RequestedOutput
+from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse, ServerMetadataResponse
+
+url, name, columns_file, out_file = sys.argv[1:]
+columns = json.load(open(columns_file))
+
+
+async def main():
+    client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+    seen = {
+        "live": await client.is_server_live(url),
+        "ready": await client.is_server_ready(url),
+        "model_ready": await client.is_model_ready(url, name),
+        "other_ready": await client.is_model_ready(url, "other"),
+    }
+    async with httpx.AsyncClient() as http:  # the REST client has no metadata call: KServe's own models parse it
+        server = ServerMetadataResponse.model_validate((await http.get(url + "/v2")).json())
+        model = ModelMetadataResponse.model_validate((await http.get(url + "/v2/models/" + name)).json())
+    seen["extensions"] = server.extensions
+    seen["inputs"] = [[tensor.name, tensor.datatype] for tensor in model.inputs]
+
+    def tensors(values, binary):
+        result = []
+        for item in model.inputs:
+            column = values[item.name]
+            tensor = InferInput(item.name, [len(column)], item.datatype, None if binary else column)
+            if binary:  # the SDK's default: binary tensor data after the JSON
+                dtype = np.object_ if item.datatype == "BYTES" else np.float64
+                tensor.set_data_from_numpy(np.array(column, dtype=dtype))
+            result.append(tensor)
+        return result
+
+    async def infer(request):
+        headers = {}
+        response = await client.infer(url, request, model_name=name, response_headers=headers)
+        [output] = response.outputs
+        return {
+            "id": response.id, "model_name": response.model_name, "name": output.name, "shape": output.shape,
+            "content_type": headers["content-type"], "bits": output.as_numpy().astype(np.float64).tobytes().hex(),
+        }
+
+    seen["json"] = await infer(InferRequest(name, tensors(columns, False), request_id="k-1"))
+    binary_output = [RequestedOutput("predict", {"binary_data": True})]
+    seen["binary"] = await infer(
+        InferRequest(name, tensors(columns, True), request_id="k-2", request_outputs=binary_output)
+    )
+    for case, request, path_name in [
+        ("other", InferRequest("other", tensors(columns, False)), "other"),
+        ("mismatch", InferRequest("other", tensors(columns, False)), name),
+    ]:
         try:
-            assert client.is_server_live() and client.is_server_ready()
-            assert client.get_server_metadata()["extensions"] == []
-            assert client.is_model_ready(NAME) and client.is_model_ready(NAME, str(VERSION))
-            metadata = client.get_model_metadata(NAME)
-            assert [i["name"] for i in metadata["inputs"]] == [f.name for f in bundle.metadata.features]
+            await client.infer(url, request, model_name=path_name)
+            seen[case] = None
+        except httpx.HTTPStatusError as exc:
+            seen[case] = [exc.response.status_code, str(exc)]
+    await client.close()
+    json.dump(seen, open(out_file, "w"))
 
-            rows = records(bundle.metadata, 64, seed=8)
-            columns = column_values(rows)
 
-            def inputs(values: dict[str, list[Any]]) -> list[triton.InferInput]:
-                tensors = []
-                for item in metadata["inputs"]:
-                    numbers = item["datatype"] != "BYTES"
-                    array = np.asarray(values[item["name"]], dtype=np.float64 if numbers else np.object_)
-                    tensor = triton.InferInput(item["name"], list(array.shape), item["datatype"])
-                    tensor.set_data_from_numpy(array, binary_data=False)  # JSON tensor data
-                    tensors.append(tensor)
-                return tensors
+asyncio.run(main())
+"""
 
-            json_body = {"Content-Type": "application/json"}  # tritonclient sends none; the server wants JSON
-            result = client.infer(
-                NAME,
-                inputs(columns),
-                model_version=str(VERSION),
-                request_id="triton-1",
-                outputs=[triton.InferRequestedOutput("predict", binary_data=False)],
-                headers=json_body,
-            )
-            assert result.get_response()["id"] == "triton-1"
-            assert bits(result.as_numpy("predict")) == bits(bundle.predict(columns))
-            default_outputs = client.infer(NAME, inputs(columns), headers=json_body)  # asks for binary outputs
-            assert bits(default_outputs.as_numpy("predict")) == bits(bundle.predict(columns))
 
-            bounded = limited(bundle)
-            bad = {**columns, bounded.name: [*columns[bounded.name][:5], float(bounded.maximum or 0) + 1]}
-            bad[bounded.name] += columns[bounded.name][6:]
-            with pytest.raises(InferenceServerException, match=f"input {bounded.name}, row 5: Input should be less"):
-                client.infer(NAME, inputs(bad), headers=json_body)
-            with pytest.raises(InferenceServerException, match="content-type: must be application/json"):
-                client.infer(NAME, inputs(columns))
-            with pytest.raises(InferenceServerException, match="not served here"):
-                client.infer("other", inputs(columns), headers=json_body)
-        finally:
-            client.close()
+def kserve_python(root: Path) -> Path:
+    """A venv holding the KServe SDK (it cannot join the locked environment: kserve pins psutil<6, Airflow needs
+    more), made with uv; its wheels come from uv's cache after the first run (PyPI the first time)."""
+    uv = [sys.executable, "-m", "uv"]
+    subprocess.run([*uv, "venv", str(root), "--python", sys.executable, "--quiet"], check=True, timeout=120)
+    python = root / "bin" / "python"
+    install = [*uv, "pip", "install", "--quiet", "--python", str(python), KSERVE]
+    subprocess.run(install, check=True, timeout=600)
+    return python
+
+
+@pytest.mark.integration
+def test_the_kserve_sdk_against_a_real_uvicorn_process(server_url: str, bundle: Bundle, tmp_path: Path) -> None:
+    """KServe's own client (InferenceRESTClient, InferRequest with model_name in the body, binary and JSON inputs)
+    in its own venv: health, readiness, metadata and predictions equal to Bundle.predict, refusals as KServe's
+    client reports them."""
+    python = kserve_python(tmp_path / "kserve-venv")
+    rows = records(bundle.metadata, 32, seed=9)
+    columns = column_values(rows)
+    (tmp_path / "columns.json").write_text(json.dumps(columns))
+    script = [str(python), "-c", KSERVE_SCRIPT, f"http://{server_url}", NAME, str(tmp_path / "columns.json")]
+    run = subprocess.run([*script, str(tmp_path / "seen.json")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["live"] is True and seen["ready"] is True and seen["model_ready"] is True
+    assert seen["other_ready"] is False
+    assert seen["extensions"] == ["binary_tensor_data"]
+    assert seen["inputs"] == [[f.name, datatype(f)] for f in bundle.metadata.features]
+    expected = bits(bundle.predict(columns)).hex()
+    answer = {"model_name": NAME, "name": "predict", "shape": [32], "bits": expected}
+    assert seen["json"] == {**answer, "id": "k-1", "content_type": "application/json"}
+    assert seen["binary"] == {**answer, "id": "k-2", "content_type": "application/octet-stream"}  # decoded by the SDK
+    status, message = seen["other"]
+    assert status == 404 and "model 'other' is not served here" in message
+    status, message = seen["mismatch"]
+    assert status == 400 and f"model_name 'other' in the body is not the model of the path, '{NAME}'" in message
 
 
 def test_parameters_are_the_protocols_scalars_and_the_document_says_what_the_server_takes(
