@@ -733,6 +733,7 @@ def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle
         body = operation["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": "#/components/schemas/V2InferRequest"}
         assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("InferResponse")
+        assert operation["responses"]["200"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
         for status in ("400", "404", "413", "415", "503"):
             assert operation["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
                 "ErrorResponse"
@@ -748,6 +749,9 @@ def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle
     assert [i["properties"]["name"]["const"] for i in inputs] == [f.name for f in bundle.metadata.features]
     [example] = schema["examples"]
     jsonschema.Draft202012Validator(schema).validate(example)
+    jsonschema.Draft202012Validator(schema).validate({**example, "model_name": NAME, "other": 1})  # as served
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate({**example, "model_name": "other"})
     answer = client.post(INFER, json=example)
     assert answer.status_code == 200
     expected = bundle.predict({k: [v] for k, v in bundle.metadata.example.items()})
@@ -913,7 +917,7 @@ asyncio.run(main())
 def kserve_python(root: Path) -> Path:
     """A venv holding the KServe SDK (it cannot join the locked environment: kserve requires psutil<6, Airflow's
     task SDK psutil>=6.1), made with uv; its wheels come from uv's cache after the first run (PyPI the first
-    time). Measured on the 2-core dev machine: 3.4 s cold (empty cache), 1.7 s warm."""
+    time)."""
     uv = [sys.executable, "-m", "uv"]
     subprocess.run([*uv, "venv", str(root), "--python", sys.executable, "--quiet"], check=True, timeout=120)
     python = root / "bin" / "python"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
@@ -592,27 +592,22 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
     plane = data_plane(request)
     served = model_named(plane.state, name, version)
     limit = plane.state.settings.max_body_bytes
-    refusal = None
     header = request.headers.get(BINARY_HEADER)
-    if header is None:  # JSON: no look for binary data
+    length = None if header is None else header_length_of(header)
+    refusal = length if isinstance(length, RequestError) else None
+    header_length = length if isinstance(length, int) else None
+    # JSON (or none); with the binary extension's header, also application/octet-stream
+    media, expected = (
+        (json_or_none, "application/json (or none)")
+        if header is None
+        else (json_octets_or_none, f"{BINARY_MEDIA}, application/json or none with binary tensor data")
+    )
 
-        def read() -> Any:
-            return read_json_body(request, limit, json_or_none, "application/json (or none)")
+    def read() -> Awaitable[bytes]:
+        return read_json_body(request, limit, media, expected)
 
-        def decode(body: bytes) -> tuple[Parsed, list[Row]]:
-            return parse_infer(served, name, body)
-
-    else:
-        length = header_length_of(header)
-        refusal = length if isinstance(length, RequestError) else None
-
-        def read() -> Any:
-            media = f"{BINARY_MEDIA}, application/json or none with binary tensor data"
-            return read_json_body(request, limit, json_octets_or_none, media)
-
-        def decode(body: bytes) -> tuple[Parsed, list[Row]]:
-            assert isinstance(length, int)
-            return parse_infer(served, name, body, length)
+    def decode(body: bytes) -> tuple[Parsed, list[Row]]:
+        return parse_infer(served, name, body, header_length)  # the JSON path never looks for binary data
 
     parsed, predictions = await plane.predict_rows(served, request.scope["route"].path, read, decode, refusal)
     return answer_of(name, served, parsed, predictions)
