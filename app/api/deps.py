@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -61,11 +62,16 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_json_body(request: Request, limit: int) -> bytes:
+async def read_json_body(
+    request: Request,
+    limit: int,
+    media: Callable[[str | None], bool] = is_json,
+    expected: str = "application/json",
+) -> bytes:
     """The JSON request body, refused with a 413 as soon as it is known to exceed ``limit`` bytes.
 
-    Anything but a JSON content type is a 415 before the body is read: a browser may POST ``text/plain`` across
-    origins without a preflight, JSON needs one.
+    A content type ``media`` refuses (by default anything but JSON) is a 415 naming the ``expected`` one, before the
+    body is read: a browser may POST ``text/plain`` across origins without a preflight, JSON needs one.
 
     A declared Content-Length over the limit is refused before anything is read; a body without one (chunked)
     is counted as it streams and refused at the first byte past the limit.
@@ -76,9 +82,9 @@ async def read_json_body(request: Request, limit: int) -> bytes:
             content_type = value.decode("latin-1")
         elif name == b"content-length" and declared is None:
             declared = value.decode("latin-1")
-    if not is_json(content_type):
+    if not media(content_type):
         raise RequestError(
-            415, [{"loc": ["header", "content-type"], "msg": "content-type: must be application/json", "type": "media"}]
+            415, [{"loc": ["header", "content-type"], "msg": f"content-type: must be {expected}", "type": "media"}]
         )
     if declared is not None:
         if not declared.isdigit():

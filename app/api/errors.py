@@ -4,7 +4,10 @@ A refusal carries its status: ``RequestError`` (400, 404, 413, 415 or 422, with 
 ``NotReadyError`` and ``OverloadedError`` (503, answered with ``Retry-After``). Each protocol gives the shape of
 its error body (``ErrorShape``): the records API's ``{"detail": ..., "request_id": ...}`` (``RECORDS``), V2's
 ``{"error": "..."}`` (``app.api.routes.v2``). A route answers in its router's shape (``ShapedRoute``); anything else
-it raises propagates to the middleware (a 500 carrying the request id).
+it raises propagates to the middleware (a 500 carrying the request id). What no route answers (a path no route
+has: 404; a method its route does not take: 405) and the middleware's own 500 and 503 are in the shape of the
+protocol whose path prefix the request is under (``Shapes``, given by the app's assembly), the records API's
+elsewhere.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fastapi import Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from app.api.deps import JSON
 from app.model.schema import RequestError
@@ -25,6 +30,7 @@ from app.runtime.state import NotReadyError
 Refusal = RequestError | NotReadyError | OverloadedError
 REFUSALS = (RequestError, NotReadyError, OverloadedError)
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 
 
 @dataclass(frozen=True)
@@ -90,3 +96,44 @@ class DirectRoute(ShapedRoute):
         endpoint: Endpoint = self.endpoint
         self.handler = rendering(endpoint, self.shape)
         return self.handler
+
+
+Shapes = Mapping[str, ErrorShape]  # a protocol's error shape by the path prefix of its routes ("/v2")
+
+
+def shape_for(path: str, shapes: Shapes) -> ErrorShape | None:
+    """The error shape of the protocol ``path`` is under (the prefix itself, or below it), if any."""
+    for prefix, shape in shapes.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return shape
+    return None
+
+
+def failure(status: int, message: str) -> RequestError:
+    """A refusal no route raised (no such endpoint, a method not allowed, a failure of the server), to render."""
+    return RequestError(status, [{"loc": [], "msg": message, "type": "server"}])
+
+
+def http_errors(shapes: Shapes) -> Handler:
+    """The answer to Starlette's ``HTTPException`` (raised by the router: 404 for a path no route has, 405 for a
+    method its route does not take, with ``Allow``) in the shape of the protocol the path is under; FastAPI's own
+    ``{"detail": ...}`` elsewhere."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, HTTPException):  # registered for HTTPException only
+            raise exc
+        path, method = request.scope["path"], request.scope["method"]
+        shape = shape_for(path, shapes)
+        if shape is None:
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 404:
+            message = f"no endpoint {method} {path} on this server"
+        elif exc.status_code == 405:
+            message = f"{method} is not allowed on {path}; allowed: {(exc.headers or {}).get('Allow', 'none')}"
+        else:
+            message = str(exc.detail)
+        response = render(failure(exc.status_code, message), shape)
+        response.headers.update(exc.headers or {})
+        return response
+
+    return answer

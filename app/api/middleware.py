@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import DirectRoute
+from app.api.errors import DirectRoute, Shapes, failure, shape_for
 from app.observability import LOGGER_NAME, ServerMetrics, log_request, request_id_var
 from app.runtime.admission import RETRY_AFTER_S
 
@@ -27,11 +27,13 @@ _log = logging.getLogger(LOGGER_NAME)
 
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id (``X-Request-ID`` honoured or made, and returned), one log line and
-    the metrics per request, and a JSON 500 carrying the request id (never internals) for unhandled errors."""
+    the metrics per request, and a JSON 500 carrying the request id (never internals) for unhandled errors, in the
+    error shape of the protocol the path is under (``shapes``), the records API's otherwise."""
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, shapes: Shapes | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.shapes: Shapes = shapes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,12 +61,12 @@ class RequestContextMiddleware:
             status = 503
             if not responded:
                 closing = [(b"connection", b"close"), (b"retry-after", str(RETRY_AFTER_S).encode())]
-                await _answer(send, 503, "the server is shutting down; retry", request_id, [*closing, header])
+                await self._answer(scope, send, 503, "the server is shutting down; retry", [*closing, header])
         except Exception:
             _log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
             status = 500
             if not responded:
-                await _answer(send, 500, "internal server error", request_id, [header])
+                await self._answer(scope, send, 500, "internal server error", [header])
         finally:
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -72,13 +74,22 @@ class RequestContextMiddleware:
             log_request(route, scope["method"], scope["path"], status, seconds, request_id)
             request_id_var.reset(token)
 
-
-async def _answer(send: Send, status: int, detail: str, request_id: str, headers: list[tuple[bytes, bytes]]) -> None:
-    """A JSON error answer the middleware writes itself (no route answered): ``detail`` and the request id."""
-    body = orjson.dumps({"detail": detail, "request_id": request_id})
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
+    async def _answer(
+        self, scope: Scope, send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """A JSON error answer the middleware writes itself (no route answered): ``detail`` and the request id, in
+        the error shape of the path's protocol if it has one."""
+        request_id = request_id_var.get()
+        shape = shape_for(scope["path"], self.shapes)
+        content = (
+            {"detail": detail, "request_id": request_id}
+            if shape is None
+            else shape.body(failure(status, f"{detail} (request id {request_id})"))
+        )
+        body = orjson.dumps(content)
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 
 from app.api.deps import JSON
 from app.api.docs import add_docs
+from app.api.errors import http_errors
 from app.api.middleware import DirectRoutes, RequestContextMiddleware
 from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict, v2
@@ -68,7 +70,9 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
     app.state.serving = state
     app.state.dataplane = DataPlane(state)
     app.add_middleware(DirectRoutes, fastapi=app)  # inside the request context: added first
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    shapes = {v2.router.prefix: v2.V2Route.shape}  # what no route answers, under /v2, in the protocol's shape
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, shapes=shapes)
+    app.add_exception_handler(HTTPException, http_errors(shapes))
     for router in (predict.router, health.router, model.router, metrics.router, v2.router):
         app.include_router(router)
 

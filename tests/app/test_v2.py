@@ -7,18 +7,23 @@ from __future__ import annotations
 import copy
 import json
 import math
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the locked environment
 import numpy as np
+import numpy.typing as npt
 import pytest
 from fastapi.testclient import TestClient
 
 import app.runtime.served_model
+from app.api.routes import v2
 from app.contract.bundle import Bundle, Feature, Metadata, load_bundle
 from app.model.schema import RecordSchema, RequestError
 from tests.harness.services import BIN, LOOPBACK, free_port, running
@@ -95,7 +100,11 @@ def test_health_and_server_metadata(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready")
     assert ready.status_code == 200 and ready.json() == {"ready": True}
-    assert client.get("/v2").json() == {"name": "prediction-server", "version": client.app.version, "extensions": []}  # type: ignore[attr-defined]
+    assert client.get("/v2").json() == {
+        "name": "prediction-server",
+        "version": client.app.version,  # type: ignore[attr-defined]
+        "extensions": ["binary_tensor_data"],
+    }
 
 
 def test_model_metadata_has_one_input_per_feature_and_one_output(client: TestClient, bundle: Bundle) -> None:
@@ -174,11 +183,12 @@ def test_the_versioned_path_and_requested_outputs(client: TestClient, bundle: Bu
     rows = records(bundle.metadata, 3, seed=5)
     request = {
         **infer_request(bundle.metadata, rows),
-        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+        "outputs": [{"name": "predict", "parameters": {"binary_data": False}}],
+        "parameters": {"binary_data_output": True},  # the output's own binary_data wins, as in Triton
     }
     answer = client.post(f"{MODEL}/versions/{VERSION}/infer", json=request)
     assert answer.status_code == 200, answer.text
-    assert "id" not in answer.json()
+    assert answer.headers["content-type"] == "application/json" and "id" not in answer.json()
     assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(column_values(rows)))
     other = client.post(f"{MODEL}/versions/{VERSION + 1}/infer", json=request)
     assert other.status_code == 404 and "version '8'" in other.json()["error"]
@@ -245,6 +255,10 @@ def features(bundle: Bundle, kind: str) -> list[Feature]:
     return [f for f in bundle.metadata.features if f.kind == kind]
 
 
+def feature_index(bundle: Bundle, name: str) -> int:
+    return [f.name for f in bundle.metadata.features].index(name)
+
+
 def limited(bundle: Bundle) -> Feature:
     return next(f for f in features(bundle, "numeric") if f.maximum is not None)
 
@@ -298,7 +312,28 @@ def mutations(bundle: Bundle) -> dict[str, tuple[Callable[[Request], Any], str]]
             f"input {number}, row 0: Input should be a valid number",
         ),
         "unknown output": (lambda r: r.__setitem__("outputs", [{"name": "proba"}]), "output 'proba': not an output"),
-        "unknown envelope key": (lambda r: r.__setitem__("model", "x"), "model: Extra inputs are not permitted"),
+        "unknown key of an input": (set_key(number, "dims", [3]), ".dims: Extra inputs are not permitted"),
+        "id of another type": (lambda r: r.__setitem__("id", 5), "id: Input should be a valid string"),
+        "another model_name": (
+            lambda r: r.__setitem__("model_name", "other"),
+            "model_name 'other' in the body is not the model of the path, 'flight-price'",
+        ),
+        "data and binary_data_size": (
+            set_key(number, "parameters", {"binary_data_size": 24}),
+            f"input '{number}' (inputs[{feature_index(bundle, number)}]): both data and parameters.binary_data_size",
+        ),
+        "binary_data_size without its header": (
+            lambda r: input_named(r, number).update(parameters={"binary_data_size": 24}, data=None),
+            "parameters.binary_data_size needs the Inference-Header-Content-Length header",
+        ),
+        "no data": (
+            lambda r: input_named(r, number).pop("data"),
+            f"input '{number}' (inputs[{feature_index(bundle, number)}]): no data",
+        ),
+        "binary_data not a boolean": (
+            lambda r: r.__setitem__("outputs", [{"name": "predict", "parameters": {"binary_data": "yes"}}]),
+            "output 'predict': parameters.binary_data must be true or false, not 'yes'",
+        ),
         "no inputs key": (lambda r: r.pop("inputs"), "inputs: Field required"),
         "shape of strings": (set_key(number, "shape", ["3"]), "inputs.0.shape.0: Input should be a valid integer"),
         "no rows": (
@@ -312,8 +347,9 @@ MUTATIONS = [
     "unknown input", "missing input", "repeated input", "lengths differ", "shape and data differ", "shape of a matrix",
     "category as a number", "number as text", "unknown datatype", "out of limits", "a string for a number",
     "unknown category", "impossible date", "malformed date", "date out of limits", "nested data, two per row",
-    "nested data for shape [n]", "unknown output", "unknown envelope key", "no inputs key", "shape of strings",
-    "no rows",
+    "nested data for shape [n]", "unknown output", "unknown key of an input", "id of another type",
+    "another model_name", "data and binary_data_size", "binary_data_size without its header", "no data",
+    "binary_data not a boolean", "no inputs key", "shape of strings", "no rows",
 ]  # fmt: skip
 
 
@@ -371,11 +407,263 @@ def test_protocol_errors_of_the_body(client: TestClient, bundle: Bundle) -> None
             413,
             "larger",
         ),
-        (client.post(INFER, json=request, headers={"Inference-Header-Content-Length": "10"}), 400, "binary tensor"),
+        (
+            client.post(INFER, json=request, headers={"Inference-Header-Content-Length": "10"}),
+            400,
+            "malformed JSON",  # the JSON header is the first 10 bytes
+        ),
     ]
     for answer, status, message in cases:
         assert answer.status_code == status, (status, answer.text)
         assert set(answer.json()) == {"error"} and message in answer.json()["error"]
+
+
+# --- the binary tensor data extension, bodies without a Content-Type, what no route answers ---
+
+BINARY_LAYOUT = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
+
+
+def encoded(datatype: str, values: list[Any]) -> bytes:
+    """The binary tensor data of ``values``: little-endian numbers, or BYTES as 4-byte length + UTF-8 bytes."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
+    return np.asarray(values, dtype=BINARY_LAYOUT[datatype]).tobytes()
+
+
+def binary_body(
+    metadata: Metadata,
+    rows: list[dict[str, Any]],
+    *,
+    datatypes: dict[str, str] | None = None,
+    as_json: tuple[str, ...] = (),
+    extra: Request | None = None,
+) -> tuple[bytes, dict[str, str], dict[str, list[Any]]]:
+    """A binary request for ``rows`` (the inputs in ``as_json`` as JSON data), its headers, and the columns as the
+    server should read them (numbers through their datatype)."""
+    header: Request = {"inputs": [], **(extra or {})}
+    chunks, columns = [], {}
+    for feature in metadata.features:
+        kind = (datatypes or {}).get(feature.name, datatype(feature))
+        values = [row[feature.name] for row in rows]
+        if kind != "BYTES":
+            values = np.asarray(values, dtype=BINARY_LAYOUT[kind]).tolist()
+        columns[feature.name] = values
+        tensor: Request = {"name": feature.name, "shape": [len(rows)], "datatype": kind}
+        if feature.name in as_json:
+            tensor["data"] = values
+        else:
+            chunks.append(encoded(kind, values))
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        header["inputs"].append(tensor)
+    head = json.dumps(header).encode()
+    return head + b"".join(chunks), {"Inference-Header-Content-Length": str(len(head))}, columns
+
+
+def binary_answer(answer: Any) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """The JSON header of a binary inference response and its predictions."""
+    assert answer.headers["content-type"] == "application/octet-stream"
+    length = int(answer.headers["inference-header-content-length"])
+    head = json.loads(answer.content[:length])
+    [output] = head["outputs"]
+    assert "data" not in output and output["parameters"] == {"binary_data_size": len(answer.content) - length}
+    return head, np.frombuffer(answer.content[length:], dtype="<f8")
+
+
+def whole(feature: Feature, value: float) -> int:
+    """``value`` rounded to a whole number within the feature's limits."""
+    low = -math.inf if feature.minimum is None else math.ceil(float(feature.minimum))
+    high = math.inf if feature.maximum is None else math.floor(float(feature.maximum))
+    return int(max(low, min(high, round(value))))
+
+
+@pytest.mark.parametrize(
+    ("numbers", "as_json"),
+    [("FP64", ()), ("FP32", ()), ("INT64", ()), ("INT32", ()), ("FP64", ("date", "time"))],
+    ids=["FP64", "FP32", "INT64", "INT32", "some-inputs-as-JSON"],
+)
+def test_binary_inputs_and_output_are_bundle_predict_bit_for_bit(
+    client: TestClient, bundle: Bundle, numbers: str, as_json: tuple[str, ...]
+) -> None:
+    """Binary inputs of each datatype (numbers, categories and dates as BYTES), some as JSON data among them, and
+    the output in binary: Bundle.predict's bits."""
+    rows = records(bundle.metadata, 40, seed=21)
+    if numbers.startswith("INT"):
+        rows = [{**row, **{f.name: whole(f, row[f.name]) for f in features(bundle, "numeric")}} for row in rows]
+    kinds = {f.name: numbers for f in features(bundle, "numeric")}
+    body, headers, columns = binary_body(
+        bundle.metadata,
+        rows,
+        datatypes=kinds,
+        as_json=as_json,
+        extra={"id": "b1", "parameters": {"binary_data_output": True}},
+    )
+    answer = client.post(INFER, content=body, headers=headers)  # no Content-Type, as Triton's client sends
+    assert answer.status_code == 200, answer.text
+    head, predictions = binary_answer(answer)
+    assert head["id"] == "b1" and head["model_name"] == NAME and head["outputs"][0]["shape"] == [40]
+    assert bits(predictions) == bits(bundle.predict(columns))
+    as_octets = client.post(INFER, content=body, headers={**headers, "Content-Type": "application/octet-stream"})
+    assert as_octets.status_code == 200 and as_octets.content == answer.content  # what KServe's client sends
+
+
+def test_binary_inputs_with_a_json_answer_and_json_inputs_with_a_binary_one(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 5, seed=22)
+    expected = bits(bundle.predict(column_values(rows)))
+    body, headers, _ = binary_body(bundle.metadata, rows)
+    answer = client.post(INFER, content=body, headers=headers)
+    assert (
+        answer.headers["content-type"] == "application/json" and "inference-header-content-length" not in answer.headers
+    )
+    assert bits(answer.json()["outputs"][0]["data"]) == expected
+    request = {
+        **infer_request(bundle.metadata, rows),
+        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+    }
+    assert bits(binary_answer(client.post(INFER, json=request))[1]) == expected
+
+
+def test_a_body_without_content_type_is_json_and_other_types_are_still_refused(
+    client: TestClient, bundle: Bundle
+) -> None:
+    rows = records(bundle.metadata, 3, seed=23)
+    body = json.dumps(infer_request(bundle.metadata, rows)).encode()
+    answer = client.post(INFER, content=body)
+    assert "content-type" not in answer.request.headers
+    assert answer.status_code == 200 and bits(answer.json()["outputs"][0]["data"]) == bits(
+        bundle.predict(column_values(rows))
+    )
+    for media in ("text/plain", "application/x-www-form-urlencoded", "application/octet-stream"):
+        refused = client.post(INFER, content=body, headers={"Content-Type": media})
+        assert refused.status_code == 415 and refused.json() == {
+            "error": "content-type: must be application/json (or none)"
+        }
+    assert client.post("/predict/batch", content=body).status_code == 415  # the records API keeps its rule
+
+
+def test_model_name_in_the_body_and_unknown_top_level_fields(client: TestClient, bundle: Bundle) -> None:
+    """KServe's client sends model_name; other fields are ignored as KServe's, MLServer's and Triton's servers do."""
+    rows = records(bundle.metadata, 2, seed=24)
+    request = {**infer_request(bundle.metadata, rows), "model_name": NAME, "model_version": "9", "extra": {"a": [1]}}
+    answer = client.post(INFER, json=request)
+    assert answer.status_code == 200, answer.text
+    assert bits(answer.json()["outputs"][0]["data"]) == bits(bundle.predict(column_values(rows)))
+    other = client.post(INFER, json={**request, "model_name": "other"})
+    assert other.status_code == 400
+    assert other.json() == {"error": f"model_name 'other' in the body is not the model of the path, '{NAME}'"}
+
+
+def test_refused_binary_data_is_a_400_saying_what_is_wrong(client: TestClient, bundle: Bundle) -> None:
+    rows = records(bundle.metadata, 3, seed=25)
+    body, headers, _ = binary_body(bundle.metadata, rows)
+    length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:length])
+    number, category = features(bundle, "numeric")[0].name, features(bundle, "categorical")[0].name
+    where = f"input '{number}' (inputs[{feature_index(bundle, number)}])"
+    at = f"input '{category}' (inputs[{feature_index(bundle, category)}])"
+
+    def with_head(change: Callable[[Request], Any], data: bytes = body[length:]) -> tuple[bytes, dict[str, str]]:
+        changed = copy.deepcopy(head)
+        change(changed)
+        text = json.dumps(changed).encode()
+        return text + data, {"Inference-Header-Content-Length": str(len(text))}
+
+    def size_of(name: str, size: int) -> Callable[[Request], None]:
+        return lambda r: input_named(r, name).__setitem__("parameters", {"binary_data_size": size})
+
+    def category_data(data: bytes) -> tuple[bytes, dict[str, str]]:
+        """The request with the category's binary data replaced by ``data``."""
+        start = sum(t["parameters"]["binary_data_size"] for t in head["inputs"][: feature_index(bundle, category)])
+        old = input_named(head, category)["parameters"]["binary_data_size"]
+        rest = body[length:]
+        return with_head(size_of(category, len(data)), rest[:start] + data + rest[start + old :])
+
+    cases = {
+        "truncated": (body[:-5], headers, "bytes of binary data are left"),
+        "trailing bytes": (body + b"\0" * 3, headers, "body: 3 bytes of binary data after the inputs'"),
+        "header longer than the body": (
+            body, {"Inference-Header-Content-Length": str(len(body) + 1)},
+            f"Inference-Header-Content-Length: {len(body) + 1} bytes of JSON header, but the body has only {len(body)}",
+        ),
+        "header not a number": (
+            body, {"Inference-Header-Content-Length": "12a"}, "must be the JSON header's length in bytes, not '12a'"
+        ),
+        "negative header": (body, {"Inference-Header-Content-Length": "-1"}, "not '-1'"),
+        "header cutting the JSON": (body, {"Inference-Header-Content-Length": str(length - 1)}, "body: malformed JSON"),
+        "size not the shape's": (
+            *with_head(size_of(number, 16), body[length:][:16] + body[length:][24:]),
+            f"{where}: binary_data_size 16 is not 3 FP64 values of 8 bytes (24) for shape [3]",
+        ),
+        "size not a number": (
+            *with_head(lambda r: input_named(r, number).__setitem__("parameters", {"binary_data_size": "24"})),
+            "binary_data_size must be a whole number of bytes, not '24'",
+        ),
+        "element past its input's data": (
+            *category_data(encoded("BYTES", ["a", "b"]) + struct.pack("<I", 9) + b"ab"),
+            f"{at}: element 2 is 9 bytes long, but only 2 of its binary_data_size are left",
+        ),
+        "length prefix cut": (
+            *category_data(encoded("BYTES", ["a", "b"]) + b"\1\0"),
+            f"{at}: its 12 bytes of binary data end before element 2's",
+        ),
+        "bytes after the elements": (
+            *category_data(encoded("BYTES", ["a", "b", "c", "d"])),
+            f"{at}: 5 bytes of binary data left after its 3 elements",
+        ),
+        "not UTF-8": (
+            *category_data(encoded("BYTES", ["a", "b"]) + b"\2\0\0\0\xff\xfe"), f"{at}: element 2 is not UTF-8 text"
+        ),
+        "a value refused as in JSON": (
+            *category_data(encoded("BYTES", ["a", "b", "Atlantis"])),
+            f"input {category}, row 0: Input should be",
+        ),
+        "too many rows": (
+            *with_head(lambda r: input_named(r, number).__setitem__("shape", [MAX_ROWS + 1])),
+            f"input columns: at most {MAX_ROWS} rows per request (MAX_BATCH_RECORDS), not {MAX_ROWS + 1}",
+        ),
+        "another datatype": (
+            *with_head(lambda r: input_named(r, number).__setitem__("datatype", "UINT8")),
+            "datatype UINT8 does not fit its numeric feature",
+        ),
+    }  # fmt: skip
+    route_errors = f'prediction_errors_total{{reason="invalid",route="{INFER_ROUTE}"}}'
+    before = metric(client, route_errors)
+    for case, (content, case_headers, message) in cases.items():
+        answer = client.post(INFER, content=content, headers=case_headers)
+        assert answer.status_code == 400, (case, answer.text)
+        assert set(answer.json()) == {"error"} and message in answer.json()["error"], (case, answer.json())
+    assert metric(client, route_errors) == before + len(cases)
+    text_plain = client.post(INFER, content=body, headers={**headers, "Content-Type": "text/plain"})
+    assert (
+        text_plain.status_code == 415
+        and "application/octet-stream, application/json or none" in text_plain.json()["error"]
+    )
+
+
+def test_what_no_route_answers_under_v2_is_in_the_v2_shape(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton-only endpoints, unknown paths and other methods: the protocol's error body, so clients decode it."""
+    for method, path in [
+        ("POST", "/v2/repository/index"),
+        ("GET", f"{MODEL}/config"),
+        ("GET", f"{MODEL}/stats"),
+        ("GET", "/v2/models/x/versions/1/config"),
+        ("POST", "/v2/anything"),
+    ]:
+        answer = client.request(method, path)
+        assert answer.status_code == 404, path
+        assert answer.json() == {"error": f"no endpoint {method} {path} on this server"}
+    wrong = client.get(INFER)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json() == {"error": f"GET is not allowed on {INFER}; allowed: POST"}
+    assert client.get("/v2x").json() == {"detail": "Not Found"}  # elsewhere, FastAPI's own
+    assert client.get("/nowhere").json() == {"detail": "Not Found"}
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(v2, "model_metadata", broken)
+    failed = client.get(MODEL, headers={"X-Request-ID": "v2-boom"})
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "internal server error (request id v2-boom)"}
 
 
 # --- the columnar validation shares the records API's rules ---
@@ -445,6 +733,7 @@ def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle
         body = operation["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": "#/components/schemas/V2InferRequest"}
         assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("InferResponse")
+        assert operation["responses"]["200"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
         for status in ("400", "404", "413", "415", "503"):
             assert operation["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
                 "ErrorResponse"
@@ -460,6 +749,9 @@ def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle
     assert [i["properties"]["name"]["const"] for i in inputs] == [f.name for f in bundle.metadata.features]
     [example] = schema["examples"]
     jsonschema.Draft202012Validator(schema).validate(example)
+    jsonschema.Draft202012Validator(schema).validate({**example, "model_name": NAME, "other": 1})  # as served
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate({**example, "model_name": "other"})
     answer = client.post(INFER, json=example)
     assert answer.status_code == 200
     expected = bundle.predict({k: [v] for k, v in bundle.metadata.example.items()})
@@ -470,65 +762,195 @@ def test_the_openapi_document_describes_the_v2_routes(client: TestClient, bundle
         jsonschema.Draft202012Validator(schema).validate(bad)
 
 
-# --- a real V2 client against a real server ---
+# --- real V2 clients (Triton's, KServe's), with their defaults, against a real uvicorn process ---
 
 
-@pytest.mark.integration
-def test_tritonclient_against_a_real_uvicorn_process(bundle_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
-    import tritonclient.http as triton  # type: ignore[import-untyped]  # no stubs or py.typed
-    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
-
+@pytest.fixture(scope="module")
+def server_url(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real uvicorn process serving the bundle (MODEL_VERSION set)."""
     port = free_port()
     args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port)]
     env = {"BUNDLE_DIR": str(bundle_dir), "MODEL_VERSION": str(VERSION)}
-    url = f"{LOOPBACK}:{port}"
-    with running(args, f"http://{url}/v2/health/ready", env=env, timeout=60, log=tmp_path / "server.log"):
-        client = triton.InferenceServerClient(url)
+    log = tmp_path_factory.mktemp("v2-server") / "server.log"
+    with running(args, f"http://{LOOPBACK}:{port}/v2/health/ready", env=env, timeout=60, log=log):
+        yield f"{LOOPBACK}:{port}"
+
+
+@pytest.mark.integration
+def test_tritonclient_with_its_defaults_against_a_real_uvicorn_process(server_url: str, bundle: Bundle) -> None:
+    """tritonclient.http as its users call it: binary inputs and outputs, no Content-Type, no extra header; then
+    JSON tensor data; its refusals (a value, another model, Triton-only endpoints) decoded with our message."""
+    import tritonclient.http as triton  # type: ignore[import-untyped]  # no stubs or py.typed
+    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+    client = triton.InferenceServerClient(server_url)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+        assert client.is_model_ready(NAME) and client.is_model_ready(NAME, str(VERSION))
+        metadata = client.get_model_metadata(NAME)
+        assert [i["name"] for i in metadata["inputs"]] == [f.name for f in bundle.metadata.features]
+
+        rows = records(bundle.metadata, 64, seed=8)
+        columns = column_values(rows)
+        expected = bits(bundle.predict(columns))
+
+        def inputs(values: dict[str, list[Any]], *, binary: bool = True) -> list[triton.InferInput]:
+            tensors = []
+            for item in metadata["inputs"]:
+                numbers = item["datatype"] != "BYTES"
+                array = np.asarray(values[item["name"]], dtype=np.float64 if numbers else np.object_)
+                tensor = triton.InferInput(item["name"], list(array.shape), item["datatype"])
+                tensor.set_data_from_numpy(array, binary_data=binary)
+                tensors.append(tensor)
+            return tensors
+
+        default = client.infer(NAME, inputs(columns))  # binary inputs, binary_data_output: the client's defaults
+        assert default.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 8 * len(rows)
+        assert bits(default.as_numpy("predict")) == expected
+        requested = client.infer(
+            NAME, inputs(columns), outputs=[triton.InferRequestedOutput("predict")], model_version=str(VERSION)
+        )  # the output asked for by name, binary by default
+        assert bits(requested.as_numpy("predict")) == expected
+        as_json = client.infer(
+            NAME,
+            inputs(columns, binary=False),
+            request_id="triton-1",
+            outputs=[triton.InferRequestedOutput("predict", binary_data=False)],
+        )
+        assert as_json.get_response()["id"] == "triton-1" and "data" in as_json.get_response()["outputs"][0]
+        assert bits(as_json.as_numpy("predict")) == expected
+
+        bounded = limited(bundle)
+        bad = {**columns, bounded.name: [*columns[bounded.name][:5], float(bounded.maximum or 0) + 1]}
+        bad[bounded.name] += columns[bounded.name][6:]
+        with pytest.raises(InferenceServerException, match=f"input {bounded.name}, row 5: Input should be less"):
+            client.infer(NAME, inputs(bad))
+        with pytest.raises(InferenceServerException, match="model 'other' is not served here") as other:
+            client.infer("other", inputs(columns))
+        assert other.value.status() == "404"
+        for call, endpoint in [
+            (client.get_model_repository_index, "POST /v2/repository/index"),
+            (lambda: client.get_model_config(NAME), f"GET /v2/models/{NAME}/config"),
+            (lambda: client.get_inference_statistics(NAME), f"GET /v2/models/{NAME}/stats"),
+        ]:
+            with pytest.raises(InferenceServerException) as refusal:
+                call()
+            assert refusal.value.message() == f"no endpoint {endpoint} on this server"
+            assert refusal.value.status() == "404"
+    finally:
+        client.close()
+
+
+KSERVE: Final = "kserve==0.21.*"
+# Run in the KServe venv: argv is the server's URL, the model's name, the columns (JSON) and where to write what the
+# SDK saw (JSON; each prediction array as the hex of its float64 bytes).
+KSERVE_SCRIPT: Final = """
+import asyncio, json, sys
+
+import httpx
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.protocol.infer_type import RequestedOutput
+from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse, ServerMetadataResponse
+
+url, name, columns_file, out_file = sys.argv[1:]
+columns = json.load(open(columns_file))
+
+
+async def main():
+    client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+    seen = {
+        "live": await client.is_server_live(url),
+        "ready": await client.is_server_ready(url),
+        "model_ready": await client.is_model_ready(url, name),
+        "other_ready": await client.is_model_ready(url, "other"),
+    }
+    async with httpx.AsyncClient() as http:  # the REST client has no metadata call: KServe's own models parse it
+        server = ServerMetadataResponse.model_validate((await http.get(url + "/v2")).json())
+        model = ModelMetadataResponse.model_validate((await http.get(url + "/v2/models/" + name)).json())
+    seen["extensions"] = server.extensions
+    seen["inputs"] = [[tensor.name, tensor.datatype] for tensor in model.inputs]
+
+    def tensors(values, binary):
+        result = []
+        for item in model.inputs:
+            column = values[item.name]
+            tensor = InferInput(item.name, [len(column)], item.datatype, None if binary else column)
+            if binary:  # the SDK's default: binary tensor data after the JSON
+                dtype = np.object_ if item.datatype == "BYTES" else np.float64
+                tensor.set_data_from_numpy(np.array(column, dtype=dtype))
+            result.append(tensor)
+        return result
+
+    async def infer(request):
+        headers = {}
+        response = await client.infer(url, request, model_name=name, response_headers=headers)
+        [output] = response.outputs
+        return {
+            "id": response.id, "model_name": response.model_name, "name": output.name, "shape": output.shape,
+            "content_type": headers["content-type"], "bits": output.as_numpy().astype(np.float64).tobytes().hex(),
+        }
+
+    seen["json"] = await infer(InferRequest(name, tensors(columns, False), request_id="k-1"))
+    binary_output = [RequestedOutput("predict", {"binary_data": True})]
+    seen["binary"] = await infer(
+        InferRequest(name, tensors(columns, True), request_id="k-2", request_outputs=binary_output)
+    )
+    for case, request, path_name in [
+        ("other", InferRequest("other", tensors(columns, False)), "other"),
+        ("mismatch", InferRequest("other", tensors(columns, False)), name),
+    ]:
         try:
-            assert client.is_server_live() and client.is_server_ready()
-            assert client.get_server_metadata()["extensions"] == []
-            assert client.is_model_ready(NAME) and client.is_model_ready(NAME, str(VERSION))
-            metadata = client.get_model_metadata(NAME)
-            assert [i["name"] for i in metadata["inputs"]] == [f.name for f in bundle.metadata.features]
+            await client.infer(url, request, model_name=path_name)
+            seen[case] = None
+        except httpx.HTTPStatusError as exc:
+            seen[case] = [exc.response.status_code, str(exc)]
+    await client.close()
+    json.dump(seen, open(out_file, "w"))
 
-            rows = records(bundle.metadata, 64, seed=8)
-            columns = column_values(rows)
 
-            def inputs(values: dict[str, list[Any]]) -> list[triton.InferInput]:
-                tensors = []
-                for item in metadata["inputs"]:
-                    numbers = item["datatype"] != "BYTES"
-                    array = np.asarray(values[item["name"]], dtype=np.float64 if numbers else np.object_)
-                    tensor = triton.InferInput(item["name"], list(array.shape), item["datatype"])
-                    tensor.set_data_from_numpy(array, binary_data=False)  # JSON tensor data
-                    tensors.append(tensor)
-                return tensors
+asyncio.run(main())
+"""
 
-            json_body = {"Content-Type": "application/json"}  # tritonclient sends none; the server wants JSON
-            result = client.infer(
-                NAME,
-                inputs(columns),
-                model_version=str(VERSION),
-                request_id="triton-1",
-                outputs=[triton.InferRequestedOutput("predict", binary_data=False)],
-                headers=json_body,
-            )
-            assert result.get_response()["id"] == "triton-1"
-            assert bits(result.as_numpy("predict")) == bits(bundle.predict(columns))
-            default_outputs = client.infer(NAME, inputs(columns), headers=json_body)  # asks for binary outputs
-            assert bits(default_outputs.as_numpy("predict")) == bits(bundle.predict(columns))
 
-            bounded = limited(bundle)
-            bad = {**columns, bounded.name: [*columns[bounded.name][:5], float(bounded.maximum or 0) + 1]}
-            bad[bounded.name] += columns[bounded.name][6:]
-            with pytest.raises(InferenceServerException, match=f"input {bounded.name}, row 5: Input should be less"):
-                client.infer(NAME, inputs(bad), headers=json_body)
-            with pytest.raises(InferenceServerException, match="content-type: must be application/json"):
-                client.infer(NAME, inputs(columns))
-            with pytest.raises(InferenceServerException, match="not served here"):
-                client.infer("other", inputs(columns), headers=json_body)
-        finally:
-            client.close()
+def kserve_python(root: Path) -> Path:
+    """A venv holding the KServe SDK (it cannot join the locked environment: kserve requires psutil<6, Airflow's
+    task SDK psutil>=6.1), made with uv; its wheels come from uv's cache after the first run (PyPI the first
+    time)."""
+    uv = [sys.executable, "-m", "uv"]
+    subprocess.run([*uv, "venv", str(root), "--python", sys.executable, "--quiet"], check=True, timeout=120)
+    python = root / "bin" / "python"
+    install = [*uv, "pip", "install", "--quiet", "--python", str(python), KSERVE]
+    subprocess.run(install, check=True, timeout=600)
+    return python
+
+
+@pytest.mark.integration
+def test_the_kserve_sdk_against_a_real_uvicorn_process(server_url: str, bundle: Bundle, tmp_path: Path) -> None:
+    """KServe's own client (InferenceRESTClient, InferRequest with model_name in the body, binary and JSON inputs)
+    in its own venv: health, readiness, metadata and predictions equal to Bundle.predict, refusals as KServe's
+    client reports them."""
+    python = kserve_python(tmp_path / "kserve-venv")
+    rows = records(bundle.metadata, 32, seed=9)
+    columns = column_values(rows)
+    (tmp_path / "columns.json").write_text(json.dumps(columns))
+    script = [str(python), "-c", KSERVE_SCRIPT, f"http://{server_url}", NAME, str(tmp_path / "columns.json")]
+    run = subprocess.run([*script, str(tmp_path / "seen.json")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["live"] is True and seen["ready"] is True and seen["model_ready"] is True
+    assert seen["other_ready"] is False
+    assert seen["extensions"] == ["binary_tensor_data"]
+    assert seen["inputs"] == [[f.name, datatype(f)] for f in bundle.metadata.features]
+    expected = bits(bundle.predict(columns)).hex()
+    answer = {"model_name": NAME, "name": "predict", "shape": [32], "bits": expected}
+    assert seen["json"] == {**answer, "id": "k-1", "content_type": "application/json"}
+    assert seen["binary"] == {**answer, "id": "k-2", "content_type": "application/octet-stream"}  # decoded by the SDK
+    status, message = seen["other"]
+    assert status == 404 and "model 'other' is not served here" in message
+    status, message = seen["mismatch"]
+    assert status == 400 and f"model_name 'other' in the body is not the model of the path, '{NAME}'" in message
 
 
 def test_parameters_are_the_protocols_scalars_and_the_document_says_what_the_server_takes(

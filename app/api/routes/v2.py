@@ -9,22 +9,39 @@ An inference request holds one input per feature, ``shape`` ``[n]`` or ``[n, 1]`
 ``[value]`` per row, every input of the same length n (1..MAX_BATCH_RECORDS). The datatype must fit the feature's
 kind (FP64, FP32, INT64 or INT32 for a number, BYTES for a category or a date); the values are validated by
 the bundle's request models (``RecordSchema.parse_columns``), so exactly as the records API validates them,
-then predicted in one call on the batch path, under the same admission, as ``/predict/batch``. Every refusal
-is the protocol's ``{"error": "..."}``: 400 where the records API says 422, 404 for another model or version,
-413 and 415 as the records API (``read_json_body``), 503 with ``Retry-After`` when not ready or shed. Tensor
-data is JSON only (no binary tensor extension); the output is JSON whatever ``binary_data`` asks for.
+then predicted in one call on the batch path, under the same admission, as ``/predict/batch``. A ``model_name``
+in the body must be the path's; other top-level fields are ignored, as KServe's, MLServer's and Triton's servers
+ignore them. A body without a Content-Type is read as JSON (Triton's client sends none).
+
+The binary tensor data extension (Triton's, KServe's): with the ``Inference-Header-Content-Length`` request
+header, the body is that many bytes of JSON, then the raw data of each input that gives
+``parameters.binary_data_size`` instead of ``data``, in the inputs' order: little-endian values of its datatype,
+or for BYTES each element as a 4-byte little-endian length and its UTF-8 bytes. The output comes back binary
+when asked (its ``binary_data`` parameter, or the request's ``binary_data_output`` when ``outputs`` does not
+name it): the JSON header, then the little-endian FP64 predictions, the output's ``parameters`` giving their
+``binary_data_size``, the response's ``Inference-Header-Content-Length`` the header's, content type
+``application/octet-stream``. The JSON path never looks for binary data.
+
+Every refusal is the protocol's ``{"error": "..."}``: 400 where the records API says 422, 404 for another model
+or version, 413 and 415 as the records API (``read_json_body``), 503 with ``Retry-After`` when not ready or
+shed; a path or method under ``/v2`` that no route takes too (``app.api.errors.http_errors``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import struct
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, Request
+import numpy as np
+import numpy.typing as npt
+import orjson
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from app.api.deps import JSON, State, data_plane, read_json_body
+from app.api.deps import JSON, State, data_plane, is_json, read_json_body
 from app.api.errors import ErrorShape, Refusal, ShapedRoute
 from app.api.openapi import component_schemas, request_body
 from app.contract.bundle import Feature
@@ -52,6 +69,16 @@ PARAMETER_TEXT: Final = 256  # longest parameter name or string value, and reque
 KEYS_PER_INPUT: Final = 5 + MAX_PARAMETERS
 SHOWN_ERRORS: Final = 10  # an error message lists this many refused values, then how many more
 BINARY_HEADER: Final = "inference-header-content-length"  # the binary tensor data extension's
+EXTENSIONS: Final = ["binary_tensor_data"]  # as Triton names it in its server metadata
+BINARY_MEDIA: Final = "application/octet-stream"
+# The little-endian layout of each number datatype's binary tensor data.
+BINARY_NUMBERS: Final[dict[str, np.dtype[Any]]] = {
+    "FP64": np.dtype("<f8"),
+    "FP32": np.dtype("<f4"),
+    "INT64": np.dtype("<i8"),
+    "INT32": np.dtype("<i4"),
+}
+LENGTH_PREFIX: Final = struct.Struct("<I")  # a BYTES element's length, before its bytes
 
 
 def error_body(exc: Refusal) -> dict[str, Any]:
@@ -136,7 +163,7 @@ class InferInput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: Parameters = None
-    data: list[Any]
+    data: list[Any] | None = None  # none when the values are binary (``parameters.binary_data_size``)
 
 
 class RequestedOutput(BaseModel):
@@ -147,11 +174,13 @@ class RequestedOutput(BaseModel):
 
 
 class InferRequest(BaseModel):
-    """The request envelope; the values are validated apart, by the bundle's request models."""
+    """The request envelope; the values are validated apart, by the bundle's request models. Unknown top-level
+    fields are ignored, as the protocol's servers (KServe, MLServer, Triton) ignore them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     id: Text | None = None
+    model_name: Text | None = None  # KServe's client sends it; it must be the path's
     parameters: Parameters = None
     inputs: list[InferInput]
     outputs: list[RequestedOutput] | None = None
@@ -161,7 +190,10 @@ class OutputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[float]
+    parameters: dict[str, int] | None = Field(
+        None, description="binary_data_size: the bytes of the binary output after the JSON header, when binary"
+    )
+    data: list[float] | None = Field(None, description="The predictions, unless the output is binary")
 
 
 class InferResponse(BaseModel):
@@ -185,10 +217,14 @@ INFER_ERRORS = {
         "model": ErrorResponse,
         "description": "Malformed JSON; a refused input (unknown, missing, repeated, another datatype or shape, "
         "inputs of different lengths, more than MAX_BATCH_RECORDS rows) or value (as the records API refuses it), "
-        "each named with its row",
+        "each named with its row; a model_name other than the path's; binary tensor data that does not match "
+        "its Inference-Header-Content-Length or binary_data_size",
     },
     413: {"model": ErrorResponse, "description": "Body larger than MAX_BODY_BYTES"},
-    415: {"model": ErrorResponse, "description": "Content-Type is not JSON"},
+    415: {
+        "model": ErrorResponse,
+        "description": "Content-Type is neither JSON nor absent (nor application/octet-stream with binary data)",
+    },
     **NOT_FOUND,
     **UNAVAILABLE,
 }
@@ -261,7 +297,7 @@ async def ready(state: State) -> JSON:
 
 @router.get("", summary="V2: server metadata", response_model=ServerMetadata)
 async def server_metadata(request: Request) -> JSON:
-    return JSON({"name": SERVER_NAME, "version": request.app.version, "extensions": []})
+    return JSON({"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS})
 
 
 def model_metadata(state: ServingState, name: str, version: str | None) -> JSON:
@@ -322,30 +358,131 @@ async def ready_version(state: State, name: Name, version: Version) -> JSON:
 # --- inference ---
 
 
-def tensor_values(tensor: InferInput, index: int) -> list[Any]:
-    """The input's values, one per row: ``data`` flat, or nested one ``[value]`` per row for shape ``[n, 1]``."""
-    where = f"input {tensor.name!r} (inputs[{index}])"
+def where(tensor: InferInput, index: int) -> str:
+    return f"input {tensor.name!r} (inputs[{index}])"
+
+
+def rows_of(tensor: InferInput, index: int) -> int:
+    """The input's number of rows, n, from its shape: ``[n]`` or ``[n, 1]``."""
     shape = tensor.shape
     if len(shape) not in (1, 2) or shape[0] < 0 or (len(shape) == 2 and shape[1] != 1):
-        raise refused(400, f"{where}: shape {shape} is not [n] or [n, 1] (one value per row)", "shape")
-    values = tensor.data
+        raise refused(400, f"{where(tensor, index)}: shape {shape} is not [n] or [n, 1] (one value per row)", "shape")
+    return shape[0]
+
+
+def tensor_values(tensor: InferInput, index: int, data: list[Any]) -> list[Any]:
+    """The input's JSON values, one per row: ``data`` flat, or nested one ``[value]`` per row for shape ``[n, 1]``."""
+    rows, shape, values = rows_of(tensor, index), tensor.shape, data
     if len(shape) == 2 and all(isinstance(value, list) for value in values):
         if any(len(value) != 1 for value in values):
-            raise refused(400, f"{where}: nested data holds one [value] per row for shape {shape}", "shape")
+            message = f"{where(tensor, index)}: nested data holds one [value] per row for shape {shape}"
+            raise refused(400, message, "shape")
         values = [value[0] for value in values]
-    if len(values) != shape[0]:
-        raise refused(400, f"{where}: shape {shape} holds {shape[0]} values, data has {len(values)}", "shape")
+    if len(values) != rows:
+        raise refused(
+            400, f"{where(tensor, index)}: shape {shape} holds {rows} values, data has {len(values)}", "shape"
+        )
     return values
 
 
-def parse_infer(served: ServedModel, body: bytes) -> tuple[InferRequest, list[Row]]:
-    """The request and its rows in feature order, every value validated as the records API validates it."""
+def binary_size(tensor: InferInput, index: int) -> int | None:
+    """The input's ``binary_data_size`` parameter (its values are binary), or None (they are its ``data``)."""
+    size = None if tensor.parameters is None else tensor.parameters.get("binary_data_size")
+    if size is None:
+        if tensor.data is None:
+            message = f"{where(tensor, index)}: no data (nor parameters.binary_data_size, for binary tensor data)"
+            raise refused(400, message, "binary")
+        return None
+    if type(size) is not int or size < 0:
+        message = f"{where(tensor, index)}: parameters.binary_data_size must be a whole number of bytes, not {size!r}"
+        raise refused(400, message, "binary")
+    if tensor.data is not None:
+        message = f"{where(tensor, index)}: both data and parameters.binary_data_size; give one"
+        raise refused(400, message, "binary")
+    return size
+
+
+def binary_values(tensor: InferInput, index: int, chunk: bytes, rows: int) -> list[Any]:
+    """The ``rows`` values of an input's binary tensor data: little-endian numbers of its datatype, or for BYTES
+    each element's 4-byte little-endian length and its UTF-8 bytes."""
+    at, size = where(tensor, index), len(chunk)
+    number = BINARY_NUMBERS.get(tensor.datatype)
+    if number is not None:
+        if size != rows * number.itemsize:
+            message = (
+                f"{at}: binary_data_size {size} is not {rows} {tensor.datatype} values of {number.itemsize} bytes "
+                f"({rows * number.itemsize}) for shape {tensor.shape}"
+            )
+            raise refused(400, message, "binary")
+        values: list[Any] = np.frombuffer(chunk, dtype=number).tolist()
+        return values
+    values, offset = [], 0
+    for row in range(rows):
+        if offset + LENGTH_PREFIX.size > size:
+            message = f"{at}: its {size} bytes of binary data end before element {row}'s 4-byte length (of {rows})"
+            raise refused(400, message, "binary")
+        (length,) = LENGTH_PREFIX.unpack_from(chunk, offset)
+        offset += LENGTH_PREFIX.size
+        if offset + length > size:
+            message = (
+                f"{at}: element {row} is {length} bytes long, but only {size - offset} of its binary_data_size are left"
+            )
+            raise refused(400, message, "binary")
+        try:
+            values.append(chunk[offset : offset + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise refused(400, f"{at}: element {row} is not UTF-8 text", "binary") from None
+        offset += length
+    if offset != size:
+        message = f"{at}: {size - offset} bytes of binary data left after its {rows} elements (shape {tensor.shape})"
+        raise refused(400, message, "binary")
+    return values
+
+
+def wants_binary(request: InferRequest) -> bool:
+    """Whether the output is to be binary: its own ``binary_data`` if ``outputs`` names it, else the request's
+    ``binary_data_output`` (Triton's rule); JSON unless asked."""
+    named = [output for output in request.outputs or () if output.name == OUTPUT]
+    parameters, key, what = (
+        (named[0].parameters, "binary_data", f"output {OUTPUT!r}: parameters.binary_data")
+        if named
+        else (request.parameters, "binary_data_output", "parameters.binary_data_output")
+    )
+    asked = False if parameters is None else parameters.get(key, False)
+    if type(asked) is not bool:
+        raise refused(400, f"{what} must be true or false, not {asked!r}", "binary")
+    return asked
+
+
+@dataclass(frozen=True)
+class Parsed:
+    request: InferRequest
+    binary_output: bool
+
+
+def split_binary(body: bytes, header_length: int) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor data after it."""
+    if header_length > len(body):
+        message = (
+            f"Inference-Header-Content-Length: {header_length} bytes of JSON header, but the body has only "
+            f"{len(body)} bytes"
+        )
+        raise refused(400, message, "binary")
+    return body[:header_length], body[header_length:]
+
+
+def parse_infer(
+    served: ServedModel, name: str, body: bytes, header_length: int | None = None
+) -> tuple[Parsed, list[Row]]:
+    """The request and its rows in feature order, every value validated as the records API validates it.
+    ``header_length``: the body is that many bytes of JSON, then binary tensor data."""
     schema = served.schema
+    head, binary = (body, None) if header_length is None else split_binary(body, header_length)
     keys = (len(schema.features) + 1) * KEYS_PER_INPUT
     values = len(schema.features) * schema.max_records + keys * MAX_PARAMETERS
-    check_size(body, keys, "an infer request for this model", values=values)
+    check_size(head, keys, "an infer request for this model", values=values)
     try:
-        request = InferRequest.model_validate_json(body)
+        request = InferRequest.model_validate_json(head)
     except ValidationError as exc:
         details = exc.errors(include_url=False, include_context=False, include_input=False)
         if any(error["type"] == "json_invalid" for error in details):
@@ -353,70 +490,154 @@ def parse_infer(served: ServedModel, body: bytes) -> tuple[InferRequest, list[Ro
         shown, more = listed(details, exc.error_count(), served.schema.max_errors)
         messages = [f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in shown]
         raise RequestError(400, [{"loc": ["body"], "msg": m, "type": "envelope"} for m in messages], more) from None
+    if request.model_name is not None and request.model_name != name:
+        message = f"model_name {request.model_name!r} in the body is not the model of the path, {name!r}"
+        raise refused(400, message, "name")
     for output in request.outputs or ():
         if output.name != OUTPUT:
             raise refused(400, f"output {output.name!r}: not an output of this model (only {OUTPUT!r})", "output")
+    binary_output = wants_binary(request)
     kinds = {feature.name: feature.kind for feature in served.bundle.metadata.features}
     columns: dict[str, list[Any]] = {}
+    offset = 0
     for index, tensor in enumerate(request.inputs):
         if tensor.name in columns:
-            raise refused(400, f"input {tensor.name!r} (inputs[{index}]): given more than once", "repeated")
+            raise refused(400, f"{where(tensor, index)}: given more than once", "repeated")
         kind = kinds.get(tensor.name)
         allowed = NUMBER_TYPES if kind == "numeric" else TEXT_TYPES
         if kind is not None and tensor.datatype not in allowed:
             message = (
-                f"input {tensor.name!r} (inputs[{index}]): datatype {tensor.datatype} does not fit its {kind} "
-                f"feature; use {' or '.join(allowed)}"
+                f"{where(tensor, index)}: datatype {tensor.datatype} does not fit its {kind} feature; use "
+                f"{' or '.join(allowed)}"
             )
             raise refused(400, message, "datatype")
-        columns[tensor.name] = tensor_values(tensor, index)
+        size = binary_size(tensor, index)
+        if size is None:
+            columns[tensor.name] = tensor_values(tensor, index, tensor.data or [])
+            continue
+        if binary is None:
+            message = (
+                f"{where(tensor, index)}: parameters.binary_data_size needs the Inference-Header-Content-Length "
+                "header (the length of the JSON before the binary data)"
+            )
+            raise refused(400, message, "binary")
+        if tensor.datatype not in BINARY_NUMBERS and tensor.datatype not in TEXT_TYPES:
+            message = f"{where(tensor, index)}: datatype {tensor.datatype} is not a binary datatype of this model"
+            raise refused(400, message, "datatype")
+        rows = rows_of(tensor, index)
+        if rows > schema.max_records:  # before decoding
+            message = f"input columns: at most {schema.max_records} rows per request (MAX_BATCH_RECORDS), not {rows}"
+            raise refused(400, message, "too_many_records")
+        if offset + size > len(binary):
+            message = (
+                f"{where(tensor, index)}: binary_data_size {size}, but only {len(binary) - offset} bytes of binary "
+                "data are left"
+            )
+            raise refused(400, message, "binary")
+        columns[tensor.name] = binary_values(tensor, index, binary[offset : offset + size], rows)
+        offset += size
+    if binary is not None and offset != len(binary):
+        message = (
+            f"body: {len(binary) - offset} bytes of binary data after the inputs' (their binary_data_size add up "
+            f"to {offset})"
+        )
+        raise refused(400, message, "binary")
     try:
-        rows = served.schema.parse_columns(columns)
+        rows_parsed = served.schema.parse_columns(columns)
     except RequestError as exc:  # each message names the column (the input) and the row
         raise RequestError(400, [{**error, "msg": f"input {error['msg']}"} for error in exc.errors], exc.more) from None
-    return request, rows
+    return Parsed(request, binary_output), rows_parsed
 
 
-async def infer(request: Request, name: str, version: str | None) -> JSON:
-    plane = data_plane(request)
-    served = model_named(plane.state, name, version)
-    limit = plane.state.settings.max_body_bytes
-    refusal = None
-    if BINARY_HEADER in request.headers:
-        message = "body: binary tensor data is not supported; send the values as JSON data (binary_data=False)"
-        refusal = refused(400, message, "binary")
-    infer_request, predictions = await plane.predict_rows(
-        served,
-        request.scope["route"].path,
-        lambda: read_json_body(request, limit),
-        lambda body: parse_infer(served, body),
-        refusal,
-    )
+def json_or_none(content_type: str | None) -> bool:
+    """A JSON content type, or none at all (Triton's client sends none)."""
+    return content_type is None or is_json(content_type)
+
+
+def json_octets_or_none(content_type: str | None) -> bool:
+    """With binary tensor data: JSON, application/octet-stream (KServe's client) or none (Triton's)."""
+    return json_or_none(content_type) or (content_type or "").split(";", 1)[0].strip().lower() == BINARY_MEDIA
+
+
+def header_length_of(value: str) -> int | RequestError:
+    """The ``Inference-Header-Content-Length`` header's byte count, or its refusal."""
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 12:
+        return int(text)
+    message = f"Inference-Header-Content-Length: must be the JSON header's length in bytes, not {value[:40]!r}"
+    return refused(400, message, "binary")
+
+
+def answer_of(name: str, served: ServedModel, parsed: Parsed, predictions: npt.NDArray[np.float64]) -> Response:
+    """The inference response: JSON, or the JSON header then the predictions as little-endian FP64."""
     answer: dict[str, Any] = {"model_name": name}
     if (known := version_text(served)) is not None:
         answer["model_version"] = known
-    if infer_request.id is not None:
-        answer["id"] = infer_request.id
-    answer["outputs"] = [{"name": OUTPUT, "shape": [len(predictions)], "datatype": "FP64", "data": predictions}]
+    if parsed.request.id is not None:
+        answer["id"] = parsed.request.id
+    output: dict[str, Any] = {"name": OUTPUT, "shape": [len(predictions)], "datatype": "FP64"}
+    answer["outputs"] = [output]
     answer["parameters"] = {"bundle_hash": served.content_hash}
-    return JSON(answer)
+    if not parsed.binary_output:
+        output["data"] = predictions
+        return JSON(answer)
+    data = predictions.astype("<f8", copy=False).tobytes()
+    output["parameters"] = {"binary_data_size": len(data)}
+    head = orjson.dumps(answer)
+    headers = {BINARY_HEADER: str(len(head))}
+    return Response(head + data, media_type=BINARY_MEDIA, headers=headers)
 
 
+async def infer(request: Request, name: str, version: str | None) -> Response:
+    plane = data_plane(request)
+    served = model_named(plane.state, name, version)
+    limit = plane.state.settings.max_body_bytes
+    header = request.headers.get(BINARY_HEADER)
+    length = None if header is None else header_length_of(header)
+    refusal = length if isinstance(length, RequestError) else None
+    header_length = length if isinstance(length, int) else None
+    # JSON (or none); with the binary extension's header, also application/octet-stream
+    media, expected = (
+        (json_or_none, "application/json (or none)")
+        if header is None
+        else (json_octets_or_none, f"{BINARY_MEDIA}, application/json or none with binary tensor data")
+    )
+
+    def read() -> Awaitable[bytes]:
+        return read_json_body(request, limit, media, expected)
+
+    def decode(body: bytes) -> tuple[Parsed, list[Row]]:
+        return parse_infer(served, name, body, header_length)  # the JSON path never looks for binary data
+
+    parsed, predictions = await plane.predict_rows(served, request.scope["route"].path, read, decode, refusal)
+    return answer_of(name, served, parsed, predictions)
+
+
+BINARY_ANSWER = {
+    200: {
+        "description": "The predictions: JSON, or, when the output is asked for as binary (binary_data, "
+        "binary_data_output), the JSON header (its length in the Inference-Header-Content-Length response "
+        "header) then the predictions as little-endian FP64",
+        "content": {BINARY_MEDIA: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 INFER_ROUTE = {
     "summary": "V2: predict n rows (one input per feature) in one vectorised call",
+    "description": "JSON tensor data, or binary tensor data after a JSON header of Inference-Header-Content-Length "
+    "bytes (the binary tensor data extension)",
     "response_model": InferResponse,
-    "responses": INFER_ERRORS,
+    "responses": {**BINARY_ANSWER, **INFER_ERRORS},
     "openapi_extra": {"requestBody": request_body(REQUEST_MODEL)},
 }
 
 
 @router.post("/models/{name}/infer", **INFER_ROUTE)  # type: ignore[arg-type]
-async def infer_model(request: Request, name: Name) -> JSON:
+async def infer_model(request: Request, name: Name) -> Response:
     return await infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER_ROUTE)  # type: ignore[arg-type]
-async def infer_version(request: Request, name: Name, version: Version) -> JSON:
+async def infer_version(request: Request, name: Name, version: Version) -> Response:
     return await infer(request, name, version)
 
 
@@ -458,10 +679,12 @@ def request_schema(served: ServedModel) -> dict[str, Any]:
         "description": (
             "One input per feature, each of n values (1..MAX_BATCH_RECORDS, the same n for every input): shape [n] "
             "or [n, 1], data flat or one [value] per row. JSON Schema cannot say that every input has the same "
-            "length, so this schema shows n = 1 and the inputs in feature order; any order is accepted."
+            "length, so this schema shows n = 1 and the inputs in feature order; any order is accepted. Other "
+            "top-level fields are ignored."
         ),
         "properties": {
             "id": {"anyOf": [{"type": "string", "maxLength": PARAMETER_TEXT}, {"type": "null"}]},
+            "model_name": {"anyOf": [{"type": "string", "maxLength": PARAMETER_TEXT}, {"type": "null"}]},
             "parameters": copy.deepcopy(PARAMETERS_SCHEMA),
             "inputs": {
                 "type": "array",
@@ -481,7 +704,6 @@ def request_schema(served: ServedModel) -> dict[str, Any]:
             },
         },
         "required": ["inputs"],
-        "additionalProperties": False,
         "examples": [
             {
                 "inputs": [
@@ -502,6 +724,8 @@ def document_v2(document: dict[str, Any], served: ServedModel | None, model_name
         if served is not None
         else {"type": "object", "description": "Known once the bundle is loaded; see /v2/health/ready."}
     )
+    if served is not None:  # the path's name, if given
+        schemas[REQUEST_MODEL]["properties"]["model_name"] = {"anyOf": [{"const": model_name}, {"type": "null"}]}
     version = None if served is None else version_text(served)
     for path, operations in document["paths"].items():
         if not path.startswith("/v2/models/"):
