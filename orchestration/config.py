@@ -193,17 +193,17 @@ class PipelineConfig(_Strict):
 
     name: str | None = Field(None, pattern=MODEL_NAME.pattern)
     data: DataConfig
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @property
-    def model_name(self) -> str:
+    def bundle_name(self) -> str:
         """``name``, or the target column's name made fit for one (other characters become "-")."""
         if self.name:
             return self.name
         cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", self.data.target).strip("-._")[:100]
         return cleaned or "model"
-    split: SplitConfig = SplitConfig()
-    model: ModelConfig = ModelConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def load_config(path: Path = DEFAULT_PARAMS) -> PipelineConfig:

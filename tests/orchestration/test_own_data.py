@@ -163,8 +163,8 @@ def test_a_useless_model_fails_the_default_margin(tmp_path: Path) -> None:
 )
 def test_the_model_name_is_the_params_name_else_the_targets(more: dict[str, Any], target: str, name: str) -> None:
     config = PipelineConfig.model_validate({"data": {"target": target, "numeric": ["x"]}, **more})
-    assert config.model_name == name
-    assert load_config().model_name == "flight-price"
+    assert config.bundle_name == name
+    assert load_config().bundle_name == "flight-price"
 
 
 def test_a_name_unfit_for_a_url_is_refused(tmp_path: Path) -> None:
