@@ -139,10 +139,10 @@ def default_gate_run(tmp_path: Path, frame: pd.DataFrame) -> dict[str, float]:
 
 
 def test_a_sound_model_of_noisy_data_passes_the_default_margin(tmp_path: Path) -> None:
-    """A model that cuts the baseline's error by about 25% (R2 about 0.43, as on much real data) is trained; the old
-    default (0.5) refused it."""
-    ratio = default_gate_run(tmp_path, synthetic(3000, signal=1.0, seed=5))["ratio"]
-    assert 0.6 < ratio < 0.8  # sound, not dramatic
+    """A model that cuts the baseline's error by about a quarter (R2 about 0.4, as on much real data) is trained;
+    the old default (0.5) refused it."""
+    ratio = default_gate_run(tmp_path, synthetic(1500, signal=1.0, seed=5))["ratio"]
+    assert 0.6 < ratio < 0.85  # sound, not dramatic (0.77)
     assert ratio <= 1 - DEFAULT_BASELINE_MARGIN
     assert ratio > 1 - 0.5  # what the old default demanded
 
@@ -150,7 +150,7 @@ def test_a_sound_model_of_noisy_data_passes_the_default_margin(tmp_path: Path) -
 def test_a_useless_model_fails_the_default_margin(tmp_path: Path) -> None:
     """A target independent of the features: no model beats the mean by 10%; nothing is written."""
     with pytest.raises(QualityGateError, match=r"by the required margin 10%"):
-        default_gate_run(tmp_path, synthetic(3000, signal=0.0, seed=6))
+        default_gate_run(tmp_path, synthetic(1500, signal=0.0, seed=6))
     assert not (tmp_path / "bundle").exists()
 
 
