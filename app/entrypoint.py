@@ -10,7 +10,9 @@
    keys in a mounted credentials file) it runs uvicorn in this interpreter, whose server modules were
    imported in a thread while steps 2-5 ran: no second interpreter start, and the imports overlap the pull.
 
-``BUNDLE_DIR`` set means "serve this directory as is": steps 2-4 are skipped and it is only verified.
+``BUNDLE_DIR`` set means "serve this directory as is": steps 2-4 are skipped and it is only verified; unless
+``MODEL_NAME`` is set, the server serves it under the name its metadata records (``Metadata.name``).
+``python -m app.entrypoint --help`` prints ``USAGE`` and exits 0 without starting anything.
 Every step prints one progress line with its timing; every failure prints one line saying what failed and
 what to check, and exits non-zero (see ``app.delivery.failures.EXIT_CODES``).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import socket
 import sys
@@ -31,7 +34,13 @@ from types import FrameType
 from typing import Final, NoReturn
 
 from app.contract.bundle import BundleError, Metadata, read_metadata
-from app.contract.connection import S3_CREDENTIAL_VARIABLES, redact
+from app.contract.connection import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SERVING_PORT,
+    NAME,
+    S3_CREDENTIAL_VARIABLES,
+    redact,
+)
 from app.delivery.failures import EXIT_CODES, DeliveryError
 from app.delivery.fetch import fetch
 from app.delivery.resolve import Resolved, resolve
@@ -42,6 +51,28 @@ APP: Final = "app.main:app"
 HTTP_PROTOCOL: Final = "app.api.limits:BoundedHttpProtocol"
 SERVE: Final = "serve"  # ``python -m app.entrypoint serve``: what the entrypoint execs into
 PREFIX: Final = "entrypoint:"
+HELP: Final = ("-h", "--help")
+USAGE: Final = f"""usage: python -m app.entrypoint [--help]
+
+The prediction server's start: reads its settings from environment variables only, delivers the model bundle,
+verifies it and becomes the server (uvicorn on HOST:PORT, default 0.0.0.0:{DEFAULT_SERVING_PORT}).
+
+Where the bundle comes from (one of):
+  BUNDLE_DIR=/path/to/bundle   serve a bundle directory as is (python -m orchestration train --out ...); no
+                               registry, no pull. Served under MODEL_NAME, by default the bundle's own name.
+  MODEL_HASH=<md5>.dir         pull that DVC hash from DVC_REMOTE_URL into MODEL_DIR (registry not consulted)
+  MLFLOW_TRACKING_URI=...      look up MODEL_NAME@MODEL_ALIAS (default {DEFAULT_MODEL_NAME}@champion), or
+                               MODEL_VERSION, in the MLflow registry, then pull its bundle from DVC_REMOTE_URL
+                               into MODEL_DIR, and follow the alias while running (MODEL_REFRESH_S)
+
+Other main variables: HOST, PORT, WORKERS, LOG_LEVEL, LOG_FORMAT (json|text), MODEL_DIR, DVC_REMOTE_URL,
+DVC_REMOTE_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, PULL_DEADLINE_S.
+
+Example:  BUNDLE_DIR=artifacts/bundle PORT=9000 python -m app.entrypoint
+
+Every variable, its default, and the exit code of each failed start: docs/configuration.md
+(app/prediction.env.example lists them for docker run --env-file).
+"""
 
 
 def say(message: str) -> None:
@@ -219,6 +250,26 @@ def deliver(settings: Settings) -> Delivered:
     return Delivered(fetched.bundle_dir, fetched.metadata, resolved.version)
 
 
+def bundle_model_name(settings: Settings, metadata: Metadata) -> str | None:
+    """The ``MODEL_NAME`` a ``BUNDLE_DIR`` is served under when the user set none: the name its metadata records
+    (training's params file's ``name``, else its target column's name); None (the setting stands) when
+    ``MODEL_NAME`` is set, the bundle came from the registry or a pin, or the bundle records no usable name (one
+    trained before bundles recorded it keeps ``flight-price``). Says which, in one line."""
+    if settings.bundle_dir is None:
+        return None
+    if "model_name" in settings.model_fields_set:
+        say(f"name: serving the bundle as MODEL_NAME={settings.model_name}")
+        return None
+    if metadata.name is None or not re.match(NAME, metadata.name):
+        say(
+            f"name: the bundle records no name (trained before bundles did): serving it as {settings.model_name}; "
+            "set MODEL_NAME to name it"
+        )
+        return None
+    say(f"name: serving the bundle as {metadata.name}, the name it records (set MODEL_NAME to override)")
+    return metadata.name
+
+
 def run(settings: Settings, started: float) -> NoReturn:
     """Deliver the bundle and become the server (``started``: when start-up began, for the timing line);
     exits non-zero with one line on any failure."""
@@ -244,6 +295,8 @@ def run(settings: Settings, started: float) -> NoReturn:
         )
     if delivered.version is not None:
         env["MODEL_VERSION"] = str(delivered.version)  # the server reports the version it serves from the start
+    if (served_as := bundle_model_name(settings, delivered.metadata)) is not None:
+        env["MODEL_NAME"] = served_as
     how = "exec uvicorn" if not in_process else "uvicorn in this process (no S3 keys to drop)"
     say(
         f"serve: {how} {APP} on {settings.host}:{settings.port} with {settings.workers} worker(s), "
@@ -273,7 +326,20 @@ def main() -> NoReturn:
     run(settings, started)
 
 
+def command_line(argv: list[str]) -> None:
+    """``--help``: ``USAGE`` and exit 0; any argument but ``serve`` (internal): ``USAGE`` on stderr and exit 2.
+    Otherwise return: the start is configured by the environment only."""
+    if any(arg in HELP for arg in argv):
+        print(USAGE, end="")
+        raise SystemExit(0)
+    if argv and argv != [SERVE]:
+        print(f"{USAGE}\n{PREFIX} error: unexpected argument(s) {' '.join(argv)}: configure the start with "
+              "environment variables", file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_CODES["settings"])
+
+
 if __name__ == "__main__":
+    command_line(sys.argv[1:])
     # Start-up allocates millions of objects and frees few, so the cyclic collector's full passes are wasted work:
     # it is off until the server is about to start (``serve``).
     gc.disable()

@@ -55,11 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     quick = commands.add_parser(
         "quickstart",
         help="train and publish locally if needed, then serve through the container's entrypoint",
-        description="State lives in ./.quickstart/ (a directory DVC remote and a sqlite MLflow store).",
+        description="State lives in ./.quickstart/ (a directory DVC remote and a sqlite MLflow store). With --data "
+        "(and --config): train on your file every run and serve that bundle from BUNDLE_DIR (no registry).",
     )
     quick.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows to train on when nothing is published")
     quick.add_argument("--port", type=int, default=DEFAULT_SERVING_PORT, help="port (default: %(default)s)")
     quick.add_argument("--state", type=Path, default=Path(".quickstart"), help="state directory (default: %(default)s)")
+    quick.add_argument(
+        "--data", type=Path, help="your CSV or Parquet file: train on it (every run) and serve it from BUNDLE_DIR"
+    )
+    quick.add_argument("--config", type=Path, help="params file of --data (default: the flight data's)")
     return parser
 
 
@@ -100,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "publish":
             return _publish(args)
         if args.command == "quickstart":
+            if args.config is not None and args.data is None:
+                print("error: --config names the params of --data: give --data too", file=sys.stderr)
+                return 2
             from orchestration.quickstart import run_quickstart
 
-            return run_quickstart(rows=args.rows, port=args.port, state=args.state)
+            own = {"data": args.data, "config": args.config or DEFAULT_PARAMS} if args.data else {}
+            return run_quickstart(rows=args.rows, port=args.port, state=args.state, **own)
         if args.command == "generate":
             write_csv(generate(args.rows, args.seed), args.out)
             print(f"wrote {args.rows} rows to {args.out}")

@@ -6,13 +6,17 @@ import math
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS: Final = Path(__file__).with_name("params.yaml")
 ISO_DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The types a numeric column may be declared as (``data.dtypes``), and the bundle's name for each.
+NUMERIC_DTYPES: Final = {"integer": "int", "int": "int", "float": "float"}
+# A model's name: the V2 routes put it in a URL path and MLflow registers it, so letters, digits, "." "_" "-".
+MODEL_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class ConfigError(ValueError):
@@ -41,6 +45,11 @@ class DataConfig(_Strict):
     target's bound is checked in training only). A feature without a configured bound has no limit: the range
     seen in the training split is recorded in the bundle and reported, never enforced, unless
     ``enforce_observed_ranges`` asks for it to be the limit of every feature without a configured bound.
+
+    ``dtypes`` declares a numeric column's type, ``integer`` or ``float``. Undeclared, a column holding only whole
+    numbers in the training split (``59.0`` as well as ``59``) becomes an integer feature, which the server
+    refuses ``59.5`` for; declared ``float`` it takes any number, and declared ``integer`` training refuses a value
+    with a fractional part.
     """
 
     target: str
@@ -50,7 +59,21 @@ class DataConfig(_Strict):
     bounds: dict[str, tuple[float | str, float | str]] = Field(default_factory=dict)
     enforce_observed_ranges: bool = False
     categories: dict[str, list[str]] = Field(default_factory=dict)
+    dtypes: dict[str, Literal["int", "float"]] = Field(default_factory=dict)
     drop_duplicates: bool = True
+
+    @field_validator("dtypes", mode="before")
+    @classmethod
+    def _known_dtypes(cls, dtypes: Any) -> Any:
+        """``integer`` (or ``int``) and ``float`` only, named in the message; kept as the bundle names them."""
+        if not isinstance(dtypes, dict):
+            return dtypes
+        out: dict[Any, Any] = {}
+        for name, dtype in dtypes.items():
+            if not isinstance(dtype, str) or dtype.lower() not in NUMERIC_DTYPES:
+                raise ValueError(f"data.dtypes: {name!r} has type {dtype!r}: a numeric column is integer or float")
+            out[name] = NUMERIC_DTYPES[dtype.lower()]
+        return out
 
     @field_validator("bounds", mode="before")
     @classmethod
@@ -119,7 +142,17 @@ class DataConfig(_Strict):
         for name in self.categories:
             if name not in self.categorical:
                 raise ValueError(f"data.categories: {name!r} is not a categorical column")
+        for name in self.dtypes:
+            if name not in self.numeric:
+                raise ValueError(
+                    f"data.dtypes: {name!r} is not a numeric column (declare types of data.numeric's columns only: "
+                    f"{self.numeric})"
+                )
         return self
+
+    def declared_dtype(self, name: str) -> Literal["int", "float"] | None:
+        """A numeric column's declared type as the bundle names it (``int`` or ``float``), or None if undeclared."""
+        return self.dtypes.get(name)
 
 
 class SplitConfig(_Strict):
@@ -141,15 +174,36 @@ class ModelConfig(_Strict):
     random_state: int = 42
 
 
+# The model's test RMSE must be at least this much (relatively) below the naive baseline's: 10%.
+DEFAULT_BASELINE_MARGIN: Final = 0.1
+
+
 class EvaluateConfig(_Strict):
-    baseline_margin: float = Field(0.5, ge=0, lt=1)
+    """The quality gate of training: the model's test RMSE must be at most ``(1 - baseline_margin)`` times the
+    naive baseline's (always predicting the training mean). RMSE ratio ``r`` is about ``sqrt(1 - R2)``: the default
+    0.1 asks for R2 of about 0.19 or more, which any model that learnt something real passes, and which a model
+    of a target independent of the features (ratio about 1) fails."""
+
+    baseline_margin: float = Field(DEFAULT_BASELINE_MARGIN, ge=0, lt=1)
 
 
 class PipelineConfig(_Strict):
+    """``name`` is the model's name, recorded in the bundle (the server's default ``MODEL_NAME`` when it serves the
+    bundle from ``BUNDLE_DIR``); unset, the target column's name."""
+
+    name: str | None = Field(None, pattern=MODEL_NAME.pattern)
     data: DataConfig
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @property
+    def bundle_name(self) -> str:
+        """``name``, or the target column's name made fit for one (other characters become "-")."""
+        if self.name:
+            return self.name
+        cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", self.data.target).strip("-._")[:100]
+        return cleaned or "model"
 
 
 def load_config(path: Path = DEFAULT_PARAMS) -> PipelineConfig:

@@ -5,6 +5,10 @@ file, the training bundle and the serving ``MODEL_DIR``. If no model is publishe
 published there; then the container's own entrypoint (``python -m app.entrypoint``: resolve the alias ->
 dvc pull -> verify -> uvicorn) runs as a child process on 127.0.0.1 with the variables a container would get.
 Once the server is ready, a sample request built from the served model's own example is printed.
+
+With ``--data CSV`` (and ``--config PARAMS``, default the flight params) it trains on that file instead, every
+run, into ``./.quickstart/own-data/bundle``, and the entrypoint serves that bundle from ``BUNDLE_DIR`` under the
+name it records: no registry, no DVC remote. The sample request is that data's example record.
 """
 
 from __future__ import annotations
@@ -64,6 +68,19 @@ def train_and_publish(state: Path, target: PublishTarget, rows: int, seed: int) 
     print(f"quickstart: published {target.model_name} version {published.version} as @{DEFAULT_ALIAS}", flush=True)
 
 
+def train_own_data(state: Path, data: Path, config: Path) -> Path:
+    """Train on the user's ``data`` with the params file ``config`` into ``state/own-data/bundle``; its path."""
+    print(f"quickstart: training on {data} with {config}", flush=True)
+    result = run_pipeline(data, load_config(config), state / "own-data" / "bundle")
+    print(metrics_table(result.metadata), flush=True)
+    return result.bundle_dir
+
+
+def own_data_environment(bundle_dir: Path, port: int) -> dict[str, str]:
+    """The variables the container would get to serve ``bundle_dir`` as is (its MODEL_NAME: the bundle's name)."""
+    return {"BUNDLE_DIR": os.fspath(bundle_dir.resolve()), "HOST": HOST, "PORT": str(port), "LOG_FORMAT": "text"}
+
+
 def sample_request(port: int, example: dict[str, Any]) -> str:
     """A ready-to-paste curl command for one record."""
     body = json.dumps(example)
@@ -106,25 +123,34 @@ def quiet_mlflow() -> None:
 
 
 def run_quickstart(
-    *, rows: int = DEFAULT_ROWS, port: int = DEFAULT_SERVING_PORT, seed: int = DEFAULT_SEED, state: Path = STATE
+    *,
+    rows: int = DEFAULT_ROWS,
+    port: int = DEFAULT_SERVING_PORT,
+    seed: int = DEFAULT_SEED,
+    state: Path = STATE,
+    data: Path | None = None,
+    config: Path = DEFAULT_PARAMS,
 ) -> int:
-    """Train and publish if needed, then run the entrypoint until it stops; returns its exit code."""
+    """Train and publish if needed (or train on ``data`` with ``config``), then run the entrypoint until it stops;
+    returns its exit code."""
     quiet_mlflow()
     state.mkdir(parents=True, exist_ok=True)
-    target = target_for(state)
-    version = published_version(target)
-    if version is None:
-        train_and_publish(state, target, rows, seed)
+    if data is not None:
+        serving = own_data_environment(train_own_data(state, data, config), port)
     else:
-        print(
-            f"quickstart: serving the published {target.model_name}@{DEFAULT_ALIAS} (version {version}); "
-            f"delete {state}/ to train afresh",
-            flush=True,
-        )
-    env = {name: value for name, value in os.environ.items() if name not in OVERRIDDEN}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.entrypoint"], env={**env, **serve_environment(state, target, port)}
-    )
+        target = target_for(state)
+        version = published_version(target)
+        if version is None:
+            train_and_publish(state, target, rows, seed)
+        else:
+            print(
+                f"quickstart: serving the published {target.model_name}@{DEFAULT_ALIAS} (version {version}); "
+                f"delete {state}/ to train afresh",
+                flush=True,
+            )
+        serving = serve_environment(state, target, port)
+    env = {name: value for name, value in os.environ.items() if name not in (*OVERRIDDEN, "MODEL_NAME")}
+    server = subprocess.Popen([sys.executable, "-m", "app.entrypoint"], env={**env, **serving})
 
     def forward(signum: int, _: FrameType | None) -> None:
         server.send_signal(signum)

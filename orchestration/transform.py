@@ -20,6 +20,9 @@ def fit_transformer(train: pd.DataFrame, config: DataConfig) -> FeatureTransform
 def feature_schema(train: pd.DataFrame, config: DataConfig, transformer: FeatureTransformer) -> list[Feature]:
     """Names, types, allowed categories, limits and the ranges seen in training, for the bundle's schema.
 
+    A numeric feature's type is the one ``data.dtypes`` declares, else ``int`` when the training split holds only
+    whole numbers (``59.0`` included) and ``float`` otherwise.
+
     A numeric or date feature's limits (``minimum``/``maximum``, which the server enforces) are its configured
     bound, or none; with ``enforce_observed_ranges`` a feature without a configured bound takes the range seen in
     the training split as its limits. That range is always recorded (``observed_minimum``/``observed_maximum``),
@@ -29,14 +32,15 @@ def feature_schema(train: pd.DataFrame, config: DataConfig, transformer: Feature
     features: list[Feature] = []
     for name in config.numeric:
         column = train[name]
-        integral = bool((column == column.round()).all())
+        # Declared in data.dtypes, or inferred: only whole numbers in the training split (59.0 too) is an integer.
+        dtype = config.declared_dtype(name) or ("int" if bool((column == column.round()).all()) else "float")
         observed = (float(column.min()), float(column.max()))
         low, high = config.numeric_bound(name) or (observed if config.enforce_observed_ranges else (None, None))
         features.append(
             Feature(
                 name=name,
                 kind="numeric",
-                dtype="int" if integral else "float",
+                dtype=dtype,
                 minimum=low,
                 maximum=high,
                 observed_minimum=observed[0],

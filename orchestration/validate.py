@@ -110,6 +110,9 @@ def validate(frame: pd.DataFrame, config: DataConfig) -> tuple[pd.DataFrame, Val
         findings.append(_finding(name, MISSING, raw.isna(), raw))
         findings.append(_finding(name, "not a number", raw.notna() & numbers.isna(), raw))
         findings.append(_finding(name, "not finite", numbers.isin([np.inf, -np.inf]), raw))
+        if config.declared_dtype(name) == "int":
+            fractional = numbers.notna() & (numbers != numbers.round())
+            findings.append(_finding(name, "not a whole number (data.dtypes declares it integer)", fractional, raw))
         bound = config.numeric_bound(name)
         if bound is not None:
             low, high = bound

@@ -128,9 +128,15 @@ class Target(BaseModel):
 
 
 class Metadata(BaseModel):
-    """``metadata.json``: everything serving needs to know about the model without loading it."""
+    """``metadata.json``: everything serving needs to know about the model without loading it.
+
+    ``name`` is the model's name (the params file's ``name``, else the target's): the entrypoint serves a
+    ``BUNDLE_DIR`` under it unless ``MODEL_NAME`` is set. A bundle written before bundles recorded a name has none
+    (left out of ``metadata.json`` when unset, so its content hash is unchanged).
+    """
 
     format_version: int = FORMAT_VERSION
+    name: str | None = Field(None, exclude_if=_unset)
     created_at: str
     features: list[Feature]
     target: Target
@@ -229,6 +235,7 @@ def save_bundle(
     example: dict[str, Any],
     params: dict[str, Any] | None = None,
     rows: dict[str, int] | None = None,
+    name: str | None = None,
 ) -> Metadata:
     """Write a bundle directory (created if needed; existing bundle files are replaced) and return its metadata."""
     path.mkdir(parents=True, exist_ok=True)
@@ -237,6 +244,7 @@ def save_bundle(
     sio.dump(transformer, path / TRANSFORMER_FILE)
     sio.dump(model, path / MODEL_FILE)
     metadata = Metadata(
+        name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         features=features,
         target=target,

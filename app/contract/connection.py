@@ -61,7 +61,13 @@ class ConnectionSettings(BaseSettings):
         "a password in it must be percent-encoded (better: `MLFLOW_TRACKING_USERNAME`/`PASSWORD`).",
         examples=["http://mlflow:5000"],
     )
-    model_name: str = Field(DEFAULT_MODEL_NAME, pattern=NAME, description="Registered model name.")
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME,
+        pattern=NAME,
+        description="Registered model name, and the name the V2 routes serve. Unset while the entrypoint serves a "
+        "`BUNDLE_DIR`: the name the bundle records (training's params file `name`, else its target column's name; "
+        f"`{DEFAULT_MODEL_NAME}` for a bundle that records none).",
+    )
     model_alias: str = Field(
         DEFAULT_ALIAS, pattern=NAME, description="Registry alias to serve; promoting a model is moving this alias."
     )

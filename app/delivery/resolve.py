@@ -41,8 +41,9 @@ def resolve(settings: Settings, report: Report = quiet, *, deadline: float | Non
     if not uri:
         raise DeliveryError(
             "settings",
-            "no bundle to serve: neither MODEL_HASH nor MLFLOW_TRACKING_URI is set",
-            "MODEL_HASH (a DVC hash to pin) or MLFLOW_TRACKING_URI with MODEL_NAME and MODEL_ALIAS/MODEL_VERSION",
+            "no bundle to serve: none of BUNDLE_DIR, MODEL_HASH or MLFLOW_TRACKING_URI is set",
+            "BUNDLE_DIR (a bundle directory to serve as is), MODEL_HASH (a DVC hash to pin) or MLFLOW_TRACKING_URI "
+            "with MODEL_NAME and MODEL_ALIAS/MODEL_VERSION (python -m app.entrypoint --help)",
         )
     wanted = (
         f"{settings.model_name} version {settings.model_version}"
