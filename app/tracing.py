@@ -12,6 +12,8 @@ The rule (``tracing_plan``), read once when the app is built:
    refused at start with ``TracingError``, as are an endpoint that is not an ``http(s)://`` URL and a sampler
    (``OTEL_TRACES_SAMPLER``, ``OTEL_TRACES_SAMPLER_ARG``) the SDK does not know, which it would silently replace.
 
+On, ``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` (else ``OTEL_PYTHON_EXCLUDED_URLS``) names the request paths given no span.
+
 Off, nothing here imports OpenTelemetry and the app adds no middleware: the request path runs as if tracing did not
 exist, but for an ``is None`` test per micro-batch and per batch request. On, ``start_tracing`` builds this process's
 ``TracerProvider`` (in each uvicorn worker, from the app's lifespan: never in a parent that forks or spawns them)
@@ -23,6 +25,7 @@ timeout, compression, certificates), as the processor reads ``OTEL_BSP_*`` and t
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -64,6 +67,7 @@ class TracingPlan:
     endpoint: str = ""  # where spans go, when enabled
     service_name: str = ""
     sampler: str = ""
+    excluded: re.Pattern[str] | None = None  # request paths given no span (probes, say), when asked for
 
 
 def _value(environ: Mapping[str, str], name: str) -> str:
@@ -120,7 +124,20 @@ def tracing_plan(environ: Mapping[str, str]) -> TracingPlan:
 
     service_name = _value(environ, "OTEL_SERVICE_NAME") or _resource_service_name(environ) or DEFAULT_SERVICE_NAME
     why = "OTEL_TRACES_EXPORTER=otlp" if exporters else f"{variable} is set"
-    return TracingPlan(True, why, _redacted(endpoint), service_name, sampler)
+    return TracingPlan(True, why, _redacted(endpoint), service_name, sampler, _excluded(environ))
+
+
+def _excluded(environ: Mapping[str, str]) -> re.Pattern[str] | None:
+    """The paths to give no span: ``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS``, else ``OTEL_PYTHON_EXCLUDED_URLS`` (the
+    OpenTelemetry FastAPI instrumentation's variables): comma-separated regular expressions, any of which found
+    (``re.search``) in a request's path excludes it."""
+    for name in ("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"):
+        if patterns := [pattern.strip() for pattern in _value(environ, name).split(",") if pattern.strip()]:
+            try:
+                return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+            except re.error as exc:
+                raise TracingError(f"{name}: not comma-separated regular expressions: {exc}") from None
+    return None
 
 
 def _resource_service_name(environ: Mapping[str, str]) -> str:
@@ -221,15 +238,18 @@ class Tracing:
         """The span of the request being served here (the server span), or an invalid one outside a request."""
         return self._trace.get_current_span()
 
-    def start_batch(self, requests: list[Span], size: int) -> Span:
-        """The span of a micro-batch holding the rows of ``requests`` (their server spans, in arrival order).
+    def start_batch(self, requests: list[Span], size: int) -> Span | None:
+        """The span of a micro-batch holding the rows of ``requests`` (their server spans, in arrival order), or
+        None when none of them has one (paths excluded from tracing).
 
         A batch has one parent however many requests it serves: the first request's span, whose row opened it.
         The others are links of the batch span, and each of their spans gets a ``microbatch`` event naming the
         batch's trace and span, so every request's trace says which batch predicted its row.
         """
-        parent = requests[0] if requests and requests[0].get_span_context().is_valid else None
-        context = self._trace.set_span_in_context(parent) if parent is not None else self._context.Context()
+        requests = [span for span in requests if span.get_span_context().is_valid]
+        if not requests:
+            return None
+        context = self._trace.set_span_in_context(requests[0])
         links = [self._trace.Link(span.get_span_context()) for span in requests[1:]]
         span = self.tracer.start_span("microbatch", context, attributes={"microbatch.size": size}, links=links)
         if len(requests) > 1:
@@ -261,6 +281,8 @@ class Tracing:
 
     def bind_model_call(self, rows: int, call: Callable[[], T]) -> Callable[[], T]:
         """``call`` to run on another thread in a ``model.predict`` span under the span current here and now."""
+        if not self._trace.get_current_span().get_span_context().is_valid:  # an excluded path: no request span
+            return call
         context = self._context.get_current()
         return lambda: self.model_call(context, rows, call)
 

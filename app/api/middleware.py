@@ -78,15 +78,21 @@ class TracingMiddleware:
     """Pure ASGI middleware, outermost, added only when tracing is on (``app.tracing``): a SERVER span per request,
     child of the caller's span when a W3C ``traceparent`` header names one, named by the route template
     (``POST /predict``), with the method, route, status (an error from 500 up) and the model being served when the
-    request arrived. Outermost, it sees the answer the client gets, the request context's own 500 and 503 too."""
+    request arrived. Outermost, it sees the answer the client gets, the request context's own 500 and 503 too. A
+    path ``excluded`` matches gets no span (nor micro-batch and model spans: they find no request span to join)."""
 
-    def __init__(self, app: ASGIApp, state: ServingState) -> None:
+    def __init__(self, app: ASGIApp, state: ServingState, excluded: re.Pattern[str] | None = None) -> None:
         self.app = app
         self.state = state
+        self.excluded = excluded  # paths given no span (OTEL_PYTHON_EXCLUDED_URLS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tracing = self.state.tracing
-        if tracing is None or scope["type"] != "http":  # not started yet (or stopped): nothing to trace with
+        if (
+            tracing is None  # not started yet (or stopped): nothing to trace with
+            or scope["type"] != "http"
+            or (self.excluded is not None and self.excluded.search(scope["path"]))
+        ):
             await self.app(scope, receive, send)
             return
         method = scope["method"]

@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
     app.add_middleware(DirectRoutes, fastapi=app)  # inside the request context: added first
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     if tracing.enabled:  # outermost: its span covers the whole request and sees the answer the client gets
-        app.add_middleware(TracingMiddleware, state=state)
+        app.add_middleware(TracingMiddleware, state=state, excluded=tracing.excluded)
     for router in (predict.router, health.router, model.router, metrics.router, v2.router):
         app.include_router(router)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -78,6 +79,18 @@ def test_the_plan_names_where_spans_go_and_as_which_service() -> None:
     assert tracing_plan({**named, "OTEL_SERVICE_NAME": "svc"}).service_name == "svc"  # OTEL_SERVICE_NAME wins
     ratio = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
     assert tracing_plan({**ratio, "OTEL_TRACES_SAMPLER_ARG": "0.25"}).sampler == "parentbased_traceidratio(0.25)"
+    excluded = tracing_plan({**named, "OTEL_PYTHON_EXCLUDED_URLS": "health, ^/metrics$"}).excluded
+    assert excluded is not None and [
+        bool(excluded.search(p)) for p in ("/v2/health/ready", "/metrics", "/predict")
+    ] == [
+        True,
+        True,
+        False,
+    ]
+    fastapi = {"OTEL_PYTHON_EXCLUDED_URLS": "health", "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "predict"}
+    excluded = tracing_plan({**named, **fastapi}).excluded  # the FastAPI instrumentation's own variable wins
+    assert excluded is not None and excluded.search("/predict") and not excluded.search("/health/live")
+    assert tracing_plan(named).excluded is None
     secret = tracing_plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:hunter22@collector:4318"})
     assert "hunter22" not in secret.endpoint and "collector:4318" in secret.endpoint  # the log line shows it
 
@@ -94,6 +107,7 @@ def test_the_plan_names_where_spans_go_and_as_which_service() -> None:
         ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "a ratio between 0 and 1"),
         ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "SAMPLER_ARG=half"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT: not an http:// or https://"),
+        ({"OTEL_PYTHON_EXCLUDED_URLS": "health,(unclosed"}, "OTEL_PYTHON_EXCLUDED_URLS: not comma-separated regular"),
     ],
 )
 def test_what_the_server_cannot_do_is_refused_naming_the_variable(environ: dict[str, str], message: str) -> None:
@@ -187,6 +201,24 @@ def test_a_batch_of_several_requests_is_a_child_of_the_first_and_links_the_other
     assert parent_id(batches[0]) == ids(requests["request 0"])[1] and parent_id(models[0]) == ids(batches[0])[1]
 
 
+def test_rows_of_requests_without_a_span_make_no_batch_or_model_spans(
+    memory: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    """A path excluded from tracing has no server span: its rows' batch and model call make no root spans either."""
+    tracing, exporter = memory
+
+    async def scenario() -> list[float]:
+        batcher: MicroBatcher[int] = MicroBatcher(
+            lambda rows: np.ones(len(rows)), max_size=8, max_wait_s=0, tracing=tracing
+        )
+        answers = await asyncio.gather(*(batcher.submit(row) for row in range(3)))
+        await batcher.close()
+        return answers
+
+    assert asyncio.run(scenario()) == [1.0, 1.0, 1.0]
+    assert exporter.get_finished_spans() == ()
+
+
 def test_a_failed_model_call_marks_the_batch_and_the_model_spans(memory: tuple[Tracing, InMemorySpanExporter]) -> None:
     tracing, exporter = memory
 
@@ -195,7 +227,7 @@ def test_a_failed_model_call_marks_the_batch_and_the_model_spans(memory: tuple[T
 
     async def scenario() -> None:
         batcher: MicroBatcher[int] = MicroBatcher(predict, max_size=8, max_wait_s=0, tracing=tracing)
-        with pytest.raises(RuntimeError, match="the model broke"):
+        with tracing.tracer.start_as_current_span("request"), pytest.raises(RuntimeError, match="the model broke"):
             await batcher.submit(1)
         await batcher.close()
 
@@ -221,13 +253,18 @@ class Answering:
         await send({"type": "http.response.body", "body": b""})
 
 
-def served_once(
-    memory: tuple[Tracing, InMemorySpanExporter], app: Answering, tmp_path: Path, headers: list[tuple[bytes, bytes]]
-) -> ReadableSpan:
+def served(
+    memory: tuple[Tracing, InMemorySpanExporter],
+    app: Answering,
+    tmp_path: Path,
+    headers: list[tuple[bytes, bytes]],
+    excluded: re.Pattern[str] | None = None,
+) -> tuple[ReadableSpan, ...]:
+    """The spans of one request to ``app`` through the tracing middleware."""
     tracing, exporter = memory
     state = ServingState.for_settings(settings_for(tmp_path))
     state.tracing = tracing
-    middleware = TracingMiddleware(app, state)
+    middleware = TracingMiddleware(app, state, excluded)
     scope = {"type": "http", "method": "GET", "path": "/things/1", "headers": headers, "client": ("10.0.0.1", 5)}
 
     async def receive() -> Message:
@@ -241,8 +278,7 @@ def served_once(
 
     with contextlib.suppress(RuntimeError):  # what the raising app raised, after the span ended
         asyncio.run(call())
-    [span] = exporter.get_finished_spans()
-    return span
+    return exporter.get_finished_spans()
 
 
 @pytest.mark.parametrize(
@@ -258,7 +294,7 @@ def test_the_server_span_names_the_route_and_marks_server_errors(
     memory: tuple[Tracing, InMemorySpanExporter], tmp_path: Path, app: Answering, status: int | None, error: bool
 ) -> None:
     trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
-    span = served_once(memory, app, tmp_path, [(b"traceparent", f"00-{trace_id}-{caller}-01".encode())])
+    [span] = served(memory, app, tmp_path, [(b"traceparent", f"00-{trace_id}-{caller}-01".encode())])
     assert span.name == "GET /things/{id}" and span.kind is SpanKind.SERVER
     assert ids(span)[0] == trace_id and parent_id(span) == caller
     attributes = dict(span.attributes or {})
@@ -274,7 +310,29 @@ def test_the_server_span_names_the_route_and_marks_server_errors(
         assert attributes["error.type"] == "RuntimeError" and span.events[0].name == "exception"
 
 
+def test_an_excluded_path_gets_no_span(memory: tuple[Tracing, InMemorySpanExporter], tmp_path: Path) -> None:
+    assert served(memory, Answering(200), tmp_path, [], re.compile("^/things/")) == ()
+    assert len(served(memory, Answering(200), tmp_path, [], re.compile("^/health"))) == 1
+
+
 # --- real uvicorn processes and a real OTLP/HTTP receiver ---
+
+
+@pytest.mark.integration
+def test_the_entrypoint_refuses_grpc_at_start_naming_the_variable(bundle_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "BUNDLE_DIR": str(bundle_dir),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "app.entrypoint"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2  # the settings' exit code, before any delivery
+    assert "entrypoint: error: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this server ships only the OTLP/HTTP exporter" in (
+        done.stderr
+    )
 
 
 def traceparent() -> tuple[str, str, str]:
@@ -310,6 +368,7 @@ def traced_server(bundle_dir: Path, receiver: Receiver, tmp_path_factory: pytest
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_SERVICE_NAME": "flight-price-test",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: spans leave within a tenth of a second
+        "OTEL_PYTHON_EXCLUDED_URLS": "^/health/",  # the readiness polls below
     }
     log = tmp_path_factory.mktemp("traced") / "server.log"
     args = [sys.executable, "-m", "app.entrypoint", "serve"]
@@ -410,6 +469,7 @@ def test_a_real_server_exports_each_requests_spans_under_the_callers_trace(
     assert [(s.name, s.attributes["http.response.status_code"], "http.route" in s.attributes) for s in unmatched] == [
         ("GET", 404, False)
     ]
+    assert not [span for span in spans if span.attributes.get("url.path", "").startswith("/health/")]  # excluded
     assert "tracing on (OTEL_EXPORTER_OTLP_ENDPOINT is set)" in traced_server.log.read_text()
 
 
@@ -470,20 +530,3 @@ def test_off_the_server_imports_no_opentelemetry_adds_no_middleware_and_sends_no
         )
         assert (done.returncode, done.stdout.strip()) == (0, "untraced"), done.stderr[-3000:]
         assert receiver.posts == [] and receiver.received() == []
-
-
-@pytest.mark.integration
-def test_the_entrypoint_refuses_grpc_at_start_naming_the_variable(bundle_dir: Path) -> None:
-    env = {
-        **os.environ,
-        "BUNDLE_DIR": str(bundle_dir),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "app.entrypoint"], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 2  # the settings' exit code, before any delivery
-    assert "entrypoint: error: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this server ships only the OTLP/HTTP exporter" in (
-        done.stderr
-    )
