@@ -35,7 +35,7 @@ from app.runtime.batching import MicroBatcher
 from app.runtime.state import ServingState
 from app.tracing import DEFAULT_SERVICE_NAME, Tracing, TracingError, tracing_plan
 from tests.harness.otlp import ReceivedSpan, Receiver, otlp_receiver
-from tests.harness.services import LOOPBACK, free_port, running
+from tests.harness.services import BIN, LOOPBACK, free_port, running
 from tests.harness.serving import records, settings_for
 
 VERSION = 7
@@ -355,15 +355,11 @@ class Server:
 
 @pytest.fixture(scope="module")
 def traced_server(bundle_dir: Path, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The container's own start (``python -m app.entrypoint serve``) with two uvicorn workers, exporting to the
-    receiver."""
+    """uvicorn with two worker processes, as production runs it (``WORKERS=2``), exporting to the receiver."""
     port = free_port()
     env = {
         "BUNDLE_DIR": str(bundle_dir),
         "MODEL_VERSION": str(VERSION),
-        "HOST": LOOPBACK,
-        "PORT": str(port),
-        "WORKERS": "2",
         "MLFLOW_TRACKING_URI": "",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_SERVICE_NAME": "flight-price-test",
@@ -371,9 +367,9 @@ def traced_server(bundle_dir: Path, receiver: Receiver, tmp_path_factory: pytest
         "OTEL_PYTHON_EXCLUDED_URLS": "^/health/",  # the readiness polls below
     }
     log = tmp_path_factory.mktemp("traced") / "server.log"
-    args = [sys.executable, "-m", "app.entrypoint", "serve"]
+    args = [str(BIN / "uvicorn"), "app.main:app", "--host", LOOPBACK, "--port", str(port), "--workers", "2"]
     url = f"http://{LOOPBACK}:{port}"
-    with running(args, f"{url}/health/ready", env=env, timeout=90, log=log) as process:
+    with running(args, f"{url}/health/ready", env=env, timeout=120, log=log) as process:
         yield Server(url, process.pid, log)
 
 
