@@ -46,6 +46,7 @@ from app.delivery.fetch import fetch
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.retry import deadline_for
 from app.settings import Settings, SettingsError, load_settings
+from app.tracing import tracing_plan
 
 APP: Final = "app.main:app"
 HTTP_PROTOCOL: Final = "app.api.limits:BoundedHttpProtocol"
@@ -169,6 +170,7 @@ def serve() -> NoReturn:
     """
     try:
         settings = load_settings()
+        tracing_plan(os.environ)  # OTEL_* asking for what the server cannot do (gRPC): refused here, named
     except SettingsError as exc:
         fail(exc, EXIT_CODES["settings"])
     import_server_modules()  # in this order (done already when the entrypoint's thread imported them)
@@ -320,6 +322,7 @@ def main() -> NoReturn:
     signal.signal(signal.SIGTERM, _stopped)
     try:
         settings = load_settings()
+        tracing_plan(os.environ)  # OTEL_* asking for what the server cannot do (gRPC): refused before the pull
     except SettingsError as exc:
         fail(exc, EXIT_CODES["settings"])
     say(f"settings done in {time.monotonic() - started:.2f}s")

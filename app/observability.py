@@ -108,7 +108,8 @@ class TextFormatter(logging.Formatter):
 def log_config(level: str, log_format: str) -> dict[str, Any]:
     """The ``logging.config.dictConfig`` for the app's and uvicorn's loggers: stderr, one format.
 
-    uvicorn's access log is silenced: the app logs every request itself, with its id and duration.
+    uvicorn's access log is silenced: the app logs every request itself, with its id and duration. OpenTelemetry's
+    loggers (``app.tracing``) write in the same format.
     """
     formatter = JsonFormatter if log_format == "json" else TextFormatter
     handler = {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stderr"}
@@ -122,6 +123,8 @@ def log_config(level: str, log_format: str) -> dict[str, Any]:
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"level": level.upper()},  # propagates to "uvicorn"'s handler
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+            # the OpenTelemetry SDK's and exporter's own warnings (a collector that does not answer), with tracing on
+            "opentelemetry": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
         },
     }
 

@@ -1,5 +1,5 @@
-"""The ASGI middleware around every request: its id, its log line and metrics, and the answers no route gives; and
-the middleware that serves the prediction routes without the router."""
+"""The ASGI middleware around every request: its id, its log line and metrics, and the answers no route gives; its
+span, when tracing is on; and the middleware that serves the prediction routes without the router."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import DirectRoute, Shapes, failure, shape_for
 from app.observability import LOGGER_NAME, ServerMetrics, log_request, request_id_var
 from app.runtime.admission import RETRY_AFTER_S
+from app.runtime.state import ServingState
 
 CLIENT_CLOSED: Final = 499  # the status logged and counted for a request whose client disconnected (nginx's)
 # A client's X-Request-ID is kept only if it is short and harmless in a log line; otherwise one is made.
@@ -90,6 +91,63 @@ class RequestContextMiddleware:
         head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": body})
+
+
+class TracingMiddleware:
+    """Pure ASGI middleware, outermost, added only when tracing is on (``app.tracing``): a SERVER span per request,
+    child of the caller's span when a W3C ``traceparent`` header names one, named by the route template
+    (``POST /predict``), with the method, route, status (an error from 500 up) and the model being served when the
+    request arrived. Outermost, it sees the answer the client gets, the request context's own 500 and 503 too. A
+    path ``excluded`` matches gets no span (nor micro-batch and model spans: they find no request span to join)."""
+
+    def __init__(self, app: ASGIApp, state: ServingState, excluded: re.Pattern[str] | None = None) -> None:
+        self.app = app
+        self.state = state
+        self.excluded = excluded  # paths given no span (OTEL_PYTHON_EXCLUDED_URLS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracing = self.state.tracing
+        if (
+            tracing is None  # not started yet (or stopped): nothing to trace with
+            or scope["type"] != "http"
+            or (self.excluded is not None and self.excluded.search(scope["path"]))
+        ):
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        span, token = tracing.start_server_span(method, scope["headers"], self._attributes(scope))
+        status: int | None = None
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_traced)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            tracing.end_server_span(span, token, method, route, status, error)
+
+    def _attributes(self, scope: Scope) -> dict[str, object]:
+        attributes: dict[str, object] = {
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+            "model.name": self.state.settings.model_name,
+        }
+        if (client := scope.get("client")) is not None:
+            attributes["client.address"] = client[0]
+        if (served := self.state.model) is not None:  # the model a request that starts now is answered by
+            attributes["model.bundle_hash"] = served.content_hash
+            if served.version is not None:
+                attributes["model.version"] = str(served.version)
+        return attributes
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

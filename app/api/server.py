@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,16 +20,19 @@ from starlette.exceptions import HTTPException
 from app.api.deps import JSON
 from app.api.docs import add_docs
 from app.api.errors import http_errors
-from app.api.middleware import DirectRoutes, RequestContextMiddleware
+from app.api.middleware import DirectRoutes, RequestContextMiddleware, TracingMiddleware
 from app.api.openapi import openapi_document
 from app.api.routes import health, metrics, model, predict, v2
 from app.delivery.pull import stop_pulls
-from app.observability import configure_logging
+from app.observability import LOGGER_NAME, configure_logging
 from app.runtime.dataplane import DataPlane
 from app.runtime.loader import load_until_ready
 from app.runtime.refresh import follow_alias
 from app.runtime.state import ServingState
 from app.settings import Settings
+from app.tracing import tracing_plan
+
+log = logging.getLogger(LOGGER_NAME)
 
 TITLE = "Prediction server"
 DESCRIPTION = (
@@ -37,13 +42,28 @@ DESCRIPTION = (
 
 
 def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
-    """The app for ``settings``; its lifespan loads ``settings.bundle_path`` in the background."""
+    """The app for ``settings``; its lifespan loads ``settings.bundle_path`` in the background.
+
+    Tracing follows the ``OTEL_*`` variables as they are now (``app.tracing``: ``TracingError`` if they ask for what
+    this server cannot do); when on, the lifespan starts it in the process that serves (each uvicorn worker) and
+    flushes it at stop, and the tracing middleware is added; when off, neither."""
     state = ServingState.for_settings(settings)
+    tracing = tracing_plan(os.environ)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(settings.log_level, settings.log_format)
+        if tracing.enabled:
+            from app.tracing import start_tracing
+
+            state.tracing = start_tracing(tracing)  # before the bundle loads: its model's batcher traces too
+            log.info(
+                "tracing on (%s): spans over OTLP/HTTP to %s as service %s, sampler %s",
+                tracing.reason, tracing.endpoint, tracing.service_name, tracing.sampler,
+            )  # fmt: skip
+        else:
+            log.info("tracing off: %s", tracing.reason)
         tasks = [asyncio.create_task(load_until_ready(state), name="bundle-load")]
         if settings.follows_alias:
             tasks.append(asyncio.create_task(follow_alias(state), name="follow-alias"))
@@ -56,6 +76,10 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.close()
+            if state.tracing is not None:  # the spans still queued are sent (within FLUSH_TIMEOUT_S)
+                running, state.tracing = state.tracing, None
+                if not await asyncio.to_thread(running.shutdown):
+                    log.warning("tracing: the spans still queued were not all sent within the flush timeout")
 
     # Swagger UI and ReDoc with their assets from the image, not FastAPI's CDN (app.api.docs)
     app = FastAPI(
@@ -73,6 +97,8 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> FastAPI:
     shapes = {v2.router.prefix: v2.V2Route.shape}  # what no route answers, under /v2, in the protocol's shape
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, shapes=shapes)
     app.add_exception_handler(HTTPException, http_errors(shapes))
+    if tracing.enabled:  # outermost: its span covers the whole request and sees the answer the client gets
+        app.add_middleware(TracingMiddleware, state=state, excluded=tracing.excluded)
     for router in (predict.router, health.router, model.router, metrics.router, v2.router):
         app.include_router(router)
 

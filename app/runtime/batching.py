@@ -23,10 +23,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from app.tracing import Tracing
 
 Row = TypeVar("Row")
 Outcome = npt.NDArray[np.float64] | Exception  # a model call's predictions, or what it raised
@@ -56,6 +61,7 @@ class MicroBatcher(Generic[Row]):
         threads: int = 1,
         on_batch: Callable[[int], None] | None = None,
         bounded: Callable[[int], bool] = lambda _: False,
+        tracing: Tracing | None = None,
     ) -> None:
         self._predict_rows = predict_rows
         self._bounded = bounded  # rows -> whether their prediction is bounded work, done on the event loop
@@ -71,6 +77,9 @@ class MicroBatcher(Generic[Row]):
         self._window_ends: float | None = None  # while waiting for requests being read: when the wait ends
         # the batch the thread predicts, and its call
         self._on_thread: tuple[list[tuple[Row, asyncio.Future[float]]], asyncio.Future[Outcome]] | None = None
+        self._tracing = tracing  # None: tracing off, and nothing below touches a span
+        self._requests: dict[asyncio.Future[float], Span] = {}  # with tracing: each waiting row's request span
+        self._batch_span: Span | None = None  # with tracing: the span of the batch on the thread
 
     # --- request side (event loop) ---
 
@@ -87,6 +96,8 @@ class MicroBatcher(Generic[Row]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
         self._pending.append((row, future))
+        if self._tracing is not None:
+            self._requests[future] = self._tracing.current_span()
         if self._on_thread is None:  # else the thread's return dispatches
             if self._window_ends is not None and (self._arriving == 0 or len(self._pending) >= self.max_size):
                 self._cancel_scheduled()  # nobody left to wait for, or a full batch: go at once
@@ -100,6 +111,10 @@ class MicroBatcher(Generic[Row]):
         loop = asyncio.get_running_loop()
         self._scheduled = None
         # rows whose request gave up (timed out, client gone) are not predicted
+        if self._requests:
+            for _, future in self._pending:
+                if future.done():
+                    self._requests.pop(future, None)
         self._pending = [(row, future) for row, future in self._pending if not future.done()]
         if not self._pending:
             self._window_ends = None
@@ -113,42 +128,57 @@ class MicroBatcher(Generic[Row]):
                 return
         self._window_ends = None
         batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+        span = None
+        if self._tracing is not None:
+            popped = [self._requests.pop(future, None) for _, future in batch]
+            requests = [request for request in popped if request is not None]
+            span = self._tracing.start_batch(requests, len(batch))
         if self._bounded(len(batch)):
-            self._deliver(batch, self._call(batch))
+            self._deliver(batch, self._call(batch, span), span)
             if self._pending:
                 self._scheduled = loop.call_soon(self._dispatch)
             return
         try:
-            running = loop.run_in_executor(self._executor, self._call, batch)
+            running = loop.run_in_executor(self._executor, self._call, batch, span)
         except RuntimeError as exc:  # the executor was shut down (the model was closed)
-            self._deliver(batch, exc)
+            self._deliver(batch, exc, span)
             return
-        self._on_thread = batch, running
+        self._on_thread, self._batch_span = (batch, running), span
         running.add_done_callback(self._returned)
 
-    def _call(self, batch: list[tuple[Row, asyncio.Future[float]]]) -> Outcome:
-        """The model call for ``batch``: its predictions, or what it raised."""
+    def _call(self, batch: list[tuple[Row, asyncio.Future[float]]], span: Span | None = None) -> Outcome:
+        """The model call for ``batch``: its predictions, or what it raised (in a span under the batch's
+        ``span``, with tracing)."""
+        rows = [row for row, _ in batch]
         try:
-            return self._predict_rows([row for row, _ in batch])
+            if span is None or self._tracing is None:
+                return self._predict_rows(rows)
+            return self._tracing.model_call(self._tracing.under(span), len(rows), lambda: self._predict_rows(rows))
         except Exception as exc:
             return exc
 
     def _returned(self, running: asyncio.Future[Outcome]) -> None:
         """The thread's call returned: its requests get their answers, and the rows waiting meanwhile go next."""
         batch = self._on_thread[0] if self._on_thread is not None else []
-        self._on_thread = None
+        self._on_thread, span, self._batch_span = None, self._batch_span, None
         if running.cancelled():  # the executor was shut down
             outcome: npt.NDArray[np.float64] | BaseException = asyncio.CancelledError()
         else:
             outcome = running.result()
-        self._deliver(batch, outcome)
+        self._deliver(batch, outcome, span)
         if self._pending and self._scheduled is None:
             self._scheduled = asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _deliver(
-        self, batch: list[tuple[Row, asyncio.Future[float]]], outcome: npt.NDArray[np.float64] | BaseException
+        self,
+        batch: list[tuple[Row, asyncio.Future[float]]],
+        outcome: npt.NDArray[np.float64] | BaseException,
+        span: Span | None = None,
     ) -> None:
-        """Each waiting request gets its prediction, or every one the failure (the dispatcher carries on)."""
+        """Each waiting request gets its prediction, or every one the failure (the dispatcher carries on); the
+        batch's span, with tracing, ends."""
+        if span is not None and self._tracing is not None:
+            self._tracing.end_batch(span, outcome if isinstance(outcome, BaseException) else None)
         if isinstance(outcome, BaseException):
             for _, future in batch:
                 if not future.done():
@@ -173,6 +203,10 @@ class MicroBatcher(Generic[Row]):
             if not future.done():
                 future.cancel()
         self._pending = []
+        self._requests.clear()
+        if self._batch_span is not None and self._tracing is not None:
+            self._tracing.end_batch(self._batch_span, asyncio.CancelledError())
+            self._batch_span = None
         if running is not None:
             running.cancel()  # the call itself runs on; its result is not delivered to a closed loop
         self._executor.shutdown(wait=False, cancel_futures=True)

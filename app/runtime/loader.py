@@ -37,7 +37,7 @@ async def load_until_ready(state: ServingState) -> None:
             return  # the alias refresh served a bundle meanwhile: this one is no longer wanted
         try:
             model = await asyncio.to_thread(
-                lambda: ServedModel.build(load_bundle(path), settings, state.metrics, state.admission)
+                lambda: ServedModel.build(load_bundle(path), settings, state.metrics, state.admission, state.tracing)
             )
         except Exception as exc:  # anything else would end this task silently and leave "loading" forever
             reason = (

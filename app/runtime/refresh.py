@@ -195,7 +195,9 @@ async def _take(state: ServingState, settings: Settings, resolved: Resolved, beg
                     "model would be refused or misread: set ALLOW_SCHEMA_CHANGE=true to serve it anyway"
                 )
         model = await off_loop(
-            lambda: ServedModel.build(load_bundle(fetched.bundle_dir), settings, state.metrics, state.admission),
+            lambda: ServedModel.build(
+                load_bundle(fetched.bundle_dir), settings, state.metrics, state.admission, state.tracing
+            ),
             "candidate-load",
         )
         model = model.with_version(version) if version is not None else model

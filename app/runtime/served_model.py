@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,9 @@ from app.observability import ServerMetrics
 from app.runtime.admission import Admission, OverloadedError
 from app.runtime.batching import MicroBatcher, limit_threads
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 # Threads for /predict/batch calls, apart from the micro-batcher's own: the trees are evaluated outside the
 # GIL, so two large batches proceed in parallel on two cores (each thread stays at PREDICT_THREADS OpenMP
@@ -63,10 +66,19 @@ class ServedModel:
     batch_executor: ThreadPoolExecutor
     version: int | None  # the registry version, when known
     usage: Usage = field(default_factory=Usage, compare=False)
+    tracing: Tracing | None = field(default=None, compare=False)  # None: tracing off
 
     @classmethod
-    def build(cls, bundle: Bundle, settings: Settings, metrics: ServerMetrics, admission: Admission) -> ServedModel:
-        """Everything the request path needs for ``bundle`` (the predictor's bit-identical probe included)."""
+    def build(
+        cls,
+        bundle: Bundle,
+        settings: Settings,
+        metrics: ServerMetrics,
+        admission: Admission,
+        tracing: Tracing | None = None,
+    ) -> ServedModel:
+        """Everything the request path needs for ``bundle`` (the predictor's bit-identical probe included);
+        ``tracing``: the process's tracing, if on (spans for the micro-batches and the model calls)."""
         schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records, settings.max_listed_errors)
         threads = settings.predict_threads
         predictor = Predictor(bundle, threads)
@@ -78,9 +90,10 @@ class ServedModel:
             threads=threads,
             on_batch=metrics.batch_size.observe,
             bounded=predictor.bounded,
+            tracing=tracing,
         )
         executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch", initializer=limit_threads, initargs=(threads,))
-        return cls(bundle, schema, predictor, predict, batcher, executor, settings.model_version)
+        return cls(bundle, schema, predictor, predict, batcher, executor, settings.model_version, tracing=tracing)
 
     @property
     def content_hash(self) -> str:
@@ -103,9 +116,12 @@ class ServedModel:
             raise OverloadedError("the model this request began on was retired while its body arrived; retry")
 
     def run_batch(self, rows: list[Row]) -> asyncio.Future[npt.NDArray[np.float64]]:
-        """A whole batch request's rows in one vectorised call, on a batch worker thread."""
+        """A whole batch request's rows in one vectorised call, on a batch worker thread (in a ``model.predict``
+        span under the request's, with tracing: the thread does not inherit the request's context)."""
         self.check_open()
-        call = functools.partial(self.predict, rows)
+        call: Callable[[], npt.NDArray[np.float64]] = functools.partial(self.predict, rows)
+        if self.tracing is not None:
+            call = self.tracing.bind_model_call(len(rows), call)
         return asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from app.delivery.resolve import Resolved
 from app.observability import ServerMetrics
@@ -21,6 +21,9 @@ from app.runtime.admission import Admission
 from app.runtime.registry_view import RegistryView
 from app.runtime.served_model import ServedModel
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 Status = Literal["loading", "ready", "failed"]
 
@@ -76,6 +79,7 @@ class ServingState:
     reason: str = "bundle not loaded yet"
     model: ServedModel | None = None
     candidate: Candidate | None = None  # a bundle the alias moved to, being loaded or refused
+    tracing: Tracing | None = None  # this process's tracing, once started (None: off)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ServingState:
