@@ -1,0 +1,111 @@
+"""The registered MLflow model loads and serves outside this checkout: a fresh interpreter in another directory,
+without the repository on its path, loads ``models:/<name>@<alias>`` from the real ``mlflow server`` (the model's
+``code_paths`` carry the modules of ``app`` it imports) and predicts what the server predicts, bit for bit; so
+does ``mlflow models serve`` started there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from contextlib import chdir
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from app.contract.bundle import Bundle, load_bundle
+from app.model.predictor import Predictor
+from orchestration.publish import Published, PublishTarget, publish_bundle
+from tests.harness.services import S3Server, free_port, running
+from tests.integration.conftest import ROOT, fresh_target
+
+pytestmark = pytest.mark.integration
+
+# Loads the model the way a user elsewhere would, and says where ``app`` came from and what it predicted (as hex:
+# the exact float).
+LOAD_AND_PREDICT = """
+import json, sys
+import mlflow.pyfunc
+import pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+record = json.loads(sys.argv[2])
+[value] = list(model.predict(pd.DataFrame([record])))
+print(json.dumps({"app": sys.modules["app"].__file__, "prediction": float(value).hex()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def target(s3: S3Server, mlflow_uri: str, s3_credentials: None) -> PublishTarget:
+    return fresh_target(s3, mlflow_uri, "portable")
+
+
+@pytest.fixture(scope="module")
+def published(bundle_dir: Path, target: PublishTarget) -> Published:
+    return publish_bundle(bundle_dir, target)
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+def elsewhere_env(target: PublishTarget, s3: S3Server) -> dict[str, str]:
+    """A user's environment in another directory: MLflow's and S3's variables, and nothing naming this checkout."""
+    keep = ("PATH", "HOME", "LANG", "TMPDIR")
+    env = {name: os.environ[name] for name in keep if name in os.environ}
+    return {**env, **s3.env(), "MLFLOW_TRACKING_URI": target.tracking_uri}
+
+
+def served(bundle: Bundle, record: dict[str, Any]) -> float:
+    """What the prediction server answers for ``record``: its predictor, which equals ``Bundle.predict`` bit for bit."""
+    columns = {name: [value] for name, value in record.items()}
+    [value] = Predictor(bundle).predict_columns(columns).tolist()
+    [expected] = bundle.predict(pd.DataFrame([record])).tolist()
+    assert value.hex() == expected.hex()
+    return float(value)
+
+
+def test_the_registered_model_loads_and_predicts_in_a_fresh_process_elsewhere(
+    target: PublishTarget, published: Published, bundle: Bundle, s3: S3Server, tmp_path: Path
+) -> None:
+    record = bundle.metadata.example
+    uri = f"models:/{target.model_name}@{published.alias}"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_AND_PREDICT, uri, json.dumps(record)],
+        cwd=tmp_path,
+        env=elsewhere_env(target, s3),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not Path(answer["app"]).resolve().is_relative_to(ROOT)  # the model's own copy of app, not this checkout
+    assert float.fromhex(answer["prediction"]) == served(bundle, record)
+
+
+def test_mlflow_models_serve_answers_elsewhere_with_the_served_prediction(
+    target: PublishTarget, published: Published, bundle: Bundle, s3: S3Server, tmp_path: Path
+) -> None:
+    record = bundle.metadata.example
+    port = free_port()
+    mlflow = os.fspath(Path(sys.executable).parent / "mlflow")
+    args = [mlflow, "models", "serve", "-m", f"models:/{target.model_name}@{published.alias}"]
+    args += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    log = tmp_path / "serve.log"
+    # ``running`` starts it with this process's environment updated by ours: the checkout must not be on the path
+    env = {**elsewhere_env(target, s3), "PYTHONPATH": "", "PYTHONSAFEPATH": "1"}
+    with chdir(tmp_path), running(args, f"http://127.0.0.1:{port}/ping", env=env, timeout=120, log=log):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": [record]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    [value] = answer["predictions"]
+    assert float(value) == served(bundle, record)
