@@ -14,13 +14,17 @@ from contextlib import chdir
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
 from app.contract.bundle import Bundle, load_bundle
 from app.model.predictor import Predictor
+from app.score import main as score_main
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.harness.services import S3Server, free_port, running
+from tests.harness.serving import records
 from tests.integration.conftest import ROOT, fresh_target
 
 pytestmark = pytest.mark.integration
@@ -109,3 +113,29 @@ def test_mlflow_models_serve_answers_elsewhere_with_the_served_prediction(
             answer = json.loads(response.read())
     [value] = answer["predictions"]
     assert float(value) == served(bundle, record)
+
+
+def test_offline_scoring_of_models_uri_delivers_the_bundle_as_the_server_does(
+    target: PublishTarget,
+    published: Published,
+    bundle: Bundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m app.score --model models:/NAME@ALIAS``: resolved in the registry, pulled from the DVC remote and
+    verified (``app.delivery``), then scored: the same floats as ``Bundle.predict``."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", target.tracking_uri)
+    monkeypatch.setenv("DVC_REMOTE_URL", target.remote_url)
+    monkeypatch.setenv("DVC_REMOTE_ENDPOINT_URL", target.endpoint_url or "")
+    frame = pd.DataFrame(records(bundle.metadata, 40, seed=9))
+    source = tmp_path / "flights.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "scored.parquet"
+    uri = f"models:/{target.model_name}@{published.alias}"
+    assert score_main([str(source), str(out), "--model", uri, "--model-dir", str(tmp_path / "models")]) == 0
+    err = capsys.readouterr().err
+    assert f"version {published.version}: bundle {published.dvc_hash}" in err
+    predictions = pq.read_table(out).column("prediction").to_numpy()
+    expected = bundle.predict(pd.read_csv(source, float_precision="round_trip"))
+    assert predictions.view(np.int64).tolist() == expected.view(np.int64).tolist()
