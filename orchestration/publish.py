@@ -262,6 +262,9 @@ def _register(
                 python_model=bundle_model.__file__,  # models from code: nothing pickled
                 artifacts={bundle_model.BUNDLE_ARTIFACT: os.fspath(bundle_dir)},
                 code_paths=model_code(Path(tmp) / "code"),  # so it loads outside this checkout
+                # a directory with no uv project: from the working directory MLflow would copy this project's uv.lock
+                # and pyproject.toml (Airflow and all) into the model, for `--env-manager uv` to install them
+                uv_project_path=Path(tmp) / "code",
                 signature=signature(metadata),
                 input_example=pd.DataFrame([metadata.example]),
                 # Stated, not inferred: inference would load the model in a subprocess just to list imports.

@@ -11,17 +11,21 @@ import subprocess
 import sys
 import urllib.request
 from contextlib import chdir
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
 from app.contract.bundle import Bundle, load_bundle
+from app.contract.registry import mlflow_client
 from app.model.predictor import Predictor
 from app.score import main as score_main
+from orchestration import bundle_model
 from orchestration.publish import Published, PublishTarget, publish_bundle
 from tests.harness.services import S3Server, free_port, running
 from tests.harness.serving import records
@@ -90,6 +94,25 @@ def test_the_registered_model_loads_and_predicts_in_a_fresh_process_elsewhere(
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert not Path(answer["app"]).resolve().is_relative_to(ROOT)  # the model's own copy of app, not this checkout
     assert float.fromhex(answer["prediction"]) == served(bundle, record)
+
+
+def test_the_registered_model_holds_only_the_code_and_requirements_it_needs(
+    target: PublishTarget, published: Published, bundle: Bundle, tmp_path: Path
+) -> None:
+    client = mlflow_client(target.tracking_uri)
+    source = client.get_model_version_by_alias(target.model_name, str(published.alias)).source
+    where = mlflow.artifacts.download_artifacts(source, dst_path=os.fspath(tmp_path), tracking_uri=target.tracking_uri)
+    model = Path(where)
+    code = sorted(p.relative_to(model / "code").as_posix() for p in (model / "code").rglob("*.py"))
+    assert code == sorted(bundle_model.CODE_FILES)
+    assert not (model / "uv.lock").exists() and not (model / "pyproject.toml").exists()  # not this project's lock
+    versions = bundle.metadata.library_versions
+    assert (model / "requirements.txt").read_text().splitlines() == [
+        f"mlflow=={version('mlflow')}",
+        *(f"{name}=={versions[name]}" for name in ("scikit-learn", "numpy", "skops")),
+        f"pandas=={version('pandas')}",
+        f"pydantic=={version('pydantic')}",
+    ]
 
 
 def test_mlflow_models_serve_answers_elsewhere_with_the_served_prediction(
