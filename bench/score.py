@@ -10,9 +10,10 @@ signature and requirements), then scores the file with each command in a fresh c
   (MLflow's documented local batch path: it reads the whole CSV into pandas and writes JSON).
 
 For each: the wall time from launch to exit (interpreter start and model load included), rows/s over it, and the
-peak RSS (``os.wait4``'s ``ru_maxrss``: the largest of the process and the children it waited for). Then both
+peak RSS (GNU time's "Maximum resident set size": the largest of the process and the children it waited for). Then both
 outputs are compared row by row, bit for bit. Usage:
-``nice uv run --frozen python -m bench.score [--rows 1000000] [--out bench/results/score.json]``
+``nice uv run --frozen python -m bench.score [--rows 1000000] [--out bench/results/score.json]``; with
+``--steps-only``, only the seconds of each step of ``app.score`` on one 50,000-row chunk, in process.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TIME = "/usr/bin/time"  # GNU time (Debian's ``time`` package)
 
 
 def flights_csv(rows: int, path: Path) -> Path:
@@ -67,25 +70,61 @@ def save_pyfunc(bundle_dir: Path, into: Path) -> Path:
 
 
 def run(args: list[str], workdir: Path, rows: int, logs: Path) -> dict[str, Any]:
-    """``args`` to completion in ``workdir``, its output in ``logs``: wall time, rows/s, peak RSS (its output's
-    last lines on failure)."""
+    """``args`` to completion in ``workdir`` under GNU time (``/usr/bin/time -v``), its output in ``logs``: wall
+    time, rows/s, peak RSS (its output's last lines on failure).
+
+    The peak RSS is GNU time's "Maximum resident set size" of the command: ``wait4``'s ``ru_maxrss`` read from this
+    process would count this process's own memory (the generated data set), which a forked child carries until it
+    execs."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("PYTHONPATH", None)
     log = logs / f"{Path(args[0]).name}-{len(list(logs.glob('*.log')))}.log"
+    timing = log.with_suffix(".time")
     started = time.perf_counter()
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        done = subprocess.run([TIME, "-v", "-o", str(timing), *args], cwd=workdir, env=env, stdout=out, stderr=out)
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{log.read_text()[-3000:]}")
+    peak_kib = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing.read_text())
+    assert peak_kib is not None, timing.read_text()
     return {
         "command": " ".join(Path(a).name if a.startswith("/") else a for a in args),
         "wall_s": round(wall, 2),
         "rows_per_s": round(rows / wall),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        "peak_rss_mb": round(int(peak_kib[1]) / 1024, 1),
         "log_tail": log.read_text().strip().splitlines()[-1:],
     }
+
+
+def chunk_steps(bundle_dir: Path, data: Path, rows: int) -> dict[str, float]:
+    """Seconds of each step ``app.score`` takes on one chunk (the first ``rows`` rows of ``data``), in process:
+    decoding the CSV's text, the request schema's validation, rows back to columns, the predictor."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.csv  # type: ignore[import-untyped]
+
+    from app.contract.bundle import load_bundle
+    from app.model.predictor import Predictor
+    from app.model.schema import RecordSchema
+    from app.score import decode
+
+    bundle = load_bundle(bundle_dir)
+    names = pyarrow.csv.read_csv(data, read_options=pyarrow.csv.ReadOptions(block_size=1 << 16)).column_names
+    types = pyarrow.csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+    table = pyarrow.csv.read_csv(data, convert_options=types).slice(0, rows)
+    schema, predictor = RecordSchema.from_metadata(bundle.metadata, rows), Predictor(bundle)
+    features = {feature.name: feature for feature in bundle.metadata.features}
+    times = [time.perf_counter()]
+    columns = {name: decode(table.column(name), features[name], 1) for name in features}
+    times.append(time.perf_counter())
+    parsed = schema.parse_columns(columns)
+    times.append(time.perf_counter())
+    values = schema.columns(parsed)
+    times.append(time.perf_counter())
+    predictor.predict_columns(values)
+    times.append(time.perf_counter())
+    steps = ("decode_s", "validate_s", "to_columns_s", "predict_s")
+    return {"rows": rows, **{step: round(b - a, 3) for step, a, b in zip(steps, times, times[1:], strict=False)}}
 
 
 def agreement(ours: Any, theirs: Any) -> dict[str, Any]:
@@ -109,6 +148,9 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="score with this bundle instead of training one")
     parser.add_argument("--chunk-rows", type=int, default=None, help="app.score's --chunk-rows (default its own)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "score.json")
+    parser.add_argument(
+        "--steps-only", action="store_true", help="only time app.score's steps on one 50,000-row chunk, in process"
+    )
     args = parser.parse_args()
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
@@ -126,6 +168,10 @@ def main() -> None:
         step = time.perf_counter()
         data = flights_csv(args.rows, work / "flights.csv")
         print(f"wrote {args.rows:,} rows ({data.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - step:.1f} s")
+        steps = chunk_steps(bundle_dir, data, min(args.rows, 50_000))
+        print(f"one chunk of app.score, in process: {steps}", flush=True)
+        if args.steps_only:
+            return
         model_dir = save_pyfunc(bundle_dir, work / "pyfunc")
 
         ours_out = work / "scored.parquet"
@@ -161,6 +207,7 @@ def main() -> None:
         "rows_per_s_ratio": round(ours["rows_per_s"] / theirs["rows_per_s"], 2),
         "peak_rss_ratio": round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 2),
         "outputs_agree": agree,
+        "app_score_chunk_steps": steps,
     }
     print(json.dumps({k: v for k, v in report.items() if k not in ("app_score", "mlflow_models_predict")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
