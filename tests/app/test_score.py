@@ -16,7 +16,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
 from app.contract.bundle import Bundle, load_bundle
-from app.score import PREDICTION, main
+from app.score import PREDICTION, ScoreError, main, score
 from tests.harness.serving import records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,19 +115,16 @@ def refused(bundle_dir: Path, source: Path, out: Path, capsys: pytest.CaptureFix
     ],
 )
 def test_a_bad_row_fails_the_file_naming_its_row_and_column(
-    column: str,
-    value: str,
-    says: str,
-    bundle_dir: Path,
-    rows: list[dict[str, Any]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    column: str, value: str, says: str, bundle: Bundle, rows: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     bad = [dict(row) for row in rows]
     bad[456][column] = value  # data row 457, in the 66th chunk of 7
     source = write_csv(bad, tmp_path / "bad.csv")
-    err = refused(bundle_dir, source, tmp_path / "out.parquet", capsys, "--chunk-rows", "7")
-    assert f"score: error: {source}: row 457, {says}" in err, err
+    out = tmp_path / "out.parquet"
+    with pytest.raises(ScoreError) as refusal:  # main() prints it after the file's name and exits 1 (below)
+        score(bundle, source, out, chunk_rows=7, progress=False)
+    assert str(refusal.value).startswith(f"row 457, {says}"), refusal.value
+    assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))  # nothing left behind
 
 
 def test_a_file_without_a_feature_or_of_another_kind_is_refused(
@@ -144,24 +141,16 @@ def test_a_file_without_a_feature_or_of_another_kind_is_refused(
     assert "not a .csv or .parquet file" in refused(bundle_dir, other, tmp_path / "out.parquet", capsys)
 
 
-def test_the_command_runs_with_its_help_and_its_progress(bundle_dir: Path, csv_file: Path, tmp_path: Path) -> None:
-    help_ = subprocess.run(
-        [sys.executable, "-m", "app.score", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert help_.returncode == 0 and "--chunk-rows" in help_.stdout and "models:/NAME@ALIAS" in help_.stdout
+def test_the_command_runs_with_its_help_and_its_progress(
+    bundle_dir: Path, csv_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    help_ = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--chunk-rows" in help_ and "models:/NAME@ALIAS" in help_
     out = tmp_path / "out.parquet"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.score",
-            str(csv_file),
-            str(out),
-            "--bundle",
-            str(bundle_dir),
-            "--chunk-rows",
-            "100",
-        ],
+        [sys.executable, "-m", "app.score", str(csv_file), str(out), "--bundle", str(bundle_dir), "--chunk-rows=100"],
         cwd=ROOT,
         capture_output=True,
         text=True,
