@@ -1,8 +1,9 @@
 """The bundle as an MLflow pyfunc model, logged as code (MLflow's "models from code"), so nothing is pickled.
 
 ``orchestration.publish`` logs this file with the bundle directory as the model's ``bundle`` artifact; MLflow
-runs it when loading the model (``mlflow models serve``, ``mlflow.pyfunc.load_model``), which needs the
-project's ``app`` package importable, as serving the bundle always does.
+runs it when loading the model (``mlflow models serve``, ``mlflow.pyfunc.load_model``). The modules of ``app``
+it needs (``CODE_FILES``) are logged with it as the model's ``code_paths``, which MLflow puts first on
+``sys.path`` before running this file: the model loads in any directory, without this repository.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from app.contract.bundle import Bundle, load_bundle
 
 BUNDLE_ARTIFACT: Final = "bundle"  # the bundle directory's key among the pyfunc model's artifacts
+# The project's files this model imports: this module's import, what it imports in turn (at module level or
+# inside functions), and ``app/features.py``, the old home of the transformer that bundles written before
+# ``app.contract`` existed name (``app.contract.bundle.TRUSTED_TYPES``). Logged as the model's code, under ``app/``;
+# tests/orchestration/test_bundle_model.py checks that the list is closed under the project's imports.
+CODE_FILES: Final = (
+    "app/__init__.py",
+    "app/features.py",
+    "app/contract/__init__.py",
+    "app/contract/bundle.py",
+    "app/contract/features.py",
+    "app/contract/hashing.py",
+)
 
 
 class BundleModel(PythonModel):

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -29,6 +30,7 @@ from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
+import app.contract.bundle
 from app.contract.bundle import Metadata, read_metadata, training_fingerprint
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, ConnectionSettings, redact
 from app.contract.progress import Report, quiet
@@ -155,6 +157,25 @@ def pull_bundle(dvc_hash: str, target: PublishTarget, work: Path, *, report: Rep
 # --- MLflow ---
 
 
+def model_code(into: Path) -> list[str]:
+    """The modules of ``app`` the pyfunc model imports (``bundle_model.CODE_FILES``) copied into ``into/app``, and
+    the model's ``code_paths`` naming them: MLflow copies that directory into the model as ``code/app`` and puts
+    ``code/`` first on ``sys.path`` when it loads the model, so ``import app.contract.bundle`` finds them there."""
+    root = Path(app.contract.bundle.__file__).resolve().parents[2]  # app/contract/bundle.py -> the checkout
+    for name in bundle_model.CODE_FILES:
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / name, into / name)
+    return [os.fspath(into / "app")]
+
+
+def model_requirements(library_versions: Mapping[str, str]) -> list[str]:
+    """The pip requirements of what the pyfunc model imports: the libraries the bundle's artifacts were written
+    with at their recorded versions (the stored formats depend on them), pandas (the model's input) and pydantic
+    (the bundle's metadata) at this environment's; MLflow adds its own pin."""
+    pinned = [f"{name}=={library_versions[name]}" for name in ("scikit-learn", "numpy", "skops")]
+    return [*pinned, *(f"{name}=={installed_version(name)}" for name in ("pandas", "pydantic"))]
+
+
 def signature(metadata: Metadata) -> ModelSignature:
     """The model signature, from the bundle's own feature schema and target."""
     inputs = Schema([ColSpec(COLUMN_TYPES[f.dtype], f.name) for f in metadata.features])
@@ -234,23 +255,20 @@ def _register(
             params=[Param(k, str(v)) for k, v in params.items()],
             metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()],
         )
-        versions = metadata.library_versions
         with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
             model_dir = Path(tmp) / MODEL_ARTIFACT
             mlflow.pyfunc.save_model(
                 model_dir,
                 python_model=bundle_model.__file__,  # models from code: nothing pickled
                 artifacts={bundle_model.BUNDLE_ARTIFACT: os.fspath(bundle_dir)},
+                code_paths=model_code(Path(tmp) / "code"),  # so it loads outside this checkout
+                # a directory with no uv project: from the working directory MLflow would copy this project's uv.lock
+                # and pyproject.toml (Airflow and all) into the model, for `--env-manager uv` to install them
+                uv_project_path=Path(tmp) / "code",
                 signature=signature(metadata),
                 input_example=pd.DataFrame([metadata.example]),
                 # Stated, not inferred: inference would load the model in a subprocess just to list imports.
-                pip_requirements=[
-                    f"scikit-learn=={versions['scikit-learn']}",
-                    f"numpy=={versions['numpy']}",
-                    f"skops=={versions['skops']}",
-                    "pandas",
-                    "pydantic",
-                ],
+                pip_requirements=model_requirements(metadata.library_versions),
             )
             client.log_artifacts(run_id, os.fspath(model_dir), MODEL_ARTIFACT)
         try:
