@@ -48,7 +48,7 @@ def target_for(state: Path) -> PublishTarget:
 def mlflow_ui_command(state: Path) -> str:
     """The command that opens the MLflow UI on the quickstart's store (http://127.0.0.1:5000)."""
     store = shlex.quote(f"sqlite:///{(state / 'mlflow.db').resolve()}")
-    return f"python3 -m uv run --frozen mlflow ui --backend-store-uri {store} --port 5000"
+    return f"python3 -m uv run --frozen mlflow ui --backend-store-uri {store} --port 5000 --workers 1"
 
 
 def published_version(target: PublishTarget) -> int | None:

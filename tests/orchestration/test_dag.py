@@ -119,7 +119,7 @@ def test_dag_imports_with_the_expected_graph_and_retries(airflow_env: dict[str, 
         assert before in upstream[after], f"{after} does not follow {before}"
     assert upstream["evaluate"] == {"ingest", "split", "fit_transformer", "train"}
     assert upstream["gate"] == {"evaluate", "split"}  # the champion is scored on this run's test split
-    assert upstream["publish"] == {"evaluate", "gate"}
+    assert upstream["publish"] == {"evaluate", "gate", "ingest", "split"}  # the training run: data set, splits
     for task_id in REMOTE_TASKS:
         spec = tasks[task_id]
         assert spec["retries"] >= 3 and spec["backoff"] >= 2.0 and spec["retry_delay_s"] > 0
