@@ -200,6 +200,13 @@ def test_first_run_publishes_and_promotes(stack: Stack) -> None:
     champion = RestRegistry(stack.mlflow_uri).version_by_alias(stack.model_name, "champion")
     assert champion.version == published["version"]
     assert champion.tags[TAG_DVC_HASH] == published["dvc_hash"]
+    # The version's run is the training run the publish task recorded: the data set, the bundle's hashes, plots.
+    run = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri).get_run(published["run_id"])
+    assert run.data.tags["run_kind"] == "training" and run.data.tags[TAG_DVC_HASH] == published["dvc_hash"]
+    assert (
+        run.inputs is not None and run.inputs.dataset_inputs[0].dataset.digest == first.xcom["ingest"]["data_hash"][:36]
+    )
+    assert "validation_rmse" in run.data.metrics
 
     # Every file of the bundle, and DVC's listing of the directory, is in the bucket under its md5.
     keys = stack.bucket_keys()
