@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.contract.bundle import BundleError
 from app.contract.connection import (
@@ -12,6 +14,7 @@ from app.contract.connection import (
     DEFAULT_SERVING_PORT,
     SettingsError,
     load_connection_settings,
+    redact,
 )
 from orchestration.config import DEFAULT_PARAMS, ConfigError, load_config
 from orchestration.data import DataError, generate, write_csv
@@ -19,6 +22,9 @@ from orchestration.defaults import DEFAULT_ROWS, DEFAULT_SEED
 from orchestration.evaluate import QualityGateError
 from orchestration.pipeline import metrics_table, run_pipeline
 from orchestration.validate import DataValidationError
+
+if TYPE_CHECKING:
+    from orchestration.tracking import TrackingTarget
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=DEFAULT_SEED)
     train.add_argument("--config", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     train.add_argument("--out", type=Path, default=Path("artifacts/bundle"), help="bundle directory")
+    train.add_argument(
+        "--tracking-uri",
+        help="record the training run in this MLflow store: http(s)://... or sqlite:///... "
+        "(default: MLFLOW_TRACKING_URI; neither: no run)",
+    )
+    train.add_argument("--model-name", help="the run's experiment, the model's registered name (default: MODEL_NAME)")
 
     publish = commands.add_parser(
         "publish",
@@ -117,17 +129,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.rows} rows to {args.out}")
             return 0
         config = load_config(args.config)
+        tracking = _tracking(args)
         data_path: Path = args.data
         if data_path is None:
+            print(f"generating {args.rows} rows (seed {args.seed}) ...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
             data_path = write_csv(generate(args.rows, args.seed), args.out.parent / "data" / "flights.csv")
-            print(f"generated {args.rows} rows (seed {args.seed}) at {data_path}", file=sys.stderr)
-        result = run_pipeline(data_path, config, args.out)
+            elapsed = time.perf_counter() - started
+            print(f"generated {args.rows} rows at {data_path} in {elapsed:.1f}s", file=sys.stderr, flush=True)
+        result = run_pipeline(data_path, config, args.out, tracking=tracking)
     except (ConfigError, DataError, DataValidationError, QualityGateError, BundleError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(metrics_table(result.metadata))
     print(f"bundle: {result.bundle_dir} (content hash {result.metadata.content_hash})")
+    if result.run_id:
+        print(f"mlflow: training run {result.run_id} at {redact(tracking.tracking_uri) if tracking else ''}")
     return 0
+
+
+def _tracking(args: argparse.Namespace) -> TrackingTarget | None:
+    """Where ``train`` records its run: the flags, else MLFLOW_TRACKING_URI and MODEL_NAME; None without a URI."""
+    from orchestration.tracking import TrackingTarget
+
+    settings = load_connection_settings()
+    uri = args.tracking_uri or settings.mlflow_tracking_uri
+    if not uri:
+        print("mlflow: no --tracking-uri or MLFLOW_TRACKING_URI: the training run is not recorded", file=sys.stderr)
+        return None
+    return TrackingTarget(uri, args.model_name or settings.model_name)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The whole training pipeline in one call: ingest -> validate -> split -> fit transformer -> train -> evaluate
-and bundle. The Airflow DAG runs the same stage functions as separate tasks (``orchestration.tasks``); both
-end with ``evaluate_and_bundle``."""
+and bundle (-> record in MLflow, given a tracking target). The Airflow DAG runs the same stage functions as
+separate tasks (``orchestration.tasks``); both end with ``evaluate_and_bundle``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -26,7 +26,11 @@ from orchestration.train import train_model
 from orchestration.transform import example_from_schema, feature_schema, fit_transformer, target_summary
 from orchestration.validate import ValidationReport, validate
 
+if TYPE_CHECKING:
+    from orchestration.tracking import TrackingTarget
+
 STAGES = ("ingest", "validate", "split", "fit transformer", "train", "evaluate and bundle")
+RECORD = "record in MLflow"  # the last stage when a tracking target is given
 
 
 @dataclass
@@ -35,18 +39,25 @@ class Progress:
 
     stream: TextIO | None = field(default_factory=lambda: sys.stderr)
     timings: dict[str, float] = field(default_factory=dict)
+    stages: tuple[str, ...] = STAGES
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Callable[[str], None]]:
+        """Print the stage's start; the block notes details (printed with its time at the end)."""
         details: list[str] = []
         started = time.perf_counter()
         if self.stream:
-            print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name} ...", file=self.stream, flush=True)
+            print(f"[{self.stages.index(name) + 1}/{len(self.stages)}] {name} ...", file=self.stream, flush=True)
         yield details.append
         self.timings[name] = time.perf_counter() - started
         if self.stream:
             suffix = f": {'; '.join(details)}" if details else ""
             print(f"      {name} done in {self.timings[name]:.1f}s{suffix}", file=self.stream, flush=True)
+
+    def say(self, name: str, line: str) -> None:
+        """Print one line of a stage while it runs (a long fit's progress)."""
+        if self.stream:
+            print(f"      {name}: {line}", file=self.stream, flush=True)
 
 
 @dataclass(frozen=True)
@@ -55,17 +66,26 @@ class TrainResult:
     metadata: Metadata
     report: ValidationReport
     timings: dict[str, float]
+    run_id: str | None = None  # the MLflow training run, when one was recorded
 
 
 def run_pipeline(
-    data_path: Path, config: PipelineConfig, out_dir: Path, progress: Progress | None = None
+    data_path: Path,
+    config: PipelineConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    *,
+    tracking: TrackingTarget | None = None,
 ) -> TrainResult:
-    """Train on ``data_path`` and write a verified bundle to ``out_dir``.
+    """Train on ``data_path`` and write a verified bundle to ``out_dir``; with ``tracking``, record the training
+    run in MLflow (``orchestration.tracking``: params, metrics, the data set, the bundle's hashes, plots).
 
     Raises ``DataValidationError`` for bad data and ``QualityGateError`` for a model that does not beat
     the naive baseline; nothing is written in either case.
     """
     progress = progress or Progress()
+    if tracking is not None:
+        progress.stages = (*STAGES, RECORD)
     data = config.data
     with progress.stage("ingest") as note:
         raw = read_data(data_path, data)
@@ -81,11 +101,35 @@ def run_pipeline(
         transformer = fit_transformer(splits.train, data)
         note(f"{len(transformer.feature_names_out_)} model features")
     with progress.stage("train") as note:
-        model = train_model(transformer, splits.train, splits.validation, data, config.model)
+        model = train_model(
+            transformer,
+            splits.train,
+            splits.validation,
+            data,
+            config.model,
+            report=lambda line: progress.say("train", line),
+        )
         note(f"{model.n_iter_} boosting iterations")
     with progress.stage("evaluate and bundle") as note:
         metadata = evaluate_and_bundle(out_dir, transformer, model, splits, config, data_hash, report=note)
-    return TrainResult(bundle_dir=out_dir, metadata=metadata, report=report, timings=progress.timings)
+    run_id = None
+    if tracking is not None:
+        with progress.stage(RECORD) as note:
+            from orchestration.tracking import DataSource, gather_evidence, record_training
+
+            started = time.perf_counter()
+            evidence = gather_evidence(model, transformer, splits, config)
+            note(f"validation metrics, permutation importance and plots in {time.perf_counter() - started:.1f}s")
+            run_id = record_training(
+                tracking,
+                bundle_dir=out_dir,
+                metadata=metadata,
+                config=config,
+                data=DataSource(raw, str(data_path.resolve()), data_hash),
+                evidence=evidence,
+                report=note,
+            )
+    return TrainResult(bundle_dir=out_dir, metadata=metadata, report=report, timings=progress.timings, run_id=run_id)
 
 
 def evaluate_and_bundle(

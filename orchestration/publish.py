@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
@@ -43,6 +42,7 @@ from app.contract.registry import (
 )
 from app.contract.store import BUNDLE_NAME, dir_hash, prepare_work_repo, write_dvc_file
 from orchestration import bundle_model
+from orchestration.tracking import experiment_id, training_run
 
 MODEL_ARTIFACT: Final = "model"  # the pyfunc model's path inside the run
 COLUMN_TYPES: Final = {"float": "double", "int": "long", "str": "string", "date": "string"}
@@ -185,14 +185,7 @@ def signature(metadata: Metadata) -> ModelSignature:
 
 def _experiment_id(client: Any, target: PublishTarget) -> str:
     """The experiment named after the model; a local sqlite store keeps its artifacts beside the database."""
-    experiment = client.get_experiment_by_name(target.model_name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    location = None
-    if target.tracking_uri.startswith("sqlite:///"):
-        database = Path(urlparse(target.tracking_uri).path)
-        location = (database.parent / "mlartifacts").resolve().as_uri()
-    return str(client.create_experiment(target.model_name, artifact_location=location))
+    return experiment_id(client, target.tracking_uri, target.model_name)
 
 
 @dataclass(frozen=True)
@@ -224,7 +217,8 @@ def _register(
     run_metrics: Mapping[str, float],
     run_tags: Mapping[str, str],
 ) -> tuple[int, str]:
-    """A run (params, metrics, tags, the pyfunc model with the bundle inside) and a registered version.
+    """The pyfunc model with the bundle inside, logged in the bundle's training run (``orchestration.tracking``)
+    or, for a bundle trained without one, in a new run (params, metrics, tags); and a registered version of it.
 
     ``run_metrics`` and ``run_tags`` are logged on the run as well (the promotion gate's numbers and decision).
 
@@ -237,12 +231,17 @@ def _register(
         TAG_DATA_HASH: metadata.data_hash,
         TAG_TRAINING_FINGERPRINT: training_fingerprint(metadata),
     }
-    run = client.create_run(
-        _experiment_id(client, target),
-        run_name=f"bundle-{metadata.content_hash[:12]}",
-        tags={**run_tags, **tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}},
-    )
-    run_id = run.info.run_id
+    experiment = _experiment_id(client, target)
+    trained_in = training_run(client, experiment, metadata.content_hash)
+    if trained_in is None:
+        run = client.create_run(
+            experiment,
+            run_name=f"bundle-{metadata.content_hash[:12]}",
+            tags={**run_tags, **tags, **{f"version.{k}": v for k, v in metadata.library_versions.items()}},
+        )
+        run_id = run.info.run_id
+    else:  # the training run already holds the params, metrics and the other tags
+        run_id = trained_in
     try:
         params = {**metadata.params, **{f"rows_{k}": v for k, v in metadata.rows.items()}}
         metrics = {
@@ -250,10 +249,13 @@ def _register(
             **metadata.metrics,
             **{f"baseline_{k}": v for k, v in metadata.baseline_metrics.items()},
         }
+        if trained_in is not None:
+            params, metrics = {}, dict(run_metrics)
         client.log_batch(
             run_id,
             params=[Param(k, str(v)) for k, v in params.items()],
             metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in {**run_tags, **tags}.items()] if trained_in is not None else [],
         )
         with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
             model_dir = Path(tmp) / MODEL_ARTIFACT
@@ -279,9 +281,11 @@ def _register(
         source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
         version = client.create_model_version(target.model_name, source, run_id=run_id, tags=tags)
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        if trained_in is None:  # a training run stays finished: its training did
+            client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    if trained_in is None:
+        client.set_terminated(run_id, "FINISHED")
     return int(version.version), run_id
 
 

@@ -34,6 +34,7 @@ from orchestration.data import generate, write_csv
 from orchestration.defaults import DEFAULT_ROWS, DEFAULT_SEED
 from orchestration.pipeline import metrics_table, run_pipeline
 from orchestration.publish import PublishTarget, publish_bundle
+from orchestration.tracking import TrackingTarget
 
 STATE: Final = Path(".quickstart")
 HOST: Final = "127.0.0.1"
@@ -48,6 +49,12 @@ def target_for(state: Path) -> PublishTarget:
     return PublishTarget(remote_url=os.fspath(state / "dvc-remote"), tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
 
 
+def mlflow_ui_command(state: Path) -> str:
+    """The command that opens the MLflow UI on the quickstart's store (http://127.0.0.1:5000)."""
+    store = shlex.quote(f"sqlite:///{(state / 'mlflow.db').resolve()}")
+    return f"python3 -m uv run --frozen mlflow ui --backend-store-uri {store} --port 5000 --workers 1"
+
+
 def published_version(target: PublishTarget) -> int | None:
     """The version ``MODEL_NAME@champion`` points at in the local store, if any."""
     try:
@@ -59,13 +66,21 @@ def published_version(target: PublishTarget) -> int | None:
 def train_and_publish(state: Path, target: PublishTarget, rows: int, seed: int) -> None:
     """Train on a generated data set of ``rows`` rows and publish the bundle to the local stores."""
     print(f"quickstart: no published model in {state}/ yet: training one on {rows:,} generated rows", flush=True)
+    started = time.perf_counter()
     data = write_csv(generate(rows, seed), state / "data" / "flights.csv")
-    result = run_pipeline(data, load_config(DEFAULT_PARAMS), state / "bundle")
+    print(f"quickstart: generated {data} in {time.perf_counter() - started:.1f}s", flush=True)
+    tracking = TrackingTarget(target.tracking_uri, target.model_name)  # the run publishing registers
+    result = run_pipeline(data, load_config(DEFAULT_PARAMS), state / "bundle", tracking=tracking)
     print(metrics_table(result.metadata), flush=True)
+    started = time.perf_counter()
     published = publish_bundle(
         result.bundle_dir, target, alias=DEFAULT_ALIAS, report=lambda line: print(line, flush=True)
     )
-    print(f"quickstart: published {target.model_name} version {published.version} as @{DEFAULT_ALIAS}", flush=True)
+    print(
+        f"quickstart: published {target.model_name} version {published.version} as @{DEFAULT_ALIAS} in "
+        f"{time.perf_counter() - started:.1f}s; its training run: {mlflow_ui_command(state)}",
+        flush=True,
+    )
 
 
 def train_own_data(state: Path, data: Path, config: Path) -> Path:

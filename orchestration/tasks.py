@@ -33,6 +33,7 @@ from orchestration.work_area import Result, WorkArea
 if TYPE_CHECKING:
     from app.contract.connection import ConnectionSettings
     from app.contract.features import FeatureTransformer
+    from orchestration.publish import PublishTarget
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +237,33 @@ def gate_task(area: WorkArea, bundle_uri: str, test_uri: str, settings: Connecti
     return decision.as_dict()
 
 
-def publish_task(area: WorkArea, bundle_uri: str, decision: Mapping[str, Any], settings: ConnectionSettings) -> Result:
-    """Push the bundle to the DVC remote and register it; move the alias only if the gate said so. The gate's
-    numbers and decision are recorded on the new version's run.
+def publish_task(
+    area: WorkArea,
+    bundle_uri: str,
+    decision: Mapping[str, Any],
+    settings: ConnectionSettings,
+    *,
+    training: Mapping[str, Any] | None = None,
+    config: PipelineConfig | None = None,
+) -> Result:
+    """Record the training run in MLflow (given ``training``: ingest's and split's results, and the run's
+    ``config``; ``orchestration.tracking``), push the bundle to the DVC remote and register it in that run; move
+    the alias only if the gate said so. The gate's numbers and decision are recorded on the version's run.
 
-    Publishing is idempotent (the same bundle yields the same version), so a rerun changes nothing.
+    Publishing is idempotent (the same bundle yields the same version, a recorded bundle keeps its training
+    run), so a rerun changes nothing.
     """
     from orchestration.gate import GateDecision
     from orchestration.publish import PublishTarget, publish_bundle
 
     target = PublishTarget.from_settings(settings)
+    bundle_dir = area.local(bundle_uri)
+    if training is not None and config is not None:
+        _record_training(area, bundle_dir, training, config, target)
     gated = GateDecision(**decision)
     alias = settings.model_alias if gated.promote else None
     published = publish_bundle(
-        area.local(bundle_uri),
+        bundle_dir,
         target,
         alias=alias,
         report=lambda line: log.info("publish: %s", line),
@@ -267,6 +281,32 @@ def publish_task(area: WorkArea, bundle_uri: str, decision: Mapping[str, Any], s
     )
     area.write_json("published.json", result)
     return result
+
+
+def _record_training(
+    area: WorkArea, bundle_dir: Path, training: Mapping[str, Any], config: PipelineConfig, target: PublishTarget
+) -> str:
+    """The DAG's training run: the bundle's model scored on this run's splits, with the raw snapshot as its data
+    set, in the experiment publishing registers the model in."""
+    import pandas as pd
+
+    from app.contract.bundle import load_bundle
+    from orchestration.data import read_data
+    from orchestration.split import Splits
+    from orchestration.tracking import DataSource, TrackingTarget, gather_evidence, record_training
+
+    bundle = load_bundle(bundle_dir)
+    splits = Splits(*(pd.read_parquet(area.local(training[f"{n}_uri"])) for n in ("train", "validation", "test")))
+    data_uri = str(training["data_uri"])
+    return record_training(
+        TrackingTarget(target.tracking_uri, target.model_name),
+        bundle_dir=bundle_dir,
+        metadata=bundle.metadata,
+        config=config,
+        data=DataSource(read_data(area.local(data_uri), config.data), data_uri, str(training["data_hash"])),
+        evidence=gather_evidence(bundle.model, bundle.transformer, splits, config),
+        report=lambda line: log.info("publish: %s", line),
+    )
 
 
 def _load_transformer(path: Path) -> FeatureTransformer:

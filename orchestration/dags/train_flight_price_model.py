@@ -228,17 +228,26 @@ def train_flight_price_model() -> None:
         )
 
     @stage(remote=True)
-    def publish(run: Run, area: WorkArea, evaluated: Result, decision: Result) -> Result:
+    def publish(
+        run: Run, area: WorkArea, evaluated: Result, decision: Result, ingested: Result, splits: Result
+    ) -> Result:
         from orchestration import tasks
 
-        return tasks.publish_task(area, evaluated["bundle_uri"], decision, run.connection)
+        return tasks.publish_task(
+            area,
+            evaluated["bundle_uri"],
+            decision,
+            run.connection,
+            training={**ingested, **splits},  # the training run in MLflow: the data set and the splits
+            config=run.config,
+        )
 
     ingested = ingest()
     splits = split(validate(ingested))
     fitted = fit_transformer(splits)
     trained = train(splits, fitted)
     evaluated = evaluate(ingested, splits, fitted, trained)
-    publish(evaluated, gate(evaluated, splits))
+    publish(evaluated, gate(evaluated, splits), ingested, splits)
 
 
 train_flight_price_model()

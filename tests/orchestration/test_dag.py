@@ -119,7 +119,7 @@ def test_dag_imports_with_the_expected_graph_and_retries(airflow_env: dict[str, 
         assert before in upstream[after], f"{after} does not follow {before}"
     assert upstream["evaluate"] == {"ingest", "split", "fit_transformer", "train"}
     assert upstream["gate"] == {"evaluate", "split"}  # the champion is scored on this run's test split
-    assert upstream["publish"] == {"evaluate", "gate"}
+    assert upstream["publish"] == {"evaluate", "gate", "ingest", "split"}  # the training run: data set, splits
     for task_id in REMOTE_TASKS:
         spec = tasks[task_id]
         assert spec["retries"] >= 3 and spec["backoff"] >= 2.0 and spec["retry_delay_s"] > 0
@@ -200,6 +200,13 @@ def test_first_run_publishes_and_promotes(stack: Stack) -> None:
     champion = RestRegistry(stack.mlflow_uri).version_by_alias(stack.model_name, "champion")
     assert champion.version == published["version"]
     assert champion.tags[TAG_DVC_HASH] == published["dvc_hash"]
+    # The version's run is the training run the publish task recorded: the data set, the bundle's hashes, plots.
+    run = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri).get_run(published["run_id"])
+    assert run.data.tags["run_kind"] == "training" and run.data.tags[TAG_DVC_HASH] == published["dvc_hash"]
+    assert (
+        run.inputs is not None and run.inputs.dataset_inputs[0].dataset.digest == first.xcom["ingest"]["data_hash"][:36]
+    )
+    assert "validation_rmse" in run.data.metrics
 
     # Every file of the bundle, and DVC's listing of the directory, is in the bucket under its md5.
     keys = stack.bucket_keys()

@@ -4,6 +4,7 @@ tested in ``test_model_behaviour``, the data in ``test_data`` and ``test_validat
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,13 @@ from app.contract.bundle import load_bundle
 from app.model.schema import RecordSchema, RequestError
 from orchestration.__main__ import main
 from orchestration.config import ConfigError, load_config
+from orchestration.data import read_data
 from orchestration.evaluate import QualityGateError
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
 from orchestration.split import split
+from orchestration.train import train_model
+from orchestration.transform import fit_transformer
+from orchestration.validate import validate
 
 
 def test_quality_gate_refuses_a_weak_model(flight_csv: Path, tmp_path: Path) -> None:
@@ -188,3 +193,18 @@ def test_observed_ranges_are_recorded_and_enforced_only_when_asked(tmp_path: Pat
             assert {e["field"] for e in caught.value.errors} == outside
         else:
             assert schema.parse_record(encoded) == tuple(record.values())
+
+
+def test_a_long_fit_reports_how_far_it_got_as_it_goes(flight_csv: Path) -> None:
+    """``train`` says what it fits, then every few seconds (here 20 ms) the iterations done so far."""
+    config = load_config()
+    clean, _ = validate(read_data(flight_csv, config.data).head(5000), config.data)
+    splits = split(clean, config.split)
+    transformer = fit_transformer(splits.train, config.data)
+    lines: list[str] = []
+    model = train_model(transformer, splits.train, splits.validation, config.data, config.model,
+                        report=lines.append, every=0.02)  # fmt: skip
+    assert lines[0].startswith(f"fitting up to 300 iterations on {len(splits.train):,} rows")
+    counts = [int(m.group(1)) for line in lines[1:] if (m := re.fullmatch(r"(\d+)/300 iterations after \d+ s", line))]
+    assert len(counts) == len(lines) - 1 >= 2 and counts == sorted(counts)
+    assert counts[-1] <= model.n_iter_ and counts[-1] > 0
