@@ -83,6 +83,15 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None 
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def printed(log: Path, text: str, timeout: float = 30) -> str:
+    """The process output in ``log`` once it holds ``text`` (or an assertion error after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while text not in (output := log.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} not printed within {timeout}s:\n{output}"
+        time.sleep(0.1)
+    return output
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float = 10, sig: signal.Signals = signal.SIGTERM) -> None:
     """Signal the process group (SIGTERM unless ``sig`` says otherwise), then SIGKILL if it lingers."""
     if process.poll() is None:

@@ -8,23 +8,14 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from app.contract.bundle import load_bundle
 from orchestration.publish import publish_bundle
 from orchestration.quickstart import target_for
-from tests.harness.services import LOOPBACK, free_port, running
+from tests.harness.services import LOOPBACK, free_port, printed, running
 from tests.integration.conftest import ROOT
-
-
-def _when_printed(log: Path, text: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while text not in (output := log.read_text()):
-        assert time.monotonic() < deadline, f"{text!r} not printed within {timeout}s:\n{output}"
-        time.sleep(0.1)
-    return output
 
 
 def test_quickstart_serves_the_published_model_and_its_sample_request_works(bundle_dir: Path, tmp_path: Path) -> None:
@@ -37,7 +28,7 @@ def test_quickstart_serves_the_published_model_and_its_sample_request_works(bund
     args = [sys.executable, "-m", "orchestration", "quickstart", "--port", str(port), "--state", str(state)]
     log = tmp_path / "quickstart.log"
     with running(args, f"http://{LOOPBACK}:{port}/health/ready", env={"PYTHONPATH": str(ROOT)}, log=log, timeout=120):
-        output = _when_printed(log, "curl ")  # the banner follows readiness: the quickstart asks GET /model
+        output = printed(log, "curl ")  # the banner follows readiness: the quickstart asks GET /model
         assert "training" not in output and f"(version {published.version})" in output
         assert f"the server is ready on http://{LOOPBACK}:{port}" in output
         [curl] = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
