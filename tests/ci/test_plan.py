@@ -54,7 +54,7 @@ def test_source_is_an_allowlist_from_the_repository_root() -> None:
     included = {p.removeprefix("!").rstrip("/") for p in ignore.patterns if p.startswith("!")}
     assert included == {
         *("app", "orchestration", "tests", "bench", "ci/src", "deploy", "docs"),
-        *("pyproject.toml", "uv.lock", "ci/uv.lock", "README.md", "dagger.json", ".github/workflows"),
+        *("pyproject.toml", "uv.lock", "ci/uv.lock", "ci/README.md", "README.md", "dagger.json", ".github/workflows"),
     }
     assert {"**/.env", "app/prediction.env", "bench/.venvs/"} <= set(ignore.patterns)
 
