@@ -124,12 +124,22 @@ def test_retraining_the_same_way_registers_no_new_version(
 
 
 def test_a_second_bundle_is_a_new_version_and_the_alias_moves_only_when_asked(
-    second_bundle_dir: Path, target: PublishTarget, published: Published, tmp_path: Path
+    second_bundle_dir: Path,
+    target: PublishTarget,
+    published: Published,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     elsewhere = f"sqlite:///{tmp_path / 'callers-own.db'}"
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: monkeypatch puts the variable back after the test,
+    # or the next test on this worker (a `train` that records its run when the variable is set) would inherit it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
     mlflow.set_tracking_uri(elsewhere)  # a caller's own MLflow set-up (an Airflow task's, say)
-    unaliased = publish_bundle(second_bundle_dir, target, alias=None)
-    assert mlflow.get_tracking_uri() == elsewhere  # publishing did not repoint it
+    try:
+        unaliased = publish_bundle(second_bundle_dir, target, alias=None)
+        assert mlflow.get_tracking_uri() == elsewhere  # publishing did not repoint it
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # its code takes None: the default, the variable unset
     assert unaliased.created and unaliased.version == published.version + 1 and unaliased.alias is None
     registry = RestRegistry(target.tracking_uri)
     assert registry.version_by_alias(target.model_name, "champion").version == published.version
