@@ -1,20 +1,21 @@
 """How fast each candidate walk predicts a 1,000-row batch, on one thread, on two, and beside a parsing thread.
 
-The serving predictor needs a walk of every tree that releases the GIL (so two batches use two cores and the
-event loop parses the next request meanwhile) and gives the very floats of ``Bundle.predict``. The candidates:
+The serving predictor walks a batch of more than ``SMALL_BATCH_ROWS`` rows with scikit-learn's compiled binned
+walk, one call per tree, and each call takes the GIL back. One compiled call for the whole batch would hold the
+GIL once, so this benchmark measures the candidates before any is chosen:
 
-- ``per-tree``: scikit-learn's compiled ``_predict_from_binned_data`` once per tree (what the predictor did
-  before; the GIL is taken back after every tree);
-- ``stacked``: the predictor's ``_StackedTrees``, the same compiled walk called once for every tree;
-- ``treelite-gtil``: treelite's GTIL (its C++ walk, one call per batch, through ctypes, which releases the
-  GIL), the model rebuilt with treelite's model builder, the baseline folded into the first tree's leaves so the
+- ``per-tree``: the predictor's own walk (``app.model.predictor``): ``_predict_from_binned_data`` once per tree;
+- ``stacked``: ``StackedTrees`` below, the same compiled walk called once for every tree: the trees stacked under
+  a dispatch tree that splits on an extra binned column, the tree's number, each row repeated once per tree;
+- ``treelite-gtil``: treelite's GTIL (its C++ walk, one call per batch through ctypes, which releases the GIL),
+  the model rebuilt with treelite's model builder and the baseline folded into the first tree's leaves so the
   sum runs in scikit-learn's order. treelite needs scipy and is not in the project's lock: it runs in its own
-  venv, ``bench/.venvs/treelite-<version>``, made with uv beside the peers' (``bench.peers.install``).
+  venv, ``bench/.venvs/treelite-<version>``, made with uv as the peers' are (``bench.peers.install``).
 
-Each walk predicts the same binned/transformed 1,000 rows for ``--seconds`` per setting; "beside a parser" runs
-a thread that keeps decoding a 1,000-record JSON body with ``json.loads`` (holding the GIL, as the event loop
-does while it parses a request) and reports both rates. Every walk's answers on 20,000 probe rows are compared
-bit for bit with ``Bundle.predict``.
+Each walk predicts the same transformed 1,000 rows for ``--seconds`` per setting, with ``OMP_NUM_THREADS=1``;
+"beside a parser" runs a thread that keeps decoding a 1,000-record JSON body with ``json.loads`` (holding the GIL
+throughout, the worst case of an event loop parsing requests) and reports both rates. Every walk's answers on
+20,000 probe rows are compared bit for bit with ``Bundle.predict``.
 
 Usage: ``uv run --frozen python -m bench.walk [--bundle DIR | --rows 200000] [--seconds 3] [--out FILE]``
 """
@@ -38,6 +39,9 @@ import numpy.typing as npt
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 TREELITE_VERSION: Final = "4.8.1"
+# The stacked walk covers at most this many (row, tree) pairs per call: about 3 MB of repeated binned rows.
+ROW_TREE_PAIRS: Final = 1 << 18
+APP_IMPORTS: Final = ("pydantic", "orjson", "prometheus-client")
 BATCH_ROWS: Final = 1000
 CHECK_ROWS: Final = 20_000
 Matrix = npt.NDArray[np.float64]
@@ -83,33 +87,111 @@ def rates(walk: Walk, features: Matrix, seconds: float) -> dict[str, float]:
 
 
 def sklearn_walks(model: Any) -> dict[str, Walk]:
-    """The per-tree walk (reproduced here as the predictor ran it) and the stacked one, on the model's input."""
+    """The serving predictor's walk of larger batches (one compiled call per tree) and the stacked one, on the
+    model's input (the transformer's output)."""
     from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
     from sklearn.ensemble._hist_gradient_boosting._predictor import _predict_from_binned_data
 
     from app.model.predictor import _direct_path, _preprocessor
 
+    path = _direct_path(model, 1)
     reorder = _preprocessor(model._preprocessor)
-    assert reorder is not None
+    assert path is not None and reorder is not None
     mapper = model._bin_mapper
     trees = [tree for iteration in model._predictors for tree in iteration]
-    baseline = float(model._baseline_prediction[0, 0])
+    missing_bin = mapper.missing_values_bin_idx_
+    stacked = StackedTrees(trees, len(mapper.bin_thresholds_), missing_bin, float(model._baseline_prediction[0, 0]),
+                           _predict_from_binned_data)  # fmt: skip
 
-    def per_tree(features: Matrix) -> Matrix:
+    def stacked_walk(features: Matrix) -> Matrix:
         data = reorder(features)
         binned = np.empty(data.shape, dtype=np.uint8, order="F")
-        _map_to_bins(data, mapper.bin_thresholds_, mapper.is_categorical_, mapper.missing_values_bin_idx_, 1, binned)
-        leaves = np.empty((len(trees) + 1, len(data)), dtype=np.float64)
-        leaves[0] = baseline + 0.0
-        for row, tree in enumerate(trees, start=1):
-            _predict_from_binned_data(
-                tree.nodes, binned, tree.binned_left_cat_bitsets, mapper.missing_values_bin_idx_, 1, leaves[row]
-            )
-        return np.asarray(np.add.accumulate(leaves, axis=0)[-1], dtype=np.float64)
+        _map_to_bins(data, mapper.bin_thresholds_, mapper.is_categorical_, missing_bin, 1, binned)
+        return stacked.raw(binned, 1)  # the squared error's link is the identity
 
-    path = _direct_path(model, 1)
-    assert path is not None
-    return {"per-tree": per_tree, "stacked": path[0]}
+    return {"per-tree": path[0], "stacked": stacked_walk}
+
+
+class StackedTrees:
+    """Every tree of a HistGradientBoostingRegressor under one dispatch tree, so one compiled call walks them all.
+
+    scikit-learn's ``_predict_from_binned_data`` walks one tree for every row, and between two such calls the
+    thread must win the GIL back: for a batch, one call per tree was about 170 hand-offs, each a wait behind the
+    event loop's parsing, so two batches never used two cores. Here the trees' nodes are laid end to end after a
+    balanced dispatch tree that splits on one extra binned column, the tree number (``bin <= k`` goes left), and
+    every row is repeated once per tree with that column set: one call, the GIL released throughout, finds every
+    (row, tree) leaf with the very comparisons the per-tree walk makes. The leaf values are then added in tree
+    order, starting from the baseline, by a sequential ``np.add.accumulate``: the same additions in the same order.
+
+    The tree number must stay below the missing-values bin, so trees go in groups of at most that many (one call
+    per group), and rows in chunks of ``ROW_TREE_PAIRS`` (row, tree) pairs, to bound the repeated rows' memory.
+    """
+
+    def __init__(
+        self, trees: list[Any], width: int, missing_bin: int, baseline: float, walk: Callable[..., None]
+    ) -> None:
+        self.width = width
+        self.missing_bin = missing_bin
+        self.baseline = baseline
+        self.walk = walk
+        size = max(missing_bin, 1)  # tree numbers 0..size-1, never the missing-values bin
+        self.groups = [self._stack(trees[first : first + size]) for first in range(0, len(trees), size)]
+        self.n_trees = len(trees)
+
+    def _stack(self, trees: list[Any]) -> tuple[Any, npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
+        """One group's nodes (the dispatch tree first, from node 0), its category bitsets and tree numbers."""
+        dispatch: list[tuple[int, int, int]] = []  # (bin threshold, left, right); a child < 0 is tree -1 - child
+
+        def split(low: int, high: int) -> int:
+            if high - low == 1:
+                return -1 - low
+            at = len(dispatch)
+            dispatch.append((0, 0, 0))
+            middle = (low + high) // 2
+            dispatch[at] = (middle - 1, split(low, middle), split(middle, high))
+            return at
+
+        split(0, len(trees))
+        sizes = [len(tree.nodes) for tree in trees]
+        starts = len(dispatch) + np.cumsum([0, *sizes[:-1]])
+        bitset_starts = np.cumsum([0, *[len(tree.binned_left_cat_bitsets) for tree in trees[:-1]]])
+        nodes = np.zeros(len(dispatch) + sum(sizes), dtype=trees[0].nodes.dtype)
+        for at, (threshold, left, right) in enumerate(dispatch):
+            node = nodes[at]
+            node["feature_idx"], node["bin_threshold"] = self.width, threshold
+            node["left"] = left if left >= 0 else starts[-1 - left]
+            node["right"] = right if right >= 0 else starts[-1 - right]
+        for start, bitset_start, tree in zip(starts, bitset_starts, trees, strict=True):
+            own = tree.nodes.copy()
+            split_node = ~own["is_leaf"].astype(bool)
+            own["left"][split_node] += int(start)
+            own["right"][split_node] += int(start)
+            own["bitset_idx"][split_node] += int(bitset_start)
+            nodes[start : start + len(own)] = own
+        bitsets = np.concatenate([np.asarray(tree.binned_left_cat_bitsets) for tree in trees]).astype(np.uint32)
+        return nodes, np.ascontiguousarray(bitsets.reshape(-1, 8)), np.arange(len(trees), dtype=np.uint8)
+
+    def raw(self, binned: npt.NDArray[np.uint8], threads: int) -> Matrix:
+        """The raw predictions (before the inverse link) of the binned rows (the model's column order)."""
+        n_rows = binned.shape[0]
+        out = np.empty(n_rows, dtype=np.float64)
+        chunk = max(1, ROW_TREE_PAIRS // max(len(group[2]) for group in self.groups))
+        for first in range(0, n_rows, chunk):
+            rows = binned[first : first + chunk]
+            n = rows.shape[0]
+            leaves = np.empty((self.n_trees + 1, n), dtype=np.float64)
+            leaves[0] = self.baseline + 0.0  # as scikit-learn starts: zeros plus the baseline (never -0.0)
+            done = 1
+            for nodes, bitsets, numbers in self.groups:
+                repeated = np.empty((len(numbers) * n, self.width + 1), dtype=np.uint8)
+                repeated[:, : self.width].reshape(len(numbers), n, self.width)[:] = rows
+                repeated[:, self.width] = np.repeat(numbers, n)
+                values = leaves[done : done + len(numbers)].ravel()  # a view: rows of one C-contiguous array
+                self.walk(nodes, repeated, bitsets, self.missing_bin, threads, values)
+                done += len(numbers)
+            np.add.accumulate(leaves, axis=0, out=leaves)
+            out[first : first + n] = leaves[-1]
+        return out
 
 
 def gtil_walk(model: Any) -> Walk:
@@ -191,9 +273,10 @@ def measure(bundle_dir: Path, names: list[str], seconds: float) -> dict[str, Any
 def gtil_in_its_venv(bundle_dir: Path, seconds: float) -> dict[str, Any]:
     from bench.peers import Peer, install, lock_versions, peer_env
 
-    pydantic = lock_versions(("pydantic",))["pydantic"]
+    # what app.contract.bundle and app.model.predictor import besides the bundle's libraries, at the lock's versions
+    pins = tuple(f"{name}=={version}" for name, version in lock_versions(APP_IMPORTS).items())
     peer = Peer("treelite", f"treelite {TREELITE_VERSION}", f"treelite-{TREELITE_VERSION}",
-                (f"treelite=={TREELITE_VERSION}", f"pydantic=={pydantic}"))  # fmt: skip
+                (f"treelite=={TREELITE_VERSION}", *pins))  # fmt: skip
     python = install(peer, lambda line: print(line, flush=True)) / "python"
     args = [str(python), "-m", "bench.walk", "--worker", "treelite-gtil", "--bundle", str(bundle_dir)]
     completed = subprocess.run(

@@ -9,11 +9,10 @@ that kind this module does the same arithmetic directly:
   OrdinalEncoder's ``use_encoded_value`` does), columns in the ColumnTransformer's order; when the encoder's
   categories are the codes 0..k-1 (what ``FeatureTransformer`` emits), one vectorised rule for all columns;
 - the rows binned once, as the model's own ``_BinMapper`` bins its training data (scikit-learn's compiled
-  ``_map_to_bins``), then every tree through one call of scikit-learn's compiled ``_predict_from_binned_data``
-  (the walk its training uses; the trees stacked under a dispatch tree, ``_StackedTrees``, so the call holds no
-  GIL from the first tree to the last), summed in the same order, starting from the same baseline, through the
-  same inverse link. A value falls in bin ``i`` exactly when ``thresholds[i - 1] < value <= thresholds[i]`` and a
-  split's raw threshold is ``thresholds[bin_threshold]`` (``+inf`` for a split on missing values, which the last
+  ``_map_to_bins``), then each tree through scikit-learn's compiled ``_predict_from_binned_data`` (the walk
+  its training uses), summed in the same order, starting from the same baseline, through the same inverse
+  link. A value falls in bin ``i`` exactly when ``thresholds[i - 1] < value <= thresholds[i]`` and a split's
+  raw threshold is ``thresholds[bin_threshold]`` (``+inf`` for a split on missing values, which the last
   bin reproduces), so every split turns as ``_predict_from_raw_data`` (what ``TreePredictor.predict``
   calls) would turn it on the raw value; comparing one byte instead of a float makes the walk about 1.4x
   faster. The categorical codes are those of the whole training set (the bin mapper knows them all), and an
@@ -55,13 +54,12 @@ PROBE_ROWS: Final = 512
 SMALL_BATCH_ROWS: Final = 24
 # Up to this many rows the walk's layout is filled row by row with Python floats (cheaper than numpy's calls).
 LAYOUT_BY_ROW: Final = 6
-# Above SMALL_BATCH_ROWS, one compiled walk covers at most this many (row, tree) pairs (``_StackedTrees``): about
-# 3 MB of repeated binned rows and 2 MB of leaf values for the model this project trains.
-ROW_TREE_PAIRS: Final = 1 << 18
+# Above SMALL_BATCH_ROWS, the trees' values are summed this many trees at a time (one numpy call per block).
+TREES_PER_SUM: Final = 32
 # The batch sizes the load-time check predicts besides the whole probe: the first and last row count of each walk
 # the direct path chooses by row count. One row: Python floats throughout; 2..LAYOUT_BY_ROW: the layout filled row
 # by row, then every tree at once; up to SMALL_BATCH_ROWS: the layout by numpy, every tree at once; above: the
-# binned rows, every tree in one compiled walk (the whole probe too). Without the all-at-once walk (``_Forest``
+# binned rows, every block of TREES_PER_SUM trees (the whole probe too). Without the all-at-once walk (``_Forest``
 # unusable) one row and several rows still differ (the reordering). Together at most PROBE_ROWS rows.
 CHECKED_BATCHES: Final = (1, 2, LAYOUT_BY_ROW, LAYOUT_BY_ROW + 1, SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1)
 Matrix = npt.NDArray[np.float64]
@@ -131,11 +129,11 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
     is_categorical = bin_mapper.is_categorical_
     missing_bin = bin_mapper.missing_values_bin_idx_
     predictors = [predictor for predictors_of_iteration in model._predictors for predictor in predictors_of_iteration]
-    baseline = float(model._baseline_prediction[0, 0])
+    trees = [(predictor.nodes, predictor.binned_left_cat_bitsets) for predictor in predictors]
+    baseline = model._baseline_prediction
     inverse_link = model._loss.link.inverse
-    every_tree = _Forest(predictors, len(bin_thresholds), known_cat_bitsets, f_idx_map, baseline)
+    every_tree = _Forest(predictors, len(bin_thresholds), known_cat_bitsets, f_idx_map, float(baseline[0, 0]))
     forest = every_tree if every_tree.usable() else None
-    stacked = _StackedTrees(predictors, len(bin_thresholds), missing_bin, baseline, _predict_from_binned_data)
 
     def predict(features: Matrix) -> Matrix:
         data = reorder(features)
@@ -144,91 +142,21 @@ def _direct_path(model: Any, threads: int) -> tuple[Callable[[Matrix], Matrix], 
             return np.asarray(inverse_link(forest.raw(data)), dtype=np.float64)
         binned = np.empty(data.shape, dtype=np.uint8, order="F")
         _map_to_bins(data, bin_thresholds, is_categorical, missing_bin, threads, binned)
-        return np.asarray(inverse_link(stacked.raw(binned, threads)), dtype=np.float64)
+        # row 0 the sum so far (the baseline first), then up to TREES_PER_SUM trees' values, one row each, summed
+        # down the rows by one sequential np.add.accumulate: the same additions in the same order as adding each
+        # tree's values in turn, with one numpy call per block instead of one per tree (each of which, on a worker
+        # thread, gives the GIL up and must win it back)
+        block = np.empty((min(TREES_PER_SUM, len(trees)) + 1, n_rows), dtype=np.float64)
+        block[0] = baseline[0, 0] + 0.0  # as scikit-learn starts: zeros plus the baseline (never -0.0)
+        for first in range(0, len(trees), TREES_PER_SUM):
+            chunk = trees[first : first + TREES_PER_SUM]
+            for row, (nodes, binned_left_cat_bitsets) in enumerate(chunk, start=1):
+                _predict_from_binned_data(nodes, binned, binned_left_cat_bitsets, missing_bin, threads, block[row])
+            np.add.accumulate(block[: len(chunk) + 1], axis=0, out=block[: len(chunk) + 1])
+            block[0] = block[len(chunk)]
+        return np.asarray(inverse_link(block[0]), dtype=np.float64)
 
     return predict, SMALL_BATCH_ROWS if forest is not None else 0
-
-
-class _StackedTrees:
-    """Every tree of a HistGradientBoostingRegressor under one dispatch tree, so one compiled call walks them all.
-
-    scikit-learn's ``_predict_from_binned_data`` walks one tree for every row, and between two such calls the
-    thread must win the GIL back: for a batch, one call per tree was about 170 hand-offs, each a wait behind the
-    event loop's parsing, so two batches never used two cores. Here the trees' nodes are laid end to end after a
-    balanced dispatch tree that splits on one extra binned column, the tree number (``bin <= k`` goes left), and
-    every row is repeated once per tree with that column set: one call, the GIL released throughout, finds every
-    (row, tree) leaf with the very comparisons the per-tree walk makes. The leaf values are then added in tree
-    order, starting from the baseline, by a sequential ``np.add.accumulate``: the same additions in the same order.
-
-    The tree number must stay below the missing-values bin, so trees go in groups of at most that many (one call
-    per group), and rows in chunks of ``ROW_TREE_PAIRS`` (row, tree) pairs, to bound the repeated rows' memory.
-    """
-
-    def __init__(
-        self, trees: list[Any], width: int, missing_bin: int, baseline: float, walk: Callable[..., None]
-    ) -> None:
-        self.width = width
-        self.missing_bin = missing_bin
-        self.baseline = baseline
-        self.walk = walk
-        size = max(missing_bin, 1)  # tree numbers 0..size-1, never the missing-values bin
-        self.groups = [self._stack(trees[first : first + size]) for first in range(0, len(trees), size)]
-        self.n_trees = len(trees)
-
-    def _stack(self, trees: list[Any]) -> tuple[Any, npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
-        """One group's nodes (the dispatch tree first, from node 0), its category bitsets and tree numbers."""
-        dispatch: list[tuple[int, int, int]] = []  # (bin threshold, left, right); a child < 0 is tree -1 - child
-
-        def split(low: int, high: int) -> int:
-            if high - low == 1:
-                return -1 - low
-            at = len(dispatch)
-            dispatch.append((0, 0, 0))
-            middle = (low + high) // 2
-            dispatch[at] = (middle - 1, split(low, middle), split(middle, high))
-            return at
-
-        split(0, len(trees))
-        sizes = [len(tree.nodes) for tree in trees]
-        starts = len(dispatch) + np.cumsum([0, *sizes[:-1]])
-        bitset_starts = np.cumsum([0, *[len(tree.binned_left_cat_bitsets) for tree in trees[:-1]]])
-        nodes = np.zeros(len(dispatch) + sum(sizes), dtype=trees[0].nodes.dtype)
-        for at, (threshold, left, right) in enumerate(dispatch):
-            node = nodes[at]
-            node["feature_idx"], node["bin_threshold"] = self.width, threshold
-            node["left"] = left if left >= 0 else starts[-1 - left]
-            node["right"] = right if right >= 0 else starts[-1 - right]
-        for start, bitset_start, tree in zip(starts, bitset_starts, trees, strict=True):
-            own = tree.nodes.copy()
-            split_node = ~own["is_leaf"].astype(bool)
-            own["left"][split_node] += int(start)
-            own["right"][split_node] += int(start)
-            own["bitset_idx"][split_node] += int(bitset_start)
-            nodes[start : start + len(own)] = own
-        bitsets = np.concatenate([np.asarray(tree.binned_left_cat_bitsets) for tree in trees]).astype(np.uint32)
-        return nodes, np.ascontiguousarray(bitsets.reshape(-1, 8)), np.arange(len(trees), dtype=np.uint8)
-
-    def raw(self, binned: npt.NDArray[np.uint8], threads: int) -> Matrix:
-        """The raw predictions (before the inverse link) of the binned rows (the model's column order)."""
-        n_rows = binned.shape[0]
-        out = np.empty(n_rows, dtype=np.float64)
-        chunk = max(1, ROW_TREE_PAIRS // max(len(group[2]) for group in self.groups))
-        for first in range(0, n_rows, chunk):
-            rows = binned[first : first + chunk]
-            n = rows.shape[0]
-            leaves = np.empty((self.n_trees + 1, n), dtype=np.float64)
-            leaves[0] = self.baseline + 0.0  # as scikit-learn starts: zeros plus the baseline (never -0.0)
-            done = 1
-            for nodes, bitsets, numbers in self.groups:
-                repeated = np.empty((len(numbers) * n, self.width + 1), dtype=np.uint8)
-                repeated[:, : self.width].reshape(len(numbers), n, self.width)[:] = rows
-                repeated[:, self.width] = np.repeat(numbers, n)
-                values = leaves[done : done + len(numbers)].ravel()  # a view: rows of one C-contiguous array
-                self.walk(nodes, repeated, bitsets, self.missing_bin, threads, values)
-                done += len(numbers)
-            np.add.accumulate(leaves, axis=0, out=leaves)
-            out[first : first + n] = leaves[-1]
-        return out
 
 
 class _Forest:

@@ -26,6 +26,7 @@ from app.model.predictor import (
     LAYOUT_BY_ROW,
     PROBE_ROWS,
     SMALL_BATCH_ROWS,
+    TREES_PER_SUM,
     Predictor,
     _Forest,
     probe_columns,
@@ -301,12 +302,12 @@ def test_a_disagreeing_direct_path_is_dropped(bundle: Bundle, monkeypatch: pytes
 
 
 # The walks the direct path chooses by row count, each as (fewest, most) rows: one row, the layout filled row by row,
-# the layout by numpy (both walking every tree at once), the binned rows in one compiled walk of every tree.
+# the layout by numpy (both walking every tree at once), the binned walk in blocks of TREES_PER_SUM trees.
 WALKS: Final = {
     "one-row": (1, 1),
     "layout-by-row": (2, LAYOUT_BY_ROW),
     "every-tree-at-once": (LAYOUT_BY_ROW + 1, SMALL_BATCH_ROWS),
-    "binned-stacked": (SMALL_BATCH_ROWS + 1, PROBE_ROWS),
+    "binned-blocks": (SMALL_BATCH_ROWS + 1, PROBE_ROWS),
 }
 
 
@@ -342,12 +343,13 @@ def test_the_load_time_check_takes_every_walk_of_the_served_bundle(
     bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Building the predictor walks one row, several rows laid out row by row and by numpy (every tree at once),
-    and the binned rows through one compiled walk of every tree (each row once per tree), on the real internals."""
+    and the binned rows through every block of TREES_PER_SUM trees, on the real internals."""
     from sklearn.ensemble._hist_gradient_boosting import _predictor as compiled
 
     raw_rows: list[int] = []
     layout_rows: list[int] = []
     binned_rows: list[int] = []
+    trees_per_batch: dict[int, int] = {}
     real_raw, real_layout, real_binned = _Forest.raw, _Forest._layout, compiled._predict_from_binned_data
 
     def raw(self: _Forest, data: Matrix) -> Matrix:
@@ -359,7 +361,9 @@ def test_the_load_time_check_takes_every_walk_of_the_served_bundle(
         return real_layout(self, data)
 
     def binned(*args: Any) -> None:
-        binned_rows.append(args[1].shape[0])
+        n_rows = args[1].shape[0]
+        binned_rows.append(n_rows)
+        trees_per_batch[n_rows] = trees_per_batch.get(n_rows, 0) + 1
         real_binned(*args)
 
     monkeypatch.setattr(_Forest, "raw", raw)
@@ -370,10 +374,10 @@ def test_the_load_time_check_takes_every_walk_of_the_served_bundle(
     assert 1 in raw_rows
     assert any(1 < n <= LAYOUT_BY_ROW for n in raw_rows)
     assert any(LAYOUT_BY_ROW < n <= SMALL_BATCH_ROWS for n in layout_rows)
+    assert all(n > SMALL_BATCH_ROWS for n in binned_rows) and len(set(binned_rows)) >= 2
     n_trees = sum(len(iteration) for iteration in bundle.model._predictors)
-    assert n_trees > 1 and all(n % n_trees == 0 for n in binned_rows)  # each row once per tree, in one call
-    batch_rows = [n // n_trees for n in binned_rows]
-    assert all(n > SMALL_BATCH_ROWS for n in batch_rows) and len(set(batch_rows)) >= 2
+    assert n_trees > TREES_PER_SUM  # more than one block, so the blocks' hand-over is checked too
+    assert all(count == n_trees for count in trees_per_batch.values())  # every tree of every block, each batch
 
 
 @pytest.mark.parametrize(
@@ -423,35 +427,3 @@ def test_odd_category_codes_turn_as_the_models_own_encoder_turns_them(
         for start in range(0, len(rows), size):
             part = rows[start : start + size]
             assert np.array_equal(direct(part), model.predict(part)), (size, start)
-
-
-def test_trees_past_the_missing_bin_go_in_groups_and_rows_in_chunks(
-    bundle: Bundle, training_rows: tuple[Matrix, Matrix], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The stacked walk numbers trees with bins below the missing-values bin: a model of 10 bins and 45 trees is
-    walked in 5 groups (one compiled call each), and a small ``ROW_TREE_PAIRS`` splits the rows into chunks; the
-    floats stay those of ``model.predict``."""
-    from sklearn.ensemble._hist_gradient_boosting import _predictor as compiled
-
-    features, target = training_rows
-    mask = np.asarray(bundle.transformer.categorical_mask_, dtype=bool)
-    model = HistGradientBoostingRegressor(
-        max_iter=45, max_bins=10, categorical_features=mask, early_stopping=False, random_state=0
-    ).fit(features[:5000], target[:5000])
-    assert model._bin_mapper.missing_values_bin_idx_ == 10 and model.n_iter_ == 45
-    walked: list[int] = []
-    real = compiled._predict_from_binned_data
-
-    def counted(*args: Any) -> None:
-        walked.append(args[1].shape[0])
-        real(*args)
-
-    monkeypatch.setattr(compiled, "_predict_from_binned_data", counted)
-    monkeypatch.setattr(predictor_module, "ROW_TREE_PAIRS", 10 * 50)  # 50 rows per chunk
-    path = predictor_module._direct_path(model, 1)
-    assert path is not None
-    direct, _ = path
-    rows = bundle.transformer.transform(rows_with_unknowns(bundle.metadata, 120, seed=16))
-    assert np.array_equal(direct(rows), model.predict(rows))
-    # 3 chunks (50, 50, 20 rows) x 5 groups (4 of 10 trees, then 5): each call one group's trees for one chunk
-    assert walked == [10 * 50] * 4 + [5 * 50] + [10 * 50] * 4 + [5 * 50] + [10 * 20] * 4 + [5 * 20]
