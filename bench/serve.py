@@ -488,7 +488,7 @@ def main() -> None:
         "--servers",
         type=selection,
         default=list(SERVER_KEYS),
-        help=f"comma-separated subset of {', '.join(SERVER_KEYS)} (or mlserver, peers, all); default all",
+        help=f"comma-separated subset of {', '.join(SERVER_KEYS)} (or bentoml, mlserver, peers, all); default all",
     )
     parser.add_argument("--v2-model", default=DEFAULT_MODEL_NAME, help="this server's model name on /v2/models/")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
