@@ -611,7 +611,7 @@ def main() -> None:
                         if other <= OTHER_CPU_LIMIT or attempt == ATTEMPTS:
                             break
                         print(
-                            f"{scenario.name:<14} {server.key:<17} other processes took {other:.0f}% of a core: "
+                            f"{scenario.name:<14} {server.key:<22} other processes took {other:.0f}% of a core: "
                             f"measuring again in {RETRY_AFTER_S:.0f}s",
                             flush=True,
                         )
@@ -620,7 +620,7 @@ def main() -> None:
                     results[scenario.name][server.key] = result
                     rows = BATCH_ROWS if scenario.batch else 1
                     print(
-                        f"{scenario.name:<14} {server.key:<17} {result.rps:9.1f} req/s {result.rps * rows:9.0f} rows/s"
+                        f"{scenario.name:<14} {server.key:<22} {result.rps:9.1f} req/s {result.rps * rows:9.0f} rows/s"
                         f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
                         f"  ({result.requests} in {result.seconds:.1f}s; other CPU {other:.0f}%)"
                         + ("  CAPPED at max_requests: rate understated" if result.capped else ""),
@@ -748,23 +748,23 @@ def summarise(
     stalled = [f"{k} in {scenario}" for scenario, by in results.items() for k, r in by.items() if not r.requests]
     summary = ["", "== figures (req/s; rows/s for batches; p50 / p99 ms) =="]
     keys = [k for k in SERVER_KEYS if k in memory]
-    summary.append(f"{'scenario':<15}" + "".join(f"{k:>22}" for k in keys))
+    summary.append(f"{'scenario':<15}" + "".join(f"{k:>24}" for k in keys))
     for scenario, by in results.items():
         cells = []
         for k in keys:
             r = by.get(k)
             cells.append(
-                f"{'-':>22}" if r is None else f"{rows_per_s(scenario, r):>9,.0f} {r.p50_ms:>5.2f}/{r.p99_ms:<6.1f}"
+                f"{'-':>24}" if r is None else f"{rows_per_s(scenario, r):>9,.0f} {r.p50_ms:>5.2f}/{r.p99_ms:<6.1f}"
             )
         summary.append(f"{scenario:<15}" + "".join(cells))
-    summary.append(f"{'worker RSS MB':<15}" + "".join(f"{memory[k]['worker_rss_mb']:>22}" for k in keys))
-    summary.append(f"{'launch->ready s':<15}" + "".join(f"{status[k]['start_s']:>22}" for k in keys))
+    summary.append(f"{'worker RSS MB':<15}" + "".join(f"{memory[k]['worker_rss_mb']:>24}" for k in keys))
+    summary.append(f"{'launch->ready s':<15}" + "".join(f"{status[k]['start_s']:>24}" for k in keys))
     summary += ["", "== what differs between the servers (processes, threads, log lines measured) =="]
     for k in keys:
         shape, validation, notes = DIFFERENCES[k]
         m = memory[k]
         summary.append(
-            f"{k:<17} request: {shape} | validation: {validation} | {notes} | processes {m['processes']}, "
+            f"{k:<22} request: {shape} | validation: {validation} | {notes} | processes {m['processes']}, "
             f"worker threads {m['worker_threads']}, request log lines/request {m['request_log_lines_per_request']}, "
             f"idle CPU {m['idle_cpu_pct']}% of a core"
         )
@@ -777,11 +777,11 @@ def summarise(
     for k in SERVER_KEYS:
         entry = status.get(k, {"status": "not selected"})
         detail = entry.get("reason") or describe_check(entry.get("check")) if entry["status"] != "not selected" else ""
-        summary.append(f"{k:<17} {entry['status']}{': ' + detail if detail else ''}")
+        summary.append(f"{k:<22} {entry['status']}{': ' + detail if detail else ''}")
     if THIS in status and "v2" in status[THIS]:
         v2 = status[THIS]["v2"]
         summary.append(
-            f"{'':<17} {V2_SCENARIO}: " + ("measured" if v2["available"] else f"not available ({v2['reason']})")
+            f"{'':<22} {V2_SCENARIO}: " + ("measured" if v2["available"] else f"not available ({v2['reason']})")
         )
     summary += [
         "",
