@@ -754,7 +754,7 @@ def summarise(
         for k in keys:
             r = by.get(k)
             cells.append(
-                f"{'-':>24}" if r is None else f"{rows_per_s(scenario, r):>9,.0f} {r.p50_ms:>5.2f}/{r.p99_ms:<6.1f}"
+                f"{'-':>24}" if r is None else f"  {rows_per_s(scenario, r):>9,.0f} {r.p50_ms:>5.2f}/{r.p99_ms:<6.1f}"
             )
         summary.append(f"{scenario:<15}" + "".join(cells))
     summary.append(f"{'worker RSS MB':<15}" + "".join(f"{memory[k]['worker_rss_mb']:>24}" for k in keys))
