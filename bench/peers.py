@@ -219,7 +219,9 @@ def floor_server(
 # batches``, and refreshes that mean at most every 5 s. After the warm-up at concurrency 8 (or after c32) the mean
 # wait is that of queued requests, tens of ms, and a lone request at c1 is then held for most of it: it decays by
 # about 5% per refresh (measured here alone: c1 98-142 req/s after 5 s at c8, 29.5 req/s after 4 s at c32, p50 35
-# ms). The setup without batching does not carry the load before it.
+# ms). The setup without batching does not carry the load before it; it is bounded by Bundle.predict on one
+# record (3.6-5.3 ms in process here) plus BentoML's own HTTP path (about 3.5 ms: h11 and asyncio's loop, as
+# ``pip install bentoml`` brings neither httptools nor uvloop), about 113 req/s at c1 in a full run.
 # Batching parameters: BentoML's defaults (max_batch_size 100, max_latency_ms 60,000). Tried alone on a 20k-row
 # bundle, max_latency_ms 1,000, 100 and 20 changed nothing beyond the run-to-run spread (c1 81-95 req/s, c8
 # 387-437, c32 447-529), and 20 made it refuse requests (503) at c32.
