@@ -1,9 +1,10 @@
 """The peers ``bench.serve`` measures this server against, each started on the same bundle, on 127.0.0.1, with
-one worker process serving.
+one worker process serving, in each of the setups its maintainers document for the scenarios measured (the
+bench takes each peer's best setup per scenario):
 
-- BentoML (pinned), adaptive batching on its single-record endpoint, and MLServer's scikit-learn runtime
-  (pinned, run with ``parallel_workers=0``, with its default, and with ``parallel_workers=0`` plus its adaptive
-  batching): each in its own virtual environment under
+- BentoML (pinned): without adaptive batching (its default) and with it on the single-record endpoint;
+  MLServer's scikit-learn runtime (pinned): ``parallel_workers=0``, its default inference pool, and each of the two
+  with its adaptive batching. Each in its own virtual environment under
   ``bench/.venvs/``, made with uv from the package index (not from the project's lock), holding the
   scikit-learn, skops and numpy versions the project's ``uv.lock`` pins, so the bundle loads as it does here.
   The repository root is on their ``PYTHONPATH``: the bundle's transformer is ``app.contract.features``.
@@ -203,9 +204,27 @@ def floor_server(
 
 # --- BentoML --------------------------------------------------------------------------------------------------
 
-# BentoML's batching parameters: its own defaults. Tried alone on a 20k-row bundle, max_latency_ms 1,000, 100
-# and 20 changed nothing beyond the run-to-run spread (c1 81-95 req/s, c8 387-437, c32 447-529), and 20 made it
-# refuse requests (503) at c32.
+# Two setups, one worker process each (``@bentoml.service(workers=1)``), both launched with ``bentoml serve``
+# (production mode, its default since 1.0.20; ``--development`` is not given) and BentoML's default logging (one
+# access-log line per request, as this server writes its own request line; turning it off,
+# ``logging={"access": {"enabled": False}}``, changed nothing beyond the spread: c1 106-124 req/s against 91-134):
+# - ``bentoml-nobatch``: ``@bentoml.api`` as it comes, each request predicted on its own. BentoML's docs (Get started >
+#   Adaptive batching): "By default, adaptive batching is disabled"; it is the setup for one record's latency.
+# - ``bentoml-batch``: the same docs' ``@bentoml.api(batchable=True, max_batch_size=..., max_latency_ms=...)`` on
+#   the single-record endpoint, the list of records being the batch dimension.
+# Both have the same unbatched ``predict_batch`` endpoint for 1,000-record batches (a batchable endpoint would cut
+# them into max_batch_size pieces).
+# Why the adaptive-batching setup was measured at 19 req/s for single records at c1: its dispatcher holds a
+# request while ``n * (wait of the newest + 1 ms + per-record cost) <= 0.95 x the mean wait of its last 50
+# batches``, and refreshes that mean at most every 5 s. After the warm-up at concurrency 8 (or after c32) the mean
+# wait is that of queued requests, tens of ms, and a lone request at c1 is then held for most of it: it decays by
+# about 5% per refresh (measured here alone: c1 98-142 req/s after 5 s at c8, 29.5 req/s after 4 s at c32, p50 35
+# ms). The setup without batching does not carry the load before it; it is bounded by Bundle.predict on one
+# record (3.6-5.3 ms in process here) plus BentoML's own HTTP path (about 3.5 ms: h11 and asyncio's loop, as
+# ``pip install bentoml`` brings neither httptools nor uvloop), about 113 req/s at c1 in a full run.
+# Batching parameters: BentoML's defaults (max_batch_size 100, max_latency_ms 60,000). Tried alone on a 20k-row
+# bundle, max_latency_ms 1,000, 100 and 20 changed nothing beyond the run-to-run spread (c1 81-95 req/s, c8
+# 387-437, c32 447-529), and 20 made it refuse requests (503) at c32.
 BENTOML_MAX_BATCH_SIZE: Final = 100
 BENTOML_MAX_LATENCY_MS: Final = 60_000
 # The service file, written into the benchmark's working directory (it imports bentoml, which the project lacks).
@@ -223,6 +242,7 @@ from app.model.schema import RecordSchema
 BUNDLE_DIR = Path(os.environ["BENCH_BUNDLE_DIR"])
 SCHEMA = RecordSchema.from_metadata(read_metadata(BUNDLE_DIR), max_records=10_000)
 Record = SCHEMA.record_model
+BATCHING = os.environ["BENCH_BENTOML_BATCHING"] == "1"
 MAX_BATCH_SIZE = int(os.environ["BENCH_BENTOML_MAX_BATCH_SIZE"])
 MAX_LATENCY_MS = int(os.environ["BENCH_BENTOML_MAX_LATENCY_MS"])
 
@@ -235,10 +255,16 @@ class FlightPrice:
     def _predict(self, records):
         return self.bundle.predict(SCHEMA.columns([tuple(r.__dict__.values()) for r in records])).tolist()
 
-    # adaptive batching: one record per request, batched by BentoML's dispatcher
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, records: list[Record]) -> list[float]:
-        return self._predict(records)
+    if BATCHING:
+        # adaptive batching: one record per request, batched by BentoML's dispatcher
+        @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+        def predict(self, records: list[Record]) -> list[float]:
+            return self._predict(records)
+    else:
+        # BentoML's default API: each request predicted as it comes
+        @bentoml.api
+        def predict(self, records: list[Record]) -> list[float]:
+            return self._predict(records)
 
     @bentoml.api
     def predict_batch(self, records: list[Record]) -> list[float]:
@@ -248,9 +274,15 @@ class FlightPrice:
 
 @contextmanager
 def bentoml_server(
-    bin_dir: Path, bundle_dir: Path, workdir: Path, records: tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]
+    bin_dir: Path,
+    bundle_dir: Path,
+    workdir: Path,
+    records: tuple[list[dict[str, Any]], list[list[dict[str, Any]]]],
+    batching: bool,
 ) -> Iterator[Server]:
-    service_dir = workdir / "bentoml"
+    """BentoML serving the bundle, with ``batching`` its adaptive batching on the single-record endpoint."""
+    key = "bentoml-batch" if batching else "bentoml-nobatch"
+    service_dir = workdir / key
     service_dir.mkdir(exist_ok=True)
     (service_dir / "bench_bentoml_service.py").write_text(BENTOML_SERVICE)
     port = free_port()
@@ -263,17 +295,19 @@ def bentoml_server(
         {
             "PYTHONPATH": f"{ROOT}{os.pathsep}{service_dir}",
             "BENCH_BUNDLE_DIR": str(bundle_dir),
+            "BENCH_BENTOML_BATCHING": "1" if batching else "0",
             "BENCH_BENTOML_MAX_BATCH_SIZE": str(BENTOML_MAX_BATCH_SIZE),
             "BENCH_BENTOML_MAX_LATENCY_MS": str(BENTOML_MAX_LATENCY_MS),
             "BENTOML_HOME": str(workdir / "bentoml-home"),
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         }
     )
-    log = workdir / "bentoml.log"
+    log = workdir / f"{key}.log"
     singles, batches = records
+    name = f"{BENTOML.name} (" + ("adaptive batching" if batching else "no batching") + ")"
     with started(args, f"{url}/readyz", env, log) as (pid, start_s):
         yield Server(
-            "bentoml", "BentoML 1.4.40 (adaptive batching)", url, pid, log, start_s,
+            key, name, url, pid, log, start_s,
             "/predict", "/predict_batch",
             [_encode({"records": [r]}) for r in singles], [_encode({"records": b}) for b in batches],
             _json, _json,
@@ -304,8 +338,15 @@ def v2_answers(body: bytes) -> list[float]:
     return [float(x[0]) if isinstance(x, list) else float(x) for x in data]
 
 
-# MLServer's adaptive batching for the batching variant (off by default). max_batch_time 1 ms gave the best
-# single-record figures of 1, 2 and 5 ms here (c1 152, c8 545, c32 944 req/s alone on the 200k-row bundle).
+# MLServer's setups, as its docs (User Guide > Parallel Inference, > Adaptive Batching) and its settings describe
+# them: ``parallel_workers`` in settings.json (0: inference in the server process; left out: its default, an
+# inference pool of one worker process fed over a queue in 1.7.1, settings.py's DEFAULT_PARALLEL_WORKERS), and
+# ``max_batch_size`` / ``max_batch_time`` in model-settings.json for adaptive batching (off by default). MLServer
+# loads the batching on top of the inference pool (server.py: ``load_batching`` after the pool's ``load_model``), so
+# the two combine: ``mlserver-default-batch``. Its ``debug`` setting is left at its default (true: uvicorn's
+# access log on).
+# The adaptive batching's parameters: max_batch_time 1 ms gave the best single-record figures of 1, 2 and 5 ms here
+# (c1 152, c8 545, c32 944 req/s alone on the 200k-row bundle).
 MLSERVER_MAX_BATCH_SIZE: Final = 32
 MLSERVER_MAX_BATCH_TIME_S: Final = 0.001
 

@@ -5,10 +5,12 @@ Starts, on 127.0.0.1 with one worker process each, on the same fitted bundle:
 - ``this``: ``uvicorn app.main:app`` serving the bundle;
 - ``floor``: ``bench.floor``, a minimal FastAPI endpoint validating the same record with the same pydantic
   models and answering a constant (batches: parse and validate only);
-- ``bentoml``: BentoML 1.4.40, adaptive batching on the single-record endpoint (``bench.peers``);
-- ``mlserver-p0``, ``mlserver-default`` and ``mlserver-p0-batch``: MLServer 1.7.1's scikit-learn runtime with
-  ``parallel_workers=0``, with its default, and with ``parallel_workers=0`` plus its adaptive batching (32
-  requests / 1 ms), fed V2 (Open Inference Protocol) requests, one input tensor per column;
+- ``bentoml-nobatch`` and ``bentoml-batch``: BentoML 1.4.40 without adaptive batching (its default) and with it on
+  the single-record endpoint (``bench.peers``);
+- ``mlserver-p0``, ``mlserver-default``, ``mlserver-p0-batch`` and ``mlserver-default-batch``: MLServer 1.7.1's
+  scikit-learn runtime with ``parallel_workers=0``, with its default (an inference pool of one worker process),
+  and each of the two with its adaptive batching (32 requests / 1 ms), fed V2 (Open Inference Protocol) requests,
+  one input tensor per column;
 - ``mlflow``: the same transformer + model as one scikit-learn Pipeline logged with ``mlflow.sklearn.log_model``
   (in a temporary tracking store) and served by ``mlflow models serve --env-manager local``.
 
@@ -18,8 +20,10 @@ run (a peer that cannot be installed or started is reported as such). Every serv
 and 32; 1,000-record batches at concurrency 4 (and V2 columnar 1,000-record batches for this server, when it
 answers ``GET /v2/models/{name}``), the server order rotated and reversed between scenarios; a run during
 which other processes on the machine took more than 10% of a core is measured again (at most 4 times). Prints
-requests/s, p50, p99, errors, worker RSS, what differs between the servers, the ratios to the best peer and to
-MLflow, and the targets as MET/MISS. The in-process figures are ``Bundle.predict`` and the server's predictor.
+requests/s, p50, p99, errors, worker RSS, what differs between the servers, each peer's setup taken per scenario
+(its best: the highest throughput, and apart the lowest p99, among its setups that answered every request), the
+ratios to the best peer's best setup and to MLflow, and the targets as MET/MISS. The in-process figures are
+``Bundle.predict`` and the server's predictor.
 
 Usage: ``uv run python -m bench.serve [--bundle DIR | --rows 200000] [--duration 8] [--servers this,floor,...]``
 Writes ``bench/results/serve.json``.
@@ -83,10 +87,13 @@ RETRY_AFTER_S: Final = 30.0
 TOLERANCE: Final = 1e-12
 
 THIS, FLOOR, MLFLOW = "this", "floor", "mlflow"
-MLSERVERS: Final = ("mlserver-p0", "mlserver-default", "mlserver-p0-batch")
-SERVER_KEYS: Final = (THIS, FLOOR, "bentoml", *MLSERVERS, MLFLOW)
-PEER_KEYS: Final = ("bentoml", *MLSERVERS, MLFLOW)
-ALIASES: Final = {"mlserver": MLSERVERS, "peers": PEER_KEYS, "all": SERVER_KEYS}
+BENTOMLS: Final = ("bentoml-nobatch", "bentoml-batch")
+MLSERVERS: Final = ("mlserver-p0", "mlserver-default", "mlserver-p0-batch", "mlserver-default-batch")
+# Each peer and its setups: a peer's figure in a scenario is its best setup's in that run.
+PEERS: Final[dict[str, tuple[str, ...]]] = {"bentoml": BENTOMLS, "mlserver": MLSERVERS, MLFLOW: (MLFLOW,)}
+SERVER_KEYS: Final = (THIS, FLOOR, *BENTOMLS, *MLSERVERS, MLFLOW)
+PEER_KEYS: Final = tuple(key for setups in PEERS.values() for key in setups)
+ALIASES: Final = {"bentoml": BENTOMLS, "mlserver": MLSERVERS, "peers": PEER_KEYS, "all": SERVER_KEYS}
 V2_SCENARIO: Final = "v2batch1000 c4"
 
 # What a reader needs to judge the comparison; processes, threads and log lines are measured on top of it.
@@ -101,10 +108,16 @@ DIFFERENCES: Final[dict[str, tuple[str, str, str]]] = {
         "same pydantic models as this server; answers a constant, predicts nothing",
         "uvicorn --no-access-log",
     ),
-    "bentoml": (
+    "bentoml-nobatch": (
         "{records: [record]}; batch {records: [...]}",
         "same pydantic record model (app.model.schema) through BentoML's IO",
-        "adaptive batching on single records (max_batch_size 100); batch endpoint unbatched; access log on",
+        "each request predicted on its own (BentoML's default API, one thread); access log on",
+    ),
+    "bentoml-batch": (
+        "{records: [record]}; batch {records: [...]}",
+        "same pydantic record model (app.model.schema) through BentoML's IO",
+        "adaptive batching on single records (max_batch_size 100, max_latency_ms 60,000: its defaults; its learned "
+        "wait carries over from the load before); batch endpoint unbatched; access log on",
     ),
     "mlserver-p0": (
         "V2: one input tensor per column, shape [1] / [1000]",
@@ -120,6 +133,12 @@ DIFFERENCES: Final[dict[str, tuple[str, str, str]]] = {
         "V2: one input tensor per column, shape [1] / [1000]",
         "V2 structure and datatypes only (no limits or categories)",
         "as mlserver-p0, requests merged by MLServer's adaptive batching (32 / 1 ms); uvicorn access log on",
+    ),
+    "mlserver-default-batch": (
+        "V2: one input tensor per column, shape [1] / [1000]",
+        "V2 structure and datatypes only (no limits or categories)",
+        "as mlserver-default, requests merged by its adaptive batching (32 / 1 ms) before the worker's queue; "
+        "uvicorn access log on",
     ),
     MLFLOW: (
         "{dataframe_records: [record]}; batch the same with 1,000",
@@ -420,7 +439,8 @@ def drive(server: Server, scenario: Scenario, duration_s: float, generator: Any)
 def warm_up(server: Server, generator: Any) -> str:
     """Single records at concurrency 8 for 5 s, then batches at 4 for 2 s, unmeasured: every server gets the same.
     BentoML's adaptive batching needs it most: its dispatcher times its first batches (of 1, 2 and 3 records)
-    before it batches freely, and holds a lone request for seconds while it learns."""
+    before it batches freely, and holds a lone request for seconds while it learns (what it learns at
+    concurrency 8 then holds lone requests at c1 longer: see ``bench.peers``)."""
     single = run_load(
         server.url + server.single_path, server.single_bodies, concurrency=8, max_requests=5_000, duration_s=5,
         generator=generator,
@@ -468,7 +488,7 @@ def main() -> None:
         "--servers",
         type=selection,
         default=list(SERVER_KEYS),
-        help=f"comma-separated subset of {', '.join(SERVER_KEYS)} (or mlserver, peers, all); default all",
+        help=f"comma-separated subset of {', '.join(SERVER_KEYS)} (or bentoml, mlserver, peers, all); default all",
     )
     parser.add_argument("--v2-model", default=DEFAULT_MODEL_NAME, help="this server's model name on /v2/models/")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
@@ -514,11 +534,17 @@ def main() -> None:
             starters: dict[str, Callable[[], AbstractContextManager[Server]]] = {
                 THIS: lambda: our_server(serve_bin, bundle.path, workdir, ours),
                 FLOOR: lambda: floor_server(serve_bin, bundle.path, workdir, *ours),
-                "bentoml": lambda: bentoml_server(venv(BENTOML), bundle.path, workdir, (singles, batches)),
+                "bentoml-nobatch": lambda: bentoml_server(
+                    venv(BENTOML), bundle.path, workdir, (singles, batches), batching=False
+                ),
+                "bentoml-batch": lambda: bentoml_server(venv(BENTOML), bundle.path, workdir, (singles, batches), True),
                 "mlserver-p0": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), 0),
                 "mlserver-default": lambda: mlserver_server(venv(MLSERVER), bundle, workdir, (singles, batches), None),
                 "mlserver-p0-batch": lambda: mlserver_server(
                     venv(MLSERVER), bundle, workdir, (singles, batches), 0, True
+                ),
+                "mlserver-default-batch": lambda: mlserver_server(
+                    venv(MLSERVER), bundle, workdir, (singles, batches), None, True
                 ),
                 MLFLOW: lambda: mlflow_server(
                     bundle,
@@ -585,7 +611,7 @@ def main() -> None:
                         if other <= OTHER_CPU_LIMIT or attempt == ATTEMPTS:
                             break
                         print(
-                            f"{scenario.name:<14} {server.key:<17} other processes took {other:.0f}% of a core: "
+                            f"{scenario.name:<14} {server.key:<22} other processes took {other:.0f}% of a core: "
                             f"measuring again in {RETRY_AFTER_S:.0f}s",
                             flush=True,
                         )
@@ -594,7 +620,7 @@ def main() -> None:
                     results[scenario.name][server.key] = result
                     rows = BATCH_ROWS if scenario.batch else 1
                     print(
-                        f"{scenario.name:<14} {server.key:<17} {result.rps:9.1f} req/s {result.rps * rows:9.0f} rows/s"
+                        f"{scenario.name:<14} {server.key:<22} {result.rps:9.1f} req/s {result.rps * rows:9.0f} rows/s"
                         f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
                         f"  ({result.requests} in {result.seconds:.1f}s; other CPU {other:.0f}%)"
                         + ("  CAPPED at max_requests: rate understated" if result.capped else ""),
@@ -640,21 +666,16 @@ def summarise(
 ) -> dict[str, Any]:
     peers = [k for k in PEER_KEYS if k in memory]
 
-    def best(scenario: str, key: Callable[[LoadResult], float], highest: bool) -> tuple[str, LoadResult] | None:
-        candidates = [(k, r) for k, r in results.get(scenario, {}).items() if k in peers and r.requests]
-        if not candidates:
-            return None
-        return (max if highest else min)(candidates, key=lambda kr: key(kr[1]))
-
     def rows_per_s(scenario: str, result: LoadResult) -> float:
         return result.rps * (BATCH_ROWS if "batch" in scenario else 1)
 
-    # ratios to the best peer: throughput to the highest, p99 to the lowest among the peers measured
+    # each peer's best setup per scenario, then the best peer's best setup (V2 batches: against the peers' batches)
+    taken = {scenario: peer_bests(by) for scenario, by in results.items() if scenario != V2_SCENARIO}
     to_best: dict[str, dict[str, Any]] = {}
     for scenario, by in results.items():
         mine = by.get(THIS)
-        fastest = best("batch1000 c4" if scenario == V2_SCENARIO else scenario, lambda r: r.rps, True)
-        steadiest = best("batch1000 c4" if scenario == V2_SCENARIO else scenario, lambda r: r.p99_ms, False)
+        against = "batch1000 c4" if scenario == V2_SCENARIO else scenario
+        fastest, steadiest = best_peer(taken.get(against, {}), results.get(against, {}))
         if mine is None or fastest is None or steadiest is None:
             continue
         to_best[scenario] = {
@@ -691,6 +712,14 @@ def summarise(
         if THIS not in memory or lightest is None
         else memory[THIS]["worker_rss_mb"] <= memory[lightest]["worker_rss_mb"]
     )
+    # issue 28: against each peer's best setup in the same run
+    targets_28: dict[str, bool | None] = {
+        "batch1000 c4 rows/s >= 2x best peer's best setup": _holds(batch, lambda x: x >= 2),
+        "single c32 p99 <= 1/5 lowest peer p99 (any setup)": _holds(c32.get("p99"), lambda x: x <= 0.2),
+        "worker RSS <= 0.8x lowest peer's (any setup)": None
+        if THIS not in memory or lightest is None
+        else memory[THIS]["worker_rss_mb"] <= 0.8 * memory[lightest]["worker_rss_mb"],
+    }
 
     # the MLflow comparison and its targets, as before
     to_mlflow: dict[str, dict[str, float | None]] = {}
@@ -719,35 +748,40 @@ def summarise(
     stalled = [f"{k} in {scenario}" for scenario, by in results.items() for k, r in by.items() if not r.requests]
     summary = ["", "== figures (req/s; rows/s for batches; p50 / p99 ms) =="]
     keys = [k for k in SERVER_KEYS if k in memory]
-    summary.append(f"{'scenario':<15}" + "".join(f"{k:>22}" for k in keys))
+    summary.append(f"{'scenario':<15}" + "".join(f"{k:>24}" for k in keys))
     for scenario, by in results.items():
         cells = []
         for k in keys:
             r = by.get(k)
             cells.append(
-                f"{'-':>22}" if r is None else f"{rows_per_s(scenario, r):>9,.0f} {r.p50_ms:>5.2f}/{r.p99_ms:<6.1f}"
+                f"{'-':>24}" if r is None else f"  {rows_per_s(scenario, r):>9,.0f} {r.p50_ms:>5.2f}/{r.p99_ms:<6.1f}"
             )
         summary.append(f"{scenario:<15}" + "".join(cells))
-    summary.append(f"{'worker RSS MB':<15}" + "".join(f"{memory[k]['worker_rss_mb']:>22}" for k in keys))
-    summary.append(f"{'launch->ready s':<15}" + "".join(f"{status[k]['start_s']:>22}" for k in keys))
+    summary.append(f"{'worker RSS MB':<15}" + "".join(f"{memory[k]['worker_rss_mb']:>24}" for k in keys))
+    summary.append(f"{'launch->ready s':<15}" + "".join(f"{status[k]['start_s']:>24}" for k in keys))
     summary += ["", "== what differs between the servers (processes, threads, log lines measured) =="]
     for k in keys:
         shape, validation, notes = DIFFERENCES[k]
         m = memory[k]
         summary.append(
-            f"{k:<17} request: {shape} | validation: {validation} | {notes} | processes {m['processes']}, "
+            f"{k:<22} request: {shape} | validation: {validation} | {notes} | processes {m['processes']}, "
             f"worker threads {m['worker_threads']}, request log lines/request {m['request_log_lines_per_request']}, "
             f"idle CPU {m['idle_cpu_pct']}% of a core"
         )
+    summary += [
+        "",
+        "== each peer's setup taken (its best in this run, among its setups that answered every request) ==",
+    ]
+    summary += describe_taken(taken, results)
     summary += ["", "== servers =="]
     for k in SERVER_KEYS:
         entry = status.get(k, {"status": "not selected"})
         detail = entry.get("reason") or describe_check(entry.get("check")) if entry["status"] != "not selected" else ""
-        summary.append(f"{k:<17} {entry['status']}{': ' + detail if detail else ''}")
+        summary.append(f"{k:<22} {entry['status']}{': ' + detail if detail else ''}")
     if THIS in status and "v2" in status[THIS]:
         v2 = status[THIS]["v2"]
         summary.append(
-            f"{'':<17} {V2_SCENARIO}: " + ("measured" if v2["available"] else f"not available ({v2['reason']})")
+            f"{'':<22} {V2_SCENARIO}: " + ("measured" if v2["available"] else f"not available ({v2['reason']})")
         )
     summary += [
         "",
@@ -770,6 +804,7 @@ def summarise(
         ),
         *(f"target {_verdict(ok)} {name}" for name, ok in mlflow_targets.items()),
         *(f"target {_verdict(ok)} (issue 14) {name}" for name, ok in targets.items()),
+        *(f"target {_verdict(ok)} (issue 28) {name}" for name, ok in targets_28.items()),
     ]
     return {
         "benchmark": "serve",
@@ -791,14 +826,77 @@ def summarise(
             s: {k: {**r.as_dict(), "rows_per_s": round(rows_per_s(s, r))} for k, r in by.items()}
             for s, by in results.items()
         },
+        "peer_setups": {peer: list(setups) for peer, setups in PEERS.items()},
+        "setups_taken": taken,
         "ratios_to_best_peer": to_best,
         "stalled_runs": stalled,
         "ratios_to_mlflow": to_mlflow,
         "memory": memory,
         "targets": mlflow_targets,
         "targets_issue_14": targets,
+        "targets_issue_28": targets_28,
         "summary": summary,
     }
+
+
+def answered_all(result: LoadResult) -> bool:
+    """A run that counts as a setup's figure: it answered, and answered every request without an error (a setup
+    refusing requests answers them faster than it serves them, and its p99 mixes the refusals)."""
+    return result.requests > 0 and result.errors == 0
+
+
+def peer_bests(by: dict[str, LoadResult]) -> dict[str, dict[str, Any]]:
+    """One scenario's runs -> for each peer with a setup among them: its setups measured, the one with the highest
+    throughput (``rps``) and the one with the lowest p99 (``p99``), each among the setups that answered every
+    request (None when none did)."""
+    taken: dict[str, dict[str, Any]] = {}
+    for peer, setups in PEERS.items():
+        measured = [key for key in setups if key in by]
+        if not measured:
+            continue
+        counted = [key for key in measured if answered_all(by[key])]
+        taken[peer] = {
+            "setups": measured,
+            "rps": max(counted, key=lambda k: by[k].rps) if counted else None,
+            "p99": min(counted, key=lambda k: by[k].p99_ms) if counted else None,
+        }
+    return taken
+
+
+def best_peer(
+    taken: dict[str, dict[str, Any]], by: dict[str, LoadResult]
+) -> tuple[tuple[str, LoadResult] | None, tuple[str, LoadResult] | None]:
+    """The best peer's best setup (key, run) for throughput (the highest) and for p99 (the lowest)."""
+    fastest = [(t["rps"], by[t["rps"]]) for t in taken.values() if t["rps"] is not None]
+    steadiest = [(t["p99"], by[t["p99"]]) for t in taken.values() if t["p99"] is not None]
+    return (
+        max(fastest, key=lambda kr: kr[1].rps) if fastest else None,
+        min(steadiest, key=lambda kr: kr[1].p99_ms) if steadiest else None,
+    )
+
+
+def describe_taken(taken: dict[str, dict[str, dict[str, Any]]], results: dict[str, dict[str, LoadResult]]) -> list[str]:
+    """Per scenario and peer: the setup taken for throughput and for p99, and the setups left out (errors, or no
+    answer)."""
+    lines = []
+    for scenario, peers in taken.items():
+        rows = 1 if scenario.startswith("single") else BATCH_ROWS
+        for peer, t in peers.items():
+            by = results[scenario]
+            left = [f"{k} ({by[k].errors} errors in {by[k].requests})" for k in t["setups"] if not answered_all(by[k])]
+            if t["rps"] is None:
+                taken_text = "none: no setup answered every request"
+            else:
+                fast, steady = by[t["rps"]], by[t["p99"]]
+                taken_text = (
+                    f"throughput {t['rps']} ({fast.rps * rows:,.0f} {'req' if rows == 1 else 'rows'}/s), "
+                    f"p99 {t['p99']} ({steady.p99_ms:.1f} ms)"
+                )
+            lines.append(
+                f"{scenario:<14} {peer:<9} {taken_text} of {', '.join(t['setups'])}"
+                + (f"; left out: {', '.join(left)}" if left else "")
+            )
+    return lines
 
 
 def _ratio(a: float, b: float) -> float | None:
