@@ -133,13 +133,18 @@ def serving_venv(log: Callable[[str], None]) -> Path:
     return venv / "bin"
 
 
+def site_packages(python: Path) -> Path:
+    """The site-packages directory of ``python``'s environment."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return Path(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+
+
 def compile_bytecode(python: Path, log: Callable[[str], None]) -> None:
     """Compile the site-packages of ``python``'s environment, as every venv here is: a server's start then reads
     bytecode instead of compiling its imports (``PYTHONDONTWRITEBYTECODE`` may be set, so nothing is cached)."""
     started = time.perf_counter()
-    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    subprocess.run([str(python), "-m", "compileall", "-q", "-j", "0", site], capture_output=True, check=False)
+    site = site_packages(python)
+    subprocess.run([str(python), "-m", "compileall", "-q", "-j", "0", str(site)], capture_output=True, check=False)
     log(f"{site}: bytecode compiled ({time.perf_counter() - started:.1f}s)")
 
 

@@ -24,15 +24,14 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 PRUNED: Final = ("tests", "test")  # ci/src/flight_price/main.py's prune_test_suites
 
 CHILD: Final = r"""
-import json, socket, sys, sysconfig, threading, time, urllib.request
+import json, sys, sysconfig, threading, time, urllib.request
 from pathlib import Path
 import uvicorn
 from app.api.server import create_app
 from app.settings import get_settings
+from tests.harness.services import free_port  # the standard library only, as the serving venv has
 
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+port = free_port()
 server = uvicorn.Server(uvicorn.Config(create_app(get_settings()), host="127.0.0.1", port=port, log_level="warning"))
 thread = threading.Thread(target=server.run, daemon=True)
 thread.start()
@@ -74,7 +73,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="a bundle directory to serve")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "venv_use.json")
     args = parser.parse_args()
-    from bench.peers import serving_venv
+    from bench.peers import serving_venv, site_packages
 
     python = serving_venv(lambda line: print(line, flush=True)) / "python"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BUNDLE_DIR": str(args.bundle.resolve()), "OMP_NUM_THREADS": "1"}
@@ -84,12 +83,7 @@ def main() -> None:
     if completed.returncode != 0:
         sys.exit(f"the serving process failed: {completed.stderr.strip()[-2000:]}")
     imported = {name.removesuffix(".py") for name in json.loads(completed.stdout.strip().splitlines()[-1])}
-    site = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    )  # fmt: skip
+    site = site_packages(python)
     packages: list[dict[str, Any]] = []
     for entry in sorted(site.iterdir()):
         if entry.name.endswith(".dist-info") or entry.name == "__pycache__":
