@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import zipfile
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -49,12 +50,15 @@ if TYPE_CHECKING:
 
 SERVING_FILE: Final = "serving.npz"
 FORM_VERSION: Final = 1
-PROBE_ROWS: Final = 512
+PROBE_ROWS: Final = 1024
 # Up to this many rows a row's buckets are found with Python's bisect and the masks ANDed in one reduction; above
 # it, with numpy's sorted search, one column at a time.
 FEW_ROWS: Final = 16
+# Above FEW_ROWS, rows are predicted this many at a time, in work arrays each thread keeps (``_Work``): a block's
+# arrays stay in the core's cache, and no batch allocates them anew.
+BLOCK_ROWS: Final = 512
 # The batch sizes the load-time check predicts besides the whole probe: one row, and either end of each path.
-CHECKED_BATCHES: Final = (1, 2, FEW_ROWS, FEW_ROWS + 1)
+CHECKED_BATCHES: Final = (1, 2, FEW_ROWS, FEW_ROWS + 1, BLOCK_ROWS + 1)
 # The perfect hash of a single-bit mask: 2 is a primitive root modulo 37 and 67, so 2**i % m differs for every i.
 HASH_MODULUS: Final[dict[type[np.unsignedinteger[Any]], int]] = {np.uint32: 37, np.uint64: 67}
 Matrix = npt.NDArray[np.float64]
@@ -81,6 +85,19 @@ class ModelColumn:
     lookup: npt.NDArray[np.intp] | None = None
 
 
+class _Work:
+    """One thread's work arrays for a block of ``BLOCK_ROWS`` rows."""
+
+    def __init__(self, mask_type: np.dtype[Any], n_trees: int, baseline: float) -> None:
+        self.masks = np.empty((BLOCK_ROWS, n_trees), dtype=mask_type)
+        self.gathered = np.empty((BLOCK_ROWS, n_trees), dtype=mask_type)
+        self.leaf = np.empty((BLOCK_ROWS, n_trees), dtype=np.intp)
+        self.values = np.empty((BLOCK_ROWS, n_trees), dtype=np.float64)
+        self.sums = np.empty((BLOCK_ROWS, n_trees + 1), dtype=np.float64)
+        self.sums[:, 0] = baseline  # the first column never changes: the sum starts from the baseline
+        self.running = np.empty((BLOCK_ROWS, n_trees + 1), dtype=np.float64)
+
+
 class ServingForm:
     """The encoding and the trees as reachable-leaf tables: ``predict`` needs numpy only."""
 
@@ -101,6 +118,7 @@ class ServingForm:
         self.modulus = np.dtype(reachable.dtype).type(leaf_values.shape[1])
         self._tree_rows = np.arange(self.n_trees, dtype=np.intp) * leaf_values.shape[1]
         self._values = np.ascontiguousarray(leaf_values).ravel()
+        self._threads = threading.local()  # each thread's work arrays (``_work``)
         # the few-rows path, in Python: (source, offset, edges as a list or None, lookup as a list or None)
         self._by_row = [
             (
@@ -119,22 +137,45 @@ class ServingForm:
     def predict_encoded(self, matrix: Matrix) -> Matrix:
         """The encoding's output matrix -> predictions."""
         n_rows = matrix.shape[0]
-        if n_rows == 0:
-            return np.empty(0, dtype=np.float64)
         if n_rows <= FEW_ROWS:
             masks = np.bitwise_and.reduce(self.reachable[self._rows_few(matrix)], axis=1)
-        else:
-            masks = self.reachable[self._rows_of(self.columns[0], matrix)]
+            exit_bit = masks & (0 - masks)  # the lowest set bit: the leftmost leaf still reachable
+            leaf = (exit_bit % self.modulus).astype(np.intp) + self._tree_rows
+            sums = np.empty((n_rows, self.n_trees + 1), dtype=np.float64)
+            sums[:, 0] = self.baseline
+            sums[:, 1:] = self._values[leaf]
+            return np.ascontiguousarray(np.add.accumulate(sums, axis=1)[:, -1])
+        out = np.empty(n_rows, dtype=np.float64)
+        work = self._work()
+        for start in range(0, n_rows, BLOCK_ROWS):
+            block = matrix[start : start + BLOCK_ROWS]
+            rows = len(block)
+            masks, gathered, leaf = work.masks[:rows], work.gathered[:rows], work.leaf[:rows]
+            sums, running = work.sums[:rows], work.running[:rows]
+            np.take(self.reachable, self._rows_of(self.columns[0], block), axis=0, out=masks)
             for column in self.columns[1:]:
-                masks &= self.reachable[self._rows_of(column, matrix)]
-        exit_bit = masks & (0 - masks)  # the lowest set bit: the leftmost leaf still reachable
-        leaf = (exit_bit % self.modulus).astype(np.intp)
-        leaf += self._tree_rows
-        sums = np.empty((n_rows, self.n_trees + 1), dtype=np.float64)
-        sums[:, 0] = self.baseline
-        np.take(self._values, leaf, out=sums[:, 1:])
-        # tree by tree, in order, as scikit-learn adds them: a sequential sum, not numpy's pairwise one
-        return np.ascontiguousarray(np.add.accumulate(sums, axis=1)[:, -1])
+                np.take(self.reachable, self._rows_of(column, block), axis=0, out=gathered)
+                np.bitwise_and(masks, gathered, out=masks)
+            np.negative(masks, out=gathered)  # 0 - masks, modulo 2**bits
+            np.bitwise_and(masks, gathered, out=masks)  # the lowest set bit: the leftmost leaf still reachable
+            np.remainder(masks, self.modulus, out=masks)
+            np.copyto(leaf, masks, casting="unsafe")  # each a leaf's hash, under 67
+            np.add(leaf, self._tree_rows, out=leaf)
+            np.take(self._values, leaf, out=work.values[:rows])
+            sums[:, 1:] = work.values[:rows]
+            # tree by tree, in order, as scikit-learn adds them: a sequential sum, not numpy's pairwise one
+            np.add.accumulate(sums, axis=1, out=running)
+            out[start : start + rows] = running[:, -1]
+        return out
+
+    def _work(self) -> _Work:
+        """This thread's work arrays for one block of rows (made once per thread and form: a block's arrays are
+        about 1.2 MB, and allocating them anew for every batch costs more than the walk, as fresh pages fault)."""
+        work: _Work | None = getattr(self._threads, "work", None)
+        if work is None:
+            work = _Work(self.reachable.dtype, self.n_trees, self.baseline)
+            self._threads.work = work
+        return work
 
     @staticmethod
     def _rows_of(column: ModelColumn, matrix: Matrix) -> npt.NDArray[np.intp]:
