@@ -41,12 +41,14 @@ def test_remote_holds_a_dvc_cache_layout_of_the_bundle(
     bundle_dir: Path, target: PublishTarget, published: Published, s3: S3Server
 ) -> None:
     assert published.dvc_hash == dir_hash(bundle_dir)
-    assert published.created and published.uploaded == 4  # three files and the directory listing
+    files = sum(1 for path in bundle_dir.iterdir() if path.is_file())
+    assert files == 5  # metadata.json, the two skops files, serving.npz
+    assert published.created and published.uploaded == files + 1  # every file and the directory listing
     bucket, prefix = target.remote_url.removeprefix("s3://").split("/", 1)
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
     md5 = published.dvc_hash.removesuffix(".dir")
     assert blob_key(prefix, md5) + ".dir" in keys
-    assert len(keys) == 4 and all(key.startswith(f"{prefix}/files/md5/") for key in keys)
+    assert len(keys) == files + 1 and all(key.startswith(f"{prefix}/files/md5/") for key in keys)
 
 
 def test_registered_version_carries_the_bundle_tags_and_the_alias(

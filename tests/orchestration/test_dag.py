@@ -215,7 +215,12 @@ def test_first_run_publishes_and_promotes(stack: Stack) -> None:
     client = stack.s3.client()
     prefix = bundle.removeprefix(f"s3://{BUCKET}/") + "/"
     files = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
-    assert len(files) == 3
+    assert {key.rsplit("/", 1)[-1] for key in files} == {
+        "metadata.json",
+        "model.skops",
+        "transformer.skops",
+        "serving.npz",
+    }
     for key in files:
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         assert stack.blob_key(hashlib.md5(body).hexdigest()) in keys, key  # noqa: S324
