@@ -123,7 +123,7 @@ ENV_EXAMPLE_HEADER: Final = f"""\
 # unset (the default applies).
 #
 # Start-up: resolve the bundle (MODEL_HASH, else MLflow MODEL_NAME@MODEL_ALIAS or MODEL_VERSION)
-# -> dvc pull from DVC_REMOTE_URL into MODEL_DIR -> verify its hashes -> exec uvicorn on HOST:PORT.
+# -> pull from DVC_REMOTE_URL into MODEL_DIR (every object checked) -> verify its hashes -> exec uvicorn on HOST:PORT.
 """
 
 

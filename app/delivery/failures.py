@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Final, Literal
 
@@ -125,19 +126,9 @@ def classify_remote_error(exc: BaseException, remote: str, *, url: str | None, o
     (``DVC_REMOTE_URL``) lets them name the object's path in it.
     """
     reason = redact(str(exc) or type(exc).__name__)
-    if isinstance(exc, OSError):  # a directory remote (botocore's own errors are no OSErrors)
-        if isinstance(exc, FileNotFoundError | NotADirectoryError):
-            return missing([oid], remote, url)
-        if isinstance(exc, PermissionError):
-            return DeliveryError(
-                "credentials",
-                f"the remote {remote} refused to be read ({reason})",
-                "that this user may read DVC_REMOTE_URL's directory and its files",
-            )
-        return DeliveryError("pull", f"reading from {remote} failed ({reason})", "the volume holding DVC_REMOTE_URL")
-    from botocore import exceptions as aws
-
-    if isinstance(exc, aws.ClientError):
+    # botocore's errors first: its timeouts are OSErrors too. An error of botocore's means it is imported already.
+    aws = sys.modules.get("botocore.exceptions")
+    if aws is not None and isinstance(exc, aws.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
@@ -159,16 +150,29 @@ def classify_remote_error(exc: BaseException, remote: str, *, url: str | None, o
             f"the remote {remote} answered {code or status} to a read of {object_path(oid, url)} ({reason})",
             "the DVC remote settings (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, DVC_REMOTE_REGION) and the store",
         )
-    if isinstance(exc, aws.NoCredentialsError | aws.PartialCredentialsError | aws.CredentialRetrievalError):
+    if aws is not None and isinstance(
+        exc, aws.NoCredentialsError | aws.PartialCredentialsError | aws.CredentialRetrievalError
+    ):
         return DeliveryError(
             "credentials", f"the remote {remote} got no usable credentials ({reason})", WHERE_CREDENTIALS
         )
-    if isinstance(exc, aws.ConnectionError | aws.HTTPClientError):  # refused, timed out, reset, TLS, cut mid-body
+    if aws is not None and isinstance(exc, aws.ConnectionError | aws.HTTPClientError):
+        # refused, timed out, reset, a TLS failure, an answer cut mid-body
         return DeliveryError(
             "unreachable",
             f"the remote {remote} is unreachable ({reason})",
             "DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL and network access to the store",
         )
+    if isinstance(exc, OSError):  # a directory remote
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            return missing([oid], remote, url)
+        if isinstance(exc, PermissionError):
+            return DeliveryError(
+                "credentials",
+                f"the remote {remote} refused to be read ({reason})",
+                "that this user may read DVC_REMOTE_URL's directory and its files",
+            )
+        return DeliveryError("pull", f"reading from {remote} failed ({reason})", "the volume holding DVC_REMOTE_URL")
     return DeliveryError(
         "pull",
         f"the pull from {remote} failed ({type(exc).__name__}: {reason})",
