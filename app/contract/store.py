@@ -1,12 +1,13 @@
-"""The DVC store layout: how a bundle is kept in, and fetched from, a DVC remote.
+"""The DVC store layout: how a bundle is kept in a DVC remote, and its directory hash.
 
 A bundle is the one output of a DVC work repository (``dvc init --no-scm``): ``<work>/bundle``, named by its
-directory hash ``<md5>.dir``. Publishing pushes from a throw-away work repository; the entrypoint pulls into
-``MODEL_DIR``, another work repository; both are set up by ``prepare_work_repo``, so both see the remote the
-same way. The remote gets DVC 3's normal cache layout (``files/md5/..``). No credential is ever written to
-a DVC config: DVC's S3 client reads the standard ``AWS_*`` variables itself, and a remote or endpoint URL holding
-user-info is refused (the settings refuse it first; this guards callers that bypass them). The ``.dvc``
-directory is still private to its owner (0700, its config 0600): it names the store, and holds the cache.
+directory hash ``<md5>.dir``, the md5 of its listing (``listing_bytes``). Publishing pushes from a throw-away
+work repository set up by ``prepare_work_repo`` (with DVC, imported there only); the remote gets DVC 3's normal
+cache layout (``files/md5/..``), which the serving pull (``app.delivery.pull``) reads without DVC, and
+``dir_hash`` computes the hash without DVC too. No credential is ever written to a DVC config: DVC's S3 client
+reads the standard ``AWS_*`` variables itself, and a remote or endpoint URL holding user-info is refused (the
+settings refuse it first; this guards callers that bypass them). The ``.dvc`` directory is still private to its
+owner (0700, its config 0600): it names the store, and holds the cache.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def site_cache_dir(work: Path) -> Path:
 def ensure_user_name() -> None:
     """Give the process a user name if its uid has none: DVC names its per-repository cache after
     ``getpass.getuser()``, which fails for a uid without a passwd entry (platforms that run containers under
-    arbitrary uids). ``USER`` reaches ``dvc pull`` children too."""
+    arbitrary uids)."""
     try:
         getpass.getuser()
     except (KeyError, OSError):

@@ -30,10 +30,10 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, TypeVar
+from typing import Final, TypeVar
 
 from app.contract.connection import CREDENTIALS_IN_URL, holds_credentials, redact
 from app.contract.hashing import file_digest
@@ -115,9 +115,18 @@ def open_remote(settings: Settings) -> Remote:
     return DirectoryRemote(Path(url))
 
 
-def pull(settings: Settings, dvc_hash: str, report: Report = quiet, *, deadline: float | None = None) -> Pulled:
+def pull(
+    settings: Settings,
+    dvc_hash: str,
+    report: Report = quiet,
+    *,
+    deadline: float | None = None,
+    seeds: Sequence[Path] = (),
+) -> Pulled:
     """Pull the bundle ``dvc_hash`` into ``MODEL_DIR/bundle`` with retries and backoff, within ``deadline`` (the
-    one delivery shares; default ``PULL_DEADLINE_S`` from now)."""
+    one delivery shares; default ``PULL_DEADLINE_S`` from now). ``seeds`` are other caches (``cache_of`` another
+    ``MODEL_DIR``) to take intact objects from before downloading them: a candidate's pull takes what the served
+    bundle shares with it."""
     work = configure_remote(settings)
     if not dvc_hash.endswith(DIR_SUFFIX):
         raise DeliveryError(
@@ -139,7 +148,8 @@ def pull(settings: Settings, dvc_hash: str, report: Report = quiet, *, deadline:
             "that the remote answers (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, network), or raise PULL_DEADLINE_S",
         )
         with _running() as stop:
-            return _bounded(lambda: _Attempt(work, remote, where, url, stop).run(dvc_hash), left, stop, where, too_slow)
+            run = _Attempt(work, remote, where, url, stop, seeds).run
+            return _bounded(lambda: run(dvc_hash), left, stop, where, too_slow)
 
     try:
         fetched, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
@@ -219,9 +229,12 @@ def _stopped(where: str) -> PullStoppedError:
 class _Attempt:
     """One attempt at the whole pull: the listing, each object it names, the checkout."""
 
-    def __init__(self, work: Path, remote: Remote, where: str, url: str | None, stop: threading.Event) -> None:
+    def __init__(
+        self, work: Path, remote: Remote, where: str, url: str | None, stop: threading.Event, seeds: Sequence[Path]
+    ) -> None:
         self.work, self.remote, self.where, self.url, self.stop = work, remote, where, url, stop
-        self.cache = work / CACHE
+        self.cache = cache_of(work)
+        self.seeds = [seed for seed in seeds if seed != self.cache]
         self.fetched = 0
 
     def run(self, dvc_hash: str) -> int:
@@ -245,8 +258,8 @@ class _Attempt:
         return self.cache / oid[:2] / oid[2:]
 
     def fetch(self, oid: str) -> None:
-        """Object ``oid`` in the cache, checked against its id: kept if already there and intact, else
-        downloaded to a temporary name, checked, and renamed."""
+        """Object ``oid`` in the cache, checked against its id: kept if already there and intact, else taken
+        from a seed cache where it is intact there, else downloaded to a temporary name, checked, and renamed."""
         target = self.cached(oid)
         expected = oid.removesuffix(DIR_SUFFIX)
         try:
@@ -255,13 +268,17 @@ class _Attempt:
                     return
                 target.unlink()  # damaged in the cache: download it again
             target.parent.mkdir(parents=True, exist_ok=True)
+            if self.seeded(oid, target, expected):
+                return
             part = target.with_name(f".{target.name}.{secrets.token_hex(6)}{PART}")
-            out = part.open("xb")
+            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # unbuffered: a failed write fails here
         except OSError as exc:
             raise unusable_model_dir(self.work, exc) from None
         try:
-            with out:
+            try:
                 digest = self.download(oid, out)
+            finally:
+                os.close(out)
             if digest != expected:
                 raise corrupt(oid, self.where, self.url)
             if self.stop.is_set():
@@ -275,8 +292,31 @@ class _Attempt:
         finally:
             part.unlink(missing_ok=True)
 
-    def download(self, oid: str, out: BinaryIO) -> str:
-        """Stream object ``oid`` into ``out``; the md5 of what was read."""
+    def seeded(self, oid: str, target: Path, expected: str) -> bool:
+        """Whether ``oid`` was taken from a seed cache: a hard link (a copy across volumes) to a temporary name,
+        checked there (a seed may change under us), then renamed to ``target``."""
+        for seed in self.seeds:
+            source = seed / oid[:2] / oid[2:]
+            part = target.with_name(f".{target.name}.{secrets.token_hex(6)}{PART}")
+            try:
+                try:
+                    os.link(source, part)
+                except OSError:
+                    if not source.is_file():
+                        continue
+                    shutil.copyfile(source, part)
+                if file_digest(part, "md5") == expected:
+                    part.chmod(0o444)
+                    part.replace(target)
+                    return True
+            except FileNotFoundError:  # gone from the seed meanwhile
+                continue
+            finally:
+                part.unlink(missing_ok=True)
+        return False
+
+    def download(self, oid: str, out: int) -> str:
+        """Stream object ``oid`` into the file descriptor ``out``; the md5 of what was read."""
         digest = hashlib.md5(usedforsecurity=False)
         with contextlib.closing(self.remote.chunks(oid)) as chunks:
             while True:
@@ -290,13 +330,11 @@ class _Attempt:
                     break
                 digest.update(chunk)
                 try:
-                    out.write(chunk)
+                    written = 0
+                    while written < len(chunk):
+                        written += os.write(out, chunk[written:])
                 except OSError as exc:
                     raise unusable_model_dir(self.work, exc) from None
-        try:
-            out.flush()
-        except OSError as exc:
-            raise unusable_model_dir(self.work, exc) from None
         return digest.hexdigest()
 
     def read_listing(self, oid: str) -> dict[str, str]:
@@ -356,6 +394,11 @@ class _Attempt:
         finally:
             for leftover in (staging, replaced):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def cache_of(model_dir: Path) -> Path:
+    """The cache of the pulls into ``model_dir``: DVC 3's layout, ``<md5[:2]>/<md5[2:]>`` below it."""
+    return model_dir / CACHE
 
 
 def _clear_leftovers(work: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from app.contract.store import dir_hash, listing_bytes
 from app.delivery.failures import DeliveryError
-from app.delivery.pull import CACHE, PullStoppedError, pull, stop_pulls
+from app.delivery.pull import CACHE, PullStoppedError, cache_of, pull, stop_pulls
 from app.delivery.verify import verify
 from app.settings import Settings
 from orchestration.publish import PublishTarget, push_bundle
@@ -99,6 +99,10 @@ def test_a_pull_is_bit_identical_verified_and_a_second_one_fetches_nothing(
     cached.write_bytes(b"{}")
     third = pull(settings, pushed)
     assert third.fetched == 1 and verify(third.bundle_dir, pushed).content_hash
+    # a candidate's pull into its own directory takes what another cache in MODEL_DIR holds (checked) instead
+    candidate = settings.model_copy(update={"model_dir": tmp_path / "refresh" / "candidate"})
+    seeded = pull(candidate, pushed, seeds=[cache_of(tmp_path)])
+    assert seeded.fetched == 0 and verify(seeded.bundle_dir, pushed).content_hash
 
 
 def test_a_pull_from_a_directory_remote(bundle_dir: Path, tmp_path: Path) -> None:
