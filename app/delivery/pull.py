@@ -138,8 +138,9 @@ def pull(
     where = describe_remote(settings)
     url = settings.dvc_remote_url
     _clear_leftovers(work)
+    downloaded = [0]  # by every attempt: one that failed may have downloaded some objects already
 
-    def attempt(left: float) -> int:
+    def attempt(left: float) -> None:
         if left <= 0:
             raise DeliveryError("unreachable", f"no time left to pull from {where}", "PULL_DEADLINE_S")
         too_slow = DeliveryError(
@@ -148,15 +149,15 @@ def pull(
             "that the remote answers (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, network), or raise PULL_DEADLINE_S",
         )
         with _running() as stop:
-            run = _Attempt(work, remote, where, url, stop, seeds).run
-            return _bounded(lambda: run(dvc_hash), left, stop, where, too_slow)
+            run = _Attempt(work, remote, where, url, stop, seeds, downloaded).run
+            _bounded(lambda: run(dvc_hash), left, stop, where, too_slow)
 
     try:
-        fetched, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
+        _, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
     except DeliveryError:
         discard(work)
         raise
-    return Pulled(work / BUNDLE_NAME, fetched, attempts)
+    return Pulled(work / BUNDLE_NAME, downloaded[0], attempts)
 
 
 def describe_remote(settings: Settings) -> str:
@@ -230,15 +231,22 @@ class _Attempt:
     """One attempt at the whole pull: the listing, each object it names, the checkout."""
 
     def __init__(
-        self, work: Path, remote: Remote, where: str, url: str | None, stop: threading.Event, seeds: Sequence[Path]
+        self,
+        work: Path,
+        remote: Remote,
+        where: str,
+        url: str | None,
+        stop: threading.Event,
+        seeds: Sequence[Path],
+        downloaded: list[int],
     ) -> None:
         self.work, self.remote, self.where, self.url, self.stop = work, remote, where, url, stop
         self.cache = cache_of(work)
         self.seeds = [seed for seed in seeds if seed != self.cache]
-        self.fetched = 0
+        self.downloaded = downloaded  # the pull's count of objects downloaded, this attempt's added
 
-    def run(self, dvc_hash: str) -> int:
-        """Pull the bundle ``dvc_hash``; the objects downloaded."""
+    def run(self, dvc_hash: str) -> None:
+        """Pull the bundle ``dvc_hash`` into the cache, then check it out."""
         self.fetch(dvc_hash)
         entries = self.read_listing(dvc_hash)
         absent: list[str] = []
@@ -252,7 +260,6 @@ class _Attempt:
         if absent:
             raise missing(absent, self.where, self.url)
         self.check_out(entries)
-        return self.fetched
 
     def cached(self, oid: str) -> Path:
         return self.cache / oid[:2] / oid[2:]
@@ -288,7 +295,7 @@ class _Attempt:
                 part.replace(target)
             except OSError as exc:
                 raise unusable_model_dir(self.work, exc) from None
-            self.fetched += 1
+            self.downloaded[0] += 1
         finally:
             part.unlink(missing_ok=True)
 

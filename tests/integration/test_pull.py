@@ -245,7 +245,7 @@ def silent_store() -> Iterator[str]:
 def test_an_unreachable_or_silent_store_fails_within_the_deadline(
     pushed: str, silent_store: str, tmp_path: Path
 ) -> None:
-    deadline = 3.0
+    deadline = 2.0
     for endpoint, words in (
         (f"http://{LOOPBACK}:{free_port()}", "is unreachable (Could not connect"),  # nothing listens
         (silent_store, "unreachable or too slow: the pull did not finish before PULL_DEADLINE_S"),
