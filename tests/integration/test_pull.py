@@ -26,7 +26,7 @@ from app.delivery.verify import verify
 from app.settings import Settings
 from orchestration.publish import PublishTarget, push_bundle
 from tests.harness.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_port
-from tests.integration.conftest import ROOT, SECRET, entrypoint_env, target_for, unique
+from tests.integration.conftest import ROOT, SECRET, _clean_environ, entrypoint_env, target_for, unique
 
 PREFIX = "bundle"
 BANNED = ("dvc", "dvc_data", "dvc_objects", "s3fs", "aiobotocore", "fsspec", "boto3")
@@ -302,7 +302,12 @@ def test_the_serving_start_pulls_without_importing_dvc_or_its_stack(
         tmp_path, remote_url=f"s3://{bucket}/{PREFIX}", endpoint_url=s3.endpoint_url, MODEL_HASH=pushed
     )
     done = subprocess.run(
-        [sys.executable, "-c", NO_DVC], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", NO_DVC],
+        cwd=ROOT,
+        env={**_clean_environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"{tmp_path / 'bundle'} []"
