@@ -111,14 +111,11 @@ def other_s3_credentials() -> bool:
 
 
 def import_server_modules() -> None:
-    """Import what ``serve`` runs: skops' loader, which the bundle load needs (at import it lists every
-    scikit-learn estimator, importing them all, and every numpy and scipy ufunc: over half a second), then uvicorn,
-    the app's modules (``app.api.server`` and all it imports) and their libraries. Not ``app.main`` itself, which
-    builds the app from the settings as they are when it is imported: uvicorn imports it once the delivered bundle's
-    ``BUNDLE_DIR`` and ``MODEL_VERSION`` are in the environment. A failure shows again when ``serve`` or the bundle
-    load imports them itself."""
+    """Import what ``serve`` runs: uvicorn, the app's modules (``app.api.server`` and all it imports) and their
+    libraries. Not ``app.main`` itself, which builds the app from the settings as they are when it is imported:
+    uvicorn imports it once the delivered bundle's ``BUNDLE_DIR`` and ``MODEL_VERSION`` are in the environment. A
+    failure shows again when ``serve`` or the bundle load imports them itself."""
     try:
-        import skops.io  # noqa: F401
         import uvicorn  # noqa: F401
 
         import app.api.limits

@@ -2,7 +2,7 @@
 
 Scores a CSV or Parquet file of records through what the server runs for a request: the bundle's request schema
 (``app.model.schema.RecordSchema.parse_columns``, the rules of the records API and of the V2 columnar tensors)
-and the server's predictor (``app.model.predictor.Predictor``, bit-identical to ``Bundle.predict``), so a row
+and the server's predictions (the bundle's serving form, bit-identical to ``Bundle.predict``), so a row
 scored here gets the very float ``/predict`` answers for it. The file is read and written in chunks of
 ``--chunk-rows`` rows (pyarrow's streaming CSV reader, ``ParquetFile.iter_batches``), so memory stays bounded by
 the chunk, whatever the file's size; the chunk size does not change any answer.
@@ -45,8 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from app.contract.bundle import Bundle, BundleError, Feature, load_bundle
-from app.model.predictor import Predictor
+from app.contract.bundle import BundleError, Feature, ServingBundle, load_serving_bundle
 from app.model.schema import RecordSchema, RequestError
 
 PREDICTION: Final = "prediction"  # the output column, as the records API names its answer
@@ -175,13 +174,12 @@ def refusal(exc: RequestError, columns: dict[str, list[Any]], first_row: int) ->
 
 
 def score(
-    bundle: Bundle,
+    bundle: ServingBundle,
     source: Path,
     out: Path,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     keep: Sequence[str] | None = None,
-    threads: int = 1,
     progress: bool = True,
 ) -> Scored:
     """Score ``source`` (CSV or Parquet) with ``bundle`` into the Parquet file ``out``; see the module's doc."""
@@ -191,7 +189,6 @@ def score(
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     schema = RecordSchema.from_metadata(bundle.metadata, max_records=chunk_rows)
-    predictor = Predictor(bundle, threads)
     features = {feature.name: feature for feature in bundle.metadata.features}
     names, source_batches = batches(source, chunk_rows)
     missing = [name for name in features if name not in names]
@@ -221,7 +218,7 @@ def score(
             values = schema.columns(parsed)
             for name, count in schema.outside_training(values).items():
                 outside[name] += count
-            predictions = predictor.predict_columns(values)
+            predictions = bundle.predict(values)
             result = table.select(kept).append_column(PREDICTION, pa.array(predictions, type=pa.float64()))
             if writer is None:
                 writer = pa.parquet.ParquetWriter(partial, result.schema)
@@ -291,14 +288,14 @@ def default_model_dir() -> Path:
 def parser() -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
         prog="python -m app.score",
-        description="Score a CSV or Parquet file of flight records with the server's predictor, in chunks, into a "
+        description="Score a CSV or Parquet file of flight records with the server's predictions, in chunks, into a "
         f"Parquet file: the input's columns (or --keep's) and {PREDICTION!r}. A bad row fails the whole file, "
         "named by its row (data rows counted from 1), and no output is written.",
     )
     parse.add_argument("input", type=Path, help="a .csv (with a header) or .parquet file holding every feature column")
     parse.add_argument("output", type=Path, help="the Parquet file to write (replaced if it exists)")
     which = parse.add_mutually_exclusive_group(required=True)
-    which.add_argument("--bundle", type=Path, help="a bundle directory (transformer.skops, model.skops, metadata.json)")
+    which.add_argument("--bundle", type=Path, help="a bundle directory (metadata.json, serving.npz, ...)")
     which.add_argument(
         "--model",
         help="models:/NAME@ALIAS or models:/NAME/VERSION, resolved through MLFLOW_TRACKING_URI and pulled from "
@@ -313,7 +310,6 @@ def parser() -> argparse.ArgumentParser:
         "--keep", action="append", default=None, metavar="COLUMN",
         help="an input column to copy into the output (repeatable; default: every input column)",
     )  # fmt: skip
-    parse.add_argument("--threads", type=int, default=1, help="OpenMP threads per predict call (default 1)")
     parse.add_argument("--no-progress", action="store_true", help="no progress bar, only the summary line")
     return parse
 
@@ -338,14 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fail(str(exc), exc.exit_code)
             except SettingsError as exc:
                 fail(str(exc), 2)
-        bundle = load_bundle(bundle_dir)
+        bundle = load_serving_bundle(bundle_dir)
         done = score(
             bundle,
             args.input,
             args.output,
             chunk_rows=args.chunk_rows,
             keep=args.keep,
-            threads=args.threads,
             progress=not args.no_progress,
         )
     except (ScoreError, BundleError) as exc:

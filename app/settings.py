@@ -47,7 +47,6 @@ class Settings(ConnectionSettings):
         description="Log line format of the app's and uvicorn's lines alike; one access line per request (method, "
         "path, status, latency, request id).",
     )
-    predict_threads: int = Field(1, ge=1, le=64, description="Threads for one predict call (OpenMP/BLAS).")
     max_batch_records: int = Field(
         1000,
         ge=1,

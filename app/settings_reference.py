@@ -90,7 +90,6 @@ SECTIONS: Final = (
             "WORKERS",
             "LOG_LEVEL",
             "LOG_FORMAT",
-            "PREDICT_THREADS",
             "MAX_BATCH_RECORDS",
             "MAX_BODY_BYTES",
             "MICROBATCH_MAX_SIZE",

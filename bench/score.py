@@ -103,16 +103,15 @@ def chunk_steps(bundle_dir: Path, data: Path, rows: int) -> dict[str, float]:
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.csv  # type: ignore[import-untyped]
 
-    from app.contract.bundle import load_bundle
-    from app.model.predictor import Predictor
+    from app.contract.bundle import load_serving_bundle
     from app.model.schema import RecordSchema
     from app.score import decode
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_serving_bundle(bundle_dir)
     names = pyarrow.csv.read_csv(data, read_options=pyarrow.csv.ReadOptions(block_size=1 << 16)).column_names
     types = pyarrow.csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
     table = pyarrow.csv.read_csv(data, convert_options=types).slice(0, rows)
-    schema, predictor = RecordSchema.from_metadata(bundle.metadata, rows), Predictor(bundle)
+    schema, predictor = RecordSchema.from_metadata(bundle.metadata, rows), bundle.form
     features = {feature.name: feature for feature in bundle.metadata.features}
     times = [time.perf_counter()]
     columns = {name: decode(table.column(name), features[name], 1) for name in features}
@@ -121,7 +120,7 @@ def chunk_steps(bundle_dir: Path, data: Path, rows: int) -> dict[str, float]:
     times.append(time.perf_counter())
     values = schema.columns(parsed)
     times.append(time.perf_counter())
-    predictor.predict_columns(values)
+    predictor.predict(values)
     times.append(time.perf_counter())
     steps = ("decode_s", "validate_s", "to_columns_s", "predict_s")
     return {"rows": rows, **{step: round(b - a, 3) for step, a, b in zip(steps, times, times[1:], strict=False)}}

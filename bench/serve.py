@@ -49,9 +49,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle
+from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle, load_serving_bundle
 from app.contract.connection import DEFAULT_MODEL_NAME
-from app.model.predictor import Predictor, probe_columns
+from app.contract.serving_form import probe_columns
 from bench.load import LoadResult, available_generator, run_load
 from bench.peers import (
     BENTOML,
@@ -189,10 +189,11 @@ def train_bundle(rows: int, workdir: Path) -> Path:
 
 
 def in_process(bundle: Bundle, repeats: int = 2000) -> dict[str, float]:
-    """In-process medians: Bundle.predict on one record and on 1,000, and the server's direct predictor."""
+    """In-process medians: Bundle.predict on one record and on 1,000, and the server's predictor (the bundle's
+    serving form)."""
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    predictor = Predictor(bundle)
+    form = load_serving_bundle(bundle.path).form
     one = {k: [v] for k, v in bundle.metadata.example.items()}
     batch = probe_columns(bundle.metadata, BATCH_ROWS, seed=5)
 
@@ -209,9 +210,8 @@ def in_process(bundle: Bundle, repeats: int = 2000) -> dict[str, float]:
         return {
             "bundle_predict_1_ms": median_ms(lambda: bundle.predict(one), repeats),
             "bundle_predict_1000_ms": median_ms(lambda: bundle.predict(batch), repeats // 20),
-            "server_predictor_1_ms": median_ms(lambda: predictor.predict_columns(one), repeats),
-            "server_predictor_1000_ms": median_ms(lambda: predictor.predict_columns(batch), repeats // 20),
-            "server_predictor_direct": float(predictor.direct),
+            "server_predictor_1_ms": median_ms(lambda: form.predict(one), repeats),
+            "server_predictor_1000_ms": median_ms(lambda: form.predict(batch), repeats // 20),
         }
 
 

@@ -1,10 +1,12 @@
 """How fast each candidate walk predicts a 1,000-row batch, on one thread, on two, and beside a parsing thread.
 
-The serving predictor walks a batch of more than ``SMALL_BATCH_ROWS`` rows with scikit-learn's compiled binned
-walk, one call per tree, and each call takes the GIL back. One compiled call for the whole batch would hold the
-GIL once, so this benchmark measures the candidates before any is chosen:
+The server predicts with the bundle's serving form (``app.contract.serving_form``: the trees as reachable-leaf
+tables, numpy only). Before it, the server walked a batch with scikit-learn's compiled binned walk, one call per
+tree, each call taking the GIL back; this benchmark measured one-call alternatives against that walk, and keeps
+them as the figures the serving form is compared with:
 
-- ``per-tree``: the predictor's own walk (``app.model.predictor``): ``_predict_from_binned_data`` once per tree;
+- ``serving-form``: what the server runs now, on the transformer's output (its bucketing included);
+- ``per-tree``: scikit-learn's ``_predict_from_binned_data`` once per tree, after ``_map_to_bins``;
 - ``stacked``: ``StackedTrees`` below, the same compiled walk called once for every tree: the trees stacked under
   a dispatch tree that splits on an extra binned column, the tree's number, each row repeated once per tree;
 - ``treelite-gtil``: treelite's GTIL (its C++ walk, one call per batch through ctypes, which releases the GIL),
@@ -12,7 +14,8 @@ GIL once, so this benchmark measures the candidates before any is chosen:
   sum runs in scikit-learn's order. treelite needs scipy and is not in the project's lock: it runs in its own
   venv, ``bench/.venvs/treelite-<version>``, made with uv as the peers' are (``bench.peers.install``).
 
-Each walk predicts the same transformed 1,000 rows for ``--seconds`` per setting, with ``OMP_NUM_THREADS=1``;
+The three scikit-learn-based walks take the model's input, its preprocessing done once outside their timing.
+Each walk predicts the same 1,000 rows for ``--seconds`` per setting, with ``OMP_NUM_THREADS=1``;
 "beside a parser" runs a thread that keeps decoding a 1,000-record JSON body with ``json.loads`` (holding the GIL
 throughout, the worst case of an event loop parsing requests) and reports both rates. Every walk's answers on
 20,000 probe rows are compared bit for bit with ``Bundle.predict``.
@@ -86,30 +89,44 @@ def rates(walk: Walk, features: Matrix, seconds: float) -> dict[str, float]:
     return out
 
 
+def model_input(model: Any, features: Matrix) -> Matrix:
+    """The model's own input for the transformer's output: its internal preprocessor (categorical columns first,
+    each category code as the model's encoder numbers it, unknown NaN), as ``model.predict`` applies it."""
+    preprocessor = getattr(model, "_preprocessor", None)
+    data = features if preprocessor is None else preprocessor.transform(features)
+    return np.ascontiguousarray(data, dtype=np.float64)
+
+
 def sklearn_walks(model: Any) -> dict[str, Walk]:
-    """The serving predictor's walk of larger batches (one compiled call per tree) and the stacked one, on the
-    model's input (the transformer's output)."""
+    """scikit-learn's compiled binned walk, one call per tree (what the server ran before its serving form), and
+    the stacked one, on the model's input (``model_input``)."""
     from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
     from sklearn.ensemble._hist_gradient_boosting._predictor import _predict_from_binned_data
 
-    from app.model.predictor import _direct_path, _preprocessor
-
-    path = _direct_path(model, 1)
-    reorder = _preprocessor(model._preprocessor)
-    assert path is not None and reorder is not None
     mapper = model._bin_mapper
     trees = [tree for iteration in model._predictors for tree in iteration]
     missing_bin = mapper.missing_values_bin_idx_
-    stacked = StackedTrees(trees, len(mapper.bin_thresholds_), missing_bin, float(model._baseline_prediction[0, 0]),
-                           _predict_from_binned_data)  # fmt: skip
+    baseline = float(model._baseline_prediction[0, 0])
+    stacked = StackedTrees(trees, len(mapper.bin_thresholds_), missing_bin, baseline, _predict_from_binned_data)
 
-    def stacked_walk(features: Matrix) -> Matrix:
-        data = reorder(features)
+    def binned_rows(data: Matrix) -> npt.NDArray[np.uint8]:
         binned = np.empty(data.shape, dtype=np.uint8, order="F")
         _map_to_bins(data, mapper.bin_thresholds_, mapper.is_categorical_, missing_bin, 1, binned)
-        return stacked.raw(binned, 1)  # the squared error's link is the identity
+        return binned
 
-    return {"per-tree": path[0], "stacked": stacked_walk}
+    def per_tree_walk(data: Matrix) -> Matrix:
+        binned = binned_rows(data)
+        raw = np.full(len(data), baseline + 0.0)  # as scikit-learn starts: zeros plus the baseline
+        values = np.empty(len(data), dtype=np.float64)
+        for tree in trees:
+            _predict_from_binned_data(tree.nodes, binned, tree.binned_left_cat_bitsets, missing_bin, 1, values)
+            raw += values
+        return raw
+
+    def stacked_walk(data: Matrix) -> Matrix:
+        return stacked.raw(binned_rows(data), 1)  # the squared error's link is the identity
+
+    return {"per-tree": per_tree_walk, "stacked": stacked_walk}
 
 
 class StackedTrees:
@@ -199,16 +216,12 @@ def gtil_walk(model: Any) -> Walk:
     import treelite  # type: ignore[import-not-found]
     from treelite import model_builder as mb
 
-    from app.model.predictor import _preprocessor
-
-    pre = model._preprocessor
-    order = [*np.flatnonzero(pre.transformers_[0][2]), *np.flatnonzero(pre.transformers_[1][2])]
     trees = [tree for iteration in model._predictors for tree in iteration]
     baseline = float(model._baseline_prediction[0, 0])
     builder = mb.ModelBuilder(
         threshold_type="float64",
         leaf_output_type="float64",
-        metadata=mb.Metadata(len(order), "kRegressor", False, 1, [1], (1, 1)),  # one float64 output per row
+        metadata=mb.Metadata(model.n_features_in_, "kRegressor", False, 1, [1], (1, 1)),  # one float64 output per row
         tree_annotation=mb.TreeAnnotation(num_tree=len(trees), target_id=[0] * len(trees), class_id=[0] * len(trees)),
         postprocessor=mb.PostProcessorFunc(name="identity"),
         base_scores=[0.0],
@@ -226,46 +239,48 @@ def gtil_walk(model: Any) -> Walk:
                     words = tree.raw_left_cat_bitsets[node["bitset_idx"]]
                     left = [c for c in range(256) if (int(words[c // 32]) >> (c % 32)) & 1]
                     builder.categorical_test(
-                        int(order[node["feature_idx"]]), default_left=default_left, category_list=left,
+                        int(node["feature_idx"]), default_left=default_left, category_list=left,
                         category_list_right_child=False, **children,
                     )  # fmt: skip
                 else:
                     builder.numerical_test(
-                        int(order[node["feature_idx"]]), float(node["num_threshold"]), default_left=default_left,
+                        int(node["feature_idx"]), float(node["num_threshold"]), default_left=default_left,
                         opname="<=", **children,
                     )  # fmt: skip
             builder.end_node()
         builder.end_tree()
     forest = builder.commit()
-    # the model's own encoder, as the predictor applies it (unknown codes NaN), then the transformer's column order
-    reorder = _preprocessor(pre)
-    assert reorder is not None
-    back = np.argsort(order)
 
-    def predict(features: Matrix) -> Matrix:
-        data = np.ascontiguousarray(reorder(features)[:, back])
+    def predict(data: Matrix) -> Matrix:
         return np.asarray(treelite.gtil.predict(forest, data, nthread=1), dtype=np.float64).reshape(-1)
 
     return predict
 
 
 def measure(bundle_dir: Path, names: list[str], seconds: float) -> dict[str, Any]:
+    """Each walk of ``names`` on the same rows: the serving form on the transformer's output, the others on the
+    model's input (its preprocessing done once beforehand, outside their timing)."""
     from app.contract.bundle import load_bundle
-    from app.model.predictor import probe_columns
+    from app.contract.serving_form import compile_serving_form, probe_columns
 
     bundle = load_bundle(bundle_dir)
     columns = probe_columns(bundle.metadata, CHECK_ROWS, seed=21)
     features = bundle.transformer.transform(columns)
+    data = model_input(bundle.model, features)
     expected = bundle.predict(columns)
-    walks = sklearn_walks(bundle.model) if "per-tree" in names else {}
+    walks: dict[str, tuple[Walk, Matrix]] = {}
+    if "serving-form" in names:
+        walks["serving-form"] = (compile_serving_form(bundle.transformer, bundle.model).predict_encoded, features)
+    if "per-tree" in names:
+        walks.update({name: (walk, data) for name, walk in sklearn_walks(bundle.model).items()})
     if "treelite-gtil" in names:
-        walks["treelite-gtil"] = gtil_walk(bundle.model)
-    batch = np.ascontiguousarray(features[:BATCH_ROWS])
+        walks["treelite-gtil"] = (gtil_walk(bundle.model), data)
     results: dict[str, Any] = {}
-    for name, walk in walks.items():
-        got = walk(features)
+    for name, (walk, rows) in walks.items():
+        got = walk(rows)
         identical = bool(np.array_equal(got, expected))
         differing = int(np.count_nonzero(got != expected))
+        batch = np.ascontiguousarray(rows[:BATCH_ROWS])
         results[name] = {"identical": identical, "rows_differing": differing, **rates(walk, batch, seconds)}
     return results
 
@@ -273,7 +288,7 @@ def measure(bundle_dir: Path, names: list[str], seconds: float) -> dict[str, Any
 def gtil_in_its_venv(bundle_dir: Path, seconds: float) -> dict[str, Any]:
     from bench.peers import Peer, install, lock_versions, peer_env
 
-    # what app.contract.bundle and app.model.predictor import besides the bundle's libraries, at the lock's versions
+    # what app.contract.bundle imports besides the bundle's libraries, at the lock's versions
     pins = tuple(f"{name}=={version}" for name, version in lock_versions(APP_IMPORTS).items())
     peer = Peer("treelite", f"treelite {TREELITE_VERSION}", f"treelite-{TREELITE_VERSION}",
                 (f"treelite=={TREELITE_VERSION}", *pins))  # fmt: skip
@@ -309,7 +324,7 @@ def main() -> None:
 
             print(f"training the bench bundle on {args.rows:,} rows ...", flush=True)
             bundle_dir = train_bundle(args.rows, Path(scratch))
-        results = measure(bundle_dir, ["per-tree", "stacked"], args.seconds)
+        results = measure(bundle_dir, ["serving-form", "per-tree"], args.seconds)
         if not args.no_treelite:
             results.update(gtil_in_its_venv(bundle_dir, args.seconds))
     load = os.getloadavg()

@@ -27,8 +27,10 @@ CODE_FILES: Final = (
     "app/features.py",
     "app/contract/__init__.py",
     "app/contract/bundle.py",
+    "app/contract/encoding.py",
     "app/contract/features.py",
     "app/contract/hashing.py",
+    "app/contract/serving_form.py",
 )
 
 

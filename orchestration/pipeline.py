@@ -167,6 +167,7 @@ def evaluate_and_bundle(
         params={**config.model.model_dump(), "n_iter": int(model.n_iter_)},
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
         name=config.bundle_name,
+        check_columns=splits.test,
     )
     metadata = load_bundle(out_dir).metadata  # verified and loaded, trusted types only, before anyone uses it
     report(f"bundle {out_dir} (content hash {metadata.content_hash[:12]})")

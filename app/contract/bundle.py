@@ -4,10 +4,16 @@ A bundle is a directory::
 
     transformer.skops   the fitted FeatureTransformer
     model.skops         the fitted regressor
+    serving.npz         the serving form: the transformer and the trees as arrays (``app.contract.serving_form``)
     metadata.json       feature schema, target, metrics, data hash, library versions, file hashes
 
-Artifacts are saved with skops, whose loader refuses any type that is not explicitly trusted, so loading a
-bundle never executes arbitrary code. ``content_hash`` covers every artifact file and the metadata itself;
+The server loads only the metadata and the serving form (``load_serving_bundle``), with numpy alone: the form was
+checked against the model at bundle time and carries a probe that loading re-predicts bit for bit. A bundle
+whose model has no serving form (any model but a single-output ``HistGradientBoostingRegressor`` with the
+identity link), or one written before bundles carried one, is refused by the server with that reason.
+Training, evaluation and offline checks load the scikit-learn artifacts (``load_bundle``). They are saved
+with skops, whose loader refuses any type that is not explicitly trusted, so loading a bundle never executes
+arbitrary code. ``content_hash`` covers every artifact file and the metadata itself;
 loading recomputes it and refuses a tampered or incomplete bundle. Trusted types are not trusted structure:
 a gradient-boosting model's trees are walked by compiled code that follows their child and feature indices
 without checks, so loading also checks those (``check_trees``) and refuses a model that would loop or read
@@ -18,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -30,9 +37,22 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.contract.hashing import file_digest
+from app.contract.serving_form import (
+    PROBE_ROWS,
+    SERVING_FILE,
+    NoServingForm,
+    ServingForm,
+    ServingFormError,
+    StoredForm,
+    compile_serving_form,
+    probe_columns,
+)
 
 if TYPE_CHECKING:  # scikit-learn and skops load only when artifacts do: verifying a bundle stays cheap
-    from app.contract.features import Columns, FeatureTransformer
+    from app.contract.encoding import Columns
+    from app.contract.features import FeatureTransformer
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION: Final = 1
 TRANSFORMER_FILE: Final = "transformer.skops"
@@ -154,12 +174,20 @@ class Metadata(BaseModel):
         return [f.name for f in self.features]
 
 
+# What a serving form's arrays depend on: the server compares these with the bundle's and reports a difference.
+SERVING_LIBRARIES: Final = ("python", "numpy")
+
+
 def library_versions() -> dict[str, str]:
-    """Versions that must match between training and serving for the artifacts to load identically."""
-    return {
-        "python": platform.python_version(),
-        **{name: version(name) for name in ("scikit-learn", "numpy", "skops")},
-    }
+    """Versions that must match between training and serving for the artifacts to load identically (those of
+    scikit-learn and skops only where they are installed: the serving image has neither)."""
+    found = {"python": platform.python_version()}
+    for name in ("scikit-learn", "numpy", "skops"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 # How many leading version parts must match for a library's stored form to be the one this server reads:
@@ -168,21 +196,22 @@ def library_versions() -> dict[str, str]:
 FORMAT_SERIES: Final[dict[str, int]] = {"scikit-learn": 2, "skops": 2, "numpy": 1}
 
 
-def library_differences(recorded: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Libraries whose version differs between a bundle's training (``recorded``) and this process:
-    ``{name: {"bundle": ..., "server": ...}}``."""
+def library_differences(recorded: dict[str, str], names: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
+    """Libraries (of ``names``, default all) whose version differs between a bundle's training (``recorded``) and
+    this process: ``{name: {"bundle": ..., "server": ...}}``."""
     here = library_versions()
     return {
         name: {"bundle": version, "server": here.get(name, "absent")}
         for name, version in sorted(recorded.items())
-        if here.get(name) != version
+        if here.get(name) != version and (names is None or name in names)
     }
 
 
-def format_differences(recorded: dict[str, str]) -> list[str]:
-    """The differences that change a stored format (``FORMAT_SERIES``), each as "name bundle -> server"."""
+def format_differences(recorded: dict[str, str], names: tuple[str, ...] | None = None) -> list[str]:
+    """The differences that change a stored format (``FORMAT_SERIES``, of ``names``), each as "name bundle ->
+    server"."""
     found = []
-    for name, versions in library_differences(recorded).items():
+    for name, versions in library_differences(recorded, names).items():
         parts = FORMAT_SERIES.get(name)
         if parts and versions["bundle"].split(".")[:parts] != versions["server"].split(".")[:parts]:
             found.append(f"{name} {versions['bundle']} (server {versions['server']})")
@@ -222,6 +251,23 @@ class Bundle:
         return np.asarray(self.model.predict(self.transformer.transform(columns)), dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class ServingBundle:
+    """What the server loads of a bundle: its verified metadata and serving form (numpy only)."""
+
+    path: Path
+    metadata: Metadata
+    form: ServingForm
+
+    @property
+    def content_hash(self) -> str:
+        return self.metadata.content_hash
+
+    def predict(self, columns: Columns) -> npt.NDArray[np.float64]:
+        """Column mapping -> the same predictions as ``Bundle.predict``."""
+        return self.form.predict(columns)
+
+
 def save_bundle(
     path: Path,
     *,
@@ -236,13 +282,19 @@ def save_bundle(
     params: dict[str, Any] | None = None,
     rows: dict[str, int] | None = None,
     name: str | None = None,
+    check_columns: Columns | None = None,
 ) -> Metadata:
-    """Write a bundle directory (created if needed; existing bundle files are replaced) and return its metadata."""
+    """Write a bundle directory (created if needed; existing bundle files are replaced) and return its metadata.
+
+    The serving form is written when the model has one, checked bit for bit against the model on the probe set and
+    on ``check_columns`` (the test split) first: ``BundleError`` if it differs anywhere. A model without one gives a
+    bundle without it, with a warning: the server refuses such a bundle."""
     path.mkdir(parents=True, exist_ok=True)
     import skops.io as sio
 
     sio.dump(transformer, path / TRANSFORMER_FILE)
     sio.dump(model, path / MODEL_FILE)
+    (path / SERVING_FILE).unlink(missing_ok=True)
     metadata = Metadata(
         name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -255,29 +307,62 @@ def save_bundle(
         rows=rows or {},
         library_versions=library_versions(),
         example=example,
-        files={name: file_digest(path / name) for name in ARTIFACT_FILES},
+        files={},
     )
+    files = [*ARTIFACT_FILES]
+    if _write_serving_form(path, transformer, model, metadata, check_columns):
+        files.append(SERVING_FILE)
+    metadata = metadata.model_copy(update={"files": {name: file_digest(path / name) for name in files}})
     metadata = metadata.model_copy(update={"content_hash": content_hash(metadata)})
     (path / METADATA_FILE).write_text(json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n")
     return metadata
+
+
+def _write_serving_form(
+    path: Path, transformer: FeatureTransformer, model: Any, metadata: Metadata, check_columns: Columns | None
+) -> bool:
+    """Write ``serving.npz`` if the model has a serving form that predicts as the model does; whether it did."""
+    try:
+        form = compile_serving_form(transformer, model)
+    except NoServingForm as exc:
+        log.warning("bundle %s gets no serving form, so the server will refuse it: %s", path, exc)
+        return False
+
+    def reference(columns: Columns) -> npt.NDArray[np.float64]:
+        return np.asarray(model.predict(transformer.transform(columns)), dtype=np.float64)
+
+    probe = {name: np.asarray(values) for name, values in probe_columns(metadata, PROBE_ROWS).items()}
+    stored = StoredForm(form, probe, reference(probe))
+    try:
+        stored.check()
+    except ServingFormError as exc:
+        raise BundleError(f"bundle {path}: the serving form {exc}") from None
+    if check_columns is not None and not form.agrees(check_columns, reference(check_columns)):
+        raise BundleError(f"bundle {path}: the serving form does not predict the test split bit for bit as the model")
+    stored.save(path / SERVING_FILE)
+    return True
 
 
 def read_metadata(path: Path) -> Metadata:
     """Read and verify ``metadata.json`` and the artifact files' hashes, without loading the artifacts."""
     if not path.is_dir():
         raise BundleError(f"bundle directory {path} does not exist")
-    missing = [name for name in (METADATA_FILE, *ARTIFACT_FILES) if not (path / name).is_file()]
-    if missing:
+    if not (path / METADATA_FILE).is_file():
+        missing = [name for name in (METADATA_FILE, *ARTIFACT_FILES) if not (path / name).is_file()]
         raise BundleError(f"bundle {path} is incomplete: missing {', '.join(missing)}")
     try:
         metadata = Metadata.model_validate_json((path / METADATA_FILE).read_bytes())
     except ValueError as exc:
         raise BundleError(f"bundle {path}: {METADATA_FILE} is not valid bundle metadata: {exc}") from exc
+    listed = [*ARTIFACT_FILES, *(name for name in metadata.files if name not in ARTIFACT_FILES)]
+    missing = [name for name in listed if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {path} is incomplete: missing {', '.join(missing)}")
     if metadata.format_version != FORMAT_VERSION:
         raise BundleError(f"bundle {path}: format version {metadata.format_version}, expected {FORMAT_VERSION}")
     if content_hash(metadata) != metadata.content_hash:
         raise BundleError(f"bundle {path}: {METADATA_FILE} does not match its content hash (tampered?)")
-    for name in ARTIFACT_FILES:
+    for name in listed:
         if metadata.files.get(name) != file_digest(path / name):
             raise BundleError(f"bundle {path}: {name} does not match its recorded sha256 (tampered?)")
     return metadata
@@ -351,3 +436,29 @@ def load_bundle(path: Path) -> Bundle:
     except BundleError as exc:
         raise BundleError(f"bundle {path}: {exc}") from None
     return Bundle(path=path, transformer=transformer, model=model, metadata=metadata)
+
+
+def load_serving_bundle(path: Path) -> ServingBundle:
+    """Verify a bundle and load its serving form, re-predicting the form's stored probe bit for bit (numpy only: no
+    scikit-learn, no skops); raises ``BundleError`` with what is wrong."""
+    metadata = read_metadata(path)
+    if SERVING_FILE not in metadata.files:
+        raise BundleError(
+            f"bundle {path} has no serving form ({SERVING_FILE}): it was written before bundles carried one, or its "
+            "model has none (only a single-output HistGradientBoostingRegressor with squared error does). This "
+            "server predicts from serving forms only: retrain the bundle with this version's training pipeline"
+        )
+    if differences := format_differences(metadata.library_versions, SERVING_LIBRARIES):
+        raise BundleError(
+            f"bundle {path} was trained with {', '.join(differences)}, whose stored format differs from this "
+            "server's: serve it from an image with the same release series, or retrain it"
+        )
+    try:
+        stored = StoredForm.load(path / SERVING_FILE)
+        stored.check()
+    except ServingFormError as exc:
+        raise BundleError(f"bundle {path}: {SERVING_FILE}: {exc}") from None
+    encoding = stored.form.encoding
+    if sorted([*encoding.numeric, *encoding.categorical, *encoding.dates]) != sorted(metadata.feature_names()):
+        raise BundleError(f"bundle {path}: {SERVING_FILE} encodes other features than {METADATA_FILE} lists")
+    return ServingBundle(path=path, metadata=metadata, form=stored.form)

@@ -1,1 +1,1 @@
-"""The model side: what a bundle's request schema and predictor are, with no server around them (pure)."""
+"""The model side: what a bundle's request schema is, with no server around them (pure)."""

@@ -40,7 +40,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
 from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Limit, Metadata
-from app.contract.features import FEW_ROWS
+from app.contract.encoding import FEW_ROWS
 
 ISO_DATE_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}$"
 # The request models' names: their OpenAPI components are ``#/components/schemas/<name>``.

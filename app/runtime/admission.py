@@ -5,7 +5,7 @@ past it, or when its prediction has not come back within ``PREDICT_TIMEOUT_S``, 
 ``Retry-After`` at once rather than left to hang (what BentoML's and MLServer's bounded queues do). Model calls
 on worker threads record when they started, so a call stuck longer than ``PREDICT_TIMEOUT_S`` turns
 ``/health/ready`` to 503 and the orchestrator stops sending traffic; the queue depth is a metric. (The
-predictor's bounded few-row walk runs on the event loop: it makes no native model call that could hang.)
+serving form's walk of a few rows runs on the event loop: it makes no native model call that could hang.)
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Admission:
         return run
 
     def stuck_for(self) -> float | None:
-        """How long the oldest model call has run, if longer than ``timeout_s`` (the predictor is stuck)."""
+        """How long the oldest model call has run, if longer than ``timeout_s`` (the model call is stuck)."""
         with self._lock:
             oldest = min(self._calls.values(), default=None)
         if oldest is None:

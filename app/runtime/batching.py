@@ -9,10 +9,9 @@ records per call instead of queueing calls. The policy:
 - when the worker frees up and other requests are still arriving (being read and validated on the event
   loop), it waits at most ``max_wait_s`` for them to join, and never gathers more than ``max_size``.
 
-Predictions run on one dedicated worker thread, off the event loop; the thread limits OpenMP/BLAS to
-``threads`` so the event loop and the model do not oversubscribe the cores. A batch that ``bounded`` says is
-bounded work (the predictor's all-trees numpy walk of a few rows: no native model call that could hang, well
-under a millisecond, holding the GIL throughout as the thread would) is predicted on the event loop itself: the
+Predictions run on one dedicated worker thread, off the event loop. A batch that ``bounded`` says is
+bounded work (the serving form's walk of a few rows: no native model call that could hang, well under a
+millisecond, holding the GIL nearly throughout as the thread would) is predicted on the event loop itself: the
 hand-off to the thread and back cost more than such a prediction, and a thread could not have run beside the
 loop anyway. Each record's prediction does not depend on the others in its batch (a tree model predicts row by
 row), which a test checks.
@@ -37,13 +36,6 @@ Row = TypeVar("Row")
 Outcome = npt.NDArray[np.float64] | Exception  # a model call's predictions, or what it raised
 
 
-def limit_threads(threads: int) -> None:
-    """Limit OpenMP/BLAS pools for the calling thread (OpenMP's thread count is a per-thread setting)."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    threadpool_limits(limits=threads)
-
-
 class MicroBatcher(Generic[Row]):
     """Gathers single rows into batches for ``predict_rows`` (rows -> one prediction per row).
 
@@ -58,7 +50,6 @@ class MicroBatcher(Generic[Row]):
         *,
         max_size: int,
         max_wait_s: float,
-        threads: int = 1,
         on_batch: Callable[[int], None] | None = None,
         bounded: Callable[[int], bool] = lambda _: False,
         tracing: Tracing | None = None,
@@ -68,9 +59,7 @@ class MicroBatcher(Generic[Row]):
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="predict", initializer=limit_threads, initargs=(threads,)
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._pending: list[tuple[Row, asyncio.Future[float]]] = []
         self._arriving = 0  # requests being read and validated that will submit a row soon
         self._scheduled: asyncio.Handle | None = None  # the next dispatch: this pass's end, or the window's

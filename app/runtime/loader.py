@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Final
 
-from app.contract.bundle import BundleError, load_bundle
+from app.contract.bundle import BundleError, load_serving_bundle
 from app.contract.connection import redact
 from app.observability import LOGGER_NAME
 from app.runtime.served_model import ServedModel
@@ -37,7 +37,9 @@ async def load_until_ready(state: ServingState) -> None:
             return  # the alias refresh served a bundle meanwhile: this one is no longer wanted
         try:
             model = await asyncio.to_thread(
-                lambda: ServedModel.build(load_bundle(path), settings, state.metrics, state.admission, state.tracing)
+                lambda: ServedModel.build(
+                    load_serving_bundle(path), settings, state.metrics, state.admission, state.tracing
+                )
             )
         except Exception as exc:  # anything else would end this task silently and leave "loading" forever
             reason = (

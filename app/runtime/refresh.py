@@ -4,7 +4,7 @@ Every ``MODEL_REFRESH_S`` the server asks the registry where ``MODEL_NAME@MODEL_
 points at another bundle, the candidate goes through the entrypoint's own delivery path (resolve, the pull with
 retries inside ``PULL_DEADLINE_S``, both hashes verified) into its own directory under ``MODEL_DIR/refresh/``
 (the objects it shares with bundles already in ``MODEL_DIR`` are taken from their caches, not downloaded), is
-loaded and built (the predictor's bit-identical probe included), warmed, and only then swapped in, in one
+loaded and built (its serving form's bit-identical probe included), warmed, and only then swapped in, in one
 assignment. A request captures the model at its start, so requests in flight finish on
 the model they started on, and each model has its own micro-batcher: a batch never mixes two models. The old
 model is closed once its last request has finished, and its files are removed from ``MODEL_DIR``.
@@ -37,7 +37,7 @@ from typing import Final
 
 import orjson
 
-from app.contract.bundle import Metadata, load_bundle
+from app.contract.bundle import Metadata, load_serving_bundle
 from app.contract.connection import redact
 from app.contract.registry import TAG_CONTENT_HASH, TAG_DVC_HASH
 from app.contract.store import BUNDLE_NAME, dir_hash
@@ -200,7 +200,7 @@ async def _take(state: ServingState, settings: Settings, resolved: Resolved, beg
                 )
         model = await off_loop(
             lambda: ServedModel.build(
-                load_bundle(fetched.bundle_dir), settings, state.metrics, state.admission, state.tracing
+                load_serving_bundle(fetched.bundle_dir), settings, state.metrics, state.admission, state.tracing
             ),
             "candidate-load",
         )

@@ -1,6 +1,6 @@
 """The model being served: a verified bundle with everything its request path needs, built in one step.
 
-A ``ServedModel`` is immutable: the request schema, the predictor, the micro-batcher and the batch threads
+A ``ServedModel`` is immutable: the request schema, the serving form, the micro-batcher and the batch threads
 all belong to one bundle, so a request that captured it at its start is answered by that bundle throughout.
 """
 
@@ -17,32 +17,40 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.contract.bundle import Bundle, library_differences
-from app.model.predictor import Predictor
+from app.contract.bundle import SERVING_LIBRARIES, ServingBundle, library_differences
+from app.contract.serving_form import ServingForm
 from app.model.schema import RecordSchema
 from app.observability import ServerMetrics
 from app.runtime.admission import Admission, OverloadedError
-from app.runtime.batching import MicroBatcher, limit_threads
+from app.runtime.batching import MicroBatcher
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.tracing import Tracing
 
-# Threads for /predict/batch calls, apart from the micro-batcher's own: the trees are evaluated outside the
-# GIL, so two large batches proceed in parallel on two cores (each thread stays at PREDICT_THREADS OpenMP
-# threads; more OpenMP threads per call oversubscribe a small machine badly).
+# Threads for /predict/batch calls, apart from the micro-batcher's own: numpy releases the GIL in the serving
+# form's large gathers and sums, so two large batches proceed in parallel on two cores.
 BATCH_WORKERS: Final = 2
+# Up to this many rows a micro-batch is predicted on the event loop itself: the serving form's walk of a few rows
+# is a dozen numpy calls on small arrays (no native model call that could hang; about 0.2 ms for 24 rows, 0.03 ms
+# for one), cheaper than the hand-off to a thread and back.
+ON_LOOP_ROWS: Final = 24
 Row = tuple[Any, ...]
 
 
 def predict_rows(
-    schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Row]
+    schema: RecordSchema, form: ServingForm, observe: Callable[[dict[str, int]], None], rows: list[Row]
 ) -> npt.NDArray[np.float64]:
     """Validated rows -> predictions, with no DataFrame (on a worker thread, or on the event loop for a
-    micro-batch the predictor calls bounded); the values outside the training range are counted by ``observe``."""
+    micro-batch of up to ``ON_LOOP_ROWS``); the values outside the training range are counted by ``observe``."""
     columns = schema.columns(rows)
     observe(schema.outside_training(columns))
-    return predictor.predict_columns(columns)
+    return form.predict(columns)
+
+
+def on_loop(rows: int) -> bool:
+    """Whether a micro-batch of ``rows`` rows is predicted on the event loop (``ON_LOOP_ROWS``)."""
+    return 0 < rows <= ON_LOOP_ROWS
 
 
 @dataclass
@@ -56,11 +64,10 @@ class Usage:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A verified bundle, its request schema and predictor, and the threads that run its predictions."""
+    """A verified bundle, its request schema and serving form, and the threads that run its predictions."""
 
-    bundle: Bundle
+    bundle: ServingBundle
     schema: RecordSchema
-    predictor: Predictor
     predict: Callable[[list[Row]], npt.NDArray[np.float64]]  # rows -> predictions, timed by the admission
     batcher: MicroBatcher[Row]
     batch_executor: ThreadPoolExecutor
@@ -71,29 +78,28 @@ class ServedModel:
     @classmethod
     def build(
         cls,
-        bundle: Bundle,
+        bundle: ServingBundle,
         settings: Settings,
         metrics: ServerMetrics,
         admission: Admission,
         tracing: Tracing | None = None,
     ) -> ServedModel:
-        """Everything the request path needs for ``bundle`` (the predictor's bit-identical probe included);
-        ``tracing``: the process's tracing, if on (spans for the micro-batches and the model calls)."""
+        """Everything the request path needs for ``bundle`` (whose serving form re-predicted its probe bit for bit
+        as it loaded); ``tracing``: the process's tracing, if on (spans for the micro-batches and the model calls)."""
         schema = RecordSchema.from_metadata(bundle.metadata, settings.max_batch_records, settings.max_listed_errors)
-        threads = settings.predict_threads
-        predictor = Predictor(bundle, threads)
-        predict = admission.timed(functools.partial(predict_rows, schema, predictor, metrics.observe_outside_training))
+        predict = admission.timed(
+            functools.partial(predict_rows, schema, bundle.form, metrics.observe_outside_training)
+        )
         batcher: MicroBatcher[Row] = MicroBatcher(
             predict,
             max_size=settings.microbatch_max_size,
             max_wait_s=settings.microbatch_max_wait_ms / 1000,
-            threads=threads,
             on_batch=metrics.batch_size.observe,
-            bounded=predictor.bounded,
+            bounded=on_loop,
             tracing=tracing,
         )
-        executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch", initializer=limit_threads, initargs=(threads,))
-        return cls(bundle, schema, predictor, predict, batcher, executor, settings.model_version, tracing=tracing)
+        executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch")
+        return cls(bundle, schema, predict, batcher, executor, settings.model_version, tracing=tracing)
 
     @property
     def content_hash(self) -> str:
@@ -101,9 +107,9 @@ class ServedModel:
 
     @functools.cached_property
     def library_mismatch(self) -> dict[str, dict[str, str]]:
-        """Libraries whose version differs between the bundle's training and this server, within one release
-        series (another series is refused at load): reported, as artifacts may predict differently."""
-        return library_differences(self.bundle.metadata.library_versions)
+        """The libraries the serving form depends on (``SERVING_LIBRARIES``) whose version differs between the bundle's
+        training and this server, within one release series (another series is refused at load): reported."""
+        return library_differences(self.bundle.metadata.library_versions, SERVING_LIBRARIES)
 
     def with_version(self, version: int) -> ServedModel:
         """The same model, now known as registry version ``version``."""

@@ -10,7 +10,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -18,8 +18,17 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from starlette.types import ASGIApp, Message, Scope
 
-from app.contract.bundle import METADATA_FILE, MODEL_FILE, Bundle, content_hash, load_bundle, read_metadata
+from app.contract.bundle import (
+    METADATA_FILE,
+    MODEL_FILE,
+    Bundle,
+    BundleError,
+    content_hash,
+    load_bundle,
+    read_metadata,
+)
 from app.contract.registry import TAG_CONTENT_HASH
+from app.model.schema import RecordSchema
 from tests.harness.services import BIN, LOOPBACK, free_port, running
 from tests.harness.serving import ready_client, records, settings_for, wait_ready
 
@@ -72,8 +81,11 @@ def test_tampered_bundle_stays_unready_with_the_reason(bundle_dir: Path, tmp_pat
         assert predict.status_code == 503 and "sha256" in predict.json()["detail"]
 
 
-def test_a_bundle_that_fails_to_load_otherwise_is_reported_not_left_loading(bundle_dir: Path, tmp_path: Path) -> None:
-    """Every hash holds, but the metadata names a feature the transformer does not know: not a BundleError."""
+def test_a_bundle_that_fails_to_load_otherwise_is_reported_not_left_loading(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every hash holds, but the metadata names a feature the serving form does not encode: refused by name. And a
+    failure that is no BundleError at all (here the schema's, forced) is reported too, not left loading."""
     odd = tmp_path / "odd"
     shutil.copytree(bundle_dir, odd)
     metadata = read_metadata(odd)
@@ -83,12 +95,23 @@ def test_a_bundle_that_fails_to_load_otherwise_is_reported_not_left_loading(bund
     forged = metadata.model_copy(update={"features": features, "example": example})
     forged = forged.model_copy(update={"content_hash": content_hash(forged)})
     (odd / METADATA_FILE).write_text(forged.model_dump_json())
-    with ready_client(settings_for(odd), wait=False) as client:
-        deadline = time.monotonic() + 20
-        while (ready := client.get("/health/ready").json())["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready["status"] == "failed"
-        assert "does not load" in ready["reason"] and "KeyError" in ready["reason"]
+
+    def failed_reason(bundle: Path) -> str:
+        with ready_client(settings_for(bundle), wait=False) as client:
+            deadline = time.monotonic() + 20
+            while (ready := client.get("/health/ready").json())["status"] == "loading" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ready["status"] == "failed"
+            return str(ready["reason"])
+
+    assert "serving.npz encodes other features than metadata.json lists" in failed_reason(odd)
+
+    def broken(*args: object, **kwargs: object) -> NoReturn:
+        raise KeyError("a column")
+
+    monkeypatch.setattr(RecordSchema, "from_metadata", broken)
+    reason = failed_reason(bundle_dir)
+    assert "does not load" in reason and "KeyError" in reason
 
 
 def with_library_version(bundle_dir: Path, into: Path, library: str, version: str) -> Path:
@@ -104,19 +127,23 @@ def with_library_version(bundle_dir: Path, into: Path, library: str, version: st
 def test_a_bundle_trained_with_other_library_versions_is_reported(
     bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Another patch release of the same series: served, and the difference reported."""
-    ours = read_metadata(bundle_dir).library_versions["scikit-learn"]
+    """Another release of numpy's series (what the serving form's arrays depend on): served, and the difference
+    reported. The server loads no scikit-learn or skops artifact, so their versions are not its concern."""
+    ours = read_metadata(bundle_dir).library_versions["numpy"]
     patch = ".".join([*ours.split(".")[:2], "999"])
-    other = with_library_version(bundle_dir, tmp_path / "other", "scikit-learn", patch)
+    other = with_library_version(bundle_dir, tmp_path / "other", "numpy", patch)
+    other = with_library_version(other, tmp_path / "older-sklearn", "scikit-learn", "0.24.2")
     with caplog.at_level("WARNING", logger="app"), ready_client(settings_for(other)) as client:
         mismatch = client.get("/model").json()["library_mismatch"]
-    assert mismatch == {"scikit-learn": {"bundle": patch, "server": ours}}
-    assert f"scikit-learn {patch} (server " in caplog.text
+    assert mismatch == {"numpy": {"bundle": patch, "server": ours}}
+    assert f"numpy {patch} (server " in caplog.text
+    with pytest.raises(BundleError, match=r"scikit-learn 0\.24\.2 \(server "):
+        load_bundle(other)  # training's loader reads the scikit-learn artifacts, and refuses the other series
     with ready_client(settings_for(bundle_dir)) as client:
         assert client.get("/model").json()["library_mismatch"] == {}
 
 
-@pytest.mark.parametrize(("library", "version"), [("scikit-learn", "0.24.2"), ("skops", "0.1.0"), ("numpy", "1.26.4")])
+@pytest.mark.parametrize(("library", "version"), [("numpy", "1.26.4"), ("numpy", "3.0.0")])
 def test_a_bundle_whose_stored_format_differs_is_refused(
     bundle_dir: Path, tmp_path: Path, library: str, version: str
 ) -> None:
@@ -293,7 +320,7 @@ def test_unexpected_failure_is_500_with_request_id_and_no_internals(
         def fail(columns: object) -> None:
             raise RuntimeError("internal detail: /secret/path")
 
-        monkeypatch.setattr(model.predictor, "predict_columns", fail)
+        monkeypatch.setattr(model.bundle.form, "predict", fail)
         for path, body in (
             ("/predict", bundle.metadata.example),
             ("/predict/batch", {"records": [bundle.metadata.example]}),
@@ -345,9 +372,9 @@ def test_once_a_model_is_served_the_live_objects_are_out_of_the_collectors_view(
     with ready_client(settings_for(bundle_dir)) as client:
         assert client.get("/health/ready").status_code == 200
         frozen = gc.get_freeze_count()
-        predictor = client.app.state.serving.model.predictor  # type: ignore[attr-defined]
+        form = client.app.state.serving.model.bundle.form  # type: ignore[attr-defined]
         assert frozen > 10_000  # the modules and the model, not a handful
-        assert all(o is not predictor for o in gc.get_objects())  # the collector no longer walks it
+        assert all(o is not form for o in gc.get_objects())  # the collector no longer walks it
 
 
 # --- model and registry view ---

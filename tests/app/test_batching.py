@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from app.contract.bundle import load_bundle
-from app.model.predictor import Predictor, probe_columns
+from app.contract.bundle import load_bundle, load_serving_bundle
+from app.contract.serving_form import probe_columns
 from app.model.schema import RecordSchema
 from app.runtime.batching import MicroBatcher
 
@@ -21,15 +21,14 @@ from app.runtime.batching import MicroBatcher
 def test_batched_predictions_equal_unbatched(bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir)
     schema = RecordSchema.from_metadata(bundle.metadata, 1000)
-    predictor = Predictor(bundle)
-    assert predictor.direct  # the fast path is the one under test
+    form = load_serving_bundle(bundle_dir).form
     columns = probe_columns(bundle.metadata, 300, seed=4)
     rows = list(zip(*columns.values(), strict=True))
     sizes: list[int] = []
 
     async def scenario() -> list[float]:
         batcher: MicroBatcher[tuple[Any, ...]] = MicroBatcher(
-            lambda batch: predictor.predict_columns(schema.columns(batch)),
+            lambda batch: form.predict(schema.columns(batch)),
             max_size=64,
             max_wait_s=0.002,
             on_batch=sizes.append,
@@ -132,7 +131,7 @@ def test_a_failing_call_fails_its_batch_and_the_next_succeeds() -> None:
 
 
 def test_bounded_batches_are_predicted_on_the_event_loop_and_others_on_the_thread() -> None:
-    """What the predictor calls bounded (its all-trees numpy walk of a few rows) skips the hand-off to the
+    """What the served model calls bounded (the serving form's walk of a few rows) skips the hand-off to the
     predict thread; anything else runs there, and a failure reaches every waiting request either way."""
     threads: list[tuple[int, int]] = []  # (rows, thread id) per model call
 

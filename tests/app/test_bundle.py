@@ -144,9 +144,12 @@ def test_new_bundles_name_the_transformer_by_its_contract_module(bundle_dir: Pat
 
 
 def test_a_bundle_written_before_the_contract_package_still_loads_and_predicts() -> None:
-    """A real bundle saved when the transformer lived in ``app.features`` (kept importable by a re-export)."""
+    """A real bundle saved when the transformer lived in ``app.features`` (kept importable by a re-export). It was
+    written before bundles carried a serving form: the server refuses it, saying so, and its model compiles to one
+    that agrees with it bit for bit (what retraining with this version gives)."""
+    from app.contract.bundle import load_serving_bundle
     from app.contract.features import FeatureTransformer
-    from app.model.predictor import Predictor, probe_columns
+    from app.contract.serving_form import compile_serving_form, probe_columns
 
     assert "app.features.FeatureTransformer" in sio.get_untrusted_types(file=OLD_BUNDLE / TRANSFORMER_FILE)
     bundle = load_bundle(OLD_BUNDLE)
@@ -154,8 +157,9 @@ def test_a_bundle_written_before_the_contract_package_still_loads_and_predicts()
     columns = probe_columns(bundle.metadata, 200, seed=5)
     predictions = bundle.predict(columns)
     assert predictions.shape == (200,) and np.isfinite(predictions).all()
-    # the server's direct path agrees with it, bit for bit, as for a new bundle
-    assert np.array_equal(Predictor(bundle).predict_columns(columns), predictions)
+    assert np.array_equal(compile_serving_form(bundle.transformer, bundle.model).predict(columns), predictions)
+    with pytest.raises(BundleError, match=r"has no serving form \(serving\.npz\).*retrain the bundle"):
+        load_serving_bundle(OLD_BUNDLE)
 
 
 def _with_model(bundle_dir: Path, model: object) -> None:

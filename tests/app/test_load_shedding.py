@@ -23,8 +23,9 @@ from prometheus_client.mmap_dict import MmapedDict
 
 import app.runtime.served_model
 from app.contract.bundle import Bundle, load_bundle
-from app.model.predictor import SMALL_BATCH_ROWS, Predictor
+from app.contract.serving_form import ServingForm
 from app.model.schema import RecordSchema
+from app.runtime.served_model import ON_LOOP_ROWS
 from tests.harness.services import BIN, LOOPBACK, free_port, running
 from tests.harness.serving import ready_client, records, settings_for
 
@@ -38,19 +39,19 @@ def bundle(bundle_dir: Path) -> Bundle:
 
 @pytest.fixture
 def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Model calls block while the event is clear (a hung native call, a livelocked tree walk). Such a call can
-    only come from a model the predictor does not walk itself, so no batch is bounded work here: every call runs
-    on a predict thread, as any model's calls but the direct path's few-row walk do."""
+    """Model calls block while the event is clear (a hung call, a livelocked walk). The serving form's walk of a few
+    rows cannot hang, so here no batch is bounded work: every call runs on a predict thread, as a model call that
+    could hang would."""
     free = threading.Event()
     free.set()
     real = app.runtime.served_model.predict_rows
-    monkeypatch.setattr(Predictor, "bounded", lambda self, n_rows: False)
+    monkeypatch.setattr(app.runtime.served_model, "on_loop", lambda rows: False)
 
     def predict_rows(
-        schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Any]
+        schema: RecordSchema, form: ServingForm, observe: Callable[[dict[str, int]], None], rows: list[Any]
     ) -> npt.NDArray[np.float64]:
         free.wait(30)
-        return real(schema, predictor, observe, rows)
+        return real(schema, form, observe, rows)
 
     monkeypatch.setattr(app.runtime.served_model, "predict_rows", predict_rows)
     yield free
@@ -137,19 +138,19 @@ def test_a_single_record_that_waits_too_long_is_shed(
 def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_threads(
     bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The trained bundle's single records are the predictor's bounded walk: predicted where the request is
+    """The trained bundle's single records are the serving form's bounded walk: predicted where the request is
     handled, with no thread to hand off to; a larger batch goes to a batch thread, where a stuck call is shed."""
     callers: list[tuple[int, str]] = []
     real = app.runtime.served_model.predict_rows
 
     def predict_rows(
-        schema: RecordSchema, predictor: Predictor, observe: Callable[[dict[str, int]], None], rows: list[Any]
+        schema: RecordSchema, form: ServingForm, observe: Callable[[dict[str, int]], None], rows: list[Any]
     ) -> npt.NDArray[np.float64]:
         callers.append((len(rows), threading.current_thread().name))
-        return real(schema, predictor, observe, rows)
+        return real(schema, form, observe, rows)
 
     monkeypatch.setattr(app.runtime.served_model, "predict_rows", predict_rows)
-    rows = records(bundle.metadata, SMALL_BATCH_ROWS + 1, seed=5)
+    rows = records(bundle.metadata, ON_LOOP_ROWS + 1, seed=5)
     with ready_client(settings_for(bundle_dir)) as client:
         callers.clear()  # the warm-up's calls
         single = client.post("/predict", json=rows[0])
@@ -157,7 +158,7 @@ def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_
     assert single.status_code == batch.status_code == 200
     assert single.json()["prediction"] == batch.json()["predictions"][0] == bundle.predict(_columns(rows[:1]))[0]
     [(one, loop_thread), (many, batch_thread)] = callers
-    assert (one, many) == (1, SMALL_BATCH_ROWS + 1)
+    assert (one, many) == (1, ON_LOOP_ROWS + 1)
     assert not loop_thread.startswith("predict") and batch_thread.startswith("predict-batch")
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from app.contract.bundle import DATE_FORMAT, BundleError, Feature, Metadata, read_metadata
 from app.contract.features import FEW_ROWS
-from app.model.predictor import probe_columns
+from app.contract.serving_form import probe_columns
 from app.model.schema import BATCH_MODEL, RECORD_MODEL, RecordSchema, RequestError, day_pattern
 from orchestration.pipeline import TrainResult
 from tests.harness.serving import metadata_for, records

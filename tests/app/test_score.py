@@ -15,7 +15,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from app.contract.bundle import Bundle, load_bundle
+from app.contract.bundle import Bundle, load_bundle, load_serving_bundle
 from app.score import PREDICTION, ScoreError, main, score
 from tests.harness.serving import records
 
@@ -122,7 +122,7 @@ def test_a_bad_row_fails_the_file_naming_its_row_and_column(
     source = write_csv(bad, tmp_path / "bad.csv")
     out = tmp_path / "out.parquet"
     with pytest.raises(ScoreError) as refusal:  # main() prints it after the file's name and exits 1 (below)
-        score(bundle, source, out, chunk_rows=7, progress=False)
+        score(load_serving_bundle(bundle.path), source, out, chunk_rows=7, progress=False)
     assert str(refusal.value).startswith(f"row 457, {says}"), refusal.value
     assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))  # nothing left behind
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.api.server import create_app
 from app.contract.bundle import Feature, Metadata, Target
-from app.model.predictor import probe_columns
+from app.contract.serving_form import probe_columns
 from app.settings import Settings
 
 

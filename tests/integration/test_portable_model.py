@@ -21,9 +21,8 @@ import pandas as pd
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from app.contract.bundle import Bundle, load_bundle
+from app.contract.bundle import Bundle, load_bundle, load_serving_bundle
 from app.contract.registry import mlflow_client
-from app.model.predictor import Predictor
 from app.score import main as score_main
 from orchestration import bundle_model
 from orchestration.publish import Published, PublishTarget, publish_bundle
@@ -69,9 +68,10 @@ def elsewhere_env(target: PublishTarget, s3: S3Server) -> dict[str, str]:
 
 
 def served(bundle: Bundle, record: dict[str, Any]) -> float:
-    """What the prediction server answers for ``record``: its predictor, which equals ``Bundle.predict`` bit for bit."""
+    """What the prediction server answers for ``record``: its serving form, which equals ``Bundle.predict`` bit for
+    bit."""
     columns = {name: [value] for name, value in record.items()}
-    [value] = Predictor(bundle).predict_columns(columns).tolist()
+    [value] = load_serving_bundle(bundle.path).predict(columns).tolist()
     [expected] = bundle.predict(pd.DataFrame([record])).tolist()
     assert value.hex() == expected.hex()
     return float(value)

@@ -56,7 +56,8 @@ UV_ENV: Final[dict[str, str]] = {
     "UV_PYTHON_DOWNLOADS": "never",  # the base image's interpreter, which the final stage has too
     "UV_PYTHON_PREFERENCE": "only-system",
 }
-# Start-up imports scikit-learn, scipy and DVC: compile them once at build time, not on every start.
+# Start-up imports numpy, FastAPI, pydantic and the pull's libraries: compile them once at build time, not on every
+# start.
 BUILDER_ENV: Final[dict[str, str]] = {**UV_ENV, "UV_COMPILE_BYTECODE": "1"}
 # Airflow's way of extending its image: pip as the airflow user, pinning the image's own Airflow version.
 AIRFLOW_REQUIREMENTS: Final = "/opt/airflow/requirements.txt"
