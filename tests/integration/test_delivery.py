@@ -27,6 +27,7 @@ from tests.harness.services import LOOPBACK, S3_ENV, S3Server, blob_key, free_po
 from tests.integration.conftest import (
     SECRET,
     entrypoint_env,
+    objects_of,
     run_entrypoint,
     target_for,
     unique,
@@ -208,7 +209,7 @@ def late_proxy(s3: S3Server) -> Iterator[LateProxy]:
 
 
 def test_transient_s3_failure_is_retried_and_succeeds(
-    published: tuple[PublishTarget, str], late_proxy: LateProxy, tmp_path: Path
+    bundle_dir: Path, published: tuple[PublishTarget, str], late_proxy: LateProxy, tmp_path: Path
 ) -> None:
     target, dvc_hash = published
     settings = Settings(
@@ -228,7 +229,7 @@ def test_transient_s3_failure_is_retried_and_succeeds(
             late_proxy.open()
 
     pulled = pull(settings, dvc_hash, report=report)
-    assert pulled.attempts == 2 and pulled.fetched == 4
+    assert pulled.attempts == 2 and pulled.fetched == objects_of(bundle_dir)
     assert "pull attempt 1 failed" in reports[0] and "unreachable" in reports[0]
     assert verify(pulled.bundle_dir, dvc_hash).content_hash
 
@@ -253,7 +254,11 @@ def test_wrong_credentials_fail_at_once_with_a_clear_line(
 
 
 def test_the_pull_runs_no_child_writes_no_secret_and_its_cache_is_private(
-    published: tuple[PublishTarget, str], s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundle_dir: Path,
+    published: tuple[PublishTarget, str],
+    s3: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The pull reads the S3 keys through botocore in this process: no child process (which once got the whole
     environment), no secret written under MODEL_DIR, and its cache private to its owner."""
@@ -280,7 +285,9 @@ def test_the_pull_runs_no_child_writes_no_secret_and_its_cache_is_private(
 
     monkeypatch.setattr(subprocess, "Popen", recording_popen)
     pulled = pull(settings, dvc_hash)
-    assert pulled.fetched == 4 and verify(pulled.bundle_dir, dvc_hash).content_hash  # the S3 keys did reach it
+    assert (
+        pulled.fetched == objects_of(bundle_dir) and verify(pulled.bundle_dir, dvc_hash).content_hash
+    )  # keys reached it
     assert children == []
     work = settings.model_dir
     secrets = [SECRET, *registry_secrets.values()]
