@@ -10,6 +10,8 @@ from a URL: the settings refuse a URL holding any.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -21,6 +23,40 @@ READ_TIMEOUT_S: Final = 15  # one socket read; the overall bound is the caller's
 # botocore's own tries of one request: one, so the only retries are ours (``PULL_RETRIES``, ``PULL_BACKOFF_S``),
 # within the deadline; botocore's would wait out backoffs of their own inside each of our attempts.
 TOTAL_MAX_ATTEMPTS: Final = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _loader() -> Any:
+    """botocore's data loader, shared by every pull's session: the S3 service model and endpoint rules are parsed
+    once per process, not at each pull (a server following its alias pulls again and again)."""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
+def _session() -> Any:
+    """A botocore session of its own (credentials looked up afresh: a rotated credentials file is read again),
+    with the shared data loader."""
+    import botocore.session
+
+    session = botocore.session.Session()
+    session.register_component("data_loader", _loader())
+    return session
+
+
+def preload(url: str | None) -> None:
+    """Load botocore's S3 client now when ``url`` is an ``s3://`` remote: a server that follows its alias pulls in
+    its own process, and what the client takes (its modules, the S3 service model and endpoint rules: tens of MB
+    of RSS) then belongs to its start, not to its first refresh; later pulls reuse it. The client made here is
+    unsigned, so no credential is looked up; any failure shows again when a pull needs the client."""
+    if not (url and url.startswith("s3://")):
+        return
+    with contextlib.suppress(Exception):
+        import botocore
+        import botocore.config
+
+        unsigned = botocore.config.Config(signature_version=botocore.UNSIGNED)
+        _session().create_client("s3", region_name="us-east-1", config=unsigned)
 
 
 def object_key(oid: str) -> str:
@@ -65,15 +101,13 @@ class S3Remote:
         pull (a rotated credentials file is read again)."""
         if self._client is None:
             import botocore.config
-            import botocore.session
 
             config = botocore.config.Config(
                 connect_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=READ_TIMEOUT_S,
                 retries={"total_max_attempts": TOTAL_MAX_ATTEMPTS, "mode": "standard"},
             )
-            session = botocore.session.Session()
-            self._client = session.create_client(
+            self._client = _session().create_client(
                 "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config
             )
         return self._client

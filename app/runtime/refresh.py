@@ -45,6 +45,7 @@ from app.delivery.failures import DeliveryError
 from app.delivery.fetch import fetch
 from app.delivery.lock import model_dir_lock
 from app.delivery.pull import CACHE, cache_of
+from app.delivery.remote import preload
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.retry import deadline_for
 from app.observability import LOGGER_NAME
@@ -79,6 +80,7 @@ async def follow_alias(state: ServingState) -> None:
         extra={"model_refresh_s": settings.model_refresh_s},
     )
     loop = asyncio.get_running_loop()
+    await off_loop(lambda: preload(settings.dvc_remote_url), "pull-imports")  # the pulls' S3 client, from the start
     while True:
         # checks start every MODEL_REFRESH_S (not that long after the previous one ended), so a moved alias is
         # seen within one interval; while the start-up bundle cannot be loaded (a worker restarted after a swap
