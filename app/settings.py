@@ -126,8 +126,9 @@ class Settings(ConnectionSettings):
     # Where the bundle lives
     model_dir: Path = Field(
         Path("/models"),
-        description="Writable directory the bundle is pulled into (a DVC work repo; the bundle lands in "
-        "`MODEL_DIR/bundle`); the image runs as non-root and its root filesystem may be read-only.",
+        description="Writable directory the bundle is pulled into: it lands in `MODEL_DIR/bundle`, beside a cache "
+        "of the store's objects in `MODEL_DIR/.dvc/cache` (a restart finds them there); the image runs as non-root "
+        "and its root filesystem may be read-only.",
     )
     bundle_dir: Path | None = Field(
         None,

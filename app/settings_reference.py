@@ -77,8 +77,8 @@ SECTIONS: Final = (
         ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
         "The standard AWS variables. Narrower still: mount them as a file (a Kubernetes Secret volume) and set only "
         "AWS_SHARED_CREDENTIALS_FILE to its path; then no process's environment ever holds the keys, and any later "
-        "pull (a child process) reads the same file. Prefer an instance/pod role (which works the same way) or your "
-        "orchestrator's secret store over this file.",
+        "pull (the alias refresh's, in the server) reads the same file again. Prefer an instance/pod role (which "
+        "works the same way) or your orchestrator's secret store over this file.",
     ),
     Section("Pulling it", ("PULL_DEADLINE_S", "PULL_RETRIES", "PULL_BACKOFF_S")),
     Section("Where the bundle goes", ("MODEL_DIR", "BUNDLE_DIR")),
@@ -122,7 +122,7 @@ ENV_EXAMPLE_HEADER: Final = f"""\
 # unset (the default applies).
 #
 # Start-up: resolve the bundle (MODEL_HASH, else MLflow MODEL_NAME@MODEL_ALIAS or MODEL_VERSION)
-# -> dvc pull from DVC_REMOTE_URL into MODEL_DIR -> verify its hashes -> exec uvicorn on HOST:PORT.
+# -> pull from DVC_REMOTE_URL into MODEL_DIR (every object checked) -> verify its hashes -> exec uvicorn on HOST:PORT.
 """
 
 

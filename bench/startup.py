@@ -1,7 +1,7 @@
 """Container start-up time: entrypoint launch -> 200 on /health/ready, with a ~50 MB bundle from S3 (moto).
 
 Split into the entrypoint's own phases (parsed from its progress lines) and the server's (from its log):
-``imports`` (interpreter and settings), ``resolve`` (MLflow REST look-up), ``pull`` (dvc pull from the moto
+``imports`` (interpreter and settings), ``resolve`` (MLflow REST look-up), ``pull`` (from the moto
 server), ``verify`` (DVC hash + content hash), ``server_start`` (the "serve:" line -> uvicorn's "Application
 startup complete"), ``load`` (-> "bundle loaded") and ``ready`` (-> first 200). Each cold start runs twice: with
 the S3 keys in the environment (the entrypoint execs a fresh interpreter without them) and in a credentials file

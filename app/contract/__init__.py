@@ -3,7 +3,7 @@
 - ``bundle``: the bundle format (save, verify, load with trusted types only);
 - ``features``: the feature transformer a bundle holds (it must import from the serving image);
 - ``registry``: the MLflow registry tags that link a model version to its bundle, and the registry client;
-- ``store``: the DVC store layout (work repository, remote, the bundle's directory hash);
+- ``store``: the DVC store layout (publishing's work repository and remote, the bundle's directory hash);
 - ``connection``: the connection settings for MLFLOW and the DVC remote, and the redaction of credentials;
 - ``hashing`` and ``progress``: a file's digest, and the progress-line callback of long operations.
 

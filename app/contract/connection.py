@@ -27,7 +27,7 @@ NAME: Final = r"^\S(.*\S)?$"  # a registry name: not empty, no leading or traili
 # the pull needs them, so the entrypoint drops them before it becomes the server.
 S3_CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # MLflow's own variables holding registry secrets: the server keeps them (``GET /model`` reads the registry); the
-# ``dvc pull`` child never gets them (``app.delivery.pull.pull_environment``).
+# S3 client never reads them.
 REGISTRY_SECRET_VARIABLES: Final = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # A URI's user-info in free text: everything after "scheme://" up to the LAST "@" before the next whitespace, quote,
 # angle bracket or "://" (an unencoded password may hold "/", "@", "?" or "#", so no host character ends it).
@@ -116,9 +116,9 @@ class ConnectionSettings(BaseSettings):
     dvc_remote_region: str | None = Field(None, description="Region of the S3 bucket.", examples=["eu-west-1"])
     aws_access_key_id: SecretStr | None = Field(
         None,
-        description="S3 access key: read by the S3 client only, never written to the DVC config (`MODEL_DIR/.dvc`, "
-        "private to its owner) or printed, and dropped from the environment before the server starts. The "
-        "`dvc pull` child gets these, never the `MLFLOW_*` variables.",
+        description="S3 access key: read by the S3 client only (botocore's own credential chain, which also reads "
+        "`AWS_SHARED_CREDENTIALS_FILE`), never written to a file or printed, and dropped from the environment before "
+        "the server starts.",
     )
     aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (handled as `AWS_ACCESS_KEY_ID`).")
     aws_session_token: SecretStr | None = Field(None, description="S3 session token (handled as `AWS_ACCESS_KEY_ID`).")

@@ -1,19 +1,23 @@
-"""The DVC store layout: how a bundle is kept in, and fetched from, a DVC remote.
+"""The DVC store layout: how a bundle is kept in a DVC remote, and its directory hash.
 
 A bundle is the one output of a DVC work repository (``dvc init --no-scm``): ``<work>/bundle``, named by its
-directory hash ``<md5>.dir``. Publishing pushes from a throw-away work repository; the entrypoint pulls into
-``MODEL_DIR``, another work repository; both are set up by ``prepare_work_repo``, so both see the remote the
-same way. The remote gets DVC 3's normal cache layout (``files/md5/..``). No credential is ever written to
-a DVC config: DVC's S3 client reads the standard ``AWS_*`` variables itself, and a remote or endpoint URL holding
-user-info is refused (the settings refuse it first; this guards callers that bypass them). The ``.dvc``
-directory is still private to its owner (0700, its config 0600): it names the store, and holds the cache.
+directory hash ``<md5>.dir``, the md5 of its listing (``listing_bytes``). Publishing pushes from a throw-away
+work repository set up by ``prepare_work_repo`` (with DVC, imported there only); the remote gets DVC 3's normal
+cache layout (``files/md5/..``), which the serving pull (``app.delivery.pull``) reads without DVC, and
+``dir_hash`` computes the hash without DVC too. No credential is ever written to a DVC config: DVC's S3 client
+reads the standard ``AWS_*`` variables itself, and a remote or endpoint URL holding user-info is refused (the
+settings refuse it first; this guards callers that bypass them). The ``.dvc`` directory is still private to its
+owner (0700, its config 0600): it names the store, and holds the cache.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
+import json
 import logging
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Final
@@ -27,6 +31,7 @@ SITE_CACHE_ENV: Final = "DVC_SITE_CACHE_DIR"
 CONNECT_TIMEOUT_S: Final = 5  # one S3 connection attempt; the overall bound is the caller's deadline
 # A bundle's DVC hash: 32 hex digits, ".dir" for a directory.
 DVC_HASH: Final = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+DIR_SUFFIX: Final = ".dir"
 
 
 def site_cache_dir(work: Path) -> Path:
@@ -37,7 +42,7 @@ def site_cache_dir(work: Path) -> Path:
 def ensure_user_name() -> None:
     """Give the process a user name if its uid has none: DVC names its per-repository cache after
     ``getpass.getuser()``, which fails for a uid without a passwd entry (platforms that run containers under
-    arbitrary uids). ``USER`` reaches ``dvc pull`` children too."""
+    arbitrary uids)."""
     try:
         getpass.getuser()
     except (KeyError, OSError):
@@ -96,15 +101,23 @@ def write_dvc_file(work: Path, dvc_hash: str) -> Path:
     return path
 
 
-def dir_hash(path: Path) -> str:
-    """The DVC 3 hash of a directory (``<md5>.dir``), computed with DVC's own tree serialisation."""
-    from dvc_data.hashfile.hash_info import HashInfo
-    from dvc_data.hashfile.meta import Meta
-    from dvc_data.hashfile.tree import Tree
+def listing_bytes(entries: dict[str, str]) -> bytes:
+    """A directory's listing as DVC 3 serialises it (its ``.dir`` object): ``{relpath: md5}`` as a JSON list of
+    ``{"md5": ..., "relpath": ...}`` sorted by relpath (a POSIX path), keys sorted, ``json.dumps``' default
+    separators and ASCII escapes (``dvc_data.hashfile.tree.Tree.as_bytes``)."""
+    listing = [{"md5": md5, "relpath": relpath} for relpath, md5 in sorted(entries.items())]
+    return json.dumps(listing, sort_keys=True).encode("utf-8")
 
-    tree = Tree()  # type: ignore[no-untyped-call]
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        tree.add(file.relative_to(path).parts, Meta(), HashInfo("md5", file_digest(file, "md5")))
-    tree.digest()
-    assert tree.hash_info is not None and tree.hash_info.value
-    return str(tree.hash_info.value)
+
+def listing_hash(listing: bytes) -> str:
+    """The DVC 3 hash of a directory whose listing is ``listing``: its md5, then ``.dir``."""
+    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + DIR_SUFFIX
+
+
+def dir_hash(path: Path) -> str:
+    """The DVC 3 hash of a directory (``<md5>.dir``): the md5 of its listing (``listing_bytes``), the value
+    ``dvc add`` gives it (``tests/app/test_store.py`` compares the two)."""
+    files = (p for p in path.rglob("*") if p.is_file())
+    return listing_hash(
+        listing_bytes({posixpath.join(*f.relative_to(path).parts): file_digest(f, "md5") for f in files})
+    )

@@ -1,14 +1,12 @@
 """Every way delivery (and the start after it) fails, each with its exit code, and the classification of a failed
-``dvc pull`` from its output: S3 error codes where botocore names them, and fixed phrases, never digits anywhere in
-the text.
-
-The phrases are DVC's, botocore's and the C library's own words, as DVC 3 prints them (captured against a moto
-S3 server, see ``tests/app/test_delivery_failures.py``); object ids are read only where a phrase names one."""
+pull from structured errors: botocore's exception classes and the S3 error codes they carry, and the errno of an
+``OSError``; never from the words of a message (an endpoint's port or a blob's hash may hold "403")."""
 
 from __future__ import annotations
 
+import errno
 import os
-import re
+import sys
 from pathlib import Path
 from typing import Final, Literal
 
@@ -51,30 +49,17 @@ class DeliveryError(Exception):
         return self.failure in RETRYABLE
 
 
-# S3 errors as botocore words them in DVC's output: "An error occurred (<code>) when calling ...". Status codes
-# count only there, never as digits anywhere in the text (an endpoint's port or a blob's hash may hold "403").
-S3_ERROR_CODE: Final = re.compile(r"An error occurred \((\w+)\) when calling")
+# S3 error codes (botocore's ``ClientError.response["Error"]["Code"]``; a HEAD answer carries only its status).
 CREDENTIAL_CODES: Final = frozenset(
-    {"403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-)
-MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NoSuchBucket"})
-CREDENTIAL_MARKERS: Final = ("Unable to locate credentials", "NoCredentialsError")
-MISSING_MARKERS: Final = ("Missing cache files", "missing-files")
-UNREACHABLE_MARKERS: Final = (
-    "Could not connect", "Connect timeout", "Connection refused", "Read timeout", "timed out",
-    "EndpointConnectionError", "Name or service not known", "Temporary failure in name resolution", "Connection reset",
+    {"403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "TokenRefreshRequired", "InvalidSecurity"}
 )  # fmt: skip
-# MODEL_DIR's volume is full: the C library's words for ENOSPC and EDQUOT, and SQLite's for SQLITE_FULL (DVC keeps
-# its index databases in MODEL_DIR/.dvc/site, and they are often what fills up first).
-DISK_MARKERS: Final = ("No space left on device", "Disk quota exceeded", "database or disk is full")
-# A DVC object id: an md5, ".dir" for a directory's listing.
-_OID: Final = r"[0-9a-f]{32}(?:\.dir)?"
-# DVC's ObjectFormatError: a listing that is no JSON list of entries, or an object whose content is not its hash.
-CORRUPT_OBJECT: Final = re.compile(rf"\bobject ({_OID}) is corrupted\b")
-# The objects DVC names, one "md5: <oid>" line each, after "Missing cache files:" (its error line names none).
-MISSING_LIST: Final = re.compile(rf"Missing cache files:\n((?:md5: {_OID}\n?)+)")
-MISSING_ENTRY: Final = re.compile(rf"^md5: ({_OID})$", re.MULTILINE)
-FAILED_TRANSFER: Final = re.compile(rf"failed to transfer '({_OID})'")
+MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound"})
+OUT_OF_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+WHERE_CREDENTIALS: Final = (
+    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (or AWS_SHARED_CREDENTIALS_FILE) and the bucket "
+    "policy"
+)
 
 
 def object_path(oid: str, url: str | None) -> str:
@@ -95,58 +80,101 @@ def out_of_space(model_dir: Path | str | None, detail: str) -> DeliveryError:
     where = f"MODEL_DIR={os.fspath(model_dir)}" if model_dir is not None else "MODEL_DIR"
     return DeliveryError(
         "disk",
-        f"{where} is out of space: writing the bundle or DVC's index there failed ({detail})",
+        f"{where} is out of space: writing the bundle or its object cache there failed ({detail})",
         f"the free space on the volume holding {where}: free some, or give it a larger volume (it must hold the "
-        "bundle once, plus DVC's index databases)",
+        "bundle once: its checkout shares the cache's files through hard links where the volume allows them)",
     )
 
 
-def classify_pull_failure(
-    output: str, remote: str, *, url: str | None = None, model_dir: Path | str | None = None
-) -> DeliveryError:
-    """A failed ``dvc pull``'s output -> the one failure that explains it, with what to check.
+def missing(oids: list[str], remote: str, url: str | None, reason: str | None = None) -> DeliveryError:
+    """The bundle's objects ``oids`` (its listing, or files it names) are not in the remote."""
+    why = f" ({reason})" if reason else ""
+    return DeliveryError(
+        "missing",
+        f"the bundle's objects are missing from the remote {remote}: {_named(oids, url)}{why}",
+        "that the bundle was pushed to this DVC_REMOTE_URL (python -m orchestration publish) and the hash",
+    )
 
-    ``remote`` describes the remote in messages; ``url`` (``DVC_REMOTE_URL``) lets them name an object's path
-    in it; ``model_dir`` is where the pull writes.
+
+def corrupt(oid: str, remote: str, url: str | None, *, relpath: str | None = None, why: str = "") -> DeliveryError:
+    """The store's copy of object ``oid`` is not what its id says: a listing whose bytes do not hash to its id
+    (or that is no listing at all), or a file whose bytes do not hash to its entry in the listing."""
+    what = f"listing {oid}" if oid.endswith(".dir") else f"object {oid}" + (f" ({relpath})" if relpath else "")
+    return DeliveryError(
+        "mismatch",
+        f"the bundle's {what} in the remote {remote} is corrupt: the store's copy ({object_path(oid, url)}) "
+        f"does not match its hash{why}, so it was altered or damaged in the store",
+        f"the store's copy at {object_path(oid, url)}: delete it, then publish the bundle again (python -m "
+        "orchestration publish uploads only what the store lacks, so it skips a corrupt copy left in place)",
+    )
+
+
+def unusable_model_dir(model_dir: Path | str, exc: OSError) -> DeliveryError:
+    """Writing into ``MODEL_DIR`` failed: out of space (ENOSPC, EDQUOT), or it is not a writable directory."""
+    if exc.errno in OUT_OF_SPACE_ERRNOS:
+        return out_of_space(model_dir, exc.strerror or str(exc))
+    return DeliveryError(
+        "settings", f"MODEL_DIR={os.fspath(model_dir)} is not usable: {exc}", "that MODEL_DIR is a writable directory"
+    )
+
+
+def classify_remote_error(exc: BaseException, remote: str, *, url: str | None, oid: str) -> DeliveryError:
+    """An error reading object ``oid`` from the remote -> the one failure that explains it, with what to check.
+
+    ``exc`` is botocore's (``ClientError`` with its S3 code, a connection or timeout error, no credentials) for an
+    ``s3://`` remote, an ``OSError`` for a directory; ``remote`` describes the remote in messages, ``url``
+    (``DVC_REMOTE_URL``) lets them name the object's path in it.
     """
-    errors = [line.strip() for line in output.splitlines() if line.startswith("ERROR")]
-    reason = redact(errors[0].removeprefix("ERROR:").strip() if errors else (output.strip().splitlines() or ["?"])[-1])
-    codes = set(S3_ERROR_CODE.findall(output))
-    if any(marker in output for marker in DISK_MARKERS):
-        return out_of_space(model_dir, reason)
-    if corrupt := CORRUPT_OBJECT.search(output):
-        oid = corrupt.group(1)
-        what = f"listing {oid}" if oid.endswith(".dir") else f"object {oid}"
-        why = " (it is no listing at all)" if oid.endswith(".dir") else ""
+    reason = redact(str(exc) or type(exc).__name__)
+    # botocore's errors first: its timeouts are OSErrors too. An error of botocore's means it is imported already.
+    aws = sys.modules.get("botocore.exceptions")
+    if aws is not None and isinstance(exc, aws.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in CREDENTIAL_CODES or status == 403:
+            return DeliveryError(
+                "credentials", f"the remote {remote} refused the credentials ({reason})", WHERE_CREDENTIALS
+            )
+        if code == "NoSuchBucket":
+            return DeliveryError(
+                "missing",
+                f"the bucket of the remote {remote} does not exist ({reason})",
+                "DVC_REMOTE_URL (its bucket), DVC_REMOTE_ENDPOINT_URL, and that the bundle was pushed there "
+                "(python -m orchestration publish)",
+            )
+        if code in MISSING_CODES or status == 404:
+            return missing([oid], remote, url, reason)
         return DeliveryError(
-            "mismatch",
-            f"the bundle's {what} in the remote {remote} is corrupt: the store's copy ({object_path(oid, url)}) "
-            f"does not match its hash{why}, so it was altered or damaged in the store",
-            f"the store's copy at {object_path(oid, url)}: delete it, then publish the bundle again (python -m "
-            "orchestration publish uploads only what the store lacks, so it skips a corrupt copy left in place)",
+            "pull",
+            f"the remote {remote} answered {code or status} to a read of {object_path(oid, url)} ({reason})",
+            "the DVC remote settings (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, DVC_REMOTE_REGION) and the store",
         )
-    if codes & CREDENTIAL_CODES or any(marker in output for marker in CREDENTIAL_MARKERS):
+    if aws is not None and isinstance(
+        exc, aws.NoCredentialsError | aws.PartialCredentialsError | aws.CredentialRetrievalError
+    ):
         return DeliveryError(
-            "credentials",
-            f"the remote {remote} refused the credentials ({reason})",
-            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN and the bucket policy",
+            "credentials", f"the remote {remote} got no usable credentials ({reason})", WHERE_CREDENTIALS
         )
-    if any(marker in output for marker in UNREACHABLE_MARKERS):
+    if aws is not None and isinstance(exc, aws.ConnectionError | aws.HTTPClientError):
+        # refused, timed out, reset, a TLS failure, an answer cut mid-body
         return DeliveryError(
             "unreachable",
             f"the remote {remote} is unreachable ({reason})",
             "DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL and network access to the store",
         )
-    if codes & MISSING_CODES or any(marker in output for marker in MISSING_MARKERS):
-        if listed := MISSING_LIST.search(output):  # DVC's own list: its error line ("Checkout failed ...") names none
-            detail = f": {_named(MISSING_ENTRY.findall(listed.group(1)), url)}"
-        elif transfers := FAILED_TRANSFER.findall(output) if codes & MISSING_CODES else []:
-            detail = f": {_named(list(dict.fromkeys(transfers)), url)} ({reason})"
-        else:
-            detail = f" ({reason})"
-        return DeliveryError(
-            "missing",
-            f"the bundle's objects are missing from the remote {remote}{detail}",
-            "that the bundle was pushed to this DVC_REMOTE_URL (python -m orchestration publish) and the hash",
-        )
-    return DeliveryError("pull", f"dvc pull from {remote} failed ({reason})", "the DVC remote settings")
+    if isinstance(exc, OSError):  # a directory remote
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            return missing([oid], remote, url)
+        if isinstance(exc, PermissionError):
+            return DeliveryError(
+                "credentials",
+                f"the remote {remote} refused to be read ({reason})",
+                "that this user may read DVC_REMOTE_URL's directory and its files",
+            )
+        return DeliveryError("pull", f"reading from {remote} failed ({reason})", "the volume holding DVC_REMOTE_URL")
+    return DeliveryError(
+        "pull",
+        f"the pull from {remote} failed ({type(exc).__name__}: {reason})",
+        "the DVC remote settings (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, DVC_REMOTE_REGION)",
+    )

@@ -1,4 +1,4 @@
-"""Pull and verify a bundle into a work repository, one delivery at a time per directory: what the entrypoint
+"""Pull and verify a bundle into a ``MODEL_DIR``, one delivery at a time per directory: what the entrypoint
 does before the server starts, and what the running server does for a candidate when its alias moves.
 
 A bundle already checked out there with the wanted DVC hash (another worker's pull, a restart on the same
@@ -8,6 +8,7 @@ volume) is reused without a pull.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,11 @@ class Fetched:
     reused: bool  # an identical bundle was already checked out: no pull at all
 
 
-def fetch(settings: Settings, dvc_hash: str, *, deadline: float, report: Report = quiet) -> Fetched:
-    """The bundle ``dvc_hash`` pulled into ``settings.model_dir`` and verified, within ``deadline``."""
+def fetch(
+    settings: Settings, dvc_hash: str, *, deadline: float, report: Report = quiet, seeds: Sequence[Path] = ()
+) -> Fetched:
+    """The bundle ``dvc_hash`` pulled into ``settings.model_dir`` and verified, within ``deadline``; the pull
+    takes intact objects from the caches ``seeds`` before downloading them (``app.delivery.pull.pull``)."""
     work = settings.model_dir
     with model_dir_lock(work, timeout_s=deadline - time.monotonic(), report=report):
         checked_out, step = work / BUNDLE_NAME, time.monotonic()
@@ -40,7 +44,7 @@ def fetch(settings: Settings, dvc_hash: str, *, deadline: float, report: Report 
                 f"hash {metadata.content_hash[:12]}): nothing to pull"
             )
             return Fetched(checked_out, metadata, 0, True)
-        pulled = pull(settings, dvc_hash, report=report, deadline=deadline)
+        pulled = pull(settings, dvc_hash, report=report, deadline=deadline, seeds=seeds)
         report(
             f"pull done in {time.monotonic() - step:.2f}s: {pulled.fetched} files fetched from "
             f"{settings.dvc_remote_url} into {pulled.bundle_dir} ({pulled.attempts} attempt(s))"

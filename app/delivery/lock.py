@@ -1,6 +1,6 @@
 """One delivery at a time per ``MODEL_DIR``: two containers sharing a volume, or a restart racing a stop, take
-turns instead of initialising one DVC work repository at once. The second waits (within ``PULL_DEADLINE_S``)
-and then finds the first one's blobs in the cache, so its pull fetches nothing."""
+turns instead of filling one cache and checkout at once. The second waits (within ``PULL_DEADLINE_S``) and then
+finds the first one's verified checkout (or its objects in the cache), so it fetches nothing."""
 
 from __future__ import annotations
 

@@ -1,59 +1,88 @@
-"""``dvc pull`` of the bundle into ``MODEL_DIR/bundle``, as a child process with retries and a deadline.
+"""The bundle pulled from the DVC remote into ``MODEL_DIR/bundle``, without DVC, with retries and a deadline.
 
-``MODEL_DIR`` is a DVC work repository (``app.contract.store``) whose remote is configured from the
-environment on every start. The pull runs as a child process with a timeout, so a hung connection cannot
-outlive ``PULL_DEADLINE_S``; failures are classified (``app.delivery.failures``) and only the transient ones
-are retried. A full ``MODEL_DIR`` volume is told from structured errors (errno, SQLite's result code) where
-the error is ours, and from the volume's free space where DVC's words do not say (SQLite's "disk I/O error").
+The remote has DVC 3's content-addressed layout (``app.delivery.remote``): the bundle is a directory whose hash,
+``<md5>.dir``, names its listing, a JSON list of ``{"md5": ..., "relpath": ...}`` (``app.contract.store``), and
+each file is the object named by its md5. A pull reads the listing, then each file it names, into a cache in
+``MODEL_DIR/.dvc/cache/files/md5`` (DVC's own cache layout, so a volume an earlier DVC pull filled is reused):
+
+- every object is checked against its id before it is used: the listing's bytes against its ``.dir`` id, each
+  file against its listing entry; one that does not match is refused (``mismatch``) and never kept;
+- every object is written to a temporary name and renamed once checked, and the bundle is checked out into a
+  temporary directory (hard links into the cache, copies where the volume allows none) renamed to
+  ``MODEL_DIR/bundle`` once complete, so nothing partial is ever served;
+- an object already in the cache (checked again) is not downloaded: a restart or a refresh of an unchanged
+  bundle fetches nothing.
+
+Each attempt runs in a thread bounded by what is left of ``PULL_DEADLINE_S`` (``app.delivery.retry.within``),
+with bounded socket timeouts; between chunks it checks a stop flag, which ``stop_pulls`` (the server's shutdown)
+and the deadline set. Failures are classified from structured errors (``app.delivery.failures``) and only the
+transient ones are retried.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
+import json
 import os
 import re
+import secrets
 import shutil
-import signal
-import sqlite3
-import subprocess
-import sys
 import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
-from app.contract.connection import redact
+from app.contract.connection import CREDENTIALS_IN_URL, holds_credentials, redact
+from app.contract.hashing import file_digest
 from app.contract.progress import Report, quiet
-from app.contract.store import BUNDLE_NAME, SITE_CACHE_ENV, prepare_work_repo, site_cache_dir, write_dvc_file
-from app.delivery.failures import DeliveryError, classify_pull_failure, object_path, out_of_space
+from app.contract.store import BUNDLE_NAME, DIR_SUFFIX, site_cache_dir
+from app.delivery.failures import (
+    DeliveryError,
+    classify_remote_error,
+    corrupt,
+    missing,
+    unusable_model_dir,
+)
+from app.delivery.remote import DirectoryRemote, Remote, S3Remote
 from app.delivery.retry import retrying
 from app.settings import Settings
 
-# A volume with less free than this is full: a failed write into it explains a failed pull (a MiB is less than any
-# bundle, and more than the last partial page SQLite or DVC leaves when a write fails).
-FULL_BELOW_BYTES: Final = 1 << 20
-OUT_OF_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-LISTING_ID: Final = re.compile(r"md5: ([0-9a-f]{32}\.dir)")
+DOT_DVC: Final = ".dvc"  # MODEL_DIR/.dvc: private to its owner, it holds the cache
+CACHE: Final = Path(DOT_DVC) / "cache" / "files" / "md5"  # below MODEL_DIR: DVC 3's own cache layout
+STAGING: Final = ".bundle-"  # MODEL_DIR/.bundle-<random>: a checkout (or a replaced one) on its way
+PART: Final = ".part"  # <cache>/<2 hex>/.<rest>.<random>.part: an object on its way
+MD5: Final = re.compile(r"^[0-9a-f]{32}$")
+STOP_POLL_S: Final = 0.1  # how soon a waiting attempt notices stop_pulls
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Pulled:
     bundle_dir: Path
-    fetched: int  # files downloaded this start (0 when the local cache already had them)
+    fetched: int  # objects downloaded (the listing and each file; 0 when the local cache already had them all)
     attempts: int
 
 
+class PullStoppedError(DeliveryError):
+    """``stop_pulls`` ended the pull: the server is shutting down. Not retried."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 def configure_remote(settings: Settings) -> Path:
-    """Make ``MODEL_DIR`` a DVC work repository whose default remote is the one the environment names.
+    """Check that the environment names a remote, and make ``MODEL_DIR`` (with its private ``.dvc`` directory,
+    which holds the cache); returns ``MODEL_DIR``.
 
     Credentials in ``DVC_REMOTE_URL`` / ``DVC_REMOTE_ENDPOINT_URL`` (``https://key:secret@minio:9000``) are refused,
-    by the settings and again by ``prepare_work_repo``, rather than stripped and handed to the pull: those variables
-    stay in the server's environment for the whole run (its alias refresh pulls again), while the ``AWS_*`` keys
-    are dropped before it starts, and a URL is printed and written to ``MODEL_DIR/.dvc/config``, where a key has
-    no place. One way to give the keys (``AWS_*`` or a credentials file) keeps them out of every config and log.
+    by the settings and again here, rather than stripped and handed to the S3 client: those variables stay in the
+    server's environment for the whole run (its alias refresh pulls again), while the ``AWS_*`` keys are dropped
+    before it starts, and a URL is printed, where a key has no place. One way to give the keys (``AWS_*`` or a
+    credentials file, read by botocore itself) keeps them out of every log.
     """
     if not settings.dvc_remote_url:
         raise DeliveryError(
@@ -61,182 +90,334 @@ def configure_remote(settings: Settings) -> Path:
             "DVC_REMOTE_URL is not set, so there is nowhere to pull the bundle from",
             "DVC_REMOTE_URL (s3://bucket/prefix or a directory)",
         )
+    for name, given in (
+        ("DVC_REMOTE_URL", settings.dvc_remote_url),
+        ("DVC_REMOTE_ENDPOINT_URL", settings.dvc_remote_endpoint_url),
+    ):
+        if given and holds_credentials(given):
+            raise DeliveryError("settings", f"{name} {CREDENTIALS_IN_URL}", name)
     work = settings.model_dir
     try:
-        prepare_work_repo(
-            work,
-            settings.dvc_remote_url,
-            endpoint_url=settings.dvc_remote_endpoint_url,
-            region=settings.dvc_remote_region,
-        )
-    except Exception as exc:  # DVC's config errors do not share a public base class
-        if out_of_space_error(exc, work):
-            raise out_of_space(work, f"setting up the DVC work repository: {exc}") from None
-        if isinstance(exc, OSError):
-            raise DeliveryError(
-                "settings", f"MODEL_DIR={work} is not usable: {exc}", "that MODEL_DIR is a writable directory"
-            ) from None
-        raise DeliveryError(
-            "settings", f"DVC remote configuration refused: {redact(str(exc))}", "DVC_REMOTE_* settings"
-        ) from None
+        work.mkdir(parents=True, exist_ok=True)
+        (work / DOT_DVC).mkdir(mode=0o700, exist_ok=True)
+        (work / DOT_DVC).chmod(0o700)
+    except OSError as exc:
+        raise unusable_model_dir(work, exc) from None
     return work
 
 
-def pull(settings: Settings, dvc_hash: str, report: Report = quiet, *, deadline: float | None = None) -> Pulled:
-    """``dvc pull`` the bundle into ``MODEL_DIR/bundle`` with retries and backoff, within ``deadline`` (the one
-    delivery shares; default ``PULL_DEADLINE_S`` from now)."""
+def open_remote(settings: Settings) -> Remote:
+    """The remote ``DVC_REMOTE_URL`` names: ``s3://bucket/prefix`` (at ``DVC_REMOTE_ENDPOINT_URL``, in
+    ``DVC_REMOTE_REGION``) or a directory."""
+    url = settings.dvc_remote_url or ""
+    if url.startswith("s3://"):
+        return S3Remote(url, endpoint_url=settings.dvc_remote_endpoint_url, region=settings.dvc_remote_region)
+    return DirectoryRemote(Path(url))
+
+
+def pull(
+    settings: Settings,
+    dvc_hash: str,
+    report: Report = quiet,
+    *,
+    deadline: float | None = None,
+    seeds: Sequence[Path] = (),
+) -> Pulled:
+    """Pull the bundle ``dvc_hash`` into ``MODEL_DIR/bundle`` with retries and backoff, within ``deadline`` (the
+    one delivery shares; default ``PULL_DEADLINE_S`` from now). ``seeds`` are other caches (``cache_of`` another
+    ``MODEL_DIR``) to take intact objects from before downloading them: a candidate's pull takes what the served
+    bundle shares with it."""
     work = configure_remote(settings)
-    try:
-        dvc_file = write_dvc_file(work, dvc_hash)
-    except OSError as exc:
-        if out_of_space_error(exc, work):
-            raise out_of_space(work, str(exc)) from None
+    if not dvc_hash.endswith(DIR_SUFFIX):
         raise DeliveryError(
-            "settings", f"MODEL_DIR={work} is not usable: {exc}", "that MODEL_DIR is a writable directory"
-        ) from None
-    remote = _describe_remote(settings)
+            "settings",
+            f"{dvc_hash} names a single file, not a bundle directory",
+            "MODEL_HASH or the registry version's DVC hash tag: a bundle's hash ends in .dir",
+        )
+    remote = open_remote(settings)
+    where = describe_remote(settings)
     url = settings.dvc_remote_url
+    _clear_leftovers(work)
+    downloaded = [0]  # by every attempt: one that failed may have downloaded some objects already
 
-    def attempt(left: float) -> int:
-        return _pull_once(work, dvc_file, remote, url, timeout=left)
+    def attempt(left: float) -> None:
+        if left <= 0:
+            raise DeliveryError("unreachable", f"no time left to pull from {where}", "PULL_DEADLINE_S")
+        too_slow = DeliveryError(
+            "unreachable",
+            f"the remote {where} is unreachable or too slow: the pull did not finish before PULL_DEADLINE_S ran out",
+            "that the remote answers (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, network), or raise PULL_DEADLINE_S",
+        )
+        with _running() as stop:
+            run = _Attempt(work, remote, where, url, stop, seeds, downloaded).run
+            _bounded(lambda: run(dvc_hash), left, stop, where, too_slow)
 
     try:
-        fetched, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
+        _, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
     except DeliveryError:
         discard(work)
         raise
-    return Pulled(work / BUNDLE_NAME, fetched, attempts)
+    return Pulled(work / BUNDLE_NAME, downloaded[0], attempts)
 
 
-def _describe_remote(settings: Settings) -> str:
+def describe_remote(settings: Settings) -> str:
+    """The remote as messages name it: its URL, and the endpoint of an S3-compatible store."""
     url = settings.dvc_remote_url or ""
     if settings.dvc_remote_endpoint_url and url.startswith("s3://"):
         return f"{url} at {redact(settings.dvc_remote_endpoint_url)}"
     return url
 
 
-# The ``dvc pull`` children running now (their process ids): ``stop_pulls`` ends them when the server shuts down.
-_RUNNING: set[int] = set()
+# The stop flags of the attempts running now: ``stop_pulls`` sets them when the server shuts down.
+_RUNNING: set[threading.Event] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
-def stop_pulls() -> None:
-    """End every running ``dvc pull`` child (with its process group): the server is shutting down, and a pull for
-    a candidate must not outlive it (its thread, a daemon, ends with the process)."""
+@contextlib.contextmanager
+def _running() -> Iterator[threading.Event]:
+    """A stop flag for one attempt, known to ``stop_pulls`` while the attempt runs; set when it ends, so an
+    attempt abandoned at the deadline stops at its next chunk."""
+    stop = threading.Event()
     with _RUNNING_LOCK:
-        for pid in _RUNNING:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-
-
-def _pull_once(work: Path, dvc_file: Path, remote: str, url: str | None, *, timeout: float) -> int:
-    """One ``dvc pull`` child process, killed (with its process group) when ``timeout`` runs out."""
-    if timeout <= 0:
-        raise DeliveryError("unreachable", f"no time left to pull from {remote}", "PULL_DEADLINE_S")
-    env = {**pull_environment(), "DVC_NO_ANALYTICS": "1", SITE_CACHE_ENV: os.fspath(site_cache_dir(work))}
-    # One quick retry inside botocore; the backoff between attempts is ours, bounded by the deadline.
-    env.setdefault("AWS_MAX_ATTEMPTS", "2")
-    args = [sys.executable, "-m", "dvc", "pull", "--force", dvc_file.name]
-    with _RUNNING_LOCK:
-        process = subprocess.Popen(
-            args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        _RUNNING.add(process.pid)
+        _RUNNING.add(stop)
     try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise DeliveryError(
-            "unreachable",
-            f"the remote {remote} is unreachable or too slow: the pull did not finish before PULL_DEADLINE_S ran out",
-            "that the remote answers (DVC_REMOTE_URL, DVC_REMOTE_ENDPOINT_URL, network), or raise PULL_DEADLINE_S",
-        ) from None
-    except BaseException:  # stopped (SIGTERM, Ctrl-C) mid-pull: the child is in its own session, take it along
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
+        yield stop
     finally:
+        stop.set()
         with _RUNNING_LOCK:
-            _RUNNING.discard(process.pid)
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise explain_pull_failure(text, remote, url, work)
-    fetched = re.search(r"(\d+) files? fetched", text)
-    return int(fetched.group(1)) if fetched else 0
+            _RUNNING.discard(stop)
 
 
-def pull_environment() -> dict[str, str]:
-    """The ``dvc pull`` child's environment: this process's, without any ``MLFLOW_*`` variable (DVC reads none,
-    and they hold the registry's password or token, which the server keeps for ``GET /model``). The S3 keys stay:
-    the pull is what needs them."""
-    return {name: value for name, value in os.environ.items() if not name.upper().startswith("MLFLOW_")}
+def stop_pulls() -> None:
+    """Stop every running pull at its next chunk: the server is shutting down, and a pull for a candidate must
+    not outlive it (its thread, a daemon, ends with the process in any case)."""
+    with _RUNNING_LOCK:
+        for stop in _RUNNING:
+            stop.set()
 
 
-def explain_pull_failure(output: str, remote: str, url: str | None, work: Path) -> DeliveryError:
-    """The failure a failed ``dvc pull`` into ``work`` is: its output's words, and where they are not specific,
-    whether ``work``'s volume is full (SQLite reports a failed write to its WAL as "disk I/O error")."""
-    error = classify_pull_failure(output, remote, url=url, model_dir=work)
-    if error.failure == "missing" and (edited := altered_listing(work)) is not None:
-        # the objects are missing because the listing that names them is not the one published
-        return DeliveryError(
-            "mismatch",
-            f"the bundle's listing {edited} in the remote {remote} does not match its hash: the store's copy "
-            f"({object_path(edited, url)}) was replaced, and names objects that were never published",
-            f"the store's copy at {object_path(edited, url)}: delete it, then publish the bundle again",
-        )
-    left = free_bytes(work)
-    if error.failure == "pull" and left is not None and left < FULL_BELOW_BYTES:
-        return out_of_space(work, f"{left} bytes left on its volume; {error.what}")
-    return error
+def _bounded(call: Callable[[], T], seconds: float, stop: threading.Event, where: str, timed_out: DeliveryError) -> T:
+    """``call()`` in a daemon thread, awaited for ``seconds`` at most or until ``stop`` is set (``stop_pulls``):
+    ``timed_out`` or ``PullStoppedError`` is raised then, and the thread, abandoned, ends at its next chunk or
+    socket timeout (it never renames anything once ``stop`` is set)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="delivery-pull", daemon=True)
+    thread.start()
+    ends = time.monotonic() + seconds
+    while thread.is_alive() and not stop.is_set() and (left := ends - time.monotonic()) > 0:
+        thread.join(min(left, STOP_POLL_S))
+    if failure:
+        raise failure[0]
+    if outcome:
+        return outcome[0]
+    if stop.is_set():
+        raise _stopped(where)
+    raise timed_out
 
 
-def altered_listing(work: Path) -> str | None:
-    """The bundle's listing id (``<md5>.dir``, from ``work``'s ``bundle.dvc``) if the remote's copy of it is not
-    what that id hashes to: DVC reads a listing without checking it, and reports the objects an altered listing
-    names as missing. Read through DVC's own remote (its credentials); None when it cannot be read or is intact."""
-    named = LISTING_ID.search((work / f"{BUNDLE_NAME}.dvc").read_text(errors="replace"))
-    if named is None:
-        return None
-    oid = named.group(1)
-    try:
-        from dvc.repo import Repo
-
-        with Repo(os.fspath(work)) as repo:
-            odb = repo.cloud.get_remote_odb()
-            stored: bytes = odb.fs.cat_file(odb.oid_to_path(oid))
-    except Exception:  # unreadable: the pull's own classification stands
-        return None
-    return oid if hashlib.md5(stored, usedforsecurity=False).hexdigest() != oid.removesuffix(".dir") else None
+def _stopped(where: str) -> PullStoppedError:
+    return PullStoppedError("pull", f"the pull from {where} was stopped", "nothing: the server is shutting down")
 
 
-def out_of_space_error(exc: BaseException, work: Path) -> bool:
-    """Whether ``exc`` (or an error it was raised from), raised writing into ``work``, means its volume is full:
-    ENOSPC / EDQUOT, SQLite's SQLITE_FULL, or another SQLite error with the volume full."""
-    cause: BaseException | None = exc
-    seen: set[int] = set()
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno in OUT_OF_SPACE_ERRNOS:
-            return True
-        if isinstance(cause, sqlite3.Error):
-            left = free_bytes(work)
-            return cause.sqlite_errorcode == sqlite3.SQLITE_FULL or (left is not None and left < FULL_BELOW_BYTES)
-        cause = cause.__cause__ or cause.__context__
-    return False
+class _Attempt:
+    """One attempt at the whole pull: the listing, each object it names, the checkout."""
+
+    def __init__(
+        self,
+        work: Path,
+        remote: Remote,
+        where: str,
+        url: str | None,
+        stop: threading.Event,
+        seeds: Sequence[Path],
+        downloaded: list[int],
+    ) -> None:
+        self.work, self.remote, self.where, self.url, self.stop = work, remote, where, url, stop
+        self.cache = cache_of(work)
+        self.seeds = [seed for seed in seeds if seed != self.cache]
+        self.downloaded = downloaded  # the pull's count of objects downloaded, this attempt's added
+
+    def run(self, dvc_hash: str) -> None:
+        """Pull the bundle ``dvc_hash`` into the cache, then check it out."""
+        self.fetch(dvc_hash)
+        entries = self.read_listing(dvc_hash)
+        absent: list[str] = []
+        for md5 in dict.fromkeys(entries.values()):  # each object once: equal files share it
+            try:
+                self.fetch(md5)
+            except DeliveryError as exc:
+                if exc.failure != "missing":
+                    raise
+                absent.append(md5)  # go on: the message names every object the store lacks
+        if absent:
+            raise missing(absent, self.where, self.url)
+        self.check_out(entries)
+
+    def cached(self, oid: str) -> Path:
+        return self.cache / oid[:2] / oid[2:]
+
+    def fetch(self, oid: str) -> None:
+        """Object ``oid`` in the cache, checked against its id: kept if already there and intact, else taken
+        from a seed cache where it is intact there, else downloaded to a temporary name, checked, and renamed."""
+        target = self.cached(oid)
+        expected = oid.removesuffix(DIR_SUFFIX)
+        try:
+            if target.is_file():
+                if file_digest(target, "md5") == expected:
+                    return
+                target.unlink()  # damaged in the cache: download it again
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.seeded(oid, target, expected):
+                return
+            part = target.with_name(f".{target.name}.{secrets.token_hex(6)}{PART}")
+            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # unbuffered: a failed write fails here
+        except OSError as exc:
+            raise unusable_model_dir(self.work, exc) from None
+        try:
+            try:
+                digest = self.download(oid, out)
+            finally:
+                os.close(out)
+            if digest != expected:
+                raise corrupt(oid, self.where, self.url)
+            if self.stop.is_set():
+                raise _stopped(self.where)
+            try:
+                part.chmod(0o444)  # as DVC keeps its cache: the checkout's hard links must not be written through
+                part.replace(target)
+            except OSError as exc:
+                raise unusable_model_dir(self.work, exc) from None
+            self.downloaded[0] += 1
+        finally:
+            part.unlink(missing_ok=True)
+
+    def seeded(self, oid: str, target: Path, expected: str) -> bool:
+        """Whether ``oid`` was taken from a seed cache: a hard link (a copy across volumes) to a temporary name,
+        checked there (a seed may change under us), then renamed to ``target``."""
+        for seed in self.seeds:
+            source = seed / oid[:2] / oid[2:]
+            part = target.with_name(f".{target.name}.{secrets.token_hex(6)}{PART}")
+            try:
+                try:
+                    os.link(source, part)
+                except OSError:
+                    if not source.is_file():
+                        continue
+                    shutil.copyfile(source, part)
+                if file_digest(part, "md5") == expected:
+                    part.chmod(0o444)
+                    part.replace(target)
+                    return True
+            except FileNotFoundError:  # gone from the seed meanwhile
+                continue
+            finally:
+                part.unlink(missing_ok=True)
+        return False
+
+    def download(self, oid: str, out: int) -> str:
+        """Stream object ``oid`` into the file descriptor ``out``; the md5 of what was read."""
+        digest = hashlib.md5(usedforsecurity=False)
+        with contextlib.closing(self.remote.chunks(oid)) as chunks:
+            while True:
+                if self.stop.is_set():
+                    raise _stopped(self.where)
+                try:
+                    chunk = next(chunks, None)
+                except Exception as exc:  # the remote's client's own errors, classified by their kind
+                    raise classify_remote_error(exc, self.where, url=self.url, oid=oid) from None
+                if chunk is None:
+                    break
+                digest.update(chunk)
+                try:
+                    written = 0
+                    while written < len(chunk):
+                        written += os.write(out, chunk[written:])
+                except OSError as exc:
+                    raise unusable_model_dir(self.work, exc) from None
+        return digest.hexdigest()
+
+    def read_listing(self, oid: str) -> dict[str, str]:
+        """The bundle's files from its (checked) listing: ``{relpath: md5}``, every path inside the bundle."""
+        try:
+            raw = json.loads(self.cached(oid).read_bytes())
+        except OSError as exc:
+            raise unusable_model_dir(self.work, exc) from None
+        except ValueError:
+            raw = None
+        entries: dict[str, str] = {}
+        for entry in raw if isinstance(raw, list) else [None]:
+            relpath = entry.get("relpath") if isinstance(entry, dict) else None
+            md5 = entry.get("md5") if isinstance(entry, dict) else None
+            if not isinstance(relpath, str) or not isinstance(md5, str) or not MD5.match(md5) or relpath in entries:
+                entries.clear()
+                break
+            parts = relpath.split("/")
+            if any(part in {"", ".", ".."} or "\0" in part for part in parts):
+                entries.clear()
+                break
+            entries[relpath] = md5
+        parents = {"/".join(path.split("/")[:i]) for path in entries for i in range(1, path.count("/") + 1)}
+        if not entries or parents & entries.keys():  # no path may be a file and another's directory at once
+            raise DeliveryError(
+                "mismatch",
+                f"the bundle's listing {oid} in the remote {self.where} is no DVC listing of a bundle (a JSON list of "
+                "md5 and relative path entries): its hash names some other object",
+                "MODEL_HASH, or the registry version's DVC hash tag (publish the bundle again)",
+            )
+        return entries
+
+    def check_out(self, entries: dict[str, str]) -> None:
+        """The bundle in a temporary directory of hard links into the cache (copies where links fail), renamed
+        to ``MODEL_DIR/bundle`` once complete; a previous checkout there is replaced."""
+        staging = self.work / f"{STAGING}{secrets.token_hex(6)}"
+        replaced = self.work / f"{STAGING}{secrets.token_hex(6)}"
+        bundle = self.work / BUNDLE_NAME
+        try:
+            staging.mkdir()
+            for relpath, md5 in entries.items():
+                if self.stop.is_set():
+                    raise _stopped(self.where)
+                into = staging.joinpath(*relpath.split("/"))
+                into.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.cached(md5), into)
+                except OSError:  # a volume without hard links (or across devices): a copy
+                    shutil.copyfile(self.cached(md5), into)
+            if self.stop.is_set():
+                raise _stopped(self.where)
+            if bundle.exists() or bundle.is_symlink():
+                bundle.rename(replaced)
+            staging.rename(bundle)
+        except OSError as exc:
+            raise unusable_model_dir(self.work, exc) from None
+        finally:
+            for leftover in (staging, replaced):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
-def free_bytes(work: Path) -> int | None:
-    """Bytes an unprivileged user may still write on ``work``'s volume (None if it cannot be told)."""
-    try:
-        stat = os.statvfs(work)
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
+def cache_of(model_dir: Path) -> Path:
+    """The cache of the pulls into ``model_dir``: DVC 3's layout, ``<md5[:2]>/<md5[2:]>`` below it."""
+    return model_dir / CACHE
+
+
+def _clear_leftovers(work: Path) -> None:
+    """Remove what an interrupted pull left (a checkout on its way, objects on their way)."""
+    for leftover in work.glob(f"{STAGING}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for part in (work / CACHE).glob(f"*/.*{PART}"):
+        part.unlink(missing_ok=True)
 
 
 def discard(work: Path) -> None:
-    """Drop the checked-out bundle, the local cache and DVC's index databases (a failed pull may have left
-    them large), so a bad or partial pull is never reused and a full volume gets its space back."""
-    for path in (work / BUNDLE_NAME, work / ".dvc" / "cache", site_cache_dir(work)):
+    """Drop the checked-out bundle and the local cache (and the index databases an earlier DVC pull left), so a
+    bad or partial pull is never reused and a full volume gets its space back."""
+    for path in (work / BUNDLE_NAME, work / DOT_DVC / "cache", site_cache_dir(work), *work.glob(f"{STAGING}*")):
         shutil.rmtree(path, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""Verify a pulled bundle before anything serves it: DVC trusts what the remote returns, so the directory's
-DVC hash is recomputed here, and the bundle's own content hash (``app.contract.bundle``) is checked."""
+"""Verify a pulled bundle before anything serves it: the pull checked each object it read, and the checked-out
+directory as a whole is checked here, its DVC hash recomputed from its files (a checkout reused from the volume
+was never read by this start's pull), then the bundle's own content hash (``app.contract.bundle``)."""
 
 from __future__ import annotations
 

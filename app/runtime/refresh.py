@@ -1,10 +1,11 @@
 """Following the registry alias while serving: promotion without a restart.
 
 Every ``MODEL_REFRESH_S`` the server asks the registry where ``MODEL_NAME@MODEL_ALIAS`` points. When it
-points at another bundle, the candidate goes through the entrypoint's own delivery path (resolve, ``dvc pull``
-with retries inside ``PULL_DEADLINE_S``, both hashes verified) into its own work repository under
-``MODEL_DIR/refresh/``, is loaded and built (its serving form's bit-identical probe included), warmed, and only
-then swapped in, in one assignment. A request captures the model at its start, so requests in flight finish on
+points at another bundle, the candidate goes through the entrypoint's own delivery path (resolve, the pull with
+retries inside ``PULL_DEADLINE_S``, both hashes verified) into its own directory under ``MODEL_DIR/refresh/``
+(the objects it shares with bundles already in ``MODEL_DIR`` are taken from their caches, not downloaded), is
+loaded and built (its serving form's bit-identical probe included), warmed, and only then swapped in, in one
+assignment. A request captures the model at its start, so requests in flight finish on
 the model they started on, and each model has its own micro-batcher: a batch never mixes two models. The old
 model is closed once its last request has finished, and its files are removed from ``MODEL_DIR``.
 
@@ -18,8 +19,9 @@ the store, which re-publishing repairs) is tried again after a delay that double
 ``RETRY_MAX_S``. Moving the alias back is a swap like any other. Workers sharing ``MODEL_DIR`` take turns on each
 candidate's directory (its file lock) and the second finds the first one's verified copy.
 
-The pull runs ``dvc pull`` as a child process, as at start-up; the S3 credentials it needs must come from where that
-child finds them (``AWS_SHARED_CREDENTIALS_FILE``, a pod role), since the server never holds the ``AWS_*`` keys.
+The pull runs in the server, as at start-up (``app.delivery.pull``, botocore); the S3 credentials it needs must come
+from where botocore finds them without the ``AWS_*`` keys, which the server never holds: ``AWS_SHARED_CREDENTIALS_FILE``
+(read again at each pull), a pod role.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from app.contract.store import BUNDLE_NAME, dir_hash
 from app.delivery.failures import DeliveryError
 from app.delivery.fetch import fetch
 from app.delivery.lock import model_dir_lock
+from app.delivery.pull import CACHE, cache_of
+from app.delivery.remote import preload
 from app.delivery.resolve import Resolved, resolve
 from app.delivery.retry import deadline_for
 from app.observability import LOGGER_NAME
@@ -52,7 +56,7 @@ from app.settings import Settings
 
 log = logging.getLogger(LOGGER_NAME)
 
-REFRESH_DIR: Final = "refresh"  # MODEL_DIR/refresh/<md5>: one work repository per candidate bundle
+REFRESH_DIR: Final = "refresh"  # MODEL_DIR/refresh/<md5>: one directory (checkout and cache) per candidate bundle
 RETIRE_POLL_S: Final = 0.1
 WARM_ROWS: Final = 64
 UNLOADED_CHECK_S: Final = 1.0  # how often the alias is checked while nothing is served
@@ -60,7 +64,7 @@ RETRY_MAX_S: Final = 600.0  # the longest wait before a candidate refused for a 
 
 
 def candidate_dir(settings: Settings, dvc_hash: str) -> Path:
-    """The work repository a candidate is pulled into."""
+    """The directory a candidate is pulled into (its ``bundle`` and the cache of its objects)."""
     return settings.model_dir / REFRESH_DIR / dvc_hash.removesuffix(".dir")
 
 
@@ -76,6 +80,7 @@ async def follow_alias(state: ServingState) -> None:
         extra={"model_refresh_s": settings.model_refresh_s},
     )
     loop = asyncio.get_running_loop()
+    await off_loop(lambda: preload(settings.dvc_remote_url), "pull-imports")  # the pulls' S3 client, from the start
     while True:
         # checks start every MODEL_REFRESH_S (not that long after the previous one ended), so a moved alias is
         # seen within one interval; while the start-up bundle cannot be loaded (a worker restarted after a swap
@@ -183,6 +188,7 @@ async def _take(state: ServingState, settings: Settings, resolved: Resolved, beg
                 dvc_hash,
                 deadline=deadline_for(settings),
                 report=report,
+                seeds=[cache_of(settings.model_dir), *(settings.model_dir / REFRESH_DIR).glob(f"*/{CACHE}")],
             ),
             "candidate-pull",
         )

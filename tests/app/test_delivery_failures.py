@@ -1,122 +1,133 @@
-"""A failed ``dvc pull`` is classified from what its output says, on DVC's real messages (captured from DVC 3
-against a moto S3 server), never from digits that happen to stand in a port or a hash."""
+"""A failed pull is classified from structured errors (botocore's exception classes and the S3 error codes they
+carry, an ``OSError``'s errno), never from digits that happen to stand in a port or a hash; each message names what
+to check and never a credential."""
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from pathlib import Path
 
 import pytest
+from botocore import exceptions as aws
 
-from app.delivery.failures import EXIT_CODES, RETRYABLE, DeliveryError, Failure, classify_pull_failure
+from app.delivery.failures import (
+    EXIT_CODES,
+    RETRYABLE,
+    DeliveryError,
+    Failure,
+    classify_remote_error,
+    corrupt,
+    missing,
+    unusable_model_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE = "s3://bucket-one/dvc at http://127.0.0.1:14035"
 URL = "s3://bucket-one/dvc"
 LISTING = "39a42bd8873002daa0e722a2f02db851.dir"
 LISTING_PATH = f"{URL}/files/md5/39/a42bd8873002daa0e722a2f02db851.dir"
-FORBIDDEN = (
-    "ERROR: failed to connect to s3 (bucket-one/dvc/files/md5) - Forbidden: An error occurred (403) when calling "
-    "the HeadObject operation: Forbidden\nERROR: failed to pull data from the cloud - 1 files failed to download\n"
-)
-NO_SUCH_KEY = (
-    "ERROR: failed to transfer '32a50148514d595cf0fcca174b75f242' - The specified key does not exist.: An error "
-    "occurred (NoSuchKey) when calling the GetObject operation: The specified key does not exist.\n"
-    "ERROR: failed to pull data from the cloud - 2 files failed to download\n"
-)
-UNREACHABLE = (
-    "ERROR: failed to connect to s3 (bucket-one/dvc/files/md5) - Could not connect to the endpoint URL: "
-    '"http://127.0.0.1:14035/bucket-one/dvc/files/md5"\n'
-    "ERROR: failed to pull data from the cloud - 1 files failed to download\n"
-)
-SUPPORT = "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!\n"
-# The bundle's listing (its .dir object) in the remote overwritten with garbage bytes, then with nothing.
-CORRUPT_LISTING = (
-    f"ERROR: unexpected error - object {LISTING} is corrupted: 'utf-8' codec can't decode byte 0xff in position 8: "
-    f"invalid start byte\n{SUPPORT}"
-)
-EMPTY_LISTING = (
-    f"ERROR: unexpected error - object {LISTING} is corrupted: Expecting value: line 1 column 1 (char 0)\n{SUPPORT}"
-)
-# The bundle's listing deleted from the remote: DVC names it in a warning, its error line says only "Checkout failed".
-MISSING_LISTING = (
-    "Everything is up to date.\n"
-    "WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:\n"
-    f"md5: {LISTING}\n"
-    "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\n"
-    "bundle\nIs your cache up to date?\n<https://error.dvc.org/missing-files>\n"
-)
-# MODEL_DIR on a full volume: a blob's download, or one of DVC's index databases (SQLite) in MODEL_DIR/.dvc/site.
-NO_SPACE = (
-    "ERROR: failed to transfer '7f4cb9e78ef2e14f73a30cef2b9edd17' - [Errno 28] No space left on device\n"
-    "ERROR: failed to pull data from the cloud - 2 files failed to download\n"
-)
-DATABASE_FULL = f"ERROR: unexpected error - database or disk is full\n{SUPPORT}"
-DISK_IO = f"ERROR: unexpected error - disk I/O error\n{SUPPORT}"
+BLOB = "32a50148514d595cf0fcca174b75f242"
+ENDPOINT = "http://127.0.0.1:14035/bucket-one/dvc/files/md5/32/a50148514d595cf0fcca174b75f242"
+
+
+def client_error(code: str, status: int, operation: str = "GetObject") -> aws.ClientError:
+    """botocore's error for an S3 answer ``status`` with error ``code`` (a HEAD answer's code is its status)."""
+    answer = {
+        "Error": {"Code": code, "Message": f"the store said {code}"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return aws.ClientError(answer, operation)
 
 
 @pytest.mark.parametrize(
-    ("output", "failure"),
+    ("error", "failure"),
     [
-        pytest.param(FORBIDDEN, "credentials", id="forbidden"),
-        pytest.param(NO_SUCH_KEY, "missing", id="no-such-key"),
-        pytest.param(UNREACHABLE, "unreachable", id="unreachable"),  # its endpoint's port, 14035, holds "403"
-        pytest.param(
-            NO_SUCH_KEY.replace("32a50148514d595cf0fcca174b75f242", "32a50148514d595cf0fcca174b403f24"),
-            "missing",
-            id="no-such-key-403-in-hash",
-        ),
-        # "404" in the port is no missing object either
-        pytest.param(UNREACHABLE.replace("14035", "14044"), "unreachable", id="unreachable-404-in-port"),
-        pytest.param("ERROR: unexpected error - Unable to locate credentials\n", "credentials", id="no-credentials"),
-        pytest.param(CORRUPT_LISTING, "mismatch", id="corrupt-listing"),
-        pytest.param(EMPTY_LISTING, "mismatch", id="empty-listing"),
-        pytest.param(MISSING_LISTING, "missing", id="missing-listing"),
-        pytest.param(NO_SPACE, "disk", id="no-space-left"),
-        pytest.param(DATABASE_FULL, "disk", id="database-full"),
-        # SQLite's words for any failed write: only MODEL_DIR's free space can tell (app.delivery.pull)
-        pytest.param(DISK_IO, "pull", id="disk-io-error"),
-        pytest.param("ERROR: something DVC never said before\n", "pull", id="unknown"),
+        pytest.param(client_error("403", 403, "HeadObject"), "credentials", id="forbidden-head"),
+        pytest.param(client_error("AccessDenied", 403), "credentials", id="access-denied"),
+        pytest.param(client_error("InvalidAccessKeyId", 403), "credentials", id="unknown-key"),
+        pytest.param(client_error("SignatureDoesNotMatch", 403), "credentials", id="wrong-secret"),
+        pytest.param(client_error("ExpiredToken", 400), "credentials", id="expired-token"),
+        pytest.param(aws.NoCredentialsError(), "credentials", id="no-credentials"),
+        pytest.param(aws.PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"), "credentials",
+                     id="partial-credentials"),
+        pytest.param(client_error("NoSuchKey", 404), "missing", id="no-such-key"),
+        pytest.param(client_error("404", 404, "HeadObject"), "missing", id="not-found-head"),
+        pytest.param(client_error("NoSuchBucket", 404), "missing", id="no-such-bucket"),
+        # its endpoint's port, 14035, holds "403": no credentials failure
+        pytest.param(aws.EndpointConnectionError(endpoint_url=ENDPOINT), "unreachable", id="connection-refused"),
+        pytest.param(aws.EndpointConnectionError(endpoint_url=ENDPOINT.replace("14035", "14044")), "unreachable",
+                     id="unreachable-404-in-port"),  # "404" in the port is no missing object either
+        pytest.param(aws.ConnectTimeoutError(endpoint_url=ENDPOINT), "unreachable", id="connect-timeout"),
+        pytest.param(aws.ReadTimeoutError(endpoint_url=ENDPOINT), "unreachable", id="read-timeout"),
+        pytest.param(aws.ConnectionClosedError(endpoint_url=ENDPOINT), "unreachable", id="connection-closed"),
+        pytest.param(aws.ResponseStreamingError(error="cut mid-body"), "unreachable", id="cut-mid-body"),
+        pytest.param(client_error("SlowDown", 503), "pull", id="slow-down"),
+        pytest.param(client_error("InternalError", 500), "pull", id="server-error"),
+        # a directory remote: plain file reads
+        pytest.param(FileNotFoundError(errno.ENOENT, "No such file or directory"), "missing", id="no-such-file"),
+        pytest.param(PermissionError(errno.EACCES, "Permission denied"), "credentials", id="unreadable-file"),
+        pytest.param(OSError(errno.EIO, "Input/output error"), "pull", id="io-error"),
+        pytest.param(RuntimeError("something nobody said before"), "pull", id="unknown"),
     ],
-)
-def test_failures_are_classified_from_codes_and_phrases(output: str, failure: Failure) -> None:
-    error = classify_pull_failure(output, REMOTE)
-    assert error.failure == failure, str(error)
-    assert error.retryable == (failure in {"unreachable", "pull"})
+)  # fmt: skip
+def test_failures_are_classified_from_their_kind_and_code(error: BaseException, failure: Failure) -> None:
+    classified = classify_remote_error(error, REMOTE, url=URL, oid=BLOB)
+    assert classified.failure == failure, str(classified)
+    assert classified.retryable == (failure in {"unreachable", "pull"})
 
 
-@pytest.mark.parametrize("output", [CORRUPT_LISTING, EMPTY_LISTING], ids=["garbage", "empty"])
-def test_a_corrupt_listing_names_its_hash_and_where_the_store_keeps_it(output: str) -> None:
-    error = classify_pull_failure(output, REMOTE, url=URL)
+def test_messages_say_what_to_check() -> None:
+    def said(error: BaseException) -> str:
+        return str(classify_remote_error(error, REMOTE, url=URL, oid=BLOB))
+
+    assert "refused the credentials" in said(client_error("InvalidAccessKeyId", 403))
+    assert "AWS_SECRET_ACCESS_KEY" in said(client_error("InvalidAccessKeyId", 403))
+    assert "AWS_SHARED_CREDENTIALS_FILE" in said(aws.NoCredentialsError())
+    unreachable = said(aws.EndpointConnectionError(endpoint_url=ENDPOINT))
+    assert "unreachable" in unreachable and "DVC_REMOTE_ENDPOINT_URL" in unreachable
+    assert "DVC_REMOTE_URL (its bucket)" in said(client_error("NoSuchBucket", 404))
+
+
+def test_no_message_prints_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cr3t-in-an-answer"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    for error in (client_error(f"SignatureDoesNotMatch {secret}", 403), RuntimeError(f"odd: {secret}")):
+        assert secret not in str(classify_remote_error(error, REMOTE, url=URL, oid=BLOB))
+
+
+@pytest.mark.parametrize("oid", [LISTING, BLOB], ids=["listing", "object"])
+def test_a_corrupt_object_names_its_hash_and_where_the_store_keeps_it(oid: str) -> None:
+    error = corrupt(oid, REMOTE, URL)
     assert error.exit_code == 8 and not error.retryable
     message = str(error)
-    assert f"listing {LISTING}" in message and LISTING_PATH in message and "corrupt" in message
-    assert "altered or damaged in the store" in message
-    assert f"copy at {LISTING_PATH}: delete it, then publish the bundle again" in message
+    where = f"{URL}/files/md5/{oid[:2]}/{oid[2:]}"
+    kind = "listing" if oid.endswith(".dir") else "object"
+    assert f"{kind} {oid}" in message and where in message and "corrupt" in message
+    assert "does not match its hash" in message and "altered or damaged in the store" in message
+    assert f"copy at {where}: delete it, then publish the bundle again" in message
     assert "DVC remote settings" not in message
 
 
-def test_a_missing_listing_is_named_not_cut_off() -> None:
-    error = classify_pull_failure(MISSING_LISTING, REMOTE, url=URL)
+def test_missing_objects_are_named_with_their_paths() -> None:
+    error = missing([LISTING], REMOTE, URL)
     assert error.exit_code == 7 and not error.retryable
+    assert f"listing {LISTING} ({LISTING_PATH})" in str(error)
+    message = str(classify_remote_error(client_error("NoSuchKey", 404), REMOTE, url=URL, oid=BLOB))
+    assert f"object {BLOB} ({URL}/files/md5/32/a50148514d595cf0fcca174b75f242)" in message
+
+
+@pytest.mark.parametrize(
+    ("code", "failure"), [(errno.ENOSPC, "disk"), (errno.EDQUOT, "disk"), (errno.EACCES, "settings")]
+)
+def test_a_full_model_dir_is_its_own_failure_and_names_model_dir(code: int, failure: Failure) -> None:
+    error = unusable_model_dir(Path("/models"), OSError(code, "writing"))
+    assert error.failure == failure and not error.retryable
     message = str(error)
-    assert f"listing {LISTING}" in message and LISTING_PATH in message
-    assert "Checkout failed for following targets:)" not in message
-
-
-def test_a_missing_blob_is_named_with_its_path() -> None:
-    message = str(classify_pull_failure(NO_SUCH_KEY, REMOTE, url=URL))
-    assert f"{URL}/files/md5/32/a50148514d595cf0fcca174b75f242" in message
-
-
-@pytest.mark.parametrize("output", [NO_SPACE, DATABASE_FULL], ids=["no-space-left", "database-full"])
-def test_a_full_model_dir_is_its_own_failure_and_names_model_dir(output: str) -> None:
-    error = classify_pull_failure(output, REMOTE, url=URL, model_dir=Path("/models"))
-    assert error.failure == "disk" and error.exit_code == 10 and not error.retryable
-    message = str(error)
-    assert "MODEL_DIR=/models" in message and "free space" in message and "volume" in message
-    assert "DVC remote settings" not in message
+    assert "MODEL_DIR=/models" in message and "DVC remote settings" not in message
+    if failure == "disk":
+        assert error.exit_code == 10 and "free space" in message and "volume" in message
 
 
 def test_every_failure_has_its_own_exit_code() -> None:

@@ -1,6 +1,6 @@
-"""The DVC work repository: private to its owner, never holding a credential, and made even under a uid the image
-does not know (platforms that run containers under arbitrary uids): DVC asks for the user's name, which such a uid
-has none of."""
+"""The store's layout: the DVC work repository publishing pushes from (private to its owner, never holding a
+credential, made even under a uid the image does not know: DVC asks for the user's name, which such a uid has none
+of), and a directory's DVC 3 hash computed without DVC, as DVC computes it."""
 
 from __future__ import annotations
 
@@ -55,3 +55,35 @@ def test_the_dvc_directory_and_its_config_are_private(tmp_path: Path) -> None:
         assert stat.S_IMODE((work / ".dvc").stat().st_mode) == 0o700
         assert stat.S_IMODE((work / ".dvc" / "config").stat().st_mode) == 0o600
     assert "endpointurl = http://minio:9000" in (work / ".dvc" / "config").read_text()
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for relpath, content in files.items():
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes(content)
+    return root
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param({"metadata.json": b"{}", "model.skops": b"\x00" * 4096}, id="flat"),
+        pytest.param({"a/b/c.txt": b"deep", "a/b.txt": b"b", "a.txt": b"a", "a-b": b"-", "a0": b"0"}, id="nested"),
+        pytest.param({"empty": b"", "also-empty": b"", "same": b"x", "again/same": b"x"}, id="empty-and-equal-files"),
+        pytest.param({"with space/file name.txt": b"s", " lead": b"l", "tab\tname": b"t"}, id="spaces"),
+        pytest.param({"données/été.csv": "é".encode(), "日本/語": b"j", "Z": b"upper", "z": b"lower"}, id="unicode"),
+        pytest.param({"text.txt": b"line\r\nline\r\n", "bin": bytes(range(256))}, id="crlf-and-binary"),
+    ],
+)
+def test_dir_hash_is_dvc_3s_tree_hash(tmp_path: Path, files: dict[str, bytes]) -> None:
+    """``dir_hash`` needs no DVC; it must give what dvc_data (installed for publishing) builds for a directory."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    from app.contract.store import dir_hash
+
+    root = _tree(tmp_path / "bundle", files)
+    fs = LocalFileSystem()  # type: ignore[no-untyped-call]
+    _, _, tree = build(HashFileDB(fs, os.fspath(tmp_path / "odb")), os.fspath(root), fs, "md5")
+    assert dir_hash(root) == tree.hash_info.value

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from app.contract.hashing import file_digest
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
@@ -49,6 +50,11 @@ def entrypoint_env(
     if endpoint_url:
         env["DVC_REMOTE_ENDPOINT_URL"] = endpoint_url
     return env
+
+
+def objects_of(bundle_dir: Path) -> int:
+    """The objects a bundle is stored as in a DVC remote: its listing, and one per distinct file content."""
+    return 1 + len({file_digest(path, "md5") for path in bundle_dir.rglob("*") if path.is_file()})
 
 
 def run_entrypoint(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -114,7 +114,7 @@ def test_s3_credentials_from_a_mounted_file_never_enter_the_servers_environment(
     """The narrow path for credentials: a file (a mounted secret) that only the pull's S3 client reads.
 
     The environment names the file, not the keys; the server process holds the path and never the secret.
-    A later pull by the running server (a live alias refresh) reads the same file in its own child process.
+    A later pull by the running server (a live alias refresh) reads the same file again (botocore, in-process).
     """
     champion, _ = versions
     credentials = tmp_path / "secrets" / "s3-credentials"
