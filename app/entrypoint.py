@@ -3,7 +3,8 @@
 1. settings from the environment (``app.settings``); an invalid variable stops here, named;
 2. resolve the bundle: the ``MODEL_HASH`` pin, or the registry's ``MODEL_NAME@MODEL_ALIAS`` / ``MODEL_VERSION``;
 3. configure the DVC remote in ``MODEL_DIR`` from the environment (credentials stay in ``AWS_*``);
-4. ``dvc pull`` into ``MODEL_DIR/bundle`` with retries, backoff and the ``PULL_DEADLINE_S`` deadline;
+4. the pull from the DVC remote into ``MODEL_DIR/bundle`` (``app.delivery.pull``: botocore or a directory, no DVC)
+   with retries, backoff and the ``PULL_DEADLINE_S`` deadline;
 5. verify the bundle (DVC hash and content hash), then become the server in the same PID, so signals reach
    the server itself and SIGTERM drains in-flight requests, then exits 0. With S3 keys in the environment it
    ``exec``s uvicorn in a fresh interpreter whose environment has none; with none to drop (``BUNDLE_DIR``, or
@@ -309,7 +310,7 @@ def run(settings: Settings, started: float) -> NoReturn:
 
 
 def _stopped(signum: int, _: FrameType | None) -> None:
-    """SIGTERM before the server runs: stop now (a running ``dvc pull`` is killed on the way out)."""
+    """SIGTERM before the server runs: stop now (a running pull's thread ends with the process)."""
     raise SystemExit(128 + signum)
 
 

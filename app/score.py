@@ -22,7 +22,7 @@ the chunk, whatever the file's size; the chunk size does not change any answer.
 - Progress: a tqdm bar on stderr (rows, rows/s), then one summary line; ``--no-progress`` keeps the summary only.
 
 ``--model models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) resolves and pulls the bundle as the serving
-container does (``app.delivery``: the registry's ``bundle_dvc_hash`` tag, ``dvc pull``, both hashes verified), from
+container does (``app.delivery``: the registry's ``bundle_dvc_hash`` tag, the pull, both hashes verified), from
 the same environment: ``MLFLOW_TRACKING_URI``, ``DVC_REMOTE_URL`` (and ``DVC_REMOTE_ENDPOINT_URL``) and the S3
 credentials; into ``--model-dir`` (default ``MODEL_DIR`` if set, else ``~/.cache/flight-price/score``), where a
 verified copy is reused.
