@@ -42,7 +42,7 @@ def test_remote_holds_a_dvc_cache_layout_of_the_bundle(
 ) -> None:
     assert published.dvc_hash == dir_hash(bundle_dir)
     files = sum(1 for path in bundle_dir.iterdir() if path.is_file())
-    assert files == 5  # metadata.json, the two skops files, serving.npz
+    assert files == 4  # metadata.json, the two skops files, serving.npz
     assert published.created and published.uploaded == files + 1  # every file and the directory listing
     bucket, prefix = target.remote_url.removeprefix("s3://").split("/", 1)
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
