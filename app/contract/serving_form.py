@@ -23,9 +23,10 @@ of that column the value falls in:
 
 So for each bucket of each column and each tree, the form stores the leaves still reachable (a bit mask, bit ``i``
 the ``i``-th leaf): the AND of the masks of every split on that column the bucket sends right. A row's masks for its
-buckets, ANDed over the columns, leave the exit leaf as the lowest set bit; ``bit % 37`` (``% 67`` for 64 leaves)
-is a perfect hash of the 32 (64) single-bit values, which indexes the tree's leaf values. The trees' values are
-then added in tree order, starting from the model's baseline, as scikit-learn adds them. One batch is a handful of
+buckets, ANDed over the columns, leave the exit leaf as the lowest set bit; multiplied by a de Bruijn sequence, its
+top five (six) bits number it, which indexes the tree's leaf values. The trees' values are then added in tree order,
+starting from the model's baseline, as scikit-learn adds them. Columns with few buckets are ANDed ahead of time in
+groups (at most ``GROUP_ROWS`` combinations each), so a row needs one gather per group. One batch is a handful of
 numpy calls over (rows x trees) arrays, with no call per tree and no per-node work.
 """
 
@@ -57,10 +58,27 @@ FEW_ROWS: Final = 16
 # Above FEW_ROWS, rows are predicted this many at a time, in work arrays each thread keeps (``_Work``): a block's
 # arrays stay in the core's cache, and no batch allocates them anew.
 BLOCK_ROWS: Final = 512
+# Columns are ANDed ahead of time in groups of at most this many bucket combinations (the grouped tables' rows): a
+# row then needs one gather per group instead of one per column.
+GROUP_ROWS: Final = 256
 # The batch sizes the load-time check predicts besides the whole probe: one row, and either end of each path.
 CHECKED_BATCHES: Final = (1, 2, FEW_ROWS, FEW_ROWS + 1, BLOCK_ROWS + 1)
-# The perfect hash of a single-bit mask: 2 is a primitive root modulo 37 and 67, so 2**i % m differs for every i.
-HASH_MODULUS: Final[dict[type[np.unsignedinteger[Any]], int]] = {np.uint32: 37, np.uint64: 67}
+# The perfect hash of a single-bit mask (the exit leaf's bit): multiplied by a de Bruijn sequence, its top bits are the
+# bit's number, a different one for each of the 32 (64) bits; a multiply and a shift, where numpy's integer remainder
+# is not vectorised. Per mask width: (the sequence, the shift).
+DE_BRUIJN: Final[dict[type[np.unsignedinteger[Any]], tuple[int, int]]] = {
+    np.uint32: (0x077CB531, 27),
+    np.uint64: (0x03F79D71B4CA8B09, 58),
+}
+
+
+def leaf_slot(bit: int, mask_type: type[np.unsignedinteger[Any]]) -> int:
+    """Where the leaf whose mask bit is ``bit`` keeps its value in its tree's row of leaf values."""
+    sequence, shift = DE_BRUIJN[mask_type]
+    width = np.dtype(mask_type).itemsize * 8
+    return (((1 << bit) * sequence) % (1 << width)) >> shift
+
+
 Matrix = npt.NDArray[np.float64]
 
 
@@ -115,20 +133,38 @@ class ServingForm:
         self.leaf_values = leaf_values
         self.baseline = baseline
         self.n_trees = reachable.shape[1]
-        self.modulus = np.dtype(reachable.dtype).type(leaf_values.shape[1])
+        mask_type = reachable.dtype.type
+        self._sequence, self._shift = (mask_type(value) for value in DE_BRUIJN[mask_type])
         self._tree_rows = np.arange(self.n_trees, dtype=np.intp) * leaf_values.shape[1]
         self._values = np.ascontiguousarray(leaf_values).ravel()
         self._threads = threading.local()  # each thread's work arrays (``_work``)
-        # the few-rows path, in Python: (source, offset, edges as a list or None, lookup as a list or None)
+        # each column's buckets numbered from 0: a numeric column's by its edges, a categorical one's by its look-up
+        sizes = [len(c.edges) + 2 if c.edges is not None else int(c.lookup.max()) - c.offset + 1 for c in columns]  # type: ignore[union-attr]
+        self._local = [None if c.lookup is None else c.lookup - c.offset for c in columns]
+        # columns ANDed ahead of time in groups of at most GROUP_ROWS bucket combinations (fewer gathers per row)
+        self._groups: list[tuple[list[int], list[int], int]] = []  # (columns, each one's stride, first table row)
+        tables = []
+        first = 0
+        for members in _groups_of(sizes):
+            table = self._table(columns[members[0]], sizes[members[0]])
+            for j in members[1:]:
+                table = (table[:, None, :] & self._table(columns[j], sizes[j])[None, :, :]).reshape(-1, self.n_trees)
+            strides = [math.prod(sizes[k] for k in members[i + 1 :]) for i in range(len(members))]
+            self._groups.append((members, strides, first))
+            tables.append(table)
+            first += len(table)
+        self._grouped = np.ascontiguousarray(np.concatenate(tables))
+        # the few-rows path, in Python: per column (source, edges as a list or None, local look-up or None)
         self._by_row = [
-            (
-                c.source,
-                c.offset,
-                None if c.edges is None else c.edges.tolist(),
-                None if c.lookup is None else c.lookup.tolist(),
-            )
-            for c in columns
+            (c.source, None if c.edges is None else c.edges.tolist(), None if local is None else local.tolist())
+            for c, local in zip(columns, self._local, strict=True)
         ]
+
+    def _table(self, column: ModelColumn, size: int) -> npt.NDArray[np.unsignedinteger[Any]]:
+        """The rows of ``reachable`` that hold ``column``'s buckets."""
+        if not 0 <= column.offset <= column.offset + size <= len(self.reachable):
+            raise ValueError("a column's buckets lie outside the reachable-leaf table")
+        return self.reachable[column.offset : column.offset + size]
 
     def predict(self, columns: Columns) -> Matrix:
         """Column mapping (dict of lists or arrays, or a DataFrame) -> the same predictions as ``Bundle.predict``."""
@@ -138,9 +174,9 @@ class ServingForm:
         """The encoding's output matrix -> predictions."""
         n_rows = matrix.shape[0]
         if n_rows <= FEW_ROWS:
-            masks = np.bitwise_and.reduce(self.reachable[self._rows_few(matrix)], axis=1)
+            masks = np.bitwise_and.reduce(self._grouped[self._rows_few(matrix)], axis=1)
             exit_bit = masks & (0 - masks)  # the lowest set bit: the leftmost leaf still reachable
-            leaf = (exit_bit % self.modulus).astype(np.intp) + self._tree_rows
+            leaf = ((exit_bit * self._sequence) >> self._shift).astype(np.intp) + self._tree_rows
             sums = np.empty((n_rows, self.n_trees + 1), dtype=np.float64)
             sums[:, 0] = self.baseline
             sums[:, 1:] = self._values[leaf]
@@ -152,14 +188,15 @@ class ServingForm:
             rows = len(block)
             masks, gathered, leaf = work.masks[:rows], work.gathered[:rows], work.leaf[:rows]
             sums, running = work.sums[:rows], work.running[:rows]
-            np.take(self.reachable, self._rows_of(self.columns[0], block), axis=0, out=masks)
-            for column in self.columns[1:]:
-                np.take(self.reachable, self._rows_of(column, block), axis=0, out=gathered)
+            np.take(self._grouped, self._rows_of(self._groups[0], block), axis=0, out=masks)
+            for group in self._groups[1:]:
+                np.take(self._grouped, self._rows_of(group, block), axis=0, out=gathered)
                 np.bitwise_and(masks, gathered, out=masks)
             np.negative(masks, out=gathered)  # 0 - masks, modulo 2**bits
             np.bitwise_and(masks, gathered, out=masks)  # the lowest set bit: the leftmost leaf still reachable
-            np.remainder(masks, self.modulus, out=masks)
-            np.copyto(leaf, masks, casting="unsafe")  # each a leaf's hash, under 67
+            np.multiply(masks, self._sequence, out=masks)  # modulo 2**bits
+            np.right_shift(masks, self._shift, out=masks)  # the leaf's slot: the bit's number
+            np.copyto(leaf, masks, casting="unsafe")
             np.add(leaf, self._tree_rows, out=leaf)
             np.take(self._values, leaf, out=work.values[:rows])
             sums[:, 1:] = work.values[:rows]
@@ -177,33 +214,45 @@ class ServingForm:
             self._threads.work = work
         return work
 
-    @staticmethod
-    def _rows_of(column: ModelColumn, matrix: Matrix) -> npt.NDArray[np.intp]:
-        """The table row of each row's bucket in ``column``."""
-        values = matrix[:, column.source]
-        missing = np.isnan(values)
-        if column.edges is not None:
-            bucket = np.searchsorted(column.edges, values, side="left")
-            bucket[missing] = len(column.edges) + 1
-            bucket += column.offset
-            return bucket
-        assert column.lookup is not None  # its entries are table rows already
-        return column.lookup[np.where(missing, len(column.lookup) - 1, values).astype(np.intp)]
+    def _rows_of(self, group: tuple[list[int], list[int], int], matrix: Matrix) -> npt.NDArray[np.intp]:
+        """The grouped table's row for each row of ``matrix``: its buckets in the group's columns, combined."""
+        members, strides, first = group
+        rows = np.full(len(matrix), first, dtype=np.intp)
+        for j, stride in zip(members, strides, strict=True):
+            column = self.columns[j]
+            values = matrix[:, column.source]
+            missing = np.isnan(values)
+            if column.edges is not None:
+                bucket = np.searchsorted(column.edges, values, side="left")
+                bucket[missing] = len(column.edges) + 1
+            else:
+                local = self._local[j]
+                assert local is not None
+                bucket = local[np.where(missing, len(local) - 1, values).astype(np.intp)]
+            if stride != 1:
+                bucket *= stride
+            rows += bucket
+        return rows
 
     def _rows_few(self, matrix: Matrix) -> list[list[int]]:
-        """The same table rows for a few rows, with Python floats (``v != v``: NaN)."""
-        rows = []
+        """The same rows for a few rows, with Python floats (``v != v``: NaN)."""
+        found = []
         for values in matrix.tolist():
-            row = []
-            for source, offset, edges, lookup in self._by_row:
+            buckets = []
+            for source, edges, local in self._by_row:
                 v = values[source]
                 if edges is not None:
-                    row.append(offset + (len(edges) + 1 if v != v else bisect.bisect_left(edges, v)))
+                    buckets.append(len(edges) + 1 if v != v else bisect.bisect_left(edges, v))
                 else:
-                    assert lookup is not None
-                    row.append(lookup[-1] if v != v else lookup[int(v)])
-            rows.append(row)
-        return rows
+                    assert local is not None
+                    buckets.append(local[-1] if v != v else local[int(v)])
+            found.append(
+                [
+                    first + sum(buckets[j] * k for j, k in zip(members, strides, strict=True))
+                    for members, strides, first in self._groups
+                ]
+            )
+        return found
 
     def agrees(self, columns: Columns, expected: Matrix) -> bool:
         """Whether the form predicts ``expected`` for ``columns`` bit for bit: whole, then in consecutive batches of
@@ -223,6 +272,19 @@ class ServingForm:
 # --- writing (training, where scikit-learn is installed) --------------------------------------------------------
 
 
+def _groups_of(sizes: list[int]) -> list[list[int]]:
+    """Columns (by index) in groups whose bucket counts multiply to at most ``GROUP_ROWS``, smallest first."""
+    groups: list[list[int]] = []
+    product = GROUP_ROWS + 1
+    for j in sorted(range(len(sizes)), key=lambda k: sizes[k]):
+        if product * sizes[j] > GROUP_ROWS:
+            groups.append([])
+            product = 1
+        groups[-1].append(j)
+        product *= sizes[j]
+    return groups
+
+
 def compile_serving_form(transformer: Any, model: Any) -> ServingForm:
     """The serving form of a fitted ``FeatureTransformer`` and single-output ``HistGradientBoostingRegressor`` (identity
     link, at most 64 leaves a tree); ``NoServingForm`` says why another model has none."""
@@ -238,7 +300,7 @@ def compile_serving_form(transformer: Any, model: Any) -> ServingForm:
     if leaves > 64:
         raise NoServingForm(f"a tree has {leaves} leaves, more than 64 (max_leaf_nodes)")
     mask_type = np.uint32 if leaves <= 32 else np.uint64
-    modulus = HASH_MODULUS[mask_type]
+    slots = np.dtype(mask_type).itemsize * 8
     sources, positions = _model_columns(model, encoding)
     bin_mapper = model._bin_mapper
     known_bitsets, f_idx_map = bin_mapper.make_known_categories_bitsets()
@@ -267,7 +329,7 @@ def compile_serving_form(transformer: Any, model: Any) -> ServingForm:
             turns.append(_NumericTurns(edges))
         offset += turns[-1].buckets
     reachable = np.full((offset, len(trees)), np.iinfo(mask_type).max, dtype=mask_type)
-    leaf_values = np.zeros((len(trees), modulus), dtype=np.float64)
+    leaf_values = np.zeros((len(trees), slots), dtype=np.float64)
     for t, tree in enumerate(trees):
         nodes = tree.nodes
         first, last = _leaf_ranges(nodes)
@@ -279,7 +341,7 @@ def compile_serving_form(transformer: Any, model: Any) -> ServingForm:
             block = reachable[columns[j].offset : columns[j].offset + len(right), t]
             block[right] &= ~ruled_out
         for i in np.flatnonzero(nodes["is_leaf"].astype(bool)):
-            leaf_values[t, (1 << first[i]) % modulus] = nodes["value"][i]
+            leaf_values[t, leaf_slot(first[i], mask_type)] = nodes["value"][i]
     baseline = 0.0 + float(model._baseline_prediction[0, 0])  # scikit-learn starts from zeros plus the baseline
     return ServingForm(encoding, columns, reachable, leaf_values, baseline)
 
@@ -474,9 +536,9 @@ class StoredForm:
             stored["dates"].tolist(),
         )
         reachable, leaf_values = stored["reachable"], stored["leaf_values"]
-        if reachable.ndim != 2 or reachable.dtype.type not in HASH_MODULUS:
+        if reachable.ndim != 2 or reachable.dtype.type not in DE_BRUIJN:
             raise ValueError("the reachable-leaf table is not a 2-D array of 32- or 64-bit masks")
-        if leaf_values.shape != (reachable.shape[1], HASH_MODULUS[reachable.dtype.type]) or leaf_values.dtype != float:
+        if leaf_values.shape != (reachable.shape[1], reachable.dtype.itemsize * 8) or leaf_values.dtype != float:
             raise ValueError("the leaf values do not match the reachable-leaf table")
         columns = []
         for j, (source, offset) in enumerate(zip(stored["sources"].tolist(), stored["offsets"].tolist(), strict=True)):
