@@ -234,17 +234,23 @@ def training_fingerprint(metadata: Metadata) -> str:
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A loaded, verified bundle."""
+class VerifiedBundle:
+    """A bundle directory whose hashes all hold, and its metadata."""
 
     path: Path
-    transformer: FeatureTransformer
-    model: Any
     metadata: Metadata
 
     @property
     def content_hash(self) -> str:
         return self.metadata.content_hash
+
+
+@dataclass(frozen=True)
+class Bundle(VerifiedBundle):
+    """A loaded, verified bundle: its scikit-learn artifacts (training, evaluation, offline checks)."""
+
+    transformer: FeatureTransformer
+    model: Any
 
     def predict(self, columns: Columns) -> npt.NDArray[np.float64]:
         """Column mapping (DataFrame or dict of lists) -> predictions."""
@@ -252,16 +258,10 @@ class Bundle:
 
 
 @dataclass(frozen=True)
-class ServingBundle:
+class ServingBundle(VerifiedBundle):
     """What the server loads of a bundle: its verified metadata and serving form (numpy only)."""
 
-    path: Path
-    metadata: Metadata
     form: ServingForm
-
-    @property
-    def content_hash(self) -> str:
-        return self.metadata.content_hash
 
     def predict(self, columns: Columns) -> npt.NDArray[np.float64]:
         """Column mapping -> the same predictions as ``Bundle.predict``."""

@@ -29,11 +29,10 @@ import re
 import secrets
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
 
 from app.contract.connection import CREDENTIALS_IN_URL, holds_credentials, redact
 from app.contract.hashing import file_digest
@@ -47,7 +46,7 @@ from app.delivery.failures import (
     unusable_model_dir,
 )
 from app.delivery.remote import DirectoryRemote, Remote, S3Remote
-from app.delivery.retry import retrying
+from app.delivery.retry import retrying, within
 from app.settings import Settings
 
 DOT_DVC: Final = ".dvc"  # MODEL_DIR/.dvc: private to its owner, it holds the cache
@@ -55,8 +54,6 @@ CACHE: Final = Path(DOT_DVC) / "cache" / "files" / "md5"  # below MODEL_DIR: DVC
 STAGING: Final = ".bundle-"  # MODEL_DIR/.bundle-<random>: a checkout (or a replaced one) on its way
 PART: Final = ".part"  # <cache>/<2 hex>/.<rest>.<random>.part: an object on its way
 MD5: Final = re.compile(r"^[0-9a-f]{32}$")
-STOP_POLL_S: Final = 0.1  # how soon a waiting attempt notices stop_pulls
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,9 @@ def pull(
         )
         with _running() as stop:
             run = _Attempt(work, remote, where, url, stop, seeds, downloaded).run
-            _bounded(lambda: run(dvc_hash), left, stop, where, too_slow)
+            within(
+                lambda: run(dvc_hash), left, too_slow, stop=stop, stopped=lambda: _stopped(where), name="delivery-pull"
+            )
 
     try:
         _, attempts = retrying(attempt, settings, report=report, step="pull", deadline=deadline)
@@ -194,33 +193,6 @@ def stop_pulls() -> None:
     with _RUNNING_LOCK:
         for stop in _RUNNING:
             stop.set()
-
-
-def _bounded(call: Callable[[], T], seconds: float, stop: threading.Event, where: str, timed_out: DeliveryError) -> T:
-    """``call()`` in a daemon thread, awaited for ``seconds`` at most or until ``stop`` is set (``stop_pulls``):
-    ``timed_out`` or ``PullStoppedError`` is raised then, and the thread, abandoned, ends at its next chunk or
-    socket timeout (it never renames anything once ``stop`` is set)."""
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as exc:  # handed to the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="delivery-pull", daemon=True)
-    thread.start()
-    ends = time.monotonic() + seconds
-    while thread.is_alive() and not stop.is_set() and (left := ends - time.monotonic()) > 0:
-        thread.join(min(left, STOP_POLL_S))
-    if failure:
-        raise failure[0]
-    if outcome:
-        return outcome[0]
-    if stop.is_set():
-        raise _stopped(where)
-    raise timed_out
 
 
 def _stopped(where: str) -> PullStoppedError:

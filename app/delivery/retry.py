@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from app.contract.progress import Report
 from app.delivery.failures import DeliveryError
@@ -22,9 +22,21 @@ def deadline_for(settings: Settings) -> float:
     return time.monotonic() + settings.pull_deadline_s
 
 
-def within(call: Callable[[], T], seconds: float, timed_out: DeliveryError) -> T:
-    """``call()`` in a daemon thread, given ``seconds`` at most; ``timed_out`` is raised past that (the thread
-    is abandoned: the start fails and the process ends)."""
+STOP_POLL_S: Final = 0.1  # how soon a waiting attempt notices its stop event (``stop_pulls``)
+
+
+def within(
+    call: Callable[[], T],
+    seconds: float,
+    timed_out: DeliveryError,
+    *,
+    stop: threading.Event | None = None,
+    stopped: Callable[[], DeliveryError] | None = None,
+    name: str = "delivery-call",
+) -> T:
+    """``call()`` in a daemon thread, given ``seconds`` at most; ``timed_out`` is raised past that. With ``stop``, the
+    wait also ends once it is set (checked every ``STOP_POLL_S``), raising ``stopped()``. Either way the thread is
+    abandoned: it ends with the process, or at its own next check of ``stop``."""
     outcome: list[T] = []
     failure: list[BaseException] = []
 
@@ -34,14 +46,18 @@ def within(call: Callable[[], T], seconds: float, timed_out: DeliveryError) -> T
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name="delivery-call", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
-    thread.join(max(seconds, 0.0))
-    if thread.is_alive():
-        raise timed_out
+    ends = time.monotonic() + max(seconds, 0.0)
+    while thread.is_alive() and not (stop is not None and stop.is_set()) and (left := ends - time.monotonic()) > 0:
+        thread.join(left if stop is None else min(left, STOP_POLL_S))
     if failure:
         raise failure[0]
-    return outcome[0]
+    if outcome:
+        return outcome[0]
+    if stop is not None and stop.is_set() and stopped is not None:
+        raise stopped()
+    raise timed_out
 
 
 def retrying(

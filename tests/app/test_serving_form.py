@@ -266,7 +266,7 @@ def test_other_gradient_boosting_models_stay_identical(
     if params["categorical_features"] == "mask":
         params = {**params, "categorical_features": bundle.transformer.categorical_mask_}
     model = HistGradientBoostingRegressor(max_iter=20, random_state=0, **params).fit(features[:5000], target[:5000])
-    other = Bundle(bundle.path, bundle.transformer, model, bundle.metadata)
+    other = Bundle(path=bundle.path, metadata=bundle.metadata, transformer=bundle.transformer, model=model)
     form = compile_serving_form(bundle.transformer, model)
     assert form.reachable.dtype == (np.uint64 if params.get("max_leaf_nodes", 31) > 32 else np.uint32)
     assert_identical(form, other, probe_columns(bundle.metadata, 1000, seed=10))
