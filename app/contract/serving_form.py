@@ -51,16 +51,16 @@ if TYPE_CHECKING:
 
 SERVING_FILE: Final = "serving.npz"
 FORM_VERSION: Final = 1
-PROBE_ROWS: Final = 1024
+PROBE_ROWS: Final = 2048
 # Up to this many rows a row's buckets are found with Python's bisect and the masks ANDed in one reduction; above
 # it, with numpy's sorted search, one column at a time.
 FEW_ROWS: Final = 16
 # Above FEW_ROWS, rows are predicted this many at a time, in work arrays each thread keeps (``_Work``): a block's
 # arrays stay in the core's cache, and no batch allocates them anew.
-BLOCK_ROWS: Final = 512
+BLOCK_ROWS: Final = 1024
 # Columns are ANDed ahead of time in groups of at most this many bucket combinations (the grouped tables' rows): a
 # row then needs one gather per group instead of one per column.
-GROUP_ROWS: Final = 256
+GROUP_ROWS: Final = 1024
 # The batch sizes the load-time check predicts besides the whole probe: one row, and either end of each path.
 CHECKED_BATCHES: Final = (1, 2, FEW_ROWS, FEW_ROWS + 1, BLOCK_ROWS + 1)
 # The perfect hash of a single-bit mask (the exit leaf's bit): multiplied by a de Bruijn sequence, its top bits are the
