@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract.encoding import Columns, FeatureEncoding
+from app.contract.walk_kernel import CompiledWalk, compiled_walk, kernel_tables
 
 if TYPE_CHECKING:
     from app.contract.bundle import Metadata
@@ -80,6 +81,9 @@ def leaf_slot(bit: int, mask_type: type[np.unsignedinteger[Any]]) -> int:
 
 
 Matrix = npt.NDArray[np.float64]
+# How a form predicts (``ServingForm.walk``): walk.c's compiled walk, one call per batch with the GIL released
+# (``app.contract.walk_kernel``), or numpy's, a few dozen calls per block of rows; the same floats either way.
+WALKS: Final = ("compiled", "numpy")
 
 
 class NoServingForm(Exception):
@@ -126,7 +130,12 @@ class ServingForm:
         reachable: npt.NDArray[np.unsignedinteger[Any]],
         leaf_values: Matrix,
         baseline: float,
+        walk: str | None = None,
     ) -> None:
+        """``walk``: ``"compiled"`` (``ServingFormError`` if this machine has no compiled walk), ``"numpy"``, or
+        None: the compiled walk if this machine has one (``walk_kernel.compiled_walk``), else the numpy walk."""
+        if walk not in (None, *WALKS):
+            raise ValueError(f"walk {walk!r}: one of {', '.join(WALKS)}, or None")
         self.encoding = encoding
         self.columns = columns
         self.reachable = reachable
@@ -154,6 +163,31 @@ class ServingForm:
             tables.append(table)
             first += len(table)
         self._grouped = np.ascontiguousarray(np.concatenate(tables))
+        # the compiled walk's view of the same tables (one call per batch, the GIL released)
+        placed = {
+            j: (g, stride)
+            for g, (members, strides, _) in enumerate(self._groups)
+            for j, stride in zip(members, strides, strict=True)
+        }
+        self._kernel_tables = kernel_tables(
+            sources=[c.source for c in columns],
+            groups=[placed[j][0] for j in range(len(columns))],
+            strides=[placed[j][1] for j in range(len(columns))],
+            edges=[c.edges for c in columns],
+            lookups=self._local,
+            group_first=[first for _, _, first in self._groups],
+            grouped=self._grouped,
+            leaf_values=leaf_values,
+            sequence=int(self._sequence),
+            shift=int(self._shift),
+            baseline=baseline,
+        )
+        found = compiled_walk() if walk != "numpy" else "the numpy walk was asked for"
+        if walk == "compiled" and isinstance(found, str):
+            raise ServingFormError(found)
+        self._compiled: CompiledWalk | None = None if isinstance(found, str) else found
+        self.walk = "numpy" if self._compiled is None else "compiled"
+        self.walk_note = found if isinstance(found, str) else f"compiled walk {found.path.name}"
         # the few-rows path, in Python: per column (source, edges as a list or None, local look-up or None)
         self._by_row = [
             (c.source, None if c.edges is None else c.edges.tolist(), None if local is None else local.tolist())
@@ -172,6 +206,8 @@ class ServingForm:
 
     def predict_encoded(self, matrix: Matrix) -> Matrix:
         """The encoding's output matrix -> predictions."""
+        if self._compiled is not None:
+            return self._compiled.predict(self._kernel_tables, matrix)
         n_rows = matrix.shape[0]
         if n_rows <= FEW_ROWS:
             masks = np.bitwise_and.reduce(self._grouped[self._rows_few(matrix)], axis=1)
