@@ -208,7 +208,7 @@ def _described(feature: Feature, what: str, unlimited: str) -> str:
 
 def _field(feature: Feature) -> tuple[Any, Any]:
     """The annotated type and ``Field`` of one feature; a date's ``_day_check`` is not in it (the record model adds
-    it as a validator, ``RecordSchema``'s quick batch validator runs it once per distinct day)."""
+    it as a validator, ``RecordSchema``'s quick validators, of records and of columns, run it once per distinct day)."""
     common: dict[str, Any] = {"alias": feature.name, "title": feature.name}
     if feature.kind == "numeric":
         minimum, maximum = feature.limits()
