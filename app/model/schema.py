@@ -13,7 +13,9 @@ counts the values outside it for the metrics; it refuses nothing.
 
 Validation runs in pydantic-core straight from the request bytes; failures become ``RequestError`` with one
 message per field, each naming the field. A batch is validated first by a quicker equivalent of the batch model
-(``RecordSchema.quick_rows``), and by the batch model itself only when that refuses it.
+(``RecordSchema.quick_rows``), and by the batch model itself only when that refuses it. Columns (the V2 tensors,
+``RecordSchema.parse_columns``) are validated first one column at a time, each as one list of its feature's values
+(``RecordSchema.quick_columns``); whatever that refuses goes through ``quick_rows`` and the batch model as records.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic import (
     create_model,
     with_config,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -205,7 +208,7 @@ def _described(feature: Feature, what: str, unlimited: str) -> str:
 
 def _field(feature: Feature) -> tuple[Any, Any]:
     """The annotated type and ``Field`` of one feature; a date's ``_day_check`` is not in it (the record model adds
-    it as a validator, ``RecordSchema``'s quick batch validator runs it once per distinct day)."""
+    it as a validator, ``RecordSchema``'s quick validators, of records and of columns, run it once per distinct day)."""
     common: dict[str, Any] = {"alias": feature.name, "title": feature.name}
     if feature.kind == "numeric":
         minimum, maximum = feature.limits()
@@ -237,6 +240,15 @@ def _field(feature: Feature) -> tuple[Any, Any]:
             **common,
         ),
     )
+
+
+def _column_adapter(annotation: Any, info: FieldInfo) -> TypeAdapter[list[Any]]:
+    """A validator of a list of one feature's values, each by the rules ``_field`` makes: ``annotation`` with the
+    ``Field``'s constraints (strictness, limits, pattern), without its field-only parts (alias, title, description),
+    which mean nothing on a list's item."""
+    item = Annotated[(annotation, *info.metadata)] if info.metadata else annotation
+    column: Any = list[item]  # type: ignore[valid-type]
+    return TypeAdapter(column)
 
 
 def _limit_day(feature: Feature, limit: Limit) -> str | None:
@@ -273,6 +285,9 @@ class RecordSchema:
     # as (position in a row, check).
     quick_batch: TypeAdapter[Any]
     day_checks: tuple[tuple[int, Callable[[str], str]], ...]
+    # One per feature, in feature order: a list of the feature's values, by the same rules, no day checked
+    # (``quick_columns``).
+    column_adapters: tuple[TypeAdapter[list[Any]], ...]
     # Numeric and date features whose range seen in training the bundle records: name -> (kind, low, high).
     training_ranges: Mapping[str, tuple[str, Limit, Limit]] = dataclasses.field(default_factory=dict)
 
@@ -306,6 +321,7 @@ class RecordSchema:
         quick_record = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{RECORD_MODEL}Values", values))
         records: Any = Annotated[list[quick_record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
         quick_batch = with_config(ConfigDict(extra="forbid"))(typed_dict(f"{BATCH_MODEL}Values", {"records": records}))
+        column_adapters = tuple(_column_adapter(*unchecked[name]) for name in metadata.feature_names())
         positions = {name: i for i, name in enumerate(metadata.feature_names())}
         day_checks = tuple((positions[name], check) for name, check in checks.items())
         ranges = {
@@ -328,6 +344,7 @@ class RecordSchema:
             max_records * (len(metadata.features) + separators) + ENVELOPE_KEYS,
             TypeAdapter(quick_batch),
             day_checks,
+            column_adapters,
             ranges,
         )
 
@@ -380,10 +397,12 @@ class RecordSchema:
         """Columns of decoded JSON values, one per feature and one value per row (the Open Inference Protocol's
         tensors) -> each row's values in feature order.
 
-        The values are validated by the batch model, as records, so they meet exactly the rules ``parse_batch``
-        applies. An unknown or missing column, columns of different lengths, no row or more than ``max_records``
-        rows are a 422 before any value is looked at; a refused value's error has ``loc`` ``[column, row]`` and a
-        message naming both."""
+        An unknown or missing column, columns of different lengths, no row or more than ``max_records`` rows are a
+        422 before any value is looked at. The values are then validated by ``quick_columns``: each column as one
+        list, by the rules of its feature's field, each distinct day checked once. Whatever that refuses is
+        validated as records (a dict per row), by ``quick_rows`` and then the batch model, whose errors are the
+        answer: a refused value's error has ``loc`` ``[column, row]`` and a message naming both. So the values
+        meet exactly the rules ``parse_batch`` applies, and come out the same values of the same types."""
         unknown = [name for name in columns if name not in self.features]
         missing = [name for name in self.features if name not in columns]
         errors = [_column_refused(name, "not a feature of this model", "unknown_column") for name in unknown] + [
@@ -402,6 +421,9 @@ class RecordSchema:
         if rows > self.max_records:
             message = f"columns: at most {self.max_records} rows per request (MAX_BATCH_RECORDS), not {rows}"
             raise RequestError(422, [{"loc": [], "msg": message, "type": "too_many_records"}])
+        validated = self.quick_columns(columns)
+        if validated is not None:
+            return validated
         values = zip(*(columns[name] for name in self.features), strict=True)
         records = [dict(zip(self.features, row, strict=True)) for row in values]
         quick = self.quick_rows({"records": records})
@@ -412,6 +434,28 @@ class RecordSchema:
         except ValidationError as exc:
             raise _column_error(exc, self.max_errors) from None
         return [tuple(record.__dict__.values()) for record in batch.records]
+
+    def quick_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[tuple[Any, ...]] | None:
+        """Columns' rows in feature order if each column, validated as one list of its feature's values, and the day
+        checks (once per distinct day) accept them, else None: ``quick_rows`` and the batch model then validate
+        them as records. ``columns`` holds every feature, each a list or tuple of the same length (``parse_columns``
+        checks those first); a column of any other type is left to the records."""
+        validated: list[list[Any]] = []
+        for name, adapter in zip(self.features, self.column_adapters, strict=True):
+            column = columns[name]
+            if not isinstance(column, list | tuple):  # e.g. a str, which the records would take apart
+                return None
+            try:
+                validated.append(adapter.validate_python(column))
+            except ValidationError:
+                return None
+        for position, check in self.day_checks:
+            try:
+                for day in set(validated[position]):
+                    check(day)
+            except ValueError:  # PydanticCustomError is one too
+                return None
+        return list(zip(*validated, strict=True))
 
     def columns(self, rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         """Rows of values -> the column mapping the transformer takes (no DataFrame)."""

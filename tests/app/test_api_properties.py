@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from app.contract.bundle import Bundle, Feature, load_bundle
 from app.model.schema import RecordSchema
-from tests.harness.serving import ready_client, settings_for
+from tests.harness.serving import metadata_for, ready_client, settings_for
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -188,3 +188,64 @@ def test_the_quick_batch_validation_accepts_what_the_batch_model_accepts_with_th
                 assert [tuple(map(type, row)) for row in quick] == [tuple(map(type, row)) for row in expected]
 
     check()
+
+
+@st.composite
+def batch_columns(draw: st.DrawFn, features: list[Feature]) -> list[dict[str, Any]]:
+    """A few complete records, as columns take them, each valid (an integral feature's values sometimes as whole
+    floats); in half the batches, one value of one record replaced by one of ``invalid_value``'s (which an unbounded
+    side may take) or, for a date, any day-like text."""
+    batch = []
+    for _ in range(draw(st.integers(1, 4))):
+        record = draw(valid_record(features))
+        for feature in features:
+            if feature.dtype == "int" and draw(st.booleans()):
+                record[feature.name] = float(record[feature.name])
+        batch.append(record)
+    if draw(st.booleans()):
+        record, feature = draw(st.sampled_from(batch)), draw(st.sampled_from(features))
+        other = day_like(feature) | invalid_value(feature) if feature.kind == "date" else invalid_value(feature)
+        record[feature.name] = draw(other)
+    return batch
+
+
+INTEGRAL_FEATURES = [  # what the flight bundle lacks: integral features, with limits and without, and an unlimited day
+    Feature(name="stops", kind="numeric", dtype="int", minimum=0, maximum=3),
+    Feature(name="count", kind="numeric", dtype="int"),
+    Feature(name="price", kind="numeric", dtype="float", minimum=-1.5),
+    Feature(name="day", kind="date", dtype="date"),
+]
+
+
+@pytest.mark.parametrize("which", ["bundle", "integral"])
+def test_the_columnar_quick_validation_accepts_what_the_records_accept_with_the_same_values(
+    bundle: Bundle, which: str
+) -> None:
+    """``quick_columns`` (a list per column) against the record-dict path it stands in for (``quick_rows``, which
+    accepts exactly what the batch model accepts): the same batches accepted, into the same values of the same
+    types; whatever it refuses, the batch model refuses too."""
+    if which == "bundle":
+        metadata = bundle.metadata
+    else:
+        metadata = metadata_for(INTEGRAL_FEATURES, {"stops": 1, "count": 1, "price": 1.0, "day": "2020-01-01"})
+    schema = RecordSchema.from_metadata(metadata, 4)
+    names = metadata.feature_names()
+    outcomes = {"accepted": 0, "refused": 0}
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @given(batch=batch_columns(metadata.features))
+    def check(batch: list[dict[str, Any]]) -> None:
+        columns = {name: [record[name] for record in batch] for name in names}
+        quick, expected = schema.quick_columns(columns), schema.quick_rows({"records": batch})
+        assert quick == expected
+        if quick is not None and expected is not None:
+            assert [tuple(map(type, row)) for row in quick] == [tuple(map(type, row)) for row in expected]
+            assert schema.parse_columns(columns) == expected
+            outcomes["accepted"] += 1
+        else:
+            with pytest.raises(ValidationError):
+                schema.batch_model.__pydantic_validator__.validate_python({"records": batch})
+            outcomes["refused"] += 1
+
+    check()
+    assert min(outcomes.values()) >= 40, outcomes  # both sides of the rule were tried

@@ -719,6 +719,116 @@ def columnar(schema: RecordSchema, columns: dict[str, list[Any]]) -> list[Any]:
     return [(e["loc"][0], e["type"]) for e in errors]
 
 
+def edge_metadata() -> Metadata:
+    """Every kind of feature, with limits and without."""
+    features = [
+        Feature(name="x", kind="numeric", dtype="float", minimum=-2.5, maximum=10.0),
+        Feature(name="free", kind="numeric", dtype="float"),
+        Feature(name="k", kind="numeric", dtype="int", minimum=0, maximum=5),
+        Feature(name="n", kind="numeric", dtype="int"),
+        Feature(name="c", kind="categorical", dtype="str", categories=["a", "b", "with space", "a:b,c", "é"]),
+        Feature(name="d", kind="date", dtype="date", minimum="2020-01-01", maximum="2024-02-29",
+                observed_minimum="2020-03-01", observed_maximum="2023-06-30"),
+        Feature(name="any day", kind="date", dtype="date"),
+    ]  # fmt: skip
+    example = {"x": 1.0, "free": 1.0, "k": 1, "n": 1, "c": "a", "d": "2020-02-02", "any day": "2020-02-02"}
+    return metadata_for(features, example)
+
+
+EDGES: Final[dict[str, list[Any]]] = {  # each feature's edge values; a row takes the (row % len)-th
+    "x": [-2.5, 10.0, 10, -2, 0, -0.0, 0.1, 5e-324, 9.999999999999998, -2.4999999999999996],
+    "free": [-1.7976931348623157e308, 1.7976931348623157e308, 0, -0.0, 2**53, -(2**53), 5e-324, 3.0, 1e-300],
+    "k": [0, 5, 0.0, 5.0, 3.0, 1, 2, -0.0, 4.0],
+    "n": [2**53, -(2**53), 2.0**53, -(2.0**53), 0, -0.0, 7.0, -7, 123456789012345],
+    "c": ["a", "b", "with space", "a:b,c", "é"],
+    "d": ["2020-01-01", "2024-02-29", "2020-02-29", "2022-12-31", "2023-01-01"],
+    "any day": ["0001-01-01", "9999-12-31", "2000-02-29", "1900-03-01", "2024-02-29", "1970-01-01"],
+}
+
+
+def edge_columns(rows: int) -> dict[str, list[Any]]:
+    return {name: [values[row % len(values)] for row in range(rows)] for name, values in EDGES.items()}
+
+
+def record_rows(schema: RecordSchema, columns: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    """The rows the record-dict path makes of ``columns`` (a dict per row, ``quick_rows``, then the batch model),
+    each way; they must agree."""
+    records = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    quick = schema.quick_rows({"records": records})
+    batch = schema.batch_model.__pydantic_validator__.validate_python({"records": records})
+    by_model = [tuple(record.__dict__.values()) for record in batch.records]
+    assert quick == by_model and quick is not None
+    assert [tuple(map(type, row)) for row in quick] == [tuple(map(type, row)) for row in by_model]
+    return quick
+
+
+@pytest.mark.parametrize("rows", [1, 7, 90])
+def test_valid_columns_are_validated_as_columns_into_the_values_the_records_give(rows: int) -> None:
+    """Limits, whole floats for integral features, every category, days at the limits: ``quick_columns`` (one list
+    per column) accepts them, and ``parse_columns`` returns exactly the rows the record-dict path makes, each value
+    of the same type (an integral feature's 3.0 is the int 3, a float feature's 10 is the float 10.0)."""
+    schema = RecordSchema.from_metadata(edge_metadata(), 100)
+    columns = edge_columns(rows)
+    expected = record_rows(schema, columns)
+    assert schema.quick_columns(columns) == expected  # the columnar path, not a fallback
+    parsed = schema.parse_columns(columns)
+    assert parsed == expected
+    assert [tuple(map(type, row)) for row in parsed] == [tuple(map(type, row)) for row in expected]
+    assert [list(map(repr, row)) for row in parsed] == [list(map(repr, row)) for row in expected]  # -0.0 stays -0.0
+    if rows == 90:  # every edge value is in some row
+        assert {type(v) for v in schema.columns(parsed)["k"]} == {int}
+        assert {type(v) for v in schema.columns(parsed)["x"]} == {float}
+        assert set(schema.columns(parsed)["c"]) == set(EDGES["c"])
+    # tuples are columns too, and give the same rows
+    assert schema.parse_columns({name: tuple(values) for name, values in columns.items()}) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x", 10.000000000000002), ("x", "1"), ("x", True), ("k", 5.5), ("k", 6), ("k", True), ("n", 2**53 + 1),
+     ("n", 2.0**54), ("free", math.nan), ("free", -math.inf), ("c", "A"), ("c", None), ("d", "2019-12-31"),
+     ("d", "2024-03-01"), ("d", "2021-02-29"), ("any day", "2023-02-29"), ("any day", "2020-1-01"),
+     ("any day", 20200101)],
+)  # fmt: skip
+def test_a_column_refused_as_a_column_is_refused_by_the_records_with_their_errors(name: str, value: Any) -> None:
+    """One bad value in one column: the columnar path refuses it, and ``parse_columns`` answers what the batch
+    model says of the records (``loc`` [column, row], the message naming both)."""
+    schema = RecordSchema.from_metadata(edge_metadata(), 100)
+    columns = edge_columns(12)
+    columns[name][9] = value
+    assert schema.quick_columns(columns) is None
+    records = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    assert schema.quick_rows({"records": records}) is None
+    with pytest.raises(RequestError) as refused:
+        schema.parse_columns(columns)
+    [error] = refused.value.errors
+    assert error["loc"] == [name, 9] and error["row"] == 9 and error["field"] == name
+    assert error["msg"].startswith(f"{name}, row 9: ") and refused.value.more == 0
+
+
+def test_refusals_from_columns_are_listed_row_by_row_and_counted_as_from_records() -> None:
+    """Many refusals: listed in the records' order (each row's fields, row after row), the first ``max_errors``,
+    the rest counted, exactly as the batch model lists them for the same records."""
+    features = [Feature(name=f"x{i}", kind="numeric", dtype="float") for i in range(3)]
+    schema = RecordSchema.from_metadata(metadata_for(features, {f.name: 1.0 for f in features}), 100, max_errors=4)
+    columns: dict[str, list[Any]] = {"x0": [1.0, "no", 2.0, "no"], "x1": ["no", "no", 3.0, 4.0], "x2": [1.0] * 4}
+    with pytest.raises(RequestError) as refused:
+        schema.parse_columns(columns)
+    assert [error["loc"] for error in refused.value.errors] == [["x1", 0], ["x0", 1], ["x1", 1], ["x0", 3]]
+    assert refused.value.more == 0
+    few = RecordSchema.from_metadata(metadata_for(features, {f.name: 1.0 for f in features}), 100, max_errors=2)
+    with pytest.raises(RequestError) as refused:
+        few.parse_columns(columns)
+    assert [error["loc"] for error in refused.value.errors] == [["x1", 0], ["x0", 1]] and refused.value.more == 2
+    assert refused.value.errors[0] == {
+        "loc": ["x1", 0],
+        "field": "x1",
+        "row": 0,
+        "msg": "x1, row 0: Input should be a valid number",
+        "type": "float_type",
+    }
+
+
 # --- the OpenAPI document ---
 
 
