@@ -65,6 +65,8 @@ async def load_until_ready(state: ServingState) -> None:
             ", ".join(f"{name} {v['bundle']} (server {v['server']})" for name, v in model.library_mismatch.items()),
             extra={"library_mismatch": model.library_mismatch},
         )
+    if model.bundle.form.walk != "compiled":
+        log.warning("predicting with the numpy walk, slower than the compiled one: %s", model.bundle.form.walk_note)
     log.info(
         "bundle loaded",
         extra={
@@ -72,5 +74,6 @@ async def load_until_ready(state: ServingState) -> None:
             "bundle_hash": model.content_hash,
             "model_version": model.version,
             "features": model.schema.features,
+            "walk": model.bundle.form.walk_note,
         },
     )

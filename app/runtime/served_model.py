@@ -28,29 +28,34 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.tracing import Tracing
 
-# Threads for /predict/batch calls, apart from the micro-batcher's own: numpy releases the GIL in the serving
-# form's large gathers and sums, so two large batches proceed in parallel on two cores.
+# Threads for the predictions not made on the event loop (``on_loop``), apart from the micro-batcher's own.
 BATCH_WORKERS: Final = 2
-# Up to this many rows a micro-batch is predicted on the event loop itself: the serving form's walk of a few rows
-# is a dozen numpy calls on small arrays (no native model call that could hang; about 0.2 ms for 24 rows, 0.03 ms
-# for one), cheaper than the hand-off to a thread and back.
-ON_LOOP_ROWS: Final = 24
+# Up to this many rows, by the serving form's walk, a prediction is made on the event loop itself, with no hand-off
+# to a thread and back. The compiled walk takes about 0.4 ms for 1,000 rows, and encoding them 1 to 1.5 ms (with the
+# GIL held wherever it runs), less than validating their body took on the loop. A hand-off costs more than it frees:
+# its thread must take the GIL back while the loop parses the next body, waiting up to Python's switch interval
+# each time (docs/benchmarks.md has 1,000-record batches measured both ways). Above the bound, a batch goes to a
+# thread, which the compiled walk leaves for the GIL-free part of its work. The numpy walk's few dozen numpy calls
+# per block take 2 to 3 ms per 1,000 rows, so only micro-batches of a few rows stay on the loop with it (about
+# 0.2 ms for 24 rows).
+ON_LOOP_ROWS: Final[dict[str, int]] = {"compiled": 4096, "numpy": 24}
 Row = tuple[Any, ...]
 
 
 def predict_rows(
     schema: RecordSchema, form: ServingForm, observe: Callable[[dict[str, int]], None], rows: list[Row]
 ) -> npt.NDArray[np.float64]:
-    """Validated rows -> predictions, with no DataFrame (on a worker thread, or on the event loop for a
-    micro-batch of up to ``ON_LOOP_ROWS``); the values outside the training range are counted by ``observe``."""
+    """Validated rows -> predictions, with no DataFrame (on the event loop up to ``ON_LOOP_ROWS``, else on a worker
+    thread); the values outside the training range are counted by ``observe``."""
     columns = schema.columns(rows)
     observe(schema.outside_training(columns))
     return form.predict(columns)
 
 
-def on_loop(rows: int) -> bool:
-    """Whether a micro-batch of ``rows`` rows is predicted on the event loop (``ON_LOOP_ROWS``)."""
-    return 0 < rows <= ON_LOOP_ROWS
+def on_loop(walk: str, rows: int) -> bool:
+    """Whether a prediction of ``rows`` rows with the serving form's ``walk`` is made on the event loop
+    (``ON_LOOP_ROWS``)."""
+    return 0 < rows <= ON_LOOP_ROWS[walk]
 
 
 @dataclass
@@ -95,7 +100,7 @@ class ServedModel:
             max_size=settings.microbatch_max_size,
             max_wait_s=settings.microbatch_max_wait_ms / 1000,
             on_batch=metrics.batch_size.observe,
-            bounded=on_loop,
+            bounded=functools.partial(on_loop, bundle.form.walk),
             tracing=tracing,
         )
         executor = ThreadPoolExecutor(BATCH_WORKERS, "predict-batch")
@@ -122,13 +127,22 @@ class ServedModel:
             raise OverloadedError("the model this request began on was retired while its body arrived; retry")
 
     def run_batch(self, rows: list[Row]) -> asyncio.Future[npt.NDArray[np.float64]]:
-        """A whole batch request's rows in one vectorised call, on a batch worker thread (in a ``model.predict``
-        span under the request's, with tracing: the thread does not inherit the request's context)."""
+        """A whole batch request's rows in one vectorised call: on the event loop up to ``ON_LOOP_ROWS`` rows (the
+        future is done when returned), else on a batch worker thread (in a ``model.predict`` span under the
+        request's, with tracing: the thread does not inherit the request's context)."""
         self.check_open()
         call: Callable[[], npt.NDArray[np.float64]] = functools.partial(self.predict, rows)
         if self.tracing is not None:
             call = self.tracing.bind_model_call(len(rows), call)
-        return asyncio.get_running_loop().run_in_executor(self.batch_executor, call)
+        loop = asyncio.get_running_loop()
+        if not on_loop(self.bundle.form.walk, len(rows)):
+            return loop.run_in_executor(self.batch_executor, call)
+        done: asyncio.Future[npt.NDArray[np.float64]] = loop.create_future()
+        try:
+            done.set_result(call())
+        except Exception as exc:  # as the thread's future would hold it
+            done.set_exception(exc)
+        return done
 
     async def close(self) -> None:
         """Stop the micro-batcher and the batch threads."""

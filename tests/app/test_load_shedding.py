@@ -45,7 +45,7 @@ def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     free = threading.Event()
     free.set()
     real = app.runtime.served_model.predict_rows
-    monkeypatch.setattr(app.runtime.served_model, "on_loop", lambda rows: False)
+    monkeypatch.setattr(app.runtime.served_model, "on_loop", lambda walk, rows: False)
 
     def predict_rows(
         schema: RecordSchema, form: ServingForm, observe: Callable[[dict[str, int]], None], rows: list[Any]
@@ -135,11 +135,11 @@ def test_a_single_record_that_waits_too_long_is_shed(
         assert client.post("/predict", json=row).status_code == 200
 
 
-def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_threads(
+def test_the_served_model_predicts_on_the_event_loop_up_to_its_bound_and_beyond_it_on_a_thread(
     bundle_dir: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The trained bundle's single records are the serving form's bounded walk: predicted where the request is
-    handled, with no thread to hand off to; a larger batch goes to a batch thread, where a stuck call is shed."""
+    """With the compiled walk, single records and batches up to ON_LOOP_ROWS["compiled"] rows are predicted where
+    the request is handled, with no thread to hand off to; a larger batch goes to a batch thread."""
     callers: list[tuple[int, str]] = []
     real = app.runtime.served_model.predict_rows
 
@@ -150,16 +150,23 @@ def test_the_served_model_walks_single_records_on_the_event_loop_and_batches_on_
         return real(schema, form, observe, rows)
 
     monkeypatch.setattr(app.runtime.served_model, "predict_rows", predict_rows)
-    rows = records(bundle.metadata, ON_LOOP_ROWS + 1, seed=5)
-    with ready_client(settings_for(bundle_dir)) as client:
+    bound = ON_LOOP_ROWS["compiled"]
+    rows = records(bundle.metadata, bound + 1, seed=5)
+    with ready_client(settings_for(bundle_dir, max_batch_records=bound + 1)) as client:
+        assert client.get("/model").json()["walk"] == "compiled"
         callers.clear()  # the warm-up's calls
         single = client.post("/predict", json=rows[0])
-        batch = client.post("/predict/batch", json={"records": rows})
-    assert single.status_code == batch.status_code == 200
-    assert single.json()["prediction"] == batch.json()["predictions"][0] == bundle.predict(_columns(rows[:1]))[0]
-    [(one, loop_thread), (many, batch_thread)] = callers
-    assert (one, many) == (1, ON_LOOP_ROWS + 1)
-    assert not loop_thread.startswith("predict") and batch_thread.startswith("predict-batch")
+        at_bound = client.post("/predict/batch", json={"records": rows[:bound]})
+        beyond = client.post("/predict/batch", json={"records": rows})
+    assert single.status_code == at_bound.status_code == beyond.status_code == 200
+    expected = bundle.predict(_columns(rows))
+    assert single.json()["prediction"] == expected[0]
+    assert at_bound.json()["predictions"] == expected[:bound].tolist()
+    assert beyond.json()["predictions"] == expected.tolist()
+    [(one, single_thread), (many, bound_thread), (more, beyond_thread)] = callers
+    assert (one, many, more) == (1, bound, bound + 1)
+    assert single_thread == bound_thread and not bound_thread.startswith("predict")  # the event loop's thread
+    assert beyond_thread.startswith("predict-batch")
 
 
 def test_queue_settings_are_checked(bundle_dir: Path) -> None:

@@ -23,6 +23,7 @@ async def model(state: State, served: Model) -> JSON:
             "bundle_hash": metadata.content_hash,
             "model_version": served.version,
             "library_mismatch": served.library_mismatch,
+            "walk": served.bundle.form.walk,
             "candidate": None if state.candidate is None else state.candidate.as_dict(),
             "data_hash": metadata.data_hash,
             "metrics": metadata.metrics,
