@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from app.contract.walk_build import build
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
@@ -17,6 +19,14 @@ from tests.harness.services import S3_ENV, S3Server, mlflow_server, moto_server
 SMALL_ROWS = 20_000
 # Fixtures that start a real service: a test using one (directly or through another fixture) is "integration".
 SERVICE_FIXTURES = frozenset({"s3", "mlflow_uri"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build this machine's compiled walk of the serving form (``app.contract.walk_build``, under a second) before
+    any test loads a bundle, so every bundle is served as the serving image serves it; once, in pytest-xdist's
+    controller or a run without workers. A failed build fails the run: the tests of the compiled walk need it."""
+    if not hasattr(config, "workerinput"):
+        build(machines=(platform.machine(),))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

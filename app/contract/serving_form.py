@@ -194,6 +194,10 @@ class ServingForm:
             for c, local in zip(columns, self._local, strict=True)
         ]
 
+    def using(self, walk: str) -> ServingForm:
+        """The same tables, predicted with ``walk`` (one of ``WALKS``)."""
+        return ServingForm(self.encoding, self.columns, self.reachable, self.leaf_values, self.baseline, walk=walk)
+
     def _table(self, column: ModelColumn, size: int) -> npt.NDArray[np.unsignedinteger[Any]]:
         """The rows of ``reachable`` that hold ``column``'s buckets."""
         if not 0 <= column.offset <= column.offset + size <= len(self.reachable):

@@ -47,13 +47,15 @@ def source_digest(source: Path = SOURCE) -> int:
     return int.from_bytes(hashlib.sha256(source.read_bytes()).digest()[:8], "big")
 
 
-def build(output_dir: Path = SOURCE.parent, machines: tuple[str, ...] = tuple(TARGETS)) -> list[Path]:
-    """Compile ``walk.c`` for each of ``machines`` into ``output_dir``; the libraries written."""
+def build(
+    output_dir: Path = SOURCE.parent, machines: tuple[str, ...] = tuple(TARGETS), source: Path = SOURCE
+) -> list[Path]:
+    """Compile ``source`` (``walk.c``) for each of ``machines`` into ``output_dir``; the libraries written."""
     unknown = [m for m in machines if m not in TARGETS]
     if unknown:
         raise WalkBuildError(f"no zig target for {', '.join(unknown)}; known: {', '.join(TARGETS)}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    define = f"-DWALK_SOURCE={source_digest()}ULL"
+    define = f"-DWALK_SOURCE={source_digest(source)}ULL"
     written = []
     with tempfile.TemporaryDirectory(prefix="walk-build-") as cache:
         env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": cache, "ZIG_LOCAL_CACHE_DIR": cache}
@@ -63,7 +65,7 @@ def build(output_dir: Path = SOURCE.parent, machines: tuple[str, ...] = tuple(TA
             command = [sys.executable, "-m", "ziglang", "cc", "-target", TARGETS[machine], *FLAGS, define]
             try:
                 done = subprocess.run(
-                    [*command, "-o", str(partial), str(SOURCE)],
+                    [*command, "-o", str(partial), str(source)],
                     env=env,
                     capture_output=True,
                     text=True,

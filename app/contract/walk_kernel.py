@@ -181,10 +181,8 @@ def library_path(machine: str | None = None) -> Path:
     return SOURCE.with_name(library_name(machine or platform.machine()))
 
 
-@functools.cache
-def compiled_walk() -> CompiledWalk | str:
-    """This machine's compiled walk, loaded once per process; or why there is none (the numpy walk serves then)."""
-    path = library_path()
+def load_walk(path: Path, source: Path = SOURCE) -> CompiledWalk | str:
+    """The compiled walk at ``path`` if it was built from ``source``; else why it cannot serve."""
     if not path.exists():
         return f"no compiled walk at {path} (build it: python -m app.contract.walk_build)"
     try:
@@ -193,6 +191,12 @@ def compiled_walk() -> CompiledWalk | str:
     except (OSError, AttributeError) as exc:
         return f"the compiled walk at {path} cannot be loaded: {exc}"
     built_from.restype = ctypes.c_uint64
-    if built_from() != source_digest():
+    if built_from() != source_digest(source):
         return f"the compiled walk at {path} was built from another walk.c (rebuild: python -m app.contract.walk_build)"
     return walk
+
+
+@functools.cache
+def compiled_walk() -> CompiledWalk | str:
+    """This machine's compiled walk, loaded once per process; or why there is none (the numpy walk serves then)."""
+    return load_walk(library_path())

@@ -37,6 +37,7 @@ from app.contract.serving_form import (
     FEW_ROWS,
     PROBE_ROWS,
     SERVING_FILE,
+    WALKS,
     NoServingForm,
     ServingForm,
     ServingFormError,
@@ -60,9 +61,18 @@ def bundle(bundle_dir: Path) -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def form(bundle_dir: Path) -> ServingForm:
-    """The trained bundle's serving form as the server loads it (its stored probe re-checked)."""
-    return load_serving_bundle(bundle_dir).form
+def loaded(bundle_dir: Path) -> ServingForm:
+    """The trained bundle's serving form as the server loads it (its stored probe re-checked): the compiled walk,
+    which the suite builds before it starts (tests/conftest.py)."""
+    form = load_serving_bundle(bundle_dir).form
+    assert form.walk == "compiled", form.walk_note
+    return form
+
+
+@pytest.fixture(scope="module", params=WALKS)
+def form(loaded: ServingForm, request: pytest.FixtureRequest) -> ServingForm:
+    """The same form with each walk: every test below holds for both."""
+    return loaded.using(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -267,12 +277,14 @@ def test_other_gradient_boosting_models_stay_identical(
         params = {**params, "categorical_features": bundle.transformer.categorical_mask_}
     model = HistGradientBoostingRegressor(max_iter=20, random_state=0, **params).fit(features[:5000], target[:5000])
     other = Bundle(path=bundle.path, metadata=bundle.metadata, transformer=bundle.transformer, model=model)
-    form = compile_serving_form(bundle.transformer, model)
-    assert form.reachable.dtype == (np.uint64 if params.get("max_leaf_nodes", 31) > 32 else np.uint32)
-    assert_identical(form, other, probe_columns(bundle.metadata, 1000, seed=10))
-    assert_identical(form, other, as_columns(edge_rows(bundle.metadata)))
-    assert_identical_in_chunks(form, other, rows_with_unknowns(bundle.metadata, 200, seed=13), FEW_ROWS)
-    assert_identical_in_chunks(form, other, as_columns(edge_rows(bundle.metadata)), 1)
+    compiled = compile_serving_form(bundle.transformer, model)
+    assert compiled.reachable.dtype == (np.uint64 if params.get("max_leaf_nodes", 31) > 32 else np.uint32)
+    for walk in WALKS:
+        form = compiled.using(walk)
+        assert_identical(form, other, probe_columns(bundle.metadata, 1000, seed=10))
+        assert_identical(form, other, as_columns(edge_rows(bundle.metadata)))
+        assert_identical_in_chunks(form, other, rows_with_unknowns(bundle.metadata, 200, seed=13), FEW_ROWS)
+        assert_identical_in_chunks(form, other, as_columns(edge_rows(bundle.metadata)), 1)
 
 
 # --- the load-time check ---
