@@ -5,7 +5,10 @@ tables, numpy only). Before it, the server walked a batch with scikit-learn's co
 tree, each call taking the GIL back; this benchmark measured one-call alternatives against that walk, and keeps
 them as the figures the serving form is compared with:
 
-- ``serving-form``: what the server runs now, on the transformer's output (its bucketing included);
+- ``serving-form``: what the server runs now, the form's compiled walk (``app/contract/walk.c``, one ctypes call
+  per batch with the GIL released; built by ``app.contract.walk_build`` at the start), on the transformer's output
+  (its bucketing included);
+- ``serving-form-numpy``: the same form's numpy walk, which serves where the compiled walk is not built;
 - ``per-tree``: scikit-learn's ``_predict_from_binned_data`` once per tree, after ``_map_to_bins``;
 - ``stacked``: ``StackedTrees`` below, the same compiled walk called once for every tree: the trees stacked under
   a dispatch tree that splits on an extra binned column, the tree's number, each row repeated once per tree;
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -270,7 +274,9 @@ def measure(bundle_dir: Path, names: list[str], seconds: float) -> dict[str, Any
     expected = bundle.predict(columns)
     walks: dict[str, tuple[Walk, Matrix]] = {}
     if "serving-form" in names:
-        walks["serving-form"] = (compile_serving_form(bundle.transformer, bundle.model).predict_encoded, features)
+        form = compile_serving_form(bundle.transformer, bundle.model)
+        walks["serving-form"] = (form.using("compiled").predict_encoded, features)
+        walks["serving-form-numpy"] = (form.using("numpy").predict_encoded, features)
     if "per-tree" in names:
         walks.update({name: (walk, data) for name, walk in sklearn_walks(bundle.model).items()})
     if "treelite-gtil" in names:
@@ -317,6 +323,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.bundle, args.worker.split(","), args.seconds)))
         return
+    from app.contract.walk_build import build
+
+    build(machines=(platform.machine(),))
     with tempfile.TemporaryDirectory() as scratch:
         bundle_dir = args.bundle
         if bundle_dir is None:
@@ -329,10 +338,10 @@ def main() -> None:
             results.update(gtil_in_its_venv(bundle_dir, args.seconds))
     load = os.getloadavg()
     print(f"{BATCH_ROWS:,}-row batches, rows/s (load average {load[0]:.2f}); identical: all {CHECK_ROWS:,} probe rows")
-    print(f"{'walk':15s} {'1 thread':>10s} {'2 threads':>10s} {'x1':>6s} {'parser':>10s} {'its parser':>11s} identical")
+    print(f"{'walk':18s} {'1 thread':>10s} {'2 threads':>10s} {'x1':>6s} {'parser':>10s} {'its parser':>11s} identical")
     for name, r in results.items():
         print(
-            f"{name:15s} {r['threads_1']:10,.0f} {r['threads_2']:10,.0f} {r['threads_2'] / r['threads_1']:6.2f} "
+            f"{name:18s} {r['threads_1']:10,.0f} {r['threads_2']:10,.0f} {r['threads_2'] / r['threads_1']:6.2f} "
             f"{r['beside_parser']:10,.0f} {r['parser_rows_per_s']:11,.0f} {r['identical']} ({r['rows_differing']})"
         )
     report = {"benchmark": "walk", "cpus": os.cpu_count(), "python": sys.version.split()[0], "load": load,
