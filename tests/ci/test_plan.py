@@ -84,7 +84,7 @@ def test_final_stage_holds_only_the_venv_app_and_the_compiled_walk(flight_price:
     # the only files: the walk builder's libraries, beside walk.c (where walk_kernel looks), after app/
     files = {args["path"]: args["source"] for args in calls(image, "withFile")}
     assert set(files) == {f"{module.APP_ROOT}/app/contract/{name}" for name in module.WALK_LIBRARIES}
-    assert module.WALK_CONTRACT_DIR == f"{module.APP_ROOT}/app/{walk_build.SOURCE.parent.name}"
+    assert f"{module.APP_ROOT}/app/{walk_build.SOURCE.parent.name}" == module.WALK_CONTRACT_DIR
     assert walk_build.SOURCE.parent.parent.name == "app"
     at = {(s.name, s.args.get("path")): position for position, s in enumerate(steps(image))}
     assert min(at[("withFile", path)] for path in files) > at[("withDirectory", f"{module.APP_ROOT}/app")]
@@ -167,7 +167,7 @@ def test_walk_builder_builds_both_libraries_natively_with_the_build_group_only(f
 
 def test_the_walk_libraries_are_those_walk_build_writes() -> None:
     """The Dagger module cannot import app/: its names for the libraries are checked against walk_build's."""
-    assert module.WALK_LIBRARIES == tuple(walk_build.library_name(machine) for machine in walk_build.TARGETS)
+    assert tuple(walk_build.library_name(machine) for machine in walk_build.TARGETS) == module.WALK_LIBRARIES
     # one library for each architecture the image is published for
     machines = {"amd64": "x86_64", "arm64": "aarch64"}
     assert sorted(machines[str(p).split("/")[1]] for p in module.PLATFORMS) == sorted(walk_build.TARGETS)
