@@ -150,7 +150,8 @@ def test_walk_builder_builds_both_libraries_natively_with_the_build_group_only(f
     sync = module.WALK_BUILD_SYNC
     assert {"--frozen", "--no-dev", "--no-install-project"} <= set(sync)
     assert sync[sync.index("--only-group") + 1] == "build" and sync.count("--only-group") == 1
-    assert env(builder)["UV_PROJECT_ENVIRONMENT"] == module.WALK_BUILD_VENV != module.VENV
+    venv = env(builder)["UV_PROJECT_ENVIRONMENT"]
+    assert venv == module.WALK_BUILD_VENV and venv != module.VENV
     command = module.walk_build_command(module.WALK_OUTPUT_DIR)
     assert command[0] == f"{module.WALK_BUILD_VENV}/bin/python"
     assert command[1:3] == ["-m", walk_build.__name__] and command[3:] == ["--output-dir", module.WALK_OUTPUT_DIR]

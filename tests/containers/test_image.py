@@ -86,7 +86,7 @@ def test_the_compiled_walk_is_in_the_image_and_loads(replay: Replay, built: tupl
     print(f"\ncompiled walk in the image:\n{listing.rstrip()}")
     assert set(ELF_MACHINES) == set(module.WALK_LIBRARIES)
     assert dict((name, int(machine)) for name, machine in map(str.split, libraries.splitlines())) == ELF_MACHINES
-    machine, kind, path = loaded.split(maxsplit=2)
+    machine, kind, path = loaded.strip().split(maxsplit=2)
     # a CompiledWalk, not the reason string of the numpy fallback, from this machine's library beside walk.c
     assert kind == "CompiledWalk", loaded
     assert path == f"{module.WALK_CONTRACT_DIR}/walk-{machine}.so"
