@@ -15,9 +15,11 @@ from dagger import DefaultPath, Ignore, dag
 from flight_price import main as module
 from flight_price.main import FlightPrice
 
+from app.contract import walk_build
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, DEFAULT_SERVING_PORT
 from app.settings import env_names
 from bench import peers as bench_peers
+from tests.harness.context import uploaded
 from tests.harness.plan import bound, calls, container_of, env, execs, names, one, recording_engine, steps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +61,18 @@ def test_source_is_an_allowlist_from_the_repository_root() -> None:
     assert {"**/.env", "app/prediction.env", "bench/.venvs/"} <= set(ignore.patterns)
 
 
-def test_final_stage_holds_only_the_venv_and_app(flight_price: FlightPrice) -> None:
+def test_a_locally_built_walk_never_enters_the_source(tmp_path: Path) -> None:
+    """A developer's own walk-*.so (gitignored) is not uploaded: the image's libraries come from its builder."""
+    contract = tmp_path / "app" / "contract"
+    contract.mkdir(parents=True)
+    for name in ("walk.c", "walk_build.py", "walk_kernel.py", *module.WALK_LIBRARIES):
+        (contract / name).write_text("x")
+    kept = uploaded(tmp_path, module.SOURCE_IGNORE)
+    assert {f"app/contract/{name}" for name in ("walk.c", "walk_build.py", "walk_kernel.py")} <= set(kept)
+    assert not [path for path in kept if path.endswith(".so")]
+
+
+def test_final_stage_holds_only_the_venv_app_and_the_compiled_walk(flight_price: FlightPrice) -> None:
     image = flight_price.build(revision="abc123", version="1.2.3")
     assert names(image)[:2] == ["container", "from"]
     assert one(image, "from")["address"] == module.PYTHON_IMAGE
@@ -68,14 +81,25 @@ def test_final_stage_holds_only_the_venv_and_app(flight_price: FlightPrice) -> N
     # app/ is the source's app directory, nothing wider; the venv is the builder's /opt/venv
     assert steps(copied[f"{module.APP_ROOT}/app"])[-1].args == {"path": "app"}
     assert steps(copied[module.VENV])[-1].args == {"path": module.VENV}
+    # the only files: the walk builder's libraries, beside walk.c (where walk_kernel looks), after app/
+    files = {args["path"]: args["source"] for args in calls(image, "withFile")}
+    assert set(files) == {f"{module.APP_ROOT}/app/contract/{name}" for name in module.WALK_LIBRARIES}
+    assert f"{module.APP_ROOT}/app/{walk_build.SOURCE.parent.name}" == module.WALK_CONTRACT_DIR
+    assert walk_build.SOURCE.parent.parent.name == "app"
+    at = {(s.name, s.args.get("path")): position for position, s in enumerate(steps(image))}
+    assert min(at[("withFile", path)] for path in files) > at[("withDirectory", f"{module.APP_ROOT}/app")]
+    for path, source in files.items():
+        assert steps(source)[-1].name == "file" and steps(source)[-1].args == {"path": path.rsplit("/", 1)[1]}
+        assert steps(source)[-2].args == {"path": module.WALK_OUTPUT_DIR}
+        assert execs(container_of(steps(source)[:-1]))[-1] == module.walk_build_command(module.WALK_OUTPUT_DIR)
     # the model directory is empty and writable by the (non-root) user the image runs as
     assert names(copied[module.MODEL_DIR]) == ["directory"]
     user = one(image, "withUser")["name"]
     assert user.split(":")[0] == module.APP_UID and int(module.APP_UID) > 0
     assert one(image, "withDirectory", path=module.MODEL_DIR)["owner"] == user
     assert env(image)["MODEL_DIR"] == module.MODEL_DIR and "MODEL_DIR" in env_names()
-    # nothing else enters: no files, mounts or caches; the only command creates the user
-    assert not {"withFile", "withMountedCache", "withMountedDirectory", "withMountedFile"} & set(names(image))
+    # nothing else enters: no mounts or caches; the only command creates the user
+    assert not {"withMountedCache", "withMountedDirectory", "withMountedFile"} & set(names(image))
     assert execs(image) == [list(command) for command in module.CREATE_APP_USER]
     group, user_add = module.CREATE_APP_USER
     assert group[group.index("--gid") + 1] == user_add[user_add.index("--gid") + 1] == module.APP_UID
@@ -111,6 +135,43 @@ def test_builder_creates_the_venv_from_the_lock_with_the_serving_group_only(flig
     assert one(builder, "withMountedCache")["path"] == env(builder)["UV_CACHE_DIR"]
     # only the lock inputs (and the uv binary) are copied in, so source edits keep the venv layer cached
     assert {args["path"] for args in calls(builder, "withFile")} == {"/usr/local/bin/uv", "pyproject.toml", "uv.lock"}
+
+
+def test_walk_builder_builds_both_libraries_natively_with_the_build_group_only(flight_price: FlightPrice) -> None:
+    libraries = flight_price.walk_libraries()
+    assert steps(libraries)[-1].name == "directory" and steps(libraries)[-1].args == {"path": module.WALK_OUTPUT_DIR}
+    builder = container_of(steps(libraries))
+    # the engine's own platform (no emulation for arm64: zig cross-compiles), for the uv binary's image too
+    assert one(builder, "container") == {}
+    assert all(args == {} for args in calls(one(builder, "withFile", path="/usr/local/bin/uv")["source"], "container"))
+    assert one(builder, "from")["address"] == module.PYTHON_IMAGE
+    # the build group only, into a venv of its own (never the serving venv), then the project's walk_build with it
+    assert execs(builder) == [list(module.WALK_BUILD_SYNC), module.walk_build_command(module.WALK_OUTPUT_DIR)]
+    sync = module.WALK_BUILD_SYNC
+    assert {"--frozen", "--no-dev", "--no-install-project"} <= set(sync)
+    assert sync[sync.index("--only-group") + 1] == "build" and sync.count("--only-group") == 1
+    venv = env(builder)["UV_PROJECT_ENVIRONMENT"]
+    assert venv == module.WALK_BUILD_VENV and venv != module.VENV
+    command = module.walk_build_command(module.WALK_OUTPUT_DIR)
+    assert command[0] == f"{module.WALK_BUILD_VENV}/bin/python"
+    assert command[1:3] == ["-m", walk_build.__name__] and command[3:] == ["--output-dir", module.WALK_OUTPUT_DIR]
+    assert one(builder, "withMountedCache")["path"] == env(builder)["UV_CACHE_DIR"]
+    # only the lock inputs and the files the build reads: an edit elsewhere in app/ keeps the stage cached
+    copied = {args["path"]: args["source"] for args in calls(builder, "withFile")}
+    assert set(copied) == {"/usr/local/bin/uv", "pyproject.toml", "uv.lock", *module.WALK_BUILD_INPUTS}
+    for path in module.WALK_BUILD_INPUTS:
+        assert steps(copied[path])[-1].args == {"path": path} and (REPO / path).is_file()
+    assert one(builder, "withWorkdir")["path"] == "/build"  # where `-m app.contract.walk_build` finds app/
+    assert walk_build.SOURCE.relative_to(REPO).as_posix() in module.WALK_BUILD_INPUTS
+    assert f"{walk_build.__name__.replace('.', '/')}.py" in module.WALK_BUILD_INPUTS
+
+
+def test_the_walk_libraries_are_those_walk_build_writes() -> None:
+    """The Dagger module cannot import app/: its names for the libraries are checked against walk_build's."""
+    assert tuple(walk_build.library_name(machine) for machine in walk_build.TARGETS) == module.WALK_LIBRARIES
+    # one library for each architecture the image is published for
+    machines = {"amd64": "x86_64", "arm64": "aarch64"}
+    assert sorted(machines[str(p).split("/")[1]] for p in module.PLATFORMS) == sorted(walk_build.TARGETS)
 
 
 def test_smoke_stage_binds_the_image_to_both_mocks_with_settings_names(flight_price: FlightPrice) -> None:

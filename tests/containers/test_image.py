@@ -49,16 +49,48 @@ def test_only_the_venv_and_app_enter_no_build_tools(replay: Replay, built: tuple
     ran = replay.run_in(
         image,
         "ls -A /srv; echo --; ls -A /srv/app | grep -c .; echo --; "
-        "find / -xdev \\( -name uv -o -name 'gcc*' -o -name cc -o -name 'clang*' \\) -type f -perm -u+x -print; "
-        "find / -xdev -name .git -print; "
+        "find / -xdev \\( -name uv -o -name 'gcc*' -o -name cc -o -name 'clang*' -o -name 'zig*' \\) -type f "
+        "-perm -u+x -print; "
+        "find / -xdev \\( -name .git -o -iname 'ziglang*' -o -name zig \\) -print; "
         "find /srv \\( -name orchestration -o -name tests -o -name __pycache__ -o -name '.*' \\) -print",
     )
     assert ran.returncode == 0, ran.stderr
     top, app_entries, found = ran.stdout.split("--\n")
     assert top.split() == ["app"]
     assert int(app_entries) > 5
-    # no uv or compiler executable and no .git anywhere; under /srv no orchestration/, tests/, bytecode or dotfiles
+    # no uv, compiler or zig executable, no ziglang package (the walk builder's) and no .git anywhere; under /srv
+    # no orchestration/, tests/, bytecode or dotfiles
     assert found.split() == []
+
+
+# Run in the image as its user with its venv: both libraries, each for its architecture (ELF e_machine), and this
+# machine's one loaded by walk_kernel as the server loads it.
+WALK_PROBE: Final = """
+import platform
+from pathlib import Path
+from app.contract import walk_kernel
+for path in sorted(Path(walk_kernel.SOURCE).parent.glob("walk-*.so")):
+    print(path.name, int.from_bytes(path.read_bytes()[18:20], "little"))
+walk = walk_kernel.compiled_walk()
+print("--")
+print(platform.machine(), type(walk).__name__, getattr(walk, "path", walk))
+"""
+ELF_MACHINES: Final = {"walk-x86_64.so": 62, "walk-aarch64.so": 183}  # EM_X86_64, EM_AARCH64
+
+
+def test_the_compiled_walk_is_in_the_image_and_loads(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:
+    image, _ = built
+    ran = replay.run_in(image, f"ls -l {module.WALK_CONTRACT_DIR}/walk-*; echo --; python -c '{WALK_PROBE}'")
+    assert ran.returncode == 0, ran.stderr
+    listing, libraries, loaded = ran.stdout.split("--\n")
+    print(f"\ncompiled walk in the image:\n{listing.rstrip()}")
+    assert set(ELF_MACHINES) == set(module.WALK_LIBRARIES)
+    assert dict((name, int(machine)) for name, machine in map(str.split, libraries.splitlines())) == ELF_MACHINES
+    machine, kind, path = loaded.strip().split(maxsplit=2)
+    # a CompiledWalk, not the reason string of the numpy fallback, from this machine's library beside walk.c
+    assert kind == "CompiledWalk", loaded
+    assert path == f"{module.WALK_CONTRACT_DIR}/walk-{machine}.so"
+    assert "numpy walk" not in ran.stderr.lower()
 
 
 def test_the_venv_holds_the_serving_group_only(replay: Replay, built: tuple[str, dict[str, Any]]) -> None:

@@ -149,6 +149,8 @@ def check_model(url: str, metadata: Metadata, dvc_hash: str, model_name: str, re
         f"/model registry view {model_name}@champion (bundle {dvc_hash})",
         json.dumps(registry)[:200],
     )
+    # the image carries the compiled walk for its architecture: without it the server falls back to numpy
+    report.check(model.get("walk") == "compiled", "/model walk is compiled", str(model.get("walk")))
 
 
 def check_metrics(url: str, metadata: Metadata, report: Report) -> None:

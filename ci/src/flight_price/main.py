@@ -65,9 +65,30 @@ AIRFLOW_EXTEND: Final = (
     "pip", "install", "--no-cache-dir", f"apache-airflow=={AIRFLOW_VERSION}", "--requirement", AIRFLOW_REQUIREMENTS,
 )  # fmt: skip
 SERVE_VENV_SYNC: Final = ("uv", "sync", "--frozen", "--no-dev", "--only-group", "serve", "--no-install-project")
+# The walk builder: the serving form's compiled walk (app/contract/walk.c) built by `python -m
+# app.contract.walk_build` with zig's C compiler from the `build` group, in a venv of its own that never enters an
+# image. One run on the engine's own platform cross-compiles the library of every architecture the image is made
+# for; only the files the build reads are copied in, so an edit elsewhere in app/ keeps the stage cached.
+WALK_BUILD_VENV: Final = "/opt/build-venv"
+WALK_BUILD_ENV: Final[dict[str, str]] = {**UV_ENV, "UV_PROJECT_ENVIRONMENT": WALK_BUILD_VENV}
+WALK_BUILD_SYNC: Final = ("uv", "sync", "--frozen", "--no-dev", "--only-group", "build", "--no-install-project")
+WALK_BUILD_INPUTS: Final = (
+    "app/__init__.py", "app/contract/__init__.py", "app/contract/walk.c", "app/contract/walk_build.py",
+)  # fmt: skip
+WALK_OUTPUT_DIR: Final = "/walk"
+# app.contract.walk_build's library_name() of each of its TARGETS (the module's environment cannot import app/;
+# tests/ci/test_plan.py checks the two agree).
+WALK_LIBRARIES: Final = ("walk-x86_64.so", "walk-aarch64.so")
+WALK_CONTRACT_DIR: Final = f"{APP_ROOT}/app/contract"  # where walk_kernel looks for them: beside walk.c
 TRAIN_REQUIREMENTS_EXPORT: Final = (
     "uv", "export", "--frozen", "--only-group", "train", "--no-emit-project", "--no-hashes", "--no-header",
 )  # fmt: skip
+
+
+def walk_build_command(output_dir: str) -> list[str]:
+    """The project's build of the compiled walk, with the build venv's Python, writing every library to
+    ``output_dir``."""
+    return [f"{WALK_BUILD_VENV}/bin/python", "-m", "app.contract.walk_build", "--output-dir", output_dir]
 
 
 def remove_uv_lock(venv: str) -> list[str]:
@@ -161,6 +182,7 @@ SOURCE_IGNORE: Final = [
     "app/prediction.env",
     "bench/results/",
     "bench/.venvs/",  # the peers' venvs bench/serve.py creates: gigabytes
+    "app/contract/walk-*.so",  # a developer's own build of the compiled walk: the image's comes from its builder
 ]
 # The checks, each a list of commands run in the tools container (`dagger check` runs each as its own check).
 LINT: Final = (("ruff", "check", "."), ("ruff", "format", "--check", "."))
@@ -271,6 +293,21 @@ class FlightPrice:
             .directory(VENV)
         )
 
+    def walk_libraries(self) -> dagger.Directory:
+        """Walk builder stage, on the engine's own platform: the compiled walk's libraries for every image
+        architecture (zig cross-compiles), built from walk.c by the project's walk_build in a build-group venv."""
+        builder = (
+            dag.container()
+            .from_(self.python_image)
+            .with_(uv_tool(self.uv_image))
+            .with_(with_env(WALK_BUILD_ENV))
+            .with_(self._locked)
+            .with_exec(list(WALK_BUILD_SYNC))
+        )
+        for path in WALK_BUILD_INPUTS:
+            builder = builder.with_file(path, self.source.file(path))
+        return builder.with_exec(walk_build_command(WALK_OUTPUT_DIR)).directory(WALK_OUTPUT_DIR)
+
     @function
     def build(
         self,
@@ -278,15 +315,21 @@ class FlightPrice:
         revision: Annotated[str, Doc("Source revision for the OCI label (e.g. the git SHA)")] = "unknown",
         version: Annotated[str, Doc("Version for the OCI label (e.g. the git tag)")] = "dev",
     ) -> dagger.Container:
-        """The serving image: only the runtime venv and app/, non-root, port PORT, the entrypoint."""
-        return (
+        """The serving image: only the runtime venv, app/ and the compiled walk, non-root, port PORT, the
+        entrypoint."""
+        walk = self.walk_libraries()
+        image = (
             dag.container(platform=platform)
             .from_(self.python_image)
             .with_exec(list(CREATE_APP_USER[0]))
             .with_exec(list(CREATE_APP_USER[1]))
             .with_directory(VENV, self.runtime_venv(platform))
             .with_directory(f"{APP_ROOT}/app", self.source.directory("app"))
-            .with_directory(MODEL_DIR, dag.directory(), owner=f"{APP_UID}:{APP_UID}")
+        )
+        for name in WALK_LIBRARIES:
+            image = image.with_file(f"{WALK_CONTRACT_DIR}/{name}", walk.file(name))
+        return (
+            image.with_directory(MODEL_DIR, dag.directory(), owner=f"{APP_UID}:{APP_UID}")
             .with_env_variable("PATH", f"{VENV}/bin:${{PATH}}", expand=True)
             .with_(with_env(RUNTIME_ENV))
             .with_workdir(APP_ROOT)
