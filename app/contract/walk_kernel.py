@@ -89,8 +89,8 @@ def kernel_tables(
     def ints(values: list[int]) -> npt.NDArray[np.int64]:
         return np.ascontiguousarray(values, dtype=np.int64)
 
-    def starts(lengths: list[int]) -> npt.NDArray[np.int64]:
-        return ints(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else [])
+    def starts(lengths: list[int]) -> npt.NDArray[np.int64]:  # where each column's part begins in the flat array
+        return ints([sum(lengths[:i]) for i in range(len(lengths))])
 
     edge_arrays = [np.empty(0) if e is None else e for e in edges]
     lookup_arrays = [np.empty(0, dtype=np.int64) if lookup is None else lookup for lookup in lookups]
