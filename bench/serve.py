@@ -720,9 +720,25 @@ def summarise(
         if THIS not in memory or lightest is None
         else memory[THIS]["worker_rss_mb"] <= memory[lightest]["worker_rss_mb"]
     )
-    # issue 28: against each peer's best setup in the same run
+    # issue 28: against each peer's best setup in the same run; V2 batches against the peers' and the floor's batches
+    floor_batches = results.get("batch1000 c4", {}).get(FLOOR)
+    v2_runs = results.get(V2_SCENARIO, {})
+    v2_of_floor = _ratio(v2_runs[THIS].rps, floor_batches.rps) if THIS in v2_runs and floor_batches else None
     targets_28: dict[str, bool | None] = {
+        **{
+            f"{scenario} throughput >= 0.6 of the floor": _holds(
+                to_best.get(scenario, {}).get("rps_of_floor"), lambda x: x >= 0.6
+            )
+            for scenario in ("single c1", "single c8", "single c32")
+        },
         "batch1000 c4 rows/s >= 2x best peer's best setup": _holds(batch, lambda x: x >= 2),
+        "batch1000 c4 rows/s >= 0.35 of the floor": _holds(
+            to_best.get("batch1000 c4", {}).get("rps_of_floor"), lambda x: x >= 0.35
+        ),
+        f"{V2_SCENARIO} rows/s >= 2x best peer's best setup (batches)": _holds(
+            to_best.get(V2_SCENARIO, {}).get("rps"), lambda x: x >= 2
+        ),
+        f"{V2_SCENARIO} rows/s >= 0.35 of the floor's batches": _holds(v2_of_floor, lambda x: x >= 0.35),
         "single c32 p99 <= 1/5 lowest peer p99 (any setup)": _holds(c32.get("p99"), lambda x: x <= 0.2),
         "worker RSS <= 0.8x lowest peer's (any setup)": None
         if THIS not in memory or lightest is None
