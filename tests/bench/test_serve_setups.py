@@ -113,6 +113,7 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "mlserver-p0": run(50, 180.0),
             "mlserver-p0-batch": run(58, 170.0),
         },
+        serve.V2_SCENARIO: {serve.THIS: run(120, 40.0)},
     }
     keys = [serve.THIS, serve.FLOOR, "bentoml-nobatch", "bentoml-batch", "mlserver-p0", "mlserver-p0-batch"]
     rss = {serve.THIS: 170.0, serve.FLOOR: 60.0, "bentoml-nobatch": 230.0, "bentoml-batch": 232.0}
@@ -155,7 +156,13 @@ def test_the_ratios_are_to_the_best_peers_best_setup_in_the_run(summary: dict[st
 
 def test_issue_28s_targets_are_judged_against_the_best_setups(summary: dict[str, Any]) -> None:
     assert summary["targets_issue_28"] == {
+        "single c1 throughput >= 0.6 of the floor": False,  # 2400 / 5000
+        "single c8 throughput >= 0.6 of the floor": None,  # not run
+        "single c32 throughput >= 0.6 of the floor": True,  # 4000 / 6000
         "batch1000 c4 rows/s >= 2x best peer's best setup": False,  # 90 / 58 = 1.55
+        "batch1000 c4 rows/s >= 0.35 of the floor": False,  # 90 / 330
+        f"{serve.V2_SCENARIO} rows/s >= 2x best peer's best setup (batches)": True,  # 120 / 58
+        f"{serve.V2_SCENARIO} rows/s >= 0.35 of the floor's batches": True,  # 120 / 330
         "single c32 p99 <= 1/5 lowest peer p99 (any setup)": True,  # 10 / 120
         "worker RSS <= 0.8x lowest peer's (any setup)": False,  # 170 > 0.8 x 200
     }
