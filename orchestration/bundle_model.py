@@ -31,6 +31,8 @@ CODE_FILES: Final = (
     "app/contract/features.py",
     "app/contract/hashing.py",
     "app/contract/serving_form.py",
+    "app/contract/walk_build.py",
+    "app/contract/walk_kernel.py",
 )
 
 
