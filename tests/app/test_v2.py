@@ -220,6 +220,8 @@ def test_a_stuck_model_sheds_v2_requests_and_fails_v2_readiness(
         return real(*args)
 
     monkeypatch.setattr(app.runtime.served_model, "predict_rows", stuck)
+    # the compiled walk of two rows cannot hang and runs on the event loop; a call that could hang runs on a thread
+    monkeypatch.setattr(app.runtime.served_model, "on_loop", lambda walk, rows: False)
     rows = records(bundle.metadata, 2, seed=7)
     with ready_client(settings_for(bundle_dir, predict_timeout_s=0.5)) as client:
         try:
