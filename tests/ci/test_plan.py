@@ -72,6 +72,17 @@ def test_a_locally_built_walk_never_enters_the_source(tmp_path: Path) -> None:
     assert not [path for path in kept if path.endswith(".so")]
 
 
+@pytest.mark.parametrize("platform", [str(p) for p in module.PLATFORMS])
+def test_a_platform_s_image_holds_only_its_own_compiled_walk(flight_price: FlightPrice, platform: str) -> None:
+    """Every binary of a published image is built for its platform (tests/containers/test_publish.py)."""
+    image = flight_price.build(platform=dagger.Platform(platform))
+    files = [args["path"] for args in calls(image, "withFile")]
+    machine = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[platform]
+    assert files == [f"{module.WALK_CONTRACT_DIR}/{walk_build.library_name(machine)}"]
+    with pytest.raises(ValueError, match="built for linux/amd64, linux/arm64 only"):
+        module.walk_libraries_for(dagger.Platform("linux/riscv64"))
+
+
 def test_final_stage_holds_only_the_venv_app_and_the_compiled_walk(flight_price: FlightPrice) -> None:
     image = flight_price.build(revision="abc123", version="1.2.3")
     assert names(image)[:2] == ["container", "from"]
@@ -169,6 +180,8 @@ def test_walk_builder_builds_both_libraries_natively_with_the_build_group_only(f
 def test_the_walk_libraries_are_those_walk_build_writes() -> None:
     """The Dagger module cannot import app/: its names for the libraries are checked against walk_build's."""
     assert tuple(walk_build.library_name(machine) for machine in walk_build.TARGETS) == module.WALK_LIBRARIES
+    assert sorted(module.WALK_LIBRARY_OF.values()) == sorted(module.WALK_LIBRARIES)
+    assert set(module.WALK_LIBRARY_OF) == {str(p) for p in module.PLATFORMS}
     # one library for each architecture the image is published for
     machines = {"amd64": "x86_64", "arm64": "aarch64"}
     assert sorted(machines[str(p).split("/")[1]] for p in module.PLATFORMS) == sorted(walk_build.TARGETS)

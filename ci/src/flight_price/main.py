@@ -79,10 +79,22 @@ WALK_OUTPUT_DIR: Final = "/walk"
 # app.contract.walk_build's library_name() of each of its TARGETS (the module's environment cannot import app/;
 # tests/ci/test_plan.py checks the two agree).
 WALK_LIBRARIES: Final = ("walk-x86_64.so", "walk-aarch64.so")
+# The library each published platform's image holds (every binary of an image is built for its platform).
+WALK_LIBRARY_OF: Final[dict[str, str]] = {"linux/amd64": "walk-x86_64.so", "linux/arm64": "walk-aarch64.so"}
 WALK_CONTRACT_DIR: Final = f"{APP_ROOT}/app/contract"  # where walk_kernel looks for them: beside walk.c
 TRAIN_REQUIREMENTS_EXPORT: Final = (
     "uv", "export", "--frozen", "--only-group", "train", "--no-emit-project", "--no-hashes", "--no-header",
 )  # fmt: skip
+
+
+def walk_libraries_for(platform: dagger.Platform | None) -> tuple[str, ...]:
+    """The compiled-walk libraries an image for ``platform`` holds: its own; with no platform (the engine's own,
+    which the module cannot name before it runs) every one, of which the server loads its machine's."""
+    if platform is None:
+        return WALK_LIBRARIES
+    if str(platform) not in WALK_LIBRARY_OF:
+        raise ValueError(f"platform {platform}: the compiled walk is built for {', '.join(WALK_LIBRARY_OF)} only")
+    return (WALK_LIBRARY_OF[str(platform)],)
 
 
 def walk_build_command(output_dir: str) -> list[str]:
@@ -326,7 +338,7 @@ class FlightPrice:
             .with_directory(VENV, self.runtime_venv(platform))
             .with_directory(f"{APP_ROOT}/app", self.source.directory("app"))
         )
-        for name in WALK_LIBRARIES:
+        for name in walk_libraries_for(platform):
             image = image.with_file(f"{WALK_CONTRACT_DIR}/{name}", walk.file(name))
         return (
             image.with_directory(MODEL_DIR, dag.directory(), owner=f"{APP_UID}:{APP_UID}")
