@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -152,6 +153,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    from app.contract.walk_build import build
+
+    for library in build(machines=(platform.machine(),)):  # as the serving image's build makes it
+        print(f"built the serving form's compiled walk, {library}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         work = Path(tmp)
