@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,16 @@ def _run_uv(args: list[str], env: dict[str, str] | None = None) -> None:
     if completed.returncode != 0:
         tail = " | ".join((completed.stderr or completed.stdout).strip().splitlines()[-6:])
         raise PeerUnavailable(f"uv exited {completed.returncode}: {tail}")
+
+
+def compiled_walk(log: Callable[[str], None]) -> Path:
+    """This machine's compiled walk of the serving form, built as the serving image's build makes it
+    (``app.contract.walk_build``), so this server is measured as the image serves."""
+    from app.contract.walk_build import build
+
+    [library] = build(machines=(platform.machine(),))
+    log(f"built the serving form's compiled walk, {library}")
+    return library
 
 
 def serving_venv(log: Callable[[str], None]) -> Path:

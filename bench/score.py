@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -154,10 +153,9 @@ def main() -> None:
     args = parser.parse_args()
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    from app.contract.walk_build import build
+    from bench.peers import compiled_walk
 
-    for library in build(machines=(platform.machine(),)):  # as the serving image's build makes it
-        print(f"built the serving form's compiled walk, {library}", flush=True)
+    compiled_walk(lambda line: print(line, flush=True))
 
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         work = Path(tmp)

@@ -52,7 +52,6 @@ import numpy as np
 from app.contract.bundle import TRUSTED_TYPES, Bundle, load_bundle, load_serving_bundle
 from app.contract.connection import DEFAULT_MODEL_NAME
 from app.contract.serving_form import probe_columns
-from app.contract.walk_build import build
 from bench.load import LoadResult, available_generator, run_load
 from bench.peers import (
     BENTOML,
@@ -64,6 +63,7 @@ from bench.peers import (
     Server,
     bentoml_server,
     compile_bytecode,
+    compiled_walk,
     floor_server,
     install,
     lock_versions,
@@ -517,8 +517,7 @@ def main() -> None:
         ours = ([encode(r) for r in singles], [encode({"records": b}) for b in batches])
 
         serve_bin = serving_venv(lambda line: print(line, flush=True))
-        for library in build(machines=(platform.machine(),)):  # as the serving image's build makes it
-            print(f"built the serving form's compiled walk, {library}", flush=True)
+        compiled_walk(lambda line: print(line, flush=True))
         if MLFLOW in args.servers:
             compile_bytecode(BIN / "python", lambda line: print(line, flush=True))
         figures = in_process(bundle)

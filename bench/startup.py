@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -38,8 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from app.contract.bundle import read_metadata
-from app.contract.walk_build import build
-from bench.peers import compile_bytecode, serving_venv
+from bench.peers import compile_bytecode, compiled_walk, serving_venv
 from orchestration.config import load_config
 from orchestration.data import DEFAULT_ROWS, generate, write_csv
 from orchestration.pipeline import run_pipeline
@@ -213,8 +211,7 @@ def main() -> None:
     metadata = read_metadata(bundle)
     print(f"bundle: {bundle} ({size_mb(bundle):.1f} MB, {metadata.params.get('n_iter')} trees)", flush=True)
     serve_bin = serving_venv(lambda line: print(line, flush=True))
-    for library in build(machines=(platform.machine(),)):  # as the serving image's build makes it
-        print(f"built the serving form's compiled walk, {library}", flush=True)
+    compiled_walk(lambda line: print(line, flush=True))
     compile_bytecode(Path(sys.executable), lambda line: print(line, flush=True))  # mlflow's start reads bytecode too
     os.environ.update(S3_ENV)  # publishing in this process pushes with the same fake credentials
     with tempfile.TemporaryDirectory() as tmp, moto_server() as s3:

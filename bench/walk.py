@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -323,9 +322,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.bundle, args.worker.split(","), args.seconds)))
         return
-    from app.contract.walk_build import build
+    from bench.peers import compiled_walk
 
-    build(machines=(platform.machine(),))
+    compiled_walk(lambda line: print(line, flush=True))
     with tempfile.TemporaryDirectory() as scratch:
         bundle_dir = args.bundle
         if bundle_dir is None:
