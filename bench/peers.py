@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -126,9 +125,9 @@ def _run_uv(args: list[str], env: dict[str, str] | None = None) -> None:
 def compiled_walk(log: Callable[[str], None]) -> Path:
     """This machine's compiled walk of the serving form, built as the serving image's build makes it
     (``app.contract.walk_build``), so this server is measured as the image serves."""
-    from app.contract.walk_build import build
+    from app.contract.walk_build import build_here
 
-    [library] = build(machines=(platform.machine(),))
+    library = build_here()
     log(f"built the serving form's compiled walk, {library}")
     return library
 

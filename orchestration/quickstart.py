@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from typing import Any, Final
 
 from app.contract.connection import DEFAULT_ALIAS, DEFAULT_SERVING_PORT
 from app.contract.registry import NotFoundError, registry_for
-from app.contract.walk_build import WalkBuildError, build
+from app.contract.walk_build import WalkBuildError, build_here
 from orchestration.config import DEFAULT_PARAMS, load_config
 from orchestration.data import generate, write_csv
 from orchestration.defaults import DEFAULT_ROWS, DEFAULT_SEED
@@ -196,7 +195,7 @@ def build_walk() -> None:
     """This machine's compiled walk of the serving form, as the serving image's build makes it (``walk_build``);
     without it the server predicts with the slower numpy walk, and says so."""
     try:
-        [library] = build(machines=(platform.machine(),))
+        library = build_here()
     except WalkBuildError as exc:
         print(f"quickstart: {exc}; the server predicts with the slower numpy walk", flush=True)
         return

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from app.contract.walk_build import build
+from app.contract.walk_build import build_here
 from orchestration.config import load_config
 from orchestration.data import generate, write_csv
 from orchestration.pipeline import Progress, TrainResult, run_pipeline
@@ -26,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
     any test loads a bundle, so every bundle is served as the serving image serves it; once, in pytest-xdist's
     controller or a run without workers. A failed build fails the run: the tests of the compiled walk need it."""
     if not hasattr(config, "workerinput"):
-        build(machines=(platform.machine(),))
+        build_here()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

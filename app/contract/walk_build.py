@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,18 @@ class WalkBuildError(Exception):
 
 def library_name(machine: str) -> str:
     return f"walk-{machine}.so"
+
+
+def library_here() -> Path:
+    """Where this machine's library lies (or goes): beside ``walk.c``, named for ``platform.machine()``."""
+    return SOURCE.with_name(library_name(platform.machine()))
+
+
+def build_here() -> Path:
+    """This machine's library only: what the quickstart, the test suite and the benchmarks build before they serve
+    (``WalkBuildError`` for an architecture with no zig target, e.g. ``arm64`` on macOS)."""
+    [library] = build(machines=(platform.machine(),))
+    return library
 
 
 def source_digest(source: Path = SOURCE) -> int:

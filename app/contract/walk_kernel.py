@@ -10,15 +10,14 @@ loop itself).
 
 ``compiled_walk()`` finds the library for this machine's architecture beside ``walk.c`` (``walk_build`` writes it),
 and uses it only if it was built from this ``walk.c`` (the digest it carries). Without one, the form falls back to
-the numpy walk (``missing_reason`` says why). Either way, loading a bundle re-predicts its stored probe bit for bit
-through the walk it will serve with.
+the numpy walk (the reason ``compiled_walk()`` returns says why). Either way, loading a bundle re-predicts its
+stored probe bit for bit through the walk it will serve with.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +25,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.contract.walk_build import SOURCE, library_name, source_digest
+from app.contract.walk_build import SOURCE, library_here, source_digest
 
 # Up to this many rows a call keeps the GIL (``ctypes.PyDLL``): about 1 µs a row on the 200k-row bundle.
 HELD_GIL_ROWS: Final = 64
@@ -145,6 +144,8 @@ class CompiledWalk:
     def __init__(self, path: Path) -> None:
         self.path = path
         released, held = ctypes.CDLL(str(path)), ctypes.PyDLL(str(path))
+        self.built_from = released.walk_source  # the digest of the walk.c it was built from
+        self.built_from.restype = ctypes.c_uint64
         self._functions: dict[tuple[str, bool], Any] = {}
         for bits, mask in (("u32", ctypes.c_uint32), ("u64", ctypes.c_uint64)):
             for library, keeps_gil in ((released, False), (held, True)):
@@ -176,22 +177,15 @@ class CompiledWalk:
         return out
 
 
-def library_path(machine: str | None = None) -> Path:
-    """Where this machine's (or ``machine``'s) compiled walk lies: beside ``walk.c``."""
-    return SOURCE.with_name(library_name(machine or platform.machine()))
-
-
 def load_walk(path: Path, source: Path = SOURCE) -> CompiledWalk | str:
     """The compiled walk at ``path`` if it was built from ``source``; else why it cannot serve."""
     if not path.exists():
         return f"no compiled walk at {path} (build it: python -m app.contract.walk_build)"
     try:
         walk = CompiledWalk(path)
-        built_from = ctypes.CDLL(str(path)).walk_source
     except (OSError, AttributeError) as exc:
         return f"the compiled walk at {path} cannot be loaded: {exc}"
-    built_from.restype = ctypes.c_uint64
-    if built_from() != source_digest(source):
+    if walk.built_from() != source_digest(source):
         return f"the compiled walk at {path} was built from another walk.c (rebuild: python -m app.contract.walk_build)"
     return walk
 
@@ -199,4 +193,4 @@ def load_walk(path: Path, source: Path = SOURCE) -> CompiledWalk | str:
 @functools.cache
 def compiled_walk() -> CompiledWalk | str:
     """This machine's compiled walk, loaded once per process; or why there is none (the numpy walk serves then)."""
-    return load_walk(library_path())
+    return load_walk(library_here())

@@ -14,8 +14,8 @@ import pytest
 import app.contract.serving_form
 from app.contract.bundle import load_serving_bundle
 from app.contract.serving_form import ServingForm, ServingFormError, probe_columns
-from app.contract.walk_build import SOURCE, TARGETS, WalkBuildError, build, library_name
-from app.contract.walk_kernel import HELD_GIL_ROWS, CompiledWalk, compiled_walk, library_path, load_walk
+from app.contract.walk_build import SOURCE, TARGETS, WalkBuildError, build, library_here, library_name
+from app.contract.walk_kernel import HELD_GIL_ROWS, CompiledWalk, compiled_walk, load_walk
 
 ELF_MACHINES = {"x86_64": b"\x3e\x00", "aarch64": b"\xb7\x00"}  # e_machine, little-endian, at offset 18
 
@@ -60,7 +60,7 @@ def test_an_unknown_architecture_or_a_failing_compile_is_a_clear_error(tmp_path:
 def test_this_machine_loads_the_library_the_suite_built() -> None:
     walk = compiled_walk()
     assert isinstance(walk, CompiledWalk), walk
-    assert walk.path == library_path() == SOURCE.with_name(library_name(platform.machine()))
+    assert walk.path == library_here() == SOURCE.with_name(library_name(platform.machine()))
 
 
 def test_a_library_built_from_another_walk_c_is_not_used(tmp_path: Path) -> None:

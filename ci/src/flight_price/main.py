@@ -76,11 +76,11 @@ WALK_BUILD_INPUTS: Final = (
     "app/__init__.py", "app/contract/__init__.py", "app/contract/walk.c", "app/contract/walk_build.py",
 )  # fmt: skip
 WALK_OUTPUT_DIR: Final = "/walk"
+# The library each published platform's image holds (every binary of an image is built for its platform):
 # app.contract.walk_build's library_name() of each of its TARGETS (the module's environment cannot import app/;
 # tests/ci/test_plan.py checks the two agree).
-WALK_LIBRARIES: Final = ("walk-x86_64.so", "walk-aarch64.so")
-# The library each published platform's image holds (every binary of an image is built for its platform).
 WALK_LIBRARY_OF: Final[dict[str, str]] = {"linux/amd64": "walk-x86_64.so", "linux/arm64": "walk-aarch64.so"}
+WALK_LIBRARIES: Final = tuple(WALK_LIBRARY_OF.values())
 WALK_CONTRACT_DIR: Final = f"{APP_ROOT}/app/contract"  # where walk_kernel looks for them: beside walk.c
 TRAIN_REQUIREMENTS_EXPORT: Final = (
     "uv", "export", "--frozen", "--only-group", "train", "--no-emit-project", "--no-hashes", "--no-header",
